@@ -1,0 +1,154 @@
+"""Conventions shared by every command: --json/--quiet/--debug, one-line errors, exit codes, progress.
+
+A command is a plain function registered with :func:`command`. It returns a JSON-serialisable dict (its result)
+or None. The wrapper adds the global options, prints the result (one JSON object on stdout with ``--json``, a
+short human summary otherwise) and maps errors to exit codes: 0 success, 1 runtime failure, 2 usage or validation.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import typer
+
+from sslcli.errors import SslcliError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Output:
+    """How the running command talks to the user. Human text goes to stderr so stdout stays machine-readable."""
+
+    json: bool = False
+    quiet: bool = False
+    debug: bool = False
+
+    @property
+    def interactive(self) -> bool:
+        return sys.stderr.isatty() and not self.quiet and not self.json
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# The options of the command being run; library code reaches it through `current()`.
+_CURRENT = Output()
+
+
+def current() -> Output:
+    return _CURRENT
+
+
+def progress(items: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
+    """Iterate with a rich progress bar on a TTY, plain log lines (every 10 %) otherwise, nothing with --quiet."""
+    out = current()
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    if out.quiet:
+        yield from items
+        return
+    if out.interactive:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            for item in items:
+                yield item
+                bar.advance(task)
+        return
+    step = max(1, (total or 0) // 10) if total else 100
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        if done % step == 0 or done == total:
+            out.info(f"{description}: {done}/{total if total is not None else '?'}")
+
+
+def _print_human(result: dict[str, Any]) -> None:
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value)
+            if len(value) > 200:
+                value = value[:197] + "..."
+        print(f"{key}: {value}")
+
+
+_GLOBAL_OPTIONS = [
+    inspect.Parameter("json_output", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")),
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--quiet", "-q", help="No progress or log lines.")),
+    inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--debug", help="Show tracebacks on errors.")),
+]
+
+
+def run_guarded(fn: Callable[[], Any], out: Output) -> Any:
+    """Run ``fn`` mapping errors to one-line messages and exit codes (shared by commands and tests)."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except SslcliError as exc:
+        if out.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug or an unexpected environment problem: still one line unless --debug
+        if out.debug:
+            traceback.print_exc()
+        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as ``name`` on ``app`` with the global options and the error/exit-code conventions."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, json_output: bool = False, quiet: bool = False, debug: bool = False,
+                    **kw: Any) -> None:
+            global _CURRENT
+            _CURRENT = out = Output(json=json_output, quiet=quiet, debug=debug)
+            result = run_guarded(lambda: fn(*args, **kw), out)
+            if result is None:
+                return
+            if out.json:
+                print(json.dumps(result, default=str))
+            elif not out.quiet:
+                _print_human(result)
+
+        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *_GLOBAL_OPTIONS])  # type: ignore[attr-defined]
+        app.command(name, **kwargs)(wrapper)
+        return fn
+
+    return decorate

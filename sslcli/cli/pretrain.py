@@ -1,0 +1,47 @@
+"""`sslcli pretrain`: validate a run spec and train it with the shared engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from sslcli.cli.apps import app
+from sslcli.cli.common import command, current
+from sslcli.errors import InputError, NotImplementedYet
+from sslcli.spec import dump_spec, load_spec, spec_schema
+
+
+@command(app, "pretrain")
+def pretrain(
+    spec_path: Path = typer.Argument(None, metavar="SPEC", help="YAML run spec (see examples/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the resolved spec; do not train."),
+    schema: bool = typer.Option(False, "--schema", "--print-schema", help="Print the run spec's JSON schema."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a spec field: --set epochs=2 (repeatable)."),
+    gpus: int = typer.Option(0, "--gpus", help="Processes to launch (one per GPU; gloo on CPU when no GPU). "
+                                               "0 = one process on the best device."),
+    resume: str = typer.Option(None, "--resume", help="'auto' (latest checkpoint in output_dir) or a checkpoint path."),
+    nodes: int = typer.Option(1, "--nodes", help="Number of nodes (torchrun rendezvous)."),
+    node_rank: int = typer.Option(0, "--node-rank", help="This node's rank."),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Rendezvous host."),
+    master_port: int = typer.Option(29500, "--master-port", help="Rendezvous port."),
+):
+    """Pretrain a backbone from a YAML run spec.
+
+    Example: sslcli pretrain examples/moco-v2_r50_b256_200ep_coco.yaml --gpus 2
+    """
+    if schema:
+        print(json.dumps(spec_schema(), indent=2))
+        return None
+    if spec_path is None:
+        raise InputError("SPEC: a run spec file is required (or --schema)")
+    world = max(gpus, 1) * nodes
+    spec = load_spec(spec_path, overrides, world_size=world)
+    if dry_run:
+        if current().json:
+            return {"valid": True, "lr": spec.lr, "spec": spec.model_dump(mode="json")}
+        print(dump_spec(spec), end="")
+        current().info(f"{spec_path}: valid ({spec.method.name}, global batch {spec.batch_size}, lr {spec.lr:g})")
+        return None
+    raise NotImplementedYet("pretrain training engine (use --dry-run to validate a spec)")

@@ -1,0 +1,1 @@
+"""Data: readers, subsets, the region store, synthetic scenes, view transforms."""

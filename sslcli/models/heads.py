@@ -1,0 +1,18 @@
+"""Projection and prediction heads shared by the methods."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool) -> nn.Sequential:
+    """Linear → [BN] → ReLU → Linear.
+
+    MoCo-v2 / SimCLR / DetCon_S heads: 2048→2048→128 without BN (METHODS.md §1, §3);
+    BYOL / DetCon_B / SoCo projector and predictor: →4096→BN→ReLU→256 (METHODS.md §3–4).
+    """
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(hidden_dim))
+    layers += [nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)]
+    return nn.Sequential(*layers)

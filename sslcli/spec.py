@@ -1,0 +1,378 @@
+"""Run specs for `sslcli pretrain`: pydantic v2 models, YAML in, JSON schema out.
+
+A spec is fully explicit: the global batch size, the lr scaling rule (``lr = base_lr × batch / 256`` when
+``optimizer.lr_scaling`` is ``linear``) and every method option. Unknown keys are errors; every error names its
+field path. Hyperparameter defaults follow METHODS.md (section numbers cited per field).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sslcli.errors import InputError
+
+SPEC_VERSION = 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------------- data, model
+class DataSpec(Strict):
+    root: str = Field(..., description="Data-set root (COCO, ImageFolder, plain folder) or a manifest file.")
+    format: Literal["auto", "coco", "imagefolder", "folder", "manifest"] = "auto"
+    split: str = Field("train2017", description="COCO split name (train2017, val2017, ...).")
+    image_size: int = Field(224, ge=16, le=1024, description="Side of the (large) training crops in pixels.")
+    workers: int = Field(4, ge=0, le=256, description="DataLoader worker processes per rank.")
+    pin_memory: bool = True
+
+
+class ModelSpec(Strict):
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet50"
+    width: int = Field(64, ge=4, le=256, description="Channels of the first stage (64 = torchvision's ResNets; "
+                                                     "smaller values make tiny test models).")
+    c4: bool = Field(False, description="Split at res4 (ResNet-C4) for region-level methods: RoIAlign on res4, "
+                                        "then res5 as the head (METHODS.md §4).")
+
+
+# ------------------------------------------------------------------------------------------------------ augmentation
+class MultiCropSpec(Strict):
+    """Multi-crop (METHODS.md §2): 2 large crops + n small ones; small crops are queries only."""
+
+    enabled: bool = False
+    large_size: int = Field(160, ge=16)
+    large_scale: tuple[float, float] = (0.2, 1.0)
+    small_size: int = Field(96, ge=8)
+    small_scale: tuple[float, float] = (0.05, 0.14)
+    n_small: int = Field(4, ge=1, le=16)
+
+
+class ConstrainedCropSpec(Strict):
+    """Constrained multi-crop (CC): a small crop must overlap the key crop by ≥ min_overlap of its own area."""
+
+    enabled: bool = False
+    min_overlap: float = Field(0.2, gt=0.0, le=1.0, description="Paper: 0.2; the authors' code uses 0.1.")
+    max_tries: int = Field(10, ge=1)
+
+
+class APlusSpec(Strict):
+    """A+ (METHODS.md §2): query crops get Flip → AutoAugment(ImageNet) with probability p instead of the standard."""
+
+    enabled: bool = False
+    p: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class KnnSpec(Strict):
+    """kNN-MoCo (METHODS.md §2): a queue of backbone features; neighbours' keys as extra positives."""
+
+    enabled: bool = False
+    k: int = Field(20, ge=1)
+    weight: float = Field(0.4, ge=0.0, description="λ; 0.8 collapses (paper).")
+    warmup_epochs: int = Field(5, ge=0)
+    bank_first: bool = Field(False, description="Enable from epoch 0 with the bank updated before the loss.")
+
+
+class CropIouSpec(Strict):
+    """Revisiting §3.1: rejection-sample the second crop until IoU(view1, view2) < max_iou."""
+
+    max_iou: float | None = Field(None, gt=0.0, le=1.0)
+    max_tries: int = Field(50, ge=1)
+
+
+# ----------------------------------------------------------------------------------------------------------- methods
+class MocoSpec(Strict):
+    """MoCo-v2 and the Revisiting additions (METHODS.md §1–2)."""
+
+    name: Literal["moco"] = "moco"
+    dim: int = Field(128, ge=1)
+    hidden_dim: int = Field(2048, ge=1)
+    queue_size: int = Field(65536, ge=1, description="K; must be divisible by the global batch size.")
+    temperature: float = Field(0.2, gt=0.0)
+    momentum: float = Field(0.999, ge=0.0, le=1.0, description="0.995 is the Revisiting 'lower momentum' (+m).")
+    shuffle_bn: bool = True
+    multi_crop: MultiCropSpec = MultiCropSpec()
+    constrained: ConstrainedCropSpec = ConstrainedCropSpec()
+    aplus: APlusSpec = APlusSpec()
+    knn: KnnSpec = KnnSpec()
+    crop_iou: CropIouSpec = CropIouSpec()
+
+
+class SimclrSpec(Strict):
+    """SimCLR (NT-Xent), the base of DetCon_S."""
+
+    name: Literal["simclr"] = "simclr"
+    dim: int = Field(128, ge=1)
+    hidden_dim: int = Field(2048, ge=1)
+    temperature: float = Field(0.1, gt=0.0)
+
+
+class ByolSpec(Strict):
+    """BYOL (predictor, EMA target with cosine momentum schedule), the base of DetCon_B."""
+
+    name: Literal["byol"] = "byol"
+    dim: int = Field(256, ge=1)
+    hidden_dim: int = Field(4096, ge=1)
+    base_momentum: float = Field(0.996, ge=0.0, le=1.0, description="τ₀; τ_t = 1 − (1 − τ₀)(cos(πt/T)+1)/2.")
+
+
+class MaskSourceSpec(Strict):
+    """Where DetCon's masks come from (METHODS.md §3)."""
+
+    kind: Literal["store", "grid", "gt"] = "store"
+    path: str | None = Field(None, description="Mask store (.h5) from `prepare masks` (FH or MCG).")
+    scales: list[int] | None = Field(None, description="FH scales to use from the store; several = one sampled "
+                                                       "per image and step. None = every scale in the store.")
+    grid: int = Field(5, ge=1, le=32, description="n for n×n grid masks (1×1 = SimCLR/BYOL).")
+
+    @model_validator(mode="after")
+    def _path_for_store(self) -> MaskSourceSpec:
+        if self.kind == "store" and not self.path:
+            raise ValueError("path: required when kind is 'store' (a file from `sslcli prepare masks`)")
+        return self
+
+
+class DetconSpec(Strict):
+    """DetCon_S (SimCLR-based) and DetCon_B (BYOL-based) (METHODS.md §3)."""
+
+    name: Literal["detcon"] = "detcon"
+    variant: Literal["S", "B"] = "S"
+    masks: MaskSourceSpec = MaskSourceSpec(kind="grid")
+    num_samples: int = Field(16, ge=1, description="Mask ids sampled per image and view.")
+    temperature: float = Field(0.1, gt=0.0)
+    dim: int | None = Field(None, description="Default 128 (S) / 256 (B).")
+    hidden_dim: int | None = Field(None, description="Default 2048 (S) / 4096 (B).")
+    base_momentum: float = Field(0.996, ge=0.0, le=1.0, description="DetCon_B only: 0.996 (1000 ep) / 0.99 (300 ep).")
+
+
+class SocoSpec(Strict):
+    """SoCo, the region-level baseline (METHODS.md §4). Reserved: not trainable yet."""
+
+    name: Literal["soco"] = "soco"
+    boxes: str = Field(..., description="Box store (.h5) from `prepare boxes`.")
+    boxes_per_image: int = Field(4, ge=1)
+    roi_size: int = Field(14, ge=1)
+    jitter_p: float = Field(0.5, ge=0.0, le=1.0)
+    jitter_scale: float = Field(0.1, ge=0.0)
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    dim: int = 256
+    hidden_dim: int = 4096
+    base_momentum: float = Field(0.99, ge=0.0, le=1.0)
+
+
+class PrcSpec(Strict):
+    side_fraction: tuple[float, float] = (0.2, 0.5)
+    max_cover: float = Field(0.5, gt=0.0, le=1.0)
+
+
+class PrmSpec(Strict):
+    scale: tuple[float, float] = (0.2, 0.6)
+    ratio: tuple[float, float] = (0.75, 4 / 3)
+
+
+class RbjSpec(Strict):
+    scale: tuple[float, float] = (0.9, 1.0)
+    shift: float = 0.1
+
+
+class D3sslSpec(Strict):
+    """D3SSL (METHODS.md §5). Reserved: not trainable yet."""
+
+    name: Literal["d3ssl"] = "d3ssl"
+    boxes: str = Field(..., description="Box store (.h5) from `prepare boxes`.")
+    boxes_per_image: int = Field(4, ge=1)
+    temperature: float = Field(0.2, gt=0.0)
+    bank_size: int = Field(65536, ge=1)
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    prc: PrcSpec = PrcSpec()
+    prm: PrmSpec = PrmSpec()
+    rbj: RbjSpec = RbjSpec()
+    decoupling: bool = True
+    depositioning: bool = True
+    dim: int = 256
+    hidden_dim: int = 4096
+    base_momentum: float = Field(0.99, ge=0.0, le=1.0)
+
+
+MethodSpec = Annotated[MocoSpec | SimclrSpec | ByolSpec | DetconSpec | SocoSpec | D3sslSpec,
+                       Field(discriminator="name")]
+METHOD_NAMES = ("moco", "simclr", "byol", "detcon", "soco", "d3ssl")
+
+
+# ----------------------------------------------------------------------------------------------- optimiser, schedule
+class OptimizerSpec(Strict):
+    name: Literal["sgd", "lars"] = "sgd"
+    base_lr: float = Field(0.3, gt=0.0, description="Learning rate for a global batch of 256 (see lr_scaling).")
+    lr_scaling: Literal["linear", "none"] = Field("linear", description="linear: lr = base_lr × batch / 256.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    exclude_bias_and_norm: bool = Field(True, description="No weight decay (and, for LARS, no adaptation) on "
+                                                          "biases and normalisation parameters.")
+    lars_eta: float = Field(1e-3, gt=0.0)
+    grad_clip: float | None = Field(None, gt=0.0, description="Clip the global gradient norm to this value.")
+
+
+class ScheduleSpec(Strict):
+    name: Literal["cosine", "step", "piecewise", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_start_factor: float = Field(0.0, ge=0.0, le=1.0, description="Warm-up starts at lr × this factor.")
+    final_lr: float = Field(0.0, ge=0.0, description="cosine: the lr reached at the end.")
+    milestones: list[float] = Field([0.96, 0.98], description="step/piecewise: fractions of training where the "
+                                                              "lr is multiplied by gamma.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    per_step: bool = Field(True, description="Update the lr every step (True) or once per epoch (MoCo's code).")
+
+
+class LoggingSpec(Strict):
+    every_steps: int = Field(10, ge=1)
+    tensorboard: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------------- the spec
+class RunSpec(Strict):
+    spec_version: Literal[1] = SPEC_VERSION
+    name: str = Field("run", description="Short run name, used in logs.")
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+    method: MethodSpec
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    batch_size: int = Field(256, ge=1, description="Global batch size, over all ranks.")
+    epochs: int = Field(200, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (smoke tests).")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = Field(True, description="On GPU only; ignored on CPU.")
+    seed: int = 0
+    output_dir: str = "runs/run"
+    checkpoint_every: int = Field(10, ge=1, description="Keep a checkpoint every N epochs (plus `last`).")
+    logging: LoggingSpec = LoggingSpec()
+
+    @property
+    def lr(self) -> float:
+        """The actual peak learning rate after the scaling rule."""
+        if self.optimizer.lr_scaling == "linear":
+            return self.optimizer.base_lr * self.batch_size / 256
+        return self.optimizer.base_lr
+
+
+def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
+    """Cross-field rules pydantic cannot check field by field, as ``path: message`` lines."""
+    problems = []
+    method = spec.method
+    if spec.batch_size % world_size:
+        problems.append(f"batch_size: must be divisible by the number of processes {world_size}")
+    if isinstance(method, MocoSpec) and method.queue_size % spec.batch_size:
+        problems.append(f"method.queue_size: must be divisible by the global batch size {spec.batch_size}")
+    if isinstance(method, D3sslSpec) and method.bank_size % spec.batch_size:
+        problems.append(f"method.bank_size: must be divisible by the global batch size {spec.batch_size}")
+    if isinstance(method, MocoSpec) and method.constrained.enabled and not method.multi_crop.enabled:
+        problems.append("method.constrained.enabled: constrained multi-crop needs method.multi_crop.enabled: true")
+    for path, pair in _ranges(spec):
+        lo, hi = pair
+        if lo > hi:
+            problems.append(f"{path}: lower bound {lo} is above upper bound {hi}")
+    if spec.schedule.name in ("step", "piecewise"):
+        if any(not 0.0 < m < 1.0 for m in spec.schedule.milestones) or spec.schedule.milestones != sorted(
+                spec.schedule.milestones):
+            problems.append("schedule.milestones: must be increasing fractions of training in (0, 1)")
+    if spec.schedule.warmup_epochs >= spec.epochs and spec.max_steps is None:
+        problems.append(f"schedule.warmup_epochs: must be below epochs ({spec.epochs})")
+    return problems
+
+
+def _ranges(spec: RunSpec):
+    method = spec.method
+    if isinstance(method, MocoSpec):
+        yield "method.multi_crop.large_scale", method.multi_crop.large_scale
+        yield "method.multi_crop.small_scale", method.multi_crop.small_scale
+    if isinstance(method, (SocoSpec, D3sslSpec)):
+        yield "method.crop_scale", method.crop_scale
+    if isinstance(method, D3sslSpec):
+        yield "method.prc.side_fraction", method.prc.side_fraction
+        yield "method.prm.scale", method.prm.scale
+        yield "method.rbj.scale", method.rbj.scale
+
+
+# ----------------------------------------------------------------------------------------------------- load, report
+class SpecError(InputError):
+    """A spec that does not validate; ``problems`` holds one ``path: message`` line per error."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the run spec\n{lines}")
+
+
+def _format_pydantic(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        # Drop the discriminator tag pydantic inserts into union paths (method.moco.queue_size -> method.queue_size).
+        loc = [str(p) for p in err["loc"]]
+        if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_NAMES:
+            loc = [loc[0], *loc[2:]]
+        path = ".".join(loc) or "(spec)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the spec; check spelling)"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown method {err.get('ctx', {}).get('tag', err['input'])!r}: expected one of {', '.join(METHOD_NAMES)}"
+        elif err["type"] == "union_tag_not_found":
+            msg = f"missing 'name': expected one of {', '.join(METHOD_NAMES)}"
+        elif err["type"] == "literal_error":
+            msg = f"{err['input']!r} is not allowed: {msg}"
+        problems.append(f"{path}: {msg}")
+    return problems
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML scalars) to a raw spec dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"--set {item!r}: expected dotted.key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def parse_spec(data: Any, source: str = "spec", world_size: int = 1) -> RunSpec:
+    if not isinstance(data, dict):
+        raise SpecError(source, ["(spec): expected a mapping at the top level"])
+    try:
+        spec = RunSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, _format_pydantic(exc)) from None
+    problems = consistency_problems(spec, world_size)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, world_size: int = 1) -> RunSpec:
+    """Read, override and validate a YAML spec; raise SpecError listing every problem with its field path."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read spec ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_spec(apply_overrides(data or {}, overrides or []), str(path), world_size)
+
+
+def spec_schema() -> dict:
+    return RunSpec.model_json_schema()
+
+
+def dump_spec(spec: RunSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real tiny-COCO set (skipped when absent), tiny models, CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing when tests run beside DataLoader workers.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_COCO = Path(os.environ.get("SSLCLI_TINY_COCO", REPO.parent / "shared" / "data" / "tiny-coco"))
+
+
+@pytest.fixture
+def tiny_coco() -> Path:
+    if not (TINY_COCO / "annotations" / "instances_train2017.json").is_file():
+        pytest.skip(f"real tiny-COCO data not found at {TINY_COCO} (set SSLCLI_TINY_COCO)")
+    return TINY_COCO
+
+
+@pytest.fixture
+def cli():
+    """Run the CLI in-process: cli(["prepare", ...]) -> (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from sslcli.cli import app
+
+    runner = CliRunner()
+
+    def run(args: list[str]):
+        result = runner.invoke(app, [str(a) for a in args])
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
