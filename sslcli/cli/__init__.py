@@ -9,6 +9,7 @@ from sslcli import __version__
 # Each module registers its commands on import; one module per feature keeps them independent.
 from sslcli.cli import (  # noqa: E402,F401  (imported for registration)
     analyze,
+    analyze_abo,
     analyze_crop_iou,
     demo,
     export,

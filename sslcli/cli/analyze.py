@@ -1,4 +1,4 @@
-"""`sslcli analyze coupling|positional|oknn|abo`: what the features encode (D3SSL §3, DetCon Fig. 7)."""
+"""`sslcli analyze coupling|positional|oknn`: what the features encode (D3SSL §3, §5.3)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,3 @@ def analyze_oknn(checkpoints: list[Path] = typer.Argument(..., help="One or more
     Example: sslcli analyze oknn ckpt.pt --data coco/ --disturbed
     """
     raise NotImplementedYet("analyze oknn")
-
-
-@command(analyze_app, "abo")
-def analyze_abo(store: Path = typer.Argument(..., help="A mask store.")):
-    """Average best overlap of a mask store against ground-truth instance masks.
-
-    Example: sslcli analyze abo coco/sslcli/fh-s1000.h5 --gt coco/
-    """
-    raise NotImplementedYet("analyze abo")

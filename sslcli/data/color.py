@@ -1,0 +1,67 @@
+"""Photometric augmentation shared by every method (METHODS.md §1–3), on float (C, H, W) tensors in [0, 1].
+
+Geometry (crops, flips) lives with each method's view transform because masks and boxes must follow it; colour
+never moves pixels, so one module serves MoCo-v2, SimCLR, BYOL, DetCon_S and DetCon_B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ColorAug:
+    """One view's photometric pipeline: jitter (p) → grayscale (p) → blur (p) → solarize (p) → normalise."""
+
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+
+
+# MoCo-v2 (METHODS.md §1): both views identical.
+MOCO_V2 = ColorAug()
+# SimCLR / DetCon_S (METHODS.md §3): blur always on view 1, never on view 2, no solarize.
+SIMCLR = (ColorAug(0.8, 0.8, 0.8, 0.2, blur_p=1.0), ColorAug(0.8, 0.8, 0.8, 0.2, blur_p=0.0))
+# BYOL / DetCon_B (METHODS.md §3): blur 1.0 / 0.1, solarize 0 / 0.2.
+BYOL = (ColorAug(0.4, 0.4, 0.2, 0.1, blur_p=1.0), ColorAug(0.4, 0.4, 0.2, 0.1, blur_p=0.1, solarize_p=0.2))
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """About 10 % of the image side, odd (SimCLR: 23 px at 224)."""
+    k = max(3, int(0.1 * image_size))
+    return k if k % 2 else k + 1
+
+
+def color_transform(aug: ColorAug, image_size: int, normalize: bool = True) -> v2.Compose:
+    """The torchvision v2 pipeline for ``aug``; input float (C, H, W) in [0, 1]."""
+    steps: list[torch.nn.Module] = []
+    if aug.jitter_p > 0:
+        steps.append(v2.RandomApply([v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
+                                    p=aug.jitter_p))
+    if aug.gray_p > 0:
+        steps.append(v2.RandomGrayscale(p=aug.gray_p))
+    if aug.blur_p > 0:
+        steps.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(image_size), sigma=aug.blur_sigma)],
+                                    p=aug.blur_p))
+    if aug.solarize_p > 0:
+        steps.append(v2.RandomSolarize(threshold=0.5, p=aug.solarize_p))
+    if normalize:
+        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return v2.Compose(steps)
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of a float (C, H, W) tensor in [0, 1] (evaluation pipelines)."""
+    return v2.functional.normalize(image, IMAGENET_MEAN, IMAGENET_STD)
