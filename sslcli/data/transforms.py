@@ -1,0 +1,207 @@
+"""Image-level view transforms: MoCo-v2 / SimCLR / BYOL pairs, IoU-constrained pairs, multi-crop, CC and A+.
+
+Geometry lives here and colour in `sslcli.data.color`. Every crop is first sampled as a box in original-image pixel
+coordinates ``(x0, y0, x1, y1)`` (x1, y1 exclusive) by small pure functions, so the rules are testable on the boxes:
+- `sample_crop_box`: torchvision's RandomResizedCrop rule (area fraction ~ U(scale), log-uniform aspect ratio,
+  10 attempts, then a central crop with the ratio clamped).
+- `sample_pair_with_max_iou` (Revisiting §3.1): view 2 is resampled until IoU(view 1, view 2) < max_iou; after
+  ``max_tries`` the documented fallback keeps the candidate with the lowest IoU seen (flagged ``satisfied=False``).
+- `sample_constrained_box` (CC, METHODS.md §2): a small crop is resampled (≤ max_tries) until its intersection with the
+  key crop covers ≥ min_overlap of its own area; after that the last, unconstrained sample is kept (paper rule).
+
+Crop index 1 is the key ("anchor") for MoCo; crop 0 and the small crops are queries. A+ only ever touches queries.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, ColorAug, color_transform
+
+Box = tuple[int, int, int, int]
+
+KEY_CROP = 1  # MoCo: crop 1 is the key; crop 0 and the small crops are queries (METHODS.md §2).
+
+
+# ------------------------------------------------------------------------------------------------------ box sampling
+def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
+    return lo + (hi - lo) * float(torch.rand(1, generator=generator))
+
+
+def _randint(lo: int, hi: int, generator: torch.Generator | None) -> int:
+    """Uniform integer in [lo, hi] (inclusive)."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=generator))
+
+
+def sample_crop_box(height: int, width: int, scale: tuple[float, float] = (0.2, 1.0),
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None) -> Box:
+    """A RandomResizedCrop box ``(x0, y0, x1, y1)`` inside a ``height`` × ``width`` image."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * _uniform(scale[0], scale[1], generator)
+        aspect = math.exp(_uniform(log_ratio[0], log_ratio[1], generator))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            y0 = _randint(0, height - h, generator)
+            x0 = _randint(0, width - w, generator)
+            return (x0, y0, x0 + w, y0 + h)
+    # Fallback (torchvision's): the whole image, cropped centrally to the nearest allowed aspect ratio.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    y0, x0 = (height - h) // 2, (width - w) // 2
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def box_area(box: Box) -> float:
+    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+
+
+def box_intersection(a: Box, b: Box) -> float:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def box_iou(a: Box, b: Box) -> float:
+    inter = box_intersection(a, b)
+    union = box_area(a) + box_area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def overlap_fraction(small: Box, key: Box) -> float:
+    """Fraction of ``small``'s area covered by ``key`` (the CC criterion)."""
+    area = box_area(small)
+    return box_intersection(small, key) / area if area > 0 else 0.0
+
+
+def sample_pair_with_max_iou(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                             max_iou: float, max_tries: int = 50, generator: torch.Generator | None = None
+                             ) -> tuple[Box, Box, bool]:
+    """Two crop boxes with IoU < ``max_iou`` (Revisiting §3.1), and whether the bound was met.
+
+    View 1 is sampled once; view 2 is resampled up to ``max_tries`` times. Fallback when no candidate meets the bound:
+    the candidate with the lowest IoU (``satisfied`` is then False).
+    """
+    first = sample_crop_box(height, width, scale, ratio, generator)
+    best, best_iou = None, math.inf
+    for _ in range(max_tries):
+        second = sample_crop_box(height, width, scale, ratio, generator)
+        iou = box_iou(first, second)
+        if iou < max_iou:
+            return first, second, True
+        if iou < best_iou:
+            best, best_iou = second, iou
+    return first, best, False  # type: ignore[return-value]
+
+
+def sample_constrained_box(height: int, width: int, key: Box, scale: tuple[float, float],
+                           ratio: tuple[float, float], min_overlap: float, max_tries: int = 10,
+                           generator: torch.Generator | None = None) -> tuple[Box, bool]:
+    """A small crop covering ≥ ``min_overlap`` of its area with ``key`` (CC), and whether the rule was met.
+
+    Fallback after ``max_tries`` failures (METHODS.md §2: "then unconstrained"): the last sample, unconstrained.
+    """
+    box = key
+    for _ in range(max_tries):
+        box = sample_crop_box(height, width, scale, ratio, generator)
+        if overlap_fraction(box, key) >= min_overlap:
+            return box, True
+    return box, False
+
+
+# ------------------------------------------------------------------------------------------------------ pixel views
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 array → (3, H, W) uint8 tensor."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+
+
+def crop_resize(image: torch.Tensor, box: Box, size: int, flip: bool = False) -> torch.Tensor:
+    """Cut ``box`` from a (3, H, W) uint8 image, resize to (3, size, size) (bilinear, antialiased), optionally flip."""
+    x0, y0, x1, y1 = box
+    out = v2.functional.resize(image[:, y0:y1, x0:x1], [size, size], antialias=True)
+    return out.flip(-1) if flip else out
+
+
+class CropViews:
+    """The views of one image for the image-level methods: two large crops (+ ``n_small`` small crops).
+
+    Args:
+        large_size, large_scale: side and area-fraction range of crops 0 and 1 (MoCo-v2 224 / (0.2, 1); MC 160).
+        colors: photometric pipelines of crop 0 and crop 1 (`sslcli.data.color` presets); small crops use crop 0's.
+        small_size, small_scale, n_small: multi-crop small crops (MC: 96 px, (0.05, 0.14), 4).
+        ratio: aspect-ratio range (3/4, 4/3); flip_p: horizontal-flip probability (0.5).
+        max_iou, iou_tries: Revisiting §3.1 IoU-constrained pair (None = unconstrained).
+        cc_min_overlap, cc_tries: constrained multi-crop (None = unconstrained small crops).
+        aplus_p: A+ probability for each query crop (crop 0 and small crops; never crop 1): Flip → AutoAugment(ImageNet)
+            instead of the standard colour pipeline.
+
+    Calling it on ``{"image": (H, W, 3) uint8, "index": i}`` returns ``{"views": (2, 3, L, L) float,
+    "boxes": (2 + n_small, 4) float, "index": i}`` plus ``"small": (n_small, 3, S, S)`` when n_small > 0.
+    """
+
+    def __init__(self, large_size: int, large_scale: tuple[float, float], colors: tuple[ColorAug, ColorAug],
+                 small_size: int = 96, small_scale: tuple[float, float] = (0.05, 0.14), n_small: int = 0,
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, max_iou: float | None = None,
+                 iou_tries: int = 50, cc_min_overlap: float | None = None, cc_tries: int = 10, aplus_p: float = 0.0):
+        self.large_size, self.large_scale = large_size, tuple(large_scale)
+        self.small_size, self.small_scale, self.n_small = small_size, tuple(small_scale), n_small
+        self.ratio, self.flip_p = tuple(ratio), flip_p
+        self.max_iou, self.iou_tries = max_iou, iou_tries
+        self.cc_min_overlap, self.cc_tries = cc_min_overlap, cc_tries
+        self.aplus_p = aplus_p
+        self.large_colors = (color_transform(colors[0], large_size), color_transform(colors[1], large_size))
+        self.small_color = color_transform(colors[0], small_size) if n_small else None
+        self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET) if aplus_p > 0 else None
+
+    def sample_boxes(self, height: int, width: int, generator: torch.Generator | None = None) -> list[Box]:
+        """Crop boxes in image coordinates: [crop 0, crop 1 (key), small crops...]."""
+        if self.max_iou is not None:
+            first, second, _ = sample_pair_with_max_iou(height, width, self.large_scale, self.ratio, self.max_iou,
+                                                        self.iou_tries, generator)
+        else:
+            first = sample_crop_box(height, width, self.large_scale, self.ratio, generator)
+            second = sample_crop_box(height, width, self.large_scale, self.ratio, generator)
+        boxes = [first, second]
+        for _ in range(self.n_small):
+            if self.cc_min_overlap is not None:
+                box, _ = sample_constrained_box(height, width, second, self.small_scale, self.ratio,
+                                                self.cc_min_overlap, self.cc_tries, generator)
+            else:
+                box = sample_crop_box(height, width, self.small_scale, self.ratio, generator)
+            boxes.append(box)
+        return boxes
+
+    def _colour(self, crop: torch.Tensor, index: int) -> torch.Tensor:
+        """Photometric part for crop ``index`` of a (3, S, S) uint8 crop → normalised float."""
+        if index != KEY_CROP and self.autoaugment is not None and float(torch.rand(1)) < self.aplus_p:
+            # A+ branch: AutoAugment works on uint8; the flip was already drawn with the geometry.
+            out = self.autoaugment(crop).float() / 255
+            return v2.functional.normalize(out, IMAGENET_MEAN, IMAGENET_STD)
+        pipeline = self.large_colors[index] if index < 2 else self.small_color
+        return pipeline(crop.float() / 255)  # type: ignore[misc]
+
+    def __call__(self, sample: dict) -> dict:
+        image = image_to_tensor(sample["image"])
+        height, width = image.shape[1:]
+        boxes = self.sample_boxes(height, width)
+        crops = []
+        for i, box in enumerate(boxes):
+            size = self.large_size if i < 2 else self.small_size
+            crop = crop_resize(image, box, size, flip=float(torch.rand(1)) < self.flip_p)
+            crops.append(self._colour(crop, i))
+        out = {"views": torch.stack(crops[:2]), "boxes": torch.tensor(boxes, dtype=torch.float32),
+               "index": sample["index"]}
+        if self.n_small:
+            out["small"] = torch.stack(crops[2:])
+        return out

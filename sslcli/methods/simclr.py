@@ -1,0 +1,46 @@
+"""SimCLR (Chen et al. 2020): NT-Xent over both views of the global batch; the base DetCon_S extends."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sslcli.data.color import SIMCLR
+from sslcli.data.transforms import CropViews
+from sslcli.engine import dist
+from sslcli.losses.contrastive import nt_xent
+from sslcli.methods import register
+from sslcli.methods.base import Method, StepInfo
+from sslcli.models.backbone import build_backbone
+from sslcli.models.heads import mlp
+
+# SimCLR / DetCon crop area range (METHODS.md §3: U[0.08, 1]).
+SIMCLR_CROP_SCALE = (0.08, 1.0)
+
+
+def simclr_projector(in_dim: int, hidden_dim: int = 2048, dim: int = 128):
+    """The SimCLR / DetCon_S projector: in_dim → hidden_dim → ReLU → dim, no BN (METHODS.md §3)."""
+    return mlp(in_dim, hidden_dim, dim, batch_norm=False)
+
+
+@register("simclr")
+class SimCLR(Method):
+    """Backbone + projector; views from `CropViews` with the SIMCLR colour presets (blur on view 1 only)."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        self.projector = simclr_projector(self.encoder.out_channels, spec.method.hidden_dim, spec.method.dim)
+
+    def transform(self) -> CropViews:
+        return CropViews(self.spec.data.image_size, SIMCLR_CROP_SCALE, colors=SIMCLR)
+
+    def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """``batch["views"]``: (B, 2, 3, S, S). Both views go through the backbone in one pass (BN over 2B)."""
+        views = batch["views"]
+        b = views.shape[0]
+        z = F.normalize(self.projector(self.encoder(torch.cat([views[:, 0], views[:, 1]]))), dim=1)
+        z1, z2 = z[:b], z[b:]
+        loss = nt_xent(z1, z2, self.spec.method.temperature, dist.gather_with_grad(z1), dist.gather_with_grad(z2),
+                       offset=dist.rank() * b)
+        return {"loss": loss}
