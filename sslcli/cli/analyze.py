@@ -1,38 +1,231 @@
-"""`sslcli analyze coupling|positional|oknn`: what the features encode (D3SSL §3, §5.3)."""
+"""`sslcli analyze coupling|positional|oknn`: what the features encode (D3SSL §3, §5.3).
+
+Each command takes one or more checkpoints (any format `sslcli.checkpoints.load_backbone` reads), builds its
+inputs once from the data set (seeded, so every checkpoint sees the same pairs / tilings / objects), and writes
+``<out>/<analysis>.json`` and ``<out>/<analysis>.png`` atomically. Definitions and choices: docs/analyze.md.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 import typer
 
 from sslcli.cli.apps import analyze_app
-from sslcli.cli.common import command
-from sslcli.errors import NotImplementedYet
+from sslcli.cli.common import command, current
+from sslcli.errors import InputError
+from sslcli.io import write_json_atomic
+from sslcli.models.backbone import STAGES
+
+CHECKPOINTS = typer.Argument(..., help="One or more checkpoints (sslcli, torchvision, MoCo-v2, SoCo, DetCon .npy).")
+DATA = typer.Option(..., "--data", help="COCO-layout data set root (annotations/instances_<split>.json).")
+OUT = typer.Option(Path("analysis"), "--out", help="Directory for the JSON result and the PNG plot.")
+ARCH = typer.Option(None, "--arch", help="Expected architecture (default: what the checkpoint implies).")
+WIDTH = typer.Option(None, "--width", help="Expected stem width (default: what the checkpoint implies).")
+TRUST = typer.Option(False, "--trust-checkpoint",
+                     help="Allow full unpickling (SoCo files hold an argparse Namespace): runs code from the file, "
+                          "so only for files you trust.")
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda.")
+BATCH = typer.Option(16, "--batch-size", min=1, help="Images per forward pass.")
+SEED = typer.Option(0, "--seed", help="Seed for choosing objects, pairs and backgrounds.")
+MIN_SIZE = typer.Option(32.0, "--min-size", min=1, help="Objects qualify when both box sides are ≥ this (pixels).")
+ROI = typer.Option(7, "--roi-size", min=1, help="RoIAlign output grid (then average-pooled).")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"--device {name!r}: expected auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Short plot/JSON labels: file stems, or full paths where stems collide."""
+    stems = [p.stem for p in paths]
+    return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths)]
+
+
+def load_all(paths: list[Path], arch: str | None, width: int | None, trust: bool, device: torch.device) -> Iterator:
+    """Yield (label, backbone on device, load report dict) one checkpoint at a time (only one is held in memory)."""
+    from sslcli.checkpoints import load_backbone
+
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: checkpoint not found")
+    for label, path in zip(_labels(paths), paths):
+        backbone, report = load_backbone(path, arch=arch, width=width, trust=trust)
+        current().info(report.summary())
+        yield label, backbone.to(device).eval(), report.to_dict()
+
+
+def _finite(values: torch.Tensor) -> list[float | None]:
+    return [None if math.isnan(v) else round(v, 6) for v in values.tolist()]
+
+
+def _write(out: Path, name: str, result: dict) -> dict:
+    result["outputs"] = {"json": str(out / f"{name}.json"), "plot": str(out / f"{name}.png")}
+    write_json_atomic(out / f"{name}.json", result)
+    return result
+
+
+def _log_layers(label: str, layers: dict) -> None:
+    current().info(f"{label}: " + "  ".join(f"{s} {v['mean']:.4f}" if v["mean"] is not None else f"{s} n/a"
+                                            for s, v in layers.items()))
 
 
 @command(analyze_app, "coupling")
-def analyze_coupling(checkpoints: list[Path] = typer.Argument(..., help="One or more checkpoints.")):
-    """Coupling rate per layer (res2..res5).
+def analyze_coupling(
+    checkpoints: list[Path] = CHECKPOINTS, data: Path = DATA,
+    split: str = typer.Option("val2017", "--split", help="Split to draw the objects from."),
+    pairs: int = typer.Option(200, "--pairs", min=1, help="Number of object pairs (A, B of different classes)."),
+    cell: int = typer.Option(128, "--cell", min=16, help="Each object is scaled so its longer side is this (px)."),
+    gap: int = typer.Option(0, "--gap", min=0, help="Pixels between A's right edge and B's left edge."),
+    masked: bool = typer.Option(True, "--masked/--box", help="Cut objects out with their GT masks (else the box)."),
+    out: Path = OUT, arch: str | None = ARCH, width: int | None = WIDTH, trust_checkpoint: bool = TRUST,
+    device: str = DEVICE, batch_size: int = BATCH, seed: int = SEED, min_size: float = MIN_SIZE, roi_size: int = ROI,
+):
+    """Coupling rate per layer (res2..res5): CR = cos(f(A|A+B), f(B|A+B)) / cos(f(A|A alone), f(B|A+B)).
 
-    Example: sslcli analyze coupling ckpt.pt --data coco/
+    Pairs of objects of different classes are cut out with their GT masks, scaled so the longer side of each box is
+    --cell px, and placed side by side (A right-aligned in the left cell, B left-aligned in the right cell, --gap px
+    apart) on a black cell x (2 cell + gap) canvas; the second image holds A alone at the same place. Features:
+    RoIAlign (aligned, --roi-size) of each object's box on the layer, average-pooled. Reports mean, std, median
+    and quartiles of CR per layer (1 = no coupling). Pairs whose denominator is ~0 are counted as undefined.
+
+    Example: sslcli analyze coupling moco.pth soco.pth --data coco/ --pairs 500 --out results/
     """
-    raise NotImplementedYet("analyze coupling")
+    from sslcli.analysis.coupling import coupling_rates, sample_pairs, summarize
+    from sslcli.analysis.plots import plot_against_depth
+    from sslcli.data.sources import open_source
+
+    dev = resolve_device(device)
+    skipped: list[str] = []
+    scenes = sample_pairs(open_source(data, split), pairs, seed, min_size, cell, gap, masked, skipped)
+    settings = {"data": str(data), "split": split, "pairs": pairs, "cell": cell, "gap": gap, "masked": masked,
+                "min_size": min_size, "roi_size": roi_size, "seed": seed}
+    results, curves = [], {}
+    for label, backbone, report in load_all(checkpoints, arch, width, trust_checkpoint, dev):
+        rates = coupling_rates(backbone, scenes, STAGES, roi_size, batch_size=batch_size, device=dev)
+        layers = {s: summarize(r) for s, r in rates.items()}
+        _log_layers(f"{label} CR", layers)
+        curves[label] = layers
+        results.append({"label": label, "checkpoint": report, "layers": layers,
+                        "per_pair": {s: _finite(r) for s, r in rates.items()}})
+    plot_against_depth(curves, out / "coupling.png", "coupling rate (CR)", "Object coupling (1 = none)")
+    result = {"analysis": "coupling", "settings": settings, "pairs": [s.meta for s in scenes],
+              "checkpoints": results, "skipped_images": skipped}
+    return _write(out, "coupling", result)
 
 
 @command(analyze_app, "positional")
-def analyze_positional(checkpoints: list[Path] = typer.Argument(..., help="One or more checkpoints.")):
-    """Positional bias (mean cosine similarity on 3x3 tilings) per layer.
+def analyze_positional(
+    checkpoints: list[Path] = CHECKPOINTS, data: Path = DATA,
+    split: str = typer.Option("val2017", "--split", help="Split to draw the objects from."),
+    objects: int = typer.Option(100, "--objects", min=1, help="Number of objects to tile (distinct, seeded)."),
+    tile: int = typer.Option(96, "--tile", min=16, help="Side of each of the 3x3 tiles (px)."),
+    masked: bool = typer.Option(False, "--masked/--box", help="Black out pixels outside the object's GT mask."),
+    out: Path = OUT, arch: str | None = ARCH, width: int | None = WIDTH, trust_checkpoint: bool = TRUST,
+    device: str = DEVICE, batch_size: int = BATCH, seed: int = SEED, min_size: float = MIN_SIZE, roi_size: int = ROI,
+):
+    """Positional bias per layer: mean cosine similarity (MCS) between the centre tile and the 8 others.
 
-    Example: sslcli analyze positional ckpt.pt --data coco/
+    Each object's GT box crop is stretched to --tile x --tile px and repeated in a 3x3 grid; each tile's feature is
+    the RoIAlign (aligned, --roi-size) of its box on the layer, average-pooled. 1 = no positional information; zero
+    padding lowers it with depth. Reports mean, std, median and quartiles of MCS over the objects, per layer.
+
+    Example: sslcli analyze positional moco.pth soco.pth --data coco/ --objects 200 --out results/
     """
-    raise NotImplementedYet("analyze positional")
+    from sslcli.analysis.coupling import summarize
+    from sslcli.analysis.plots import plot_against_depth
+    from sslcli.analysis.positional import mean_cosine_similarity, sample_tilings
+    from sslcli.data.sources import open_source
+
+    dev = resolve_device(device)
+    skipped: list[str] = []
+    tilings, meta = sample_tilings(open_source(data, split), objects, seed, min_size, tile, masked, skipped)
+    settings = {"data": str(data), "split": split, "objects": len(tilings), "tile": tile, "masked": masked,
+                "min_size": min_size, "roi_size": roi_size, "seed": seed}
+    results, curves = [], {}
+    for label, backbone, report in load_all(checkpoints, arch, width, trust_checkpoint, dev):
+        mcs = mean_cosine_similarity(backbone, tilings, STAGES, roi_size, batch_size=batch_size, device=dev)
+        layers = {s: summarize(v) for s, v in mcs.items()}
+        _log_layers(f"{label} MCS", layers)
+        curves[label] = layers
+        results.append({"label": label, "checkpoint": report, "layers": layers,
+                        "per_object": {s: _finite(v) for s, v in mcs.items()}})
+    plot_against_depth(curves, out / "positional.png", "mean cosine similarity (MCS)",
+                       "Positional bias (1 = none)")
+    result = {"analysis": "positional", "settings": settings, "objects": meta, "checkpoints": results,
+              "skipped_images": skipped}
+    return _write(out, "positional", result)
 
 
 @command(analyze_app, "oknn")
-def analyze_oknn(checkpoints: list[Path] = typer.Argument(..., help="One or more checkpoints.")):
-    """Object-level kNN accuracy (optionally with disturbed backgrounds).
+def analyze_oknn(
+    checkpoints: list[Path] = CHECKPOINTS, data: Path = DATA,
+    split: str = typer.Option("val2017", "--split", help="Split of the query objects."),
+    train_split: str = typer.Option("train2017", "--train-split", help="Split of the bank objects."),
+    k: int = typer.Option(20, "--k", min=1, help="Neighbours voting."),
+    temperature: float = typer.Option(0.07, "--temperature", min=1e-6, help="Votes weigh exp(cos / temperature)."),
+    per_image: int = typer.Option(0, "--bank-per-image", min=0,
+                                  help="Bank objects per train image; 0 = one per class present (random instance)."),
+    disturbed: bool = typer.Option(False, "--disturbed", help="Also run disturbed O-KNN (background replaced)."),
+    disturb: str = typer.Option("both", "--disturb", help="With --disturbed: disturb the bank and queries (both) or "
+                                "only the queries (val)."),
+    short_side: int = typer.Option(512, "--short-side", min=32, help="Resize images to this shorter side (px)."),
+    max_side: int = typer.Option(1024, "--max-side", min=32, help="...unless the longer side would exceed this."),
+    max_images: int | None = typer.Option(None, "--max-images", min=1, help="Use only the first N images per split."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Image-decoding threads."),
+    out: Path = OUT, arch: str | None = ARCH, width: int | None = WIDTH, trust_checkpoint: bool = TRUST,
+    device: str = DEVICE, batch_size: int = BATCH, seed: int = SEED, min_size: float = MIN_SIZE,
+):
+    """Object-level kNN (top-1/top-5 %) on ground-truth boxes, optionally with disturbed backgrounds.
 
-    Example: sslcli analyze oknn ckpt.pt --data coco/ --disturbed
+    Objects: non-crowd GT boxes with both sides >= --min-size px; feature = RoIAlign 7x7 (aligned) on res5,
+    average-pooled, L2-normalised. Bank: --train-split, one object per class present in each image (seeded) or
+    --bank-per-image N. Queries: every object of --split. k-NN with k = --k, votes exp(cos/0.07). Images are resized
+    to --short-side (default 512, for speed). --disturbed adds the disturbed variant: every pixel outside the
+    image's selected boxes replaced by a random other image of the same split (resized; seeded).
+
+    Example: sslcli analyze oknn ckpt.pt --data coco/ --disturbed --out results/
     """
-    raise NotImplementedYet("analyze oknn")
+    from sslcli.analysis.objects import require_coco
+    from sslcli.analysis.oknn import assign_backgrounds, object_knn, plan_objects
+    from sslcli.analysis.plots import plot_oknn
+    from sslcli.data.sources import open_source
+
+    if disturb not in ("both", "val"):
+        raise InputError(f"--disturb {disturb!r}: expected both or val")
+    dev = resolve_device(device)
+    train = require_coco(open_source(data, train_split), "analyze oknn")
+    val = require_coco(open_source(data, split), "analyze oknn")
+    class_ids = sorted(set(train.category_ids) | set(val.category_ids))
+    bank_plan = plan_objects(train, class_ids, per_image, min_size, seed, max_images)
+    query_plan = plan_objects(val, class_ids, None, min_size, seed, max_images)
+    for plan, name in ((bank_plan, train_split), (query_plan, split)):
+        if not plan.n_objects:
+            raise InputError(f"{data}: no object in {name} qualifies (non-crowd, both box sides >= {min_size} px)")
+    if disturbed:
+        assign_backgrounds(bank_plan, seed + 1)
+        assign_backgrounds(query_plan, seed + 2)
+    settings = {"data": str(data), "split": split, "train_split": train_split, "k": k, "temperature": temperature,
+                "bank_per_image": per_image, "disturbed": disturbed, "disturb": disturb, "short_side": short_side,
+                "max_side": max_side, "max_images": max_images, "min_size": min_size, "roi_size": 7, "seed": seed,
+                "classes": len(class_ids)}
+    results, bars = [], {}
+    for label, backbone, report in load_all(checkpoints, arch, width, trust_checkpoint, dev):
+        scores = object_knn(backbone, bank_plan, query_plan, len(class_ids), k, temperature, disturbed,
+                            disturb == "both", short_side, max_side, batch_size, dev, workers)
+        current().info(f"{label} O-KNN: " + "  ".join(f"{v} top-1 {scores[v]['top1']:.2f} top-5 {scores[v]['top5']:.2f}"
+                                                      for v in ("clean", "disturbed") if v in scores))
+        bars[label] = scores
+        results.append({"label": label, "checkpoint": report, **scores})
+    plot_oknn(bars, out / "oknn.png")
+    result = {"analysis": "oknn", "settings": settings, "checkpoints": results}
+    return _write(out, "oknn", result)

@@ -1,0 +1,132 @@
+"""Coupling rate (CR) per layer (D3SSL §3.1, METHODS.md §6).
+
+For a pair of objects A and B of different classes:
+  I1 = A and B side by side on a black canvas, I2 = the same canvas with A only (same place),
+  CR = cos(f(A|I1), f(B|I1)) / cos(f(A|I2), f(B|I1)),
+where f(X|I) is the RoIAlign of X's box on one stage of the network, average-pooled. CR = 1 when B's presence does
+not change A's feature; higher means more coupling.
+
+Choices the paper leaves open (all options): objects are cut out with their GT masks (outside pixels black), scaled
+so that the longer side of the box is ``cell`` pixels, and placed in two cells of a ``cell`` × (2·cell + gap)
+canvas: A right-aligned in the left cell, B left-aligned in the right cell, both vertically centred, so they touch
+across ``gap`` pixels (default 0: "next to each other"). Pairs whose denominator is ≤ 1e-6 (no defined ratio) are
+counted in ``undefined`` and left out of the statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.functional import cosine_similarity
+
+from sslcli.analysis.objects import ObjectRef, cut_out, eligible_objects, fit_longer_side, require_coco
+from sslcli.analysis.roi import box_features
+from sslcli.data.sources import ImageSource
+from sslcli.errors import CorruptImageError, InputError
+from sslcli.models.backbone import STAGES
+
+EPS = 1e-6
+
+
+@dataclass
+class PairScene:
+    """The two canvases of one pair. i1/i2: (cell, 2·cell+gap, 3) uint8; boxes (x0, y0, x1, y1) in canvas pixels."""
+
+    i1: np.ndarray
+    i2: np.ndarray
+    box_a: tuple[float, float, float, float]
+    box_b: tuple[float, float, float, float]
+    meta: dict
+
+
+def compose_pair(crop_a: np.ndarray, crop_b: np.ndarray, cell: int = 128, gap: int = 0) -> PairScene:
+    """Place two cut-out objects side by side on black (see the module docstring for the layout)."""
+    a, b = fit_longer_side(crop_a, cell), fit_longer_side(crop_b, cell)
+    canvas = np.zeros((cell, 2 * cell + gap, 3), dtype=np.uint8)
+    ha, wa = a.shape[:2]
+    hb, wb = b.shape[:2]
+    ax, ay = cell - wa, (cell - ha) // 2
+    bx, by = cell + gap, (cell - hb) // 2
+    i2 = canvas.copy()
+    i2[ay:ay + ha, ax:ax + wa] = a
+    i1 = i2.copy()
+    i1[by:by + hb, bx:bx + wb] = b
+    return PairScene(i1, i2, (ax, ay, ax + wa, ay + ha), (bx, by, bx + wb, by + hb), {})
+
+
+def sample_pairs(source: ImageSource, n_pairs: int, seed: int = 0, min_size: float = 32, cell: int = 128,
+                 gap: int = 0, masked: bool = True, skipped: list[str] | None = None) -> list[PairScene]:
+    """``n_pairs`` scenes from random pairs of qualifying objects of different classes (seeded)."""
+    coco = require_coco(source, "analyze coupling")
+    objects = eligible_objects(coco, min_size)
+    if len({o.label for o in objects}) < 2:
+        raise InputError(f"{source.root}: coupling needs objects of at least two classes with boxes ≥ {min_size} px; "
+                         f"found {len(objects)} object(s) of {len({o.label for o in objects})} class(es)")
+    labels = np.array([o.label for o in objects])
+    rng = np.random.default_rng(seed)
+    scenes: list[PairScene] = []
+    bad: set[int] = set()
+    attempts = 0
+    while len(scenes) < n_pairs:
+        attempts += 1
+        if attempts > 10 * n_pairs + 100:
+            raise InputError(f"{source.root}: could not build {n_pairs} pairs (too many unreadable images)")
+        a = objects[rng.integers(len(objects))]
+        others = np.flatnonzero(labels != a.label)
+        b = objects[others[rng.integers(len(others))]]
+        if a.image_index in bad or b.image_index in bad:
+            continue
+        try:
+            crop_a, crop_b = cut_out(coco, a, masked), cut_out(coco, b, masked)
+        except CorruptImageError as exc:
+            bad.update((a.image_index, b.image_index))
+            if skipped is not None:
+                skipped.append(str(exc))
+            continue
+        scene = compose_pair(crop_a, crop_b, cell, gap)
+        scene.meta = {"a": _describe(coco, a), "b": _describe(coco, b)}
+        scenes.append(scene)
+    return scenes
+
+
+def _describe(source: ImageSource, ref: ObjectRef) -> dict:
+    return {"image_id": source.records[ref.image_index].image_id, "annotation_id": ref.annotation_id,
+            "class": source.classes[ref.label] if source.classes else ref.label}
+
+
+def coupling_rates(backbone: nn.Module, scenes: Sequence[PairScene], stages: Sequence[str] = STAGES,
+                   roi_size: int = 7, sampling_ratio: int = -1, batch_size: int = 16,
+                   device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """CR of every scene on every stage: {stage: (P,) float64, NaN where the denominator is ≤ 1e-6}."""
+    both = [(s.i1, np.array([s.box_a, s.box_b])) for s in scenes]
+    alone = [(s.i2, np.array([s.box_a])) for s in scenes]
+    i1 = box_features(backbone, both, stages, roi_size, sampling_ratio, batch_size, device,
+                      progress_description="coupling: A and B")
+    i2 = box_features(backbone, alone, stages, roi_size, sampling_ratio, batch_size, device,
+                      progress_description="coupling: A alone")
+    rates = {}
+    for stage in stages:
+        a1, b1 = i1[stage][0::2].double(), i1[stage][1::2].double()
+        a2 = i2[stage].double()
+        numerator = cosine_similarity(a1, b1, dim=1, eps=1e-12)
+        denominator = cosine_similarity(a2, b1, dim=1, eps=1e-12)
+        ratio = numerator / torch.where(denominator.abs() > EPS, denominator, torch.ones_like(denominator))
+        rates[stage] = torch.where(denominator.abs() > EPS, ratio, torch.full_like(ratio, float("nan")))
+    return rates
+
+
+def summarize(values: torch.Tensor) -> dict:
+    """mean, std, median, quartiles over the defined values; ``undefined`` counts NaNs."""
+    defined = values[~torch.isnan(values)].double()
+    stats = {"n": int(defined.numel()), "undefined": int(values.numel() - defined.numel())}
+    if defined.numel():
+        q = torch.quantile(defined, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+        stats.update(mean=float(defined.mean()), std=float(defined.std(unbiased=False)), median=float(q[1]),
+                     q25=float(q[0]), q75=float(q[2]))
+    else:
+        stats.update(mean=None, std=None, median=None, q25=None, q75=None)
+    return stats
