@@ -1,44 +1,145 @@
-"""`sslcli prepare masks|boxes|inspect`: region proposals precomputed into HDF5 stores."""
+"""`sslcli prepare masks|boxes|inspect`: region proposals precomputed into HDF5 stores (docs/regions.md)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
 
 from sslcli.cli.apps import prepare_app
 from sslcli.cli.common import command
-from sslcli.errors import NotImplementedYet
+from sslcli.data.sources import CocoSource, ImageSource, open_source
+from sslcli.errors import InputError
+
+MASK_METHODS = ("fh", "grid", "gt", "mcg")
+
+
+def parse_scales(text: str) -> list[int]:
+    try:
+        scales = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--scales {text!r}: expected comma-separated positive integers, e.g. 500,1000,1500") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise InputError(f"--scales {text!r}: expected comma-separated positive integers, e.g. 500,1000,1500")
+    return scales
+
+
+def default_store_path(root: Path, source: ImageSource, name: str, split: str) -> Path:
+    """``ROOT/sslcli/<name>.h5`` (a manifest's folder for manifests); non-train COCO splits get a ``-<split>`` suffix."""
+    if source.kind == "coco" and split != "train2017":
+        name = f"{name}-{split}"
+    if root.is_file():  # a manifest: keep its stores beside it, named after it
+        return root.parent / "sslcli" / f"{root.stem}-{name}.h5"
+    return root / "sslcli" / f"{name}.h5"
 
 
 @command(prepare_app, "masks")
 def prepare_masks(
-    root: Path = typer.Argument(..., help="Data-set root."),
+    root: Path = typer.Argument(..., help="Data-set root (COCO, ImageFolder, a folder of images or a manifest)."),
     method: str = typer.Option("fh", "--method", help="fh | grid | gt | mcg"),
+    split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
+    out: Path | None = typer.Option(None, "--out", help="Store path [default: ROOT/sslcli/<method>-<params>.h5]."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
+    scales: str = typer.Option("500,1000,1500", "--scales", help="fh: FH scales; min size = scale."),
+    sigma: float = typer.Option(0.8, "--sigma", help="fh: Gaussian pre-smoothing."),
+    grid: int = typer.Option(5, "--grid", help="grid: n for n×n cells."),
+    mcg_dir: Path | None = typer.Option(None, "--mcg-dir", help="mcg: folder of per-image MCG .mat files."),
+    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe checkpoint shard."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
 ):
-    """Precompute region masks into an HDF5 store.
+    """Precompute region masks into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
     Example: sslcli prepare masks coco/ --method fh --scales 500,1000,1500 --workers 8
     """
-    raise NotImplementedYet("prepare masks")
+    from sslcli.proposals import fh, gt, mcg
+    from sslcli.proposals import grid as grid_masks
+    from sslcli.proposals.runner import Job, run_job
+
+    if method not in MASK_METHODS:
+        raise InputError(f"--method {method!r}: expected one of {', '.join(MASK_METHODS)}")
+    source = open_source(root, split)
+    if method == "fh":
+        scale_list = parse_scales(scales)
+        if sigma < 0:
+            raise InputError(f"--sigma {sigma}: expected a non-negative number")
+        job = Job("masks", "fh", {"scales": scale_list, "min_sizes": scale_list, "sigma": sigma})
+        compute = functools.partial(fh.compute_fh, scales=tuple(scale_list), sigma=sigma)
+        name = "fh-s" + "_".join(map(str, scale_list)) + ("" if sigma == 0.8 else f"-sigma{sigma:g}")
+    elif method == "grid":
+        if grid < 1:
+            raise InputError(f"--grid {grid}: expected a positive integer")
+        job = Job("masks", "grid", {"grid": grid})
+        compute, name = functools.partial(grid_masks.compute_grid, n=grid), f"grid-{grid}"
+    elif method == "gt":
+        if not isinstance(source, CocoSource):
+            raise InputError(f"{root}: --method gt needs a COCO root with annotations/instances_{split}.json")
+        job = Job("masks", "gt", {"paint_order": "largest_first"}, region_values_name="iscrowd")
+        compute, name = gt.compute_gt, "gt"
+    else:
+        if mcg_dir is None:
+            raise InputError("--method mcg needs --mcg-dir DIR (a folder of per-image MCG .mat files)")
+        index = mcg.index_mcg_dir(mcg_dir)
+        job = Job("masks", "mcg", {"top_k": mcg.TOP_K}, region_values_name="score")
+        compute, name = functools.partial(mcg.compute_mcg, mcg_index=index), "mcg"
+    path = out if out is not None else default_store_path(root, source, name, split)
+    return run_job(source, path, job, compute, workers=workers, flush_every=flush_every, overwrite=overwrite)
 
 
 @command(prepare_app, "boxes")
 def prepare_boxes(
-    root: Path = typer.Argument(..., help="Data-set root."),
+    root: Path = typer.Argument(..., help="Data-set root (COCO, ImageFolder, a folder of images or a manifest)."),
     method: str = typer.Option("selective-search", "--method", help="selective-search"),
+    box_filter: str = typer.Option("soco", "--filter", help="soco | none"),
+    backend: str = typer.Option("opencv", "--backend", help="opencv (fast) | reference (the selectivesearch package)"),
+    split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
+    out: Path | None = typer.Option(None, "--out", help="Store path [default: ROOT/sslcli/ss-<filter>.h5]."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
+    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe checkpoint shard."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
 ):
-    """Precompute box proposals into an HDF5 store.
+    """Precompute box proposals into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
     Example: sslcli prepare boxes coco/ --method selective-search --filter soco --workers 8
     """
-    raise NotImplementedYet("prepare boxes")
+    from sslcli.proposals import selective_search as ss
+    from sslcli.proposals.runner import Job, run_job
+
+    if method != "selective-search":
+        raise InputError(f"--method {method!r}: expected selective-search")
+    if box_filter not in ("soco", "none"):
+        raise InputError(f"--filter {box_filter!r}: expected soco or none")
+    if backend not in ss.BACKENDS:
+        raise InputError(f"--backend {backend!r}: expected one of {', '.join(ss.BACKENDS)}")
+    source = open_source(root, split)
+    job = Job("boxes", "selective-search", {"scale": ss.SCALE, "sigma": ss.SIGMA, "min_size": ss.MIN_SIZE,
+                                            "backend": backend, "filter": box_filter})
+    compute = functools.partial(ss.compute_boxes, backend=backend, box_filter=box_filter)
+    name = f"ss-{box_filter}" + ("" if backend == "opencv" else f"-{backend}")
+    path = out if out is not None else default_store_path(root, source, name, split)
+    return run_job(source, path, job, compute, workers=workers, flush_every=flush_every, overwrite=overwrite)
 
 
 @command(prepare_app, "inspect")
-def prepare_inspect(store: Path = typer.Argument(..., help="An HDF5 region store.")):
+def prepare_inspect(
+    store: Path = typer.Argument(..., help="An HDF5 region store."),
+    gt: Path | None = typer.Option(None, "--gt", help="COCO root: measure ABO / recall against its instances."),
+    split: str = typer.Option("train2017", "--split", help="COCO split of the ground truth."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N stored images."),
+    render: Path | None = typer.Option(None, "--render", help="Write PNGs of a few images with their regions here."),
+    render_count: int = typer.Option(4, "--render-count", help="How many images --render draws."),
+):
     """Summarise a region store and measure its quality against ground truth.
 
     Example: sslcli prepare inspect coco/sslcli/fh-s1000.h5 --gt coco/
     """
-    raise NotImplementedYet("prepare inspect")
+    from sslcli.analysis.quality import render_regions, store_report
+
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit}: expected a positive number of images")
+    report = store_report(store, gt, split, limit)
+    if render is not None:
+        if gt is None:
+            raise InputError("--render needs --gt ROOT (the data set, to read the images)")
+        report["rendered"] = render_regions(store, gt, render, render_count, split)
+    return report
