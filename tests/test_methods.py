@@ -132,3 +132,170 @@ def test_byol_loss_drops_on_fixed_batch():
     method = build_method(make_spec({"name": "byol", "dim": 16, "hidden_dim": 32}))
     first, last = loss_drops_on_fixed_batch(method, make_batch(), after_step=True)
     assert last < first
+
+
+# --------------------------------------------------------------------------------------------------------------- MoCo
+def moco_spec(**options):
+    method = {"name": "moco", "dim": 16, "hidden_dim": 32, "queue_size": 16, "momentum": 0.9, **options}
+    return make_spec(method)
+
+
+def test_queue_slots_wrap_around():
+    from sslcli.methods.moco import enqueue_, queue_slots
+
+    assert queue_slots(0, 4, 8).tolist() == [0, 1, 2, 3]
+    assert queue_slots(6, 4, 8).tolist() == [6, 7, 0, 1]
+    queue = torch.zeros(2, 8)
+    entries = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
+    enqueue_(queue, queue_slots(6, 4, 8), entries)
+    assert queue[0].tolist() == [3.0, 4.0, 0, 0, 0, 0, 1.0, 2.0]
+
+
+def test_moco_forward_grads_on_query_encoder_only():
+    torch.manual_seed(0)
+    method = build_method(moco_spec())
+    out = method(make_batch(), step_info())
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    assert torch.equal(out["loss"], out["loss_moco"]) and "loss_nn" not in out
+    out["loss"].backward()
+    assert_grads_on_online_only(method, ("key_",))
+
+
+def test_moco_after_step_momentum_update_and_enqueue_with_wrap_around():
+    torch.manual_seed(0)
+    method = build_method(moco_spec())  # K = 16, B = 8: two steps fill the queue and the pointer wraps to 0
+    for step in range(3):
+        key_before = [p.clone() for p in method.key_encoder.parameters()]
+        query = [p.clone() for p in method.encoder.parameters()]
+        queue_before = method.queue.clone()
+        ptr = int(method.queue_ptr)
+        method(make_batch(seed=step), step_info(step))
+        keys = method._pending[0].clone()
+        assert keys.shape == (BATCH, 16) and torch.allclose(keys.norm(dim=1), torch.ones(BATCH))
+        method.after_step(step_info(step))
+        for k, k0, q in zip(method.key_encoder.parameters(), key_before, query):
+            assert torch.allclose(k, 0.9 * k0 + 0.1 * q)
+        written = list(range(ptr, ptr + BATCH))
+        assert torch.equal(method.queue[:, written], keys.T)
+        untouched = [c for c in range(16) if c not in written]
+        assert torch.equal(method.queue[:, untouched], queue_before[:, untouched])
+        assert int(method.queue_ptr) == (ptr + BATCH) % 16
+    assert int(method.queue_ptr) == 8  # 0 → 8 → 0 (wrap) → 8
+
+
+def test_moco_loss_drops_on_fixed_batch():
+    torch.manual_seed(0)
+    method = build_method(moco_spec(queue_size=64))
+    first, last = loss_drops_on_fixed_batch(method, make_batch(), lr=0.1)
+    assert last < first
+
+
+def test_moco_multi_crop_small_crops_are_queries_only():
+    torch.manual_seed(0)
+    spec = moco_spec(multi_crop={"enabled": True, "large_size": SIZE, "small_size": SMALL, "n_small": 2})
+    method = build_method(spec)
+    seen = []
+    method.key_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape))
+    batch = make_batch(n_small=2)
+    out = method(batch, step_info())
+    # The key encoder saw only the B key crops (in shuffle-BN groups), never the small crops.
+    assert sum(s[0] for s in seen) == BATCH and all(s[-1] == SIZE for s in seen)
+    assert method._pending[0].shape[0] == BATCH
+    # The loss is the InfoNCE over the 3B query rows (crop 0 + 2 small crops) against the same keys.
+    from sslcli.losses.contrastive import moco_infonce
+
+    queries, _ = method._queries(batch)
+    assert queries.shape == (3, BATCH, 16)
+    torch.manual_seed(1)
+    keys, _ = method.encode_keys(batch["views"][:, 1])
+    torch.manual_seed(1)
+    out = method(batch, step_info())
+    assert out["loss"].item() == pytest.approx(moco_infonce(queries, keys, method.queue, 0.2).item(), rel=1e-5)
+    out["loss"].backward()
+    assert_grads_on_online_only(method, ("key_",))
+
+
+def test_knn_moco_warmup_and_weight():
+    torch.manual_seed(0)
+    method = build_method(moco_spec(knn={"enabled": True, "k": 3, "weight": 0.4, "warmup_epochs": 2}))
+    assert method.queue_backbone.shape == (method.encoder.out_channels, 16)
+    batch = make_batch()
+    assert "loss_nn" not in method(batch, step_info(epoch=1))
+    out = method(batch, step_info(epoch=2))
+    assert out["loss"].item() == pytest.approx((out["loss_moco"] + 0.4 * out["loss_nn"]).item(), rel=1e-6)
+    out["loss"].backward()
+    assert_grads_on_online_only(method, ("key_",))
+    # The feature queue is enqueued at the same columns as the key queue.
+    keys, features = method._pending
+    method.after_step(step_info(epoch=2))
+    assert torch.equal(method.queue[:, :BATCH], keys.T)
+    assert torch.equal(method.queue_backbone[:, :BATCH], features.T)
+
+
+def test_knn_moco_bank_first_uses_the_updated_bank_from_epoch_0():
+    from sslcli.losses.contrastive import knn_moco_loss
+    from sslcli.methods.moco import enqueue_, queue_slots
+
+    torch.manual_seed(0)
+    method = build_method(moco_spec(knn={"enabled": True, "k": 2, "bank_first": True, "warmup_epochs": 5}))
+    method.queue_ptr[0] = 12  # the update wraps around the end of the queue
+    batch = make_batch()
+    out = method(batch, step_info(epoch=0))
+    keys, features = method._pending
+    queue, feature_queue = method.queue.clone(), method.queue_backbone.clone()
+    enqueue_(queue, queue_slots(12, BATCH, 16), keys)
+    enqueue_(feature_queue, queue_slots(12, BATCH, 16), features)
+    queries, query_features = method._queries(batch)
+    expected = knn_moco_loss(queries.reshape(BATCH, -1), query_features.reshape(BATCH, -1), queue, feature_queue, 2,
+                             0.2)
+    assert out["loss_nn"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_single_process_shuffle_bn_encodes_in_groups_and_unshuffles():
+    from sslcli.methods.moco import single_process_groups
+
+    assert single_process_groups(256) == 8 and single_process_groups(16) == 4 and single_process_groups(6) == 1
+    torch.manual_seed(0)
+    method = build_method(moco_spec())
+    x = make_batch()["views"][:, 1]
+    seen = []
+    method.key_encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    method.key_encoder.train()
+    method.encode_keys(x)
+    assert seen == [4, 4]  # B = 8 → two groups of 4
+    # In eval mode BN no longer depends on the batch: un-shuffled keys equal the keys of a plain pass, row for row.
+    method.key_encoder.eval()
+    keys, features = method.encode_keys(x)
+    plain_keys, plain_features = method._encode_key_group(x)
+    assert torch.allclose(keys, plain_keys, atol=1e-6) and torch.allclose(features, plain_features, atol=1e-6)
+
+
+def _shuffle_bn_worker(rank: int, port: int, result_dir: str):
+    import torch.distributed as torch_dist
+
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # same weights on both ranks
+        method = build_method(moco_spec())
+        method.key_encoder.eval()
+        x = make_batch(seed=10 + rank)["views"][:, 1]  # different images per rank
+        torch.manual_seed(rank)  # different permutations drawn: rank 0's must win
+        keys, _ = method.encode_keys(x)
+        plain, _ = method._encode_key_group(x)
+        torch.save({"keys": keys, "plain": plain}, f"{result_dir}/rank{rank}.pt")
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_distributed_shuffle_bn_unshuffles_to_each_ranks_own_images(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_shuffle_bn_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        out = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.allclose(out["keys"], out["plain"], atol=1e-6)

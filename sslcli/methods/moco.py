@@ -1,0 +1,168 @@
+"""MoCo-v2 and the Revisiting additions: multi-crop (MC), constrained multi-crop (CC), lower momentum (m), A+ and
+kNN-MoCo (NN). METHODS.md §1–2.
+
+Networks: query encoder = backbone + head (2048→2048→128, no BN); key encoder = momentum copy (parameters averaged
+with ``method.momentum``, BN buffers copied, see `sslcli.models.ema`). Buffers, named as in the authors' checkpoints:
+``queue`` (D × K, one normalised key per column), ``queue_ptr``, and with kNN ``queue_backbone`` (F × K, normalised
+backbone features of the same keys, column-aligned with ``queue``).
+
+Shuffle-BN. With torch.distributed: the key crops are gathered from all ranks, permuted by a random permutation
+broadcast from rank 0, each rank encodes its shard, and the keys are un-shuffled. In a single process (no other rank
+to shuffle with) the substitute is: permute the batch and encode it in groups of at least 4 images (2–8 groups), so
+each key's BN statistics come from a random subset of the batch rather than from its query's batch (METHODS.md §1
+allows this; the batch-norm statistics therefore differ from a multi-process run).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sslcli.data.color import MOCO_V2
+from sslcli.data.transforms import CropViews
+from sslcli.engine import dist
+from sslcli.losses.contrastive import knn_moco_loss, moco_infonce
+from sslcli.methods import register
+from sslcli.methods.base import Method, StepInfo
+from sslcli.models.backbone import build_backbone
+from sslcli.models.ema import ema_update, momentum_copy
+from sslcli.models.heads import mlp
+
+MOCO_CROP_SCALE = (0.2, 1.0)  # METHODS.md §1
+
+
+def queue_slots(ptr: int, n: int, size: int) -> torch.Tensor:
+    """Columns written by an enqueue of ``n`` entries at pointer ``ptr`` in a queue of ``size``: (ptr + i) mod size."""
+    return (ptr + torch.arange(n)) % size
+
+
+@torch.no_grad()
+def enqueue_(queue: torch.Tensor, slots: torch.Tensor, entries: torch.Tensor) -> None:
+    """Write ``entries`` (n, D) into the columns ``slots`` of ``queue`` (D, K), in place (the oldest are replaced)."""
+    queue[:, slots.to(queue.device)] = entries.T.to(queue.dtype)
+
+
+def single_process_groups(batch: int) -> int:
+    """Number of BN groups for the single-process shuffle-BN substitute: the most of 8, 4, 2 leaving ≥ 4 per group."""
+    return next((g for g in (8, 4, 2) if batch % g == 0 and batch // g >= 4), 1)
+
+
+@register("moco")
+class MoCo(Method):
+    def __init__(self, spec):
+        super().__init__(spec)
+        m = spec.method
+        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        self.head = mlp(self.encoder.out_channels, m.hidden_dim, m.dim, batch_norm=False)
+        self.key_encoder = momentum_copy(self.encoder)
+        self.key_head = momentum_copy(self.head)
+        self.register_buffer("queue", F.normalize(torch.randn(m.dim, m.queue_size), dim=0))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        if m.knn.enabled:
+            self.register_buffer("queue_backbone",
+                                 F.normalize(torch.randn(self.encoder.out_channels, m.queue_size), dim=0))
+        # Gathered (keys, backbone features or None) of the last forward, enqueued by after_step.
+        self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    # ----------------------------------------------------------------------------------------------------- views
+    def transform(self) -> CropViews:
+        m, data = self.spec.method, self.spec.data
+        mc = m.multi_crop
+        return CropViews(
+            large_size=mc.large_size if mc.enabled else data.image_size,
+            large_scale=mc.large_scale if mc.enabled else MOCO_CROP_SCALE,
+            colors=(MOCO_V2, MOCO_V2),
+            small_size=mc.small_size, small_scale=mc.small_scale, n_small=mc.n_small if mc.enabled else 0,
+            max_iou=m.crop_iou.max_iou, iou_tries=m.crop_iou.max_tries,
+            cc_min_overlap=m.constrained.min_overlap if m.constrained.enabled else None,
+            cc_tries=m.constrained.max_tries,
+            aplus_p=m.aplus.p if m.aplus.enabled else 0.0)
+
+    # ----------------------------------------------------------------------------------------------- key encoder
+    def _encode_key_group(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.key_encoder(x)
+        return F.normalize(self.key_head(features), dim=1), F.normalize(features, dim=1)
+
+    @torch.no_grad()
+    def encode_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (B, D) and normalised key backbone features (B, F) of this rank's key crops x (B, 3, S, S)."""
+        if not self.spec.method.shuffle_bn:
+            return self._encode_key_group(x)
+        b = x.shape[0]
+        if dist.is_distributed():
+            x_all = dist.gather_no_grad(x)
+            perm = dist.broadcast(torch.randperm(x_all.shape[0], device=x.device), src=0)
+            mine = perm.view(dist.world_size(), b)[dist.rank()]
+            keys, features = self._encode_key_group(x_all[mine])
+            keys_all, features_all = dist.gather_no_grad(keys), dist.gather_no_grad(features)
+            # keys_all[j] belongs to image perm[j]: image g sits at position argsort(perm)[g].
+            restore = torch.argsort(perm).view(dist.world_size(), b)[dist.rank()]
+            return keys_all[restore], features_all[restore]
+        perm = torch.randperm(b, device=x.device)
+        parts = [self._encode_key_group(chunk) for chunk in x[perm].chunk(single_process_groups(b))]
+        inverse = torch.argsort(perm)
+        return torch.cat([k for k, _ in parts])[inverse], torch.cat([f for _, f in parts])[inverse]
+
+    # --------------------------------------------------------------------------------------------------- forward
+    def _queries(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query embeddings (V, B, D) and normalised backbone features (V, B, F): crop 0, then any small crops."""
+        b = batch["views"].shape[0]
+        features = [self.encoder(batch["views"][:, 0])]
+        if "small" in batch:
+            small = batch["small"]  # (B, n, 3, s, s) → view-major (n·B, 3, s, s)
+            features.append(self.encoder(small.transpose(0, 1).reshape(-1, *small.shape[2:])))
+        features = torch.cat(features)
+        queries = F.normalize(self.head(features), dim=1)
+        return queries.view(-1, b, queries.shape[1]), F.normalize(features.detach(), dim=1).view(-1, b,
+                                                                                                 features.shape[1])
+
+    def knn_active(self, step: StepInfo) -> bool:
+        knn = self.spec.method.knn
+        return knn.enabled and (knn.bank_first or step.epoch >= knn.warmup_epochs)
+
+    def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """``batch["views"]`` (B, 2, 3, L, L): crop 0 = query, crop 1 = key; optional ``"small"`` (B, n, 3, S, S).
+
+        Returns loss = InfoNCE over all (1 + n)·B query rows [+ λ·kNN loss once enabled], and the parts.
+        """
+        m = self.spec.method
+        queries, query_features = self._queries(batch)
+        keys, key_features = self.encode_keys(batch["views"][:, 1])
+        # The queue is read here and overwritten in place only in after_step, once backward is done.
+        loss_moco = moco_infonce(queries, keys, self.queue, m.temperature)
+        keys_all = dist.gather_no_grad(keys)
+        features_all = dist.gather_no_grad(key_features) if m.knn.enabled else None
+        self._pending = (keys_all, features_all)
+        out = {"loss_moco": loss_moco}
+        loss = loss_moco
+        if self.knn_active(step):
+            queue, feature_queue = self.queue, self.queue_backbone
+            if m.knn.bank_first:
+                # The bank as it will be after this step's enqueue, built out of place (the buffers change in after_step).
+                slots = queue_slots(int(self.queue_ptr), keys_all.shape[0], m.queue_size).to(queue.device)
+                queue = queue.index_copy(1, slots, keys_all.T.to(queue.dtype))
+                feature_queue = feature_queue.index_copy(1, slots, features_all.T.to(feature_queue.dtype))  # type: ignore[union-attr]
+            rows = queries.shape[0] * queries.shape[1]
+            loss_nn = knn_moco_loss(queries.reshape(rows, -1), query_features.reshape(rows, -1), queue,
+                                    feature_queue, m.knn.k, m.temperature)
+            out["loss_nn"] = loss_nn
+            loss = loss + m.knn.weight * loss_nn
+        out["loss"] = loss
+        return out
+
+    # ------------------------------------------------------------------------------------------------ after step
+    @torch.no_grad()
+    def after_step(self, step: StepInfo) -> None:
+        """Momentum update of the key encoder, then enqueue the keys (all ranks) of the step just taken."""
+        ema_update(self.key_encoder, self.encoder, self.spec.method.momentum)
+        ema_update(self.key_head, self.head, self.spec.method.momentum)
+        if self._pending is None:
+            return
+        keys, features = self._pending
+        self._pending = None
+        ptr = int(self.queue_ptr)
+        slots = queue_slots(ptr, keys.shape[0], self.queue.shape[1])
+        enqueue_(self.queue, slots, keys)
+        if features is not None:
+            enqueue_(self.queue_backbone, slots, features)
+        self.queue_ptr[0] = (ptr + keys.shape[0]) % self.queue.shape[1]
