@@ -1,0 +1,178 @@
+"""View transforms: crop-box rules (RandomResizedCrop, IoU-constrained pairs, CC), pixels following the boxes, A+ on
+query crops only, picklability."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, MOCO_V2, ColorAug
+from sslcli.data.transforms import (
+    CropViews,
+    box_area,
+    box_iou,
+    crop_resize,
+    image_to_tensor,
+    overlap_fraction,
+    sample_constrained_box,
+    sample_crop_box,
+    sample_pair_with_max_iou,
+)
+
+NO_COLOUR = ColorAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # normalisation only: pixels are predictable
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_box_geometry_helpers():
+    assert box_area((0, 0, 4, 5)) == 20
+    assert box_iou((0, 0, 4, 4), (2, 0, 6, 4)) == pytest.approx(8 / 24)
+    assert box_iou((0, 0, 2, 2), (3, 3, 5, 5)) == 0.0
+    assert overlap_fraction((0, 0, 2, 2), (1, 0, 10, 10)) == pytest.approx(0.5)
+
+
+def test_crop_box_inside_image_with_scale_and_ratio_in_range():
+    g = _gen(0)
+    for _ in range(300):
+        x0, y0, x1, y1 = sample_crop_box(120, 200, (0.2, 1.0), (3 / 4, 4 / 3), g)
+        assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 120
+        w, h = x1 - x0, y1 - y0
+        # Rounding to whole pixels moves area and ratio a little around the sampled values.
+        assert 0.2 * 0.95 <= w * h / (120 * 200) <= 1.0
+        assert 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05
+
+
+def test_crop_box_fallback_is_central_with_clamped_ratio():
+    # A 10 × 100 strip cannot hold a crop of ≥ 90 % area with aspect ≤ 4/3: torchvision's central fallback.
+    assert sample_crop_box(10, 100, (0.9, 1.0), (3 / 4, 4 / 3), _gen(0)) == (43, 0, 56, 10)
+
+
+def test_iou_constrained_pairs_satisfy_the_bound():
+    g = _gen(1)
+    for _ in range(200):
+        first, second, satisfied = sample_pair_with_max_iou(100, 150, (0.2, 1.0), (3 / 4, 4 / 3), 0.3, 50, g)
+        if satisfied:
+            assert box_iou(first, second) < 0.3
+    views = CropViews(32, (0.2, 1.0), (MOCO_V2, MOCO_V2), max_iou=0.5)
+    torch.manual_seed(0)
+    ious = [box_iou(*views.sample_boxes(100, 150)[:2]) for _ in range(200)]
+    assert max(ious) < 0.5
+
+
+def test_iou_constrained_fallback_keeps_the_lowest_iou_candidate():
+    # Crops of ≥ 95 % of the image always overlap by IoU > 0.9: the bound 0.5 cannot be met.
+    first, second, satisfied = sample_pair_with_max_iou(50, 50, (0.95, 1.0), (3 / 4, 4 / 3), 0.5, 5, _gen(2))
+    assert not satisfied
+    g = _gen(2)  # replay the same draws: view 1, then the 5 candidates
+    replay_first = sample_crop_box(50, 50, (0.95, 1.0), (3 / 4, 4 / 3), g)
+    candidates = [sample_crop_box(50, 50, (0.95, 1.0), (3 / 4, 4 / 3), g) for _ in range(5)]
+    assert first == replay_first
+    assert box_iou(first, second) == min(box_iou(first, c) for c in candidates) >= 0.5
+
+
+def test_constrained_small_crops_satisfy_the_overlap_rule_or_are_the_fallback():
+    g = _gen(3)
+    key = (10, 10, 60, 60)
+    for _ in range(200):
+        box, satisfied = sample_constrained_box(100, 100, key, (0.05, 0.14), (3 / 4, 4 / 3), 0.2, 10, g)
+        assert satisfied == (overlap_fraction(box, key) >= 0.2)
+    # Impossible rule (a 1-pixel key): after max_tries the last, unconstrained sample is kept.
+    box, satisfied = sample_constrained_box(100, 100, (0, 0, 1, 1), (0.05, 0.14), (3 / 4, 4 / 3), 0.9, 4, _gen(4))
+    g = _gen(4)
+    replay = [sample_crop_box(100, 100, (0.05, 0.14), (3 / 4, 4 / 3), g) for _ in range(4)]
+    assert not satisfied and box == replay[-1]
+
+
+def test_cc_views_constrain_small_crops_against_the_key_crop():
+    constrained = CropViews(32, (0.2, 1.0), (MOCO_V2, MOCO_V2), 16, (0.05, 0.14), n_small=4, cc_min_overlap=0.2)
+    free = CropViews(32, (0.2, 1.0), (MOCO_V2, MOCO_V2), 16, (0.05, 0.14), n_small=4)
+    torch.manual_seed(0)
+
+    def rate(views):
+        hits = []
+        for _ in range(100):
+            boxes = views.sample_boxes(120, 160)
+            hits += [overlap_fraction(small, boxes[1]) >= 0.2 for small in boxes[2:]]
+        return np.mean(hits)
+
+    constrained_rate, free_rate = rate(constrained), rate(free)
+    # With ≤ 10 tries a miss needs ten consecutive failures; unconstrained small crops miss far more often.
+    assert constrained_rate > 0.97 and free_rate < constrained_rate - 0.1
+
+
+def test_pixels_follow_the_boxes_and_flips():
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    image[..., 0] = np.arange(60)[None, :]  # red encodes x
+    image[..., 1] = np.arange(40)[:, None]  # green encodes y
+    tensor = image_to_tensor(image)
+    box = (5, 7, 25, 27)  # 20 × 20: resizing to 20 is the identity
+    crop = crop_resize(tensor, box, 20)
+    assert crop[0, 0].tolist() == list(range(5, 25)) and crop[1, :, 0].tolist() == list(range(7, 27))
+    assert torch.equal(crop_resize(tensor, box, 20, flip=True), crop.flip(-1))
+
+    views = CropViews(16, (0.2, 1.0), (NO_COLOUR, NO_COLOUR), 8, (0.05, 0.14), n_small=2, flip_p=0.0)
+    torch.manual_seed(5)
+    out = views({"image": image, "index": 0})
+    assert out["views"].shape == (2, 3, 16, 16) and out["small"].shape == (2, 3, 8, 8)
+    crops = [out["views"][0], out["views"][1], out["small"][0], out["small"][1]]
+    for crop, box, size in zip(crops, out["boxes"].int().tolist(), (16, 16, 8, 8)):
+        expected = v2.functional.normalize(crop_resize(tensor, tuple(box), size).float() / 255, IMAGENET_MEAN,
+                                           IMAGENET_STD)
+        assert torch.allclose(crop, expected, atol=1e-5)
+
+
+class RecordingAutoAugment:
+    """Stands in for AutoAugment: records what it was given and returns a white image (easy to recognise)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, image):
+        self.calls.append(image.shape)
+        return torch.full_like(image, 255)
+
+
+def _white(size):
+    white = torch.ones(3, size, size)
+    return v2.functional.normalize(white, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_aplus_never_touches_the_key_crop():
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    views = CropViews(16, (0.2, 1.0), (NO_COLOUR, NO_COLOUR), 8, (0.05, 0.14), n_small=2, aplus_p=1.0)
+    stub = views.autoaugment = RecordingAutoAugment()
+    torch.manual_seed(0)
+    out = views({"image": image, "index": 0})
+    # p = 1: every query crop (crop 0 and both small crops) went through A+, the key crop (1) did not.
+    assert stub.calls == [(3, 16, 16), (3, 8, 8), (3, 8, 8)]
+    assert torch.allclose(out["views"][0], _white(16)) and torch.allclose(out["small"], _white(8).expand(2, -1, -1, -1))
+    assert not torch.allclose(out["views"][1], _white(16))
+    # p = ½: over many samples about half the queries take A+, the key never.
+    views = CropViews(16, (0.2, 1.0), (NO_COLOUR, NO_COLOUR), 8, (0.05, 0.14), n_small=2, aplus_p=0.5)
+    stub = views.autoaugment = RecordingAutoAugment()
+    keys_white = 0
+    for _ in range(40):
+        out = views({"image": image, "index": 0})
+        keys_white += bool(torch.allclose(out["views"][1], _white(16)))
+    assert keys_white == 0 and 0.3 < len(stub.calls) / (40 * 3) < 0.7
+
+
+def test_real_autoaugment_runs_and_transforms_are_picklable():
+    image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    views = CropViews(32, (0.2, 1.0), (MOCO_V2, MOCO_V2), 16, (0.05, 0.14), n_small=4, max_iou=0.6,
+                      cc_min_overlap=0.2, aplus_p=0.5)
+    clone = pickle.loads(pickle.dumps(views))
+    out = clone({"image": image, "index": 7})
+    assert out["views"].shape == (2, 3, 32, 32) and out["small"].shape == (4, 3, 16, 16)
+    assert out["boxes"].shape == (6, 4) and torch.isfinite(out["views"]).all()
+
+
+def test_non_rgb_input_is_rejected_with_its_shape():
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        image_to_tensor(np.zeros((4, 4), dtype=np.uint8))
