@@ -2,37 +2,189 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from sslcli.cli.apps import probe_app
-from sslcli.cli.common import command
-from sslcli.errors import NotImplementedYet
+from sslcli.cli.common import command, current
+from sslcli.cli.export import TRUST_HELP
+from sslcli.errors import InputError
+from sslcli.io import write_json_atomic
+
+DATA_HELP = "Data set root: COCO layout, ImageFolder (ROOT/train/<class>/, ROOT/val/<class>/) or a manifest JSON."
+TEST_DATA_HELP = "Separate test set (root or manifest); default: --data with --test-split."
+LABELS_HELP = ("image: one row per image (COCO: multi-label set of classes present, scored by mAP); object: one row "
+               "per COCO instance (non-crowd, box sides >= --min-size), RoIAlign 7x7 on res5 of the image resized "
+               "to --image-size squared.")
+CACHE_HELP = "Feature cache folder (HDF5 keyed by checkpoint hash, data and preprocessing); default $SSLCLI_CACHE or ~/.cache/sslcli/features."
+
+
+@dataclass
+class _Options:
+    checkpoint: Path
+    data: Path
+    test_data: Path | None
+    train_split: str | None
+    test_split: str | None
+    labels: str
+    min_size: float
+    image_size: int
+    batch_size: int
+    workers: int
+    device: str
+    cache: Path | None
+    no_cache: bool
+    trust: bool
+
+
+def _features(opts: _Options):
+    """Load the backbone, build train/test rows, extract (or reuse) their features; drop undecodable rows."""
+    from sslcli.checkpoints import load_backbone
+    from sslcli.eval.features import Preprocess, default_cache_dir, extract_features
+    from sslcli.eval.labels import check_same_classes, default_splits, labeled_set, open_split
+
+    train_split, test_split = default_splits(opts.data)
+    train_split, test_split = opts.train_split or train_split, opts.test_split or test_split
+    backbone, report = load_backbone(opts.checkpoint, trust=opts.trust)
+    current().info(report.summary())
+    train = labeled_set(open_split(opts.data, train_split), opts.labels, opts.min_size)
+    test = labeled_set(open_split(opts.test_data or opts.data, test_split), opts.labels, opts.min_size)
+    check_same_classes(train, test)
+    pre = Preprocess(opts.image_size, "center-crop" if opts.labels == "image" else "square")
+    cache = None if opts.no_cache else (opts.cache or default_cache_dir())
+    out = []
+    for rows in (train, test):
+        feats, ok = extract_features(backbone, rows, pre, checkpoint_sha256=report.sha256, cache_dir=cache,
+                                     batch_size=opts.batch_size, device=opts.device, workers=opts.workers)
+        out.append((rows.subset(np.flatnonzero(ok)), feats[ok]))
+    (train, train_x), (test, test_x) = out
+    if len(train) == 0 or len(test) == 0:
+        raise InputError(f"{opts.data}: no decodable rows in the {'train' if len(train) == 0 else 'test'} split")
+    meta = {"checkpoint": report.to_dict(), "data": str(opts.data), "train_split": train_split,
+            "test_split": test_split, "labels": opts.labels, "multilabel": train.multilabel,
+            "num_classes": len(train.classes), "train_rows": len(train), "test_rows": len(test),
+            "image_size": opts.image_size}
+    return train, train_x, test, test_x, meta
+
+
+def _finish(result: dict, out: Path | None) -> dict:
+    if out is not None:
+        write_json_atomic(out, result)
+    return result
+
+
+def _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size, workers,
+            device, cache, no_cache, trust) -> _Options:
+    return _Options(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
+                    workers, device, cache, no_cache, trust)
+
+
+# Options shared by the three probes (typer needs them spelled out in each signature).
+CKPT = typer.Argument(..., help="Backbone checkpoint (sslcli, torchvision, MoCo, SoCo, DetCon .npy, detectron2 .pkl).")
+DATA = typer.Option(..., "--data", help=DATA_HELP)
+TEST_DATA = typer.Option(None, "--test-data", help=TEST_DATA_HELP)
+TRAIN_SPLIT = typer.Option(None, "--train-split", help="Default: train2017 (COCO) or train (ImageFolder).")
+TEST_SPLIT = typer.Option(None, "--test-split", help="Default: val2017 (COCO) or val (ImageFolder).")
+MIN_SIZE = typer.Option(32.0, "--min-size", help="Object rows: minimum box side in pixels.")
+BATCH = typer.Option(64, "--batch-size", help="Images per forward pass.")
+WORKERS = typer.Option(0, "--workers", help="DataLoader worker processes decoding images.")
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N.")
+CACHE = typer.Option(None, "--cache", help=CACHE_HELP)
+NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the feature cache.")
+TRUST = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP)
+OUT = typer.Option(None, "--out", help="Also write the result JSON to this file (atomically).")
 
 
 @command(probe_app, "linear")
-def probe_linear(checkpoint: Path = typer.Argument(..., help="Backbone checkpoint.")):
+def probe_linear(
+    checkpoint: Path = CKPT, data: Path = DATA, test_data: Path = TEST_DATA, train_split: str = TRAIN_SPLIT,
+    test_split: str = TEST_SPLIT,
+    labels: str = typer.Option("image", "--labels", help=LABELS_HELP),
+    min_size: float = MIN_SIZE,
+    image_size: int = typer.Option(224, "--image-size", help="Resize shorter side to size*256/224, centre crop size."),
+    batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
+    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST,
+    c_grid: int = typer.Option(45, "--c-grid", help="Number of log-spaced C values in [1e-5, 1e5] to search."),
+    search_max_iter: int = typer.Option(100, "--search-max-iter", help="L-BFGS iterations per C during the search "
+                                        "(warm-started from the previous C)."),
+    max_iter: int = typer.Option(1000, "--max-iter", help="L-BFGS iterations of the final refit on train + val."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the 20 % validation split."),
+    out: Path = OUT,
+):
     """Linear probe (L-BFGS logistic regression on frozen features).
 
-    Example: sslcli probe linear ckpt.pt --data coco/
+    Frozen res5 features, average-pooled; features standardised; multinomial logistic regression (multi-label data:
+    one binary classifier per class, mAP); C chosen on a seeded 20 % validation split of train, refit on train + val.
+
+    Example: sslcli probe linear ckpt.pt --data coco/ --labels object --json
     """
-    raise NotImplementedYet("probe linear")
+    from sslcli.eval.features import resolve_device
+    from sslcli.eval.linear import linear_probe
+
+    opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
+                   workers, device, cache, no_cache, trust_checkpoint)
+    train, train_x, test, test_x, meta = _features(opts)
+    current().info(f"linear probe: searching {c_grid} C values on {len(train)} training rows")
+    result = linear_probe(train_x, train.targets, test_x, test.targets, len(train.classes), train.multilabel,
+                          n_grid=c_grid, seed=seed, search_max_iter=search_max_iter, max_iter=max_iter,
+                          device=resolve_device(device), groups=train.image_index)
+    return _finish({"probe": "linear", **meta, **result}, out)
 
 
 @command(probe_app, "knn")
-def probe_knn(checkpoint: Path = typer.Argument(..., help="Backbone checkpoint.")):
+def probe_knn(
+    checkpoint: Path = CKPT, data: Path = DATA, test_data: Path = TEST_DATA, train_split: str = TRAIN_SPLIT,
+    test_split: str = TEST_SPLIT,
+    labels: str = typer.Option("image", "--labels", help=LABELS_HELP),
+    min_size: float = MIN_SIZE,
+    image_size: int = typer.Option(224, "--image-size", help="Resize shorter side to size*256/224, centre crop size."),
+    batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
+    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST,
+    k: str = typer.Option("10,20,100,200", "--k", help="Comma-separated neighbour counts."),
+    temperature: float = typer.Option(0.07, "--temperature", help="Vote weight exp(cosine / T)."),
+    out: Path = OUT,
+):
     """Weighted k-nearest-neighbour probe.
+
+    Cosine similarity between L2-normalised frozen features; the k nearest training rows vote with weight
+    exp(sim / 0.07); top-1/top-5 (multi-label data: mAP of the votes and whether the top class is present).
 
     Example: sslcli probe knn ckpt.pt --data coco/ --k 10,20
     """
-    raise NotImplementedYet("probe knn")
+    from sslcli.eval.features import resolve_device
+    from sslcli.eval.knn import knn_probe, parse_ks
+
+    ks = parse_ks(k)
+    opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
+                   workers, device, cache, no_cache, trust_checkpoint)
+    train, train_x, test, test_x, meta = _features(opts)
+    result = knn_probe(train_x, train.targets, test_x, test.targets, ks, len(train.classes), train.multilabel,
+                       temperature, device=resolve_device(device))
+    return _finish({"probe": "knn", **meta, **result}, out)
 
 
 @command(probe_app, "segment-retrieval")
-def probe_segment_retrieval(checkpoint: Path = typer.Argument(..., help="Backbone checkpoint.")):
+def probe_segment_retrieval(
+    checkpoint: Path = CKPT, data: Path = DATA, test_data: Path = TEST_DATA, train_split: str = TRAIN_SPLIT,
+    test_split: str = TEST_SPLIT,
+    image_size: int = typer.Option(224, "--image-size", help="Images resized to this size squared."),
+    clusters: int = typer.Option(15, "--clusters", help="K-means clusters (regions) per image."),
+    batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
+    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST,
+    seed: int = typer.Option(0, "--seed", help="K-means seed."),
+    out: Path = OUT,
+):
     """Semantic segment retrieval (dilated res5, K-means regions, nearest train region, mIoU).
 
     Example: sslcli probe segment-retrieval ckpt.pt --data coco/
     """
-    raise NotImplementedYet("probe segment-retrieval")
+    from sslcli.eval.segment_retrieval import segment_retrieval
+
+    result = segment_retrieval(checkpoint, data, test_data=test_data, train_split=train_split, test_split=test_split,
+                               image_size=image_size, clusters=clusters, batch_size=batch_size, workers=workers,
+                               device=device, cache_dir=None if no_cache else cache, use_cache=not no_cache,
+                               trust=trust_checkpoint, seed=seed)
+    return _finish({"probe": "segment-retrieval", **result}, out)
