@@ -23,7 +23,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
 
 
 def plot_against_depth(curves: Mapping[str, Mapping[str, dict]], path: str | os.PathLike, ylabel: str, title: str,
-                       ideal: float | None = 1.0, stages: Sequence[str] = STAGES) -> None:
+                       ideal: float | None = 1.0, stages: Sequence[str] = STAGES) -> Figure:
     """One line per checkpoint: curves[label][stage] = {"mean": m, "q25": lo, "q75": hi}; the band is the IQR."""
     fig = Figure(figsize=(5.0, 3.6))
     ax = fig.add_subplot(1, 1, 1)
@@ -45,9 +45,10 @@ def plot_against_depth(curves: Mapping[str, Mapping[str, dict]], path: str | os.
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     _save(fig, path)
+    return fig
 
 
-def plot_oknn(results: Mapping[str, Mapping[str, dict]], path: str | os.PathLike) -> None:
+def plot_oknn(results: Mapping[str, Mapping[str, dict]], path: str | os.PathLike) -> Figure:
     """Grouped bars: per checkpoint, top-1 and top-5 (percent) of each variant ("clean", "disturbed")."""
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.add_subplot(1, 1, 1)
@@ -66,3 +67,4 @@ def plot_oknn(results: Mapping[str, Mapping[str, dict]], path: str | os.PathLike
     ax.set_title("Object-level kNN")
     ax.legend(fontsize="small")
     _save(fig, path)
+    return fig

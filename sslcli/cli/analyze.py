@@ -51,13 +51,18 @@ def _labels(paths: list[Path]) -> list[str]:
     return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths)]
 
 
+def check_paths(paths: list[Path]) -> None:
+    """Fail before any slow work when a checkpoint path is wrong."""
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: checkpoint not found")
+
+
 def load_all(paths: list[Path], arch: str | None, width: int | None, trust: bool, device: torch.device) -> Iterator:
     """Yield (label, backbone on device, load report dict) one checkpoint at a time (only one is held in memory)."""
     from sslcli.checkpoints import load_backbone
 
-    for path in paths:
-        if not path.is_file():
-            raise InputError(f"{path}: checkpoint not found")
+    check_paths(paths)
     for label, path in zip(_labels(paths), paths):
         backbone, report = load_backbone(path, arch=arch, width=width, trust=trust)
         current().info(report.summary())
@@ -105,6 +110,7 @@ def analyze_coupling(
     from sslcli.data.sources import open_source
 
     dev = resolve_device(device)
+    check_paths(checkpoints)
     skipped: list[str] = []
     scenes = sample_pairs(open_source(data, split), pairs, seed, min_size, cell, gap, masked, skipped)
     settings = {"data": str(data), "split": split, "pairs": pairs, "cell": cell, "gap": gap, "masked": masked,
@@ -147,6 +153,7 @@ def analyze_positional(
     from sslcli.data.sources import open_source
 
     dev = resolve_device(device)
+    check_paths(checkpoints)
     skipped: list[str] = []
     tilings, meta = sample_tilings(open_source(data, split), objects, seed, min_size, tile, masked, skipped)
     settings = {"data": str(data), "split": split, "objects": len(tilings), "tile": tile, "masked": masked,
@@ -203,6 +210,7 @@ def analyze_oknn(
     if disturb not in ("both", "val"):
         raise InputError(f"--disturb {disturb!r}: expected both or val")
     dev = resolve_device(device)
+    check_paths(checkpoints)
     train = require_coco(open_source(data, train_split), "analyze oknn")
     val = require_coco(open_source(data, split), "analyze oknn")
     class_ids = sorted(set(train.category_ids) | set(val.category_ids))
