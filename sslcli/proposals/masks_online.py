@@ -6,10 +6,11 @@ map over the whole original image (every pixel carries one mask id). Kinds (``me
 - ``store``: a mask store from `sslcli prepare masks` (FH, grid, gt or MCG). With several FH scales in the store
   (or listed in ``scales``), one scale is drawn uniformly per image and step; MCG's overlapping masks come flattened
   by score (`RegionStore.label_map`).
-- ``grid``: an n×n grid over the original image, computed from its size (no store needed; 1×1 = SimCLR/BYOL).
+- ``grid``: an n×n grid over the original image, computed from its size (no store needed; 1×1 = SimCLR/BYOL);
+  the same label maps as `prepare masks --method grid` (`sslcli.proposals.grid`).
 - ``gt``: COCO ground-truth instance masks read directly from the data set's annotation file (no store needed);
-  instance j → id j + 1, painted largest first so smaller objects stay visible where instances overlap, 0 = the
-  pixels no instance covers (the background is a region too, as with any other segmentation).
+  the same label maps as `prepare masks --method gt` (`sslcli.proposals.gt`): instance j → id j + 1, painted
+  largest first, 0 = pixels no instance covers (the background is a region too, as with any segmentation).
 
 Stores and annotation files are opened lazily in each worker process (h5py handles are not fork-safe).
 """
@@ -23,24 +24,8 @@ import numpy as np
 import torch
 
 from sslcli.errors import InputError
-
-
-def grid_label_map(height: int, width: int, n: int) -> np.ndarray:
-    """(H, W) int32 label map of an n×n grid: pixel (y, x) gets id ⌊y·n/H⌋·n + ⌊x·n/W⌋."""
-    rows = (np.arange(height) * n // height).astype(np.int32)
-    cols = (np.arange(width) * n // width).astype(np.int32)
-    return rows[:, None] * n + cols[None, :]
-
-
-def instances_label_map(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool instance masks → (H, W) int32 label map: instance j → j + 1, 0 where none.
-
-    Instances are painted in decreasing area so a small object lying on a larger one keeps its pixels.
-    """
-    out = np.zeros(masks.shape[1:], np.int32)
-    for j in np.argsort(-masks.reshape(len(masks), -1).sum(1), kind="stable"):
-        out[masks[j]] = j + 1
-    return out
+from sslcli.proposals.grid import grid_label_map
+from sslcli.proposals.gt import gt_label_map
 
 
 @dataclass
@@ -138,7 +123,7 @@ class MaskSource:
             if str(image_id) not in index_of:
                 raise InputError(f"image {image_id!r} is not in {self.data_root} split {self.split}")
             masks, _ = source.instance_masks(index_of[str(image_id)])
-            label_map = instances_label_map(masks)
+            label_map = gt_label_map(masks)
         else:
             raise InputError(f"method.masks.kind: {self.kind!r} is not one of store, grid, gt")
         if label_map.shape != (height, width):

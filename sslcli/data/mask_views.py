@@ -1,0 +1,85 @@
+"""Mask-aware views for DetCon (METHODS.md §3): the image and its label map get the same crop and flip.
+
+Geometry: RandomResizedCrop (area U[0.08, 1], log-uniform aspect ratio in [3/4, 4/3]) then a horizontal flip with
+probability ½, drawn once and applied to both tensors by torchvision v2 (`tv_tensors.Image` is resized bicubically,
+`tv_tensors.Mask` with nearest neighbour, so mask ids are never blended). Colour follows afterwards and never moves
+pixels: DetCon_S uses SimCLR's pair of presets, DetCon_B BYOL's (`sslcli.data.color`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from sslcli.data.color import BYOL, SIMCLR, ColorAug, color_transform
+
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+# DetCon_S adopts SimCLR's colour pipeline, DetCon_B BYOL's (DetCon App. A.1).
+COLOR_PRESETS: dict[str, tuple[ColorAug, ColorAug]] = {"S": SIMCLR, "B": BYOL}
+
+
+def crop_and_flip(size: int, scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO,
+                  interpolation: v2.InterpolationMode = v2.InterpolationMode.BICUBIC) -> v2.Compose:
+    """The shared geometry: one random crop + flip applied identically to every tv_tensor passed in one call.
+
+    ``interpolation`` applies to images only; masks are always resized with nearest neighbour.
+    """
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=interpolation, antialias=True),
+        v2.RandomHorizontalFlip(p=0.5),
+    ])
+
+
+def to_tv_tensors(image: np.ndarray, label_map: np.ndarray) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    """(H, W, 3) uint8 RGB and (H, W) integer label map → Image (3, H, W) uint8 and Mask (H, W) int64."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image: expected (H, W, 3) RGB, got shape {image.shape}")
+    if label_map.shape != image.shape[:2]:
+        raise ValueError(f"label map of shape {label_map.shape} does not match the image {image.shape[:2]}")
+    image_t = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+    mask_t = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(label_map).astype(np.int64, copy=False)))
+    return image_t, mask_t
+
+
+@dataclass
+class MaskViewPair:
+    """Two views of an image with their label maps, for DetCon_S (``variant="S"``) or DetCon_B (``"B"``).
+
+    Calling it on (image (H, W, 3) uint8, label_map (H, W) int) returns
+    ``(view1, mask1, view2, mask2)``: views (3, S, S) float32 normalised, masks (S, S) int64 with the original ids.
+    Picklable: the torchvision pipelines are built lazily in each DataLoader worker.
+    """
+
+    size: int
+    variant: str = "S"
+    scale: tuple[float, float] = CROP_SCALE
+    ratio: tuple[float, float] = CROP_RATIO
+
+    def __post_init__(self):
+        if self.variant not in COLOR_PRESETS:
+            raise ValueError(f"variant {self.variant!r}: expected one of {', '.join(COLOR_PRESETS)}")
+        self._pipelines = None
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_pipelines"} | {"_pipelines": None}
+
+    def _build(self):
+        geometry = crop_and_flip(self.size, self.scale, self.ratio)
+        colors = [color_transform(aug, self.size) for aug in COLOR_PRESETS[self.variant]]
+        self._pipelines = (geometry, colors)
+        return self._pipelines
+
+    def __call__(self, image: np.ndarray, label_map: np.ndarray):
+        geometry, colors = self._pipelines or self._build()
+        image_t, mask_t = to_tv_tensors(image, label_map)
+        out = []
+        for color in colors:
+            view, mask = geometry(image_t, mask_t)
+            view = color(v2.functional.to_dtype(view, torch.float32, scale=True))
+            out += [view.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)]
+        return tuple(out)

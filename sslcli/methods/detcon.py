@@ -1,0 +1,160 @@
+"""DetCon_S and DetCon_B (contrastive detection; DetCon paper §3, App. A; METHODS.md §3).
+
+Per sample (in DataLoader workers, `DetconTransform`): the image's label map comes from a `MaskSource` (store,
+grid or COCO ground truth); two views get the same crop and flip as their label maps (`MaskViewPair`); each view's
+label map is then brought onto the res5 grid (7×7 at 224 px) by average-pooling its one-hot masks and taking the
+argmax per cell (`label_grid`), so each cell owns exactly one id. Only these small id grids travel to the model.
+
+Per batch (`Detcon.forward`): 16 ids per image and view are sampled uniformly with replacement among the ids owning
+≥ 1 cell; the same ids serve the online and the target network. Mask pooling h_m = Σ m·h / max(Σ m, 1) over the
+res5 map; DetCon_S projects with SimCLR's shared 2048→2048→128 head, DetCon_B with BYOL's projector + predictor
+(online) and an EMA target (projector only). `sslcli.losses.detcon.detcon_loss` contrasts every latent against all
+masks of all images on all ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sslcli.data.mask_views import MaskViewPair
+from sslcli.engine import dist
+from sslcli.errors import InputError
+from sslcli.losses.detcon import detcon_loss
+from sslcli.methods import register
+from sslcli.methods.base import Method, StepInfo
+from sslcli.methods.byol import byol_heads
+from sslcli.methods.simclr import simclr_projector
+from sslcli.models.backbone import build_backbone
+from sslcli.models.ema import cosine_momentum, ema_update, momentum_copy
+from sslcli.proposals.masks_online import MaskSource
+
+DEFAULT_DIMS = {"S": (128, 2048), "B": (256, 4096)}  # (dim, hidden_dim): SimCLR's and BYOL's heads
+
+
+def res5_side(size: int) -> int:
+    """Side of a torchvision ResNet's res5 map for a size×size input: five stride-2 stages, each ⌈x/2⌉ (224 → 7)."""
+    for _ in range(5):
+        size = (size + 1) // 2
+    return size
+
+
+def label_grid(label_map: torch.Tensor, n: int) -> torch.Tensor:
+    """(S, S) integer label map → (n, n) int64 ids: argmax over ids of the average-pooled one-hot masks per cell.
+
+    Cells are `torch.nn.functional.adaptive_avg_pool2d`'s windows [⌊i·S/n⌋, ⌈(i+1)·S/n⌉). The average of a one-hot
+    mask over a window is its pixel count / window area, so the argmax is the most frequent id in the window, ties
+    going to the smallest id (the first one-hot channel). Counting avoids materialising K one-hot maps.
+    """
+    height, width = label_map.shape
+    ids, inverse = torch.unique(label_map, return_inverse=True)  # sorted ids; inverse (S, S) in [0, K)
+    k = len(ids)
+    out = torch.empty(n, n, dtype=torch.int64)
+    for i in range(n):
+        y0, y1 = i * height // n, -(-(i + 1) * height // n)
+        for j in range(n):
+            x0, x1 = j * width // n, -(-(j + 1) * width // n)
+            counts = torch.bincount(inverse[y0:y1, x0:x1].reshape(-1), minlength=k)
+            out[i, j] = ids[counts.argmax()]
+    return out
+
+
+def sample_ids(grid: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """(B, n, n) id grids → (B, R) ids drawn uniformly with replacement among each image's distinct ids.
+
+    Every distinct id is represented by the first cell carrying it; drawing uniformly among those cells draws
+    uniformly among ids (not in proportion to their area).
+    """
+    flat = grid.reshape(grid.shape[0], -1)
+    cells = flat.shape[1]
+    same = flat[:, :, None] == flat[:, None, :]                                # (B, cells, cells)
+    earlier = torch.ones(cells, cells, dtype=torch.bool, device=grid.device).tril(-1)
+    first = ~(same & earlier).any(-1)                                          # (B, cells): first cell of its id
+    cell = torch.multinomial(first.float(), num_samples, replacement=True)     # (B, R)
+    return flat.gather(1, cell)
+
+
+def mask_pool(features: torch.Tensor, grid: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """h_m = Σ m·h / max(Σ m, 1) for every sampled id.
+
+    Args:
+        features: (B, C, h, w) res5 map. grid: (B, h, w) id per cell. ids: (B, R) sampled ids.
+    Returns:
+        (B, R, C) mask-pooled features.
+    """
+    masks = (grid.reshape(grid.shape[0], 1, -1) == ids[:, :, None]).to(features.dtype)   # (B, R, h·w)
+    pooled = masks @ features.flatten(2).transpose(1, 2)                                 # (B, R, C)
+    return pooled / masks.sum(-1, keepdim=True).clamp(min=1)
+
+
+class DetconTransform:
+    """Sample dict → ``{"views": (2, 3, S, S) float, "masks": (2, n, n) int64}``; picklable (runs in workers)."""
+
+    def __init__(self, masks: MaskSource, views: MaskViewPair):
+        self.masks, self.views = masks, views
+        self.grid_side = res5_side(views.size)
+
+    def __call__(self, sample: dict) -> dict:
+        label_map = self.masks.label_map(sample)
+        view1, mask1, view2, mask2 = self.views(np.asarray(sample["image"]), label_map)
+        grids = torch.stack([label_grid(mask1, self.grid_side), label_grid(mask2, self.grid_side)])
+        return {"views": torch.stack([view1, view2]), "masks": grids}
+
+
+@register("detcon")
+class Detcon(Method):
+    """DetCon_S (``method.variant: S``, SimCLR-based) and DetCon_B (``B``, BYOL-based)."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        method = spec.method
+        self.variant = method.variant
+        default_dim, default_hidden = DEFAULT_DIMS[self.variant]
+        dim, hidden = method.dim or default_dim, method.hidden_dim or default_hidden
+        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        if self.variant == "S":
+            self.projector = simclr_projector(self.encoder.out_channels, hidden, dim)
+        else:
+            self.projector, self.predictor = byol_heads(self.encoder.out_channels, hidden, dim)
+            self.target_encoder = momentum_copy(self.encoder)
+            self.target_projector = momentum_copy(self.projector)
+
+    def transform(self) -> DetconTransform:
+        masks = MaskSource.from_spec(self.spec.method.masks, self.spec.data)
+        return DetconTransform(masks, MaskViewPair(self.spec.data.image_size, self.variant))
+
+    def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """``batch["views"]``: (B, 2, 3, S, S); ``batch["masks"]``: (B, 2, n, n) ids on the res5 grid."""
+        views, grids = batch["views"], batch["masks"]
+        b, r = views.shape[0], self.spec.method.num_samples
+        x = torch.cat([views[:, 0], views[:, 1]])                      # both views in one pass (BN over 2B)
+        grid = torch.cat([grids[:, 0], grids[:, 1]])                   # (2B, n, n)
+        ids = torch.cat([sample_ids(grids[:, 0], r), sample_ids(grids[:, 1], r)])   # (2B, R), shared with target
+        online = self._latents(self.encoder, x, grid, ids)            # (2B, R, D)
+        if self.variant == "S":
+            target1 = dist.gather_with_grad(online[:b])
+            target2 = dist.gather_with_grad(online[b:])
+        else:
+            online = self.predictor(online.flatten(0, 1)).view(2 * b, r, -1)
+            with torch.no_grad():
+                target = self._latents(self.target_encoder, x, grid, ids, self.target_projector)
+            target1, target2 = dist.gather_no_grad(target[:b]), dist.gather_no_grad(target[b:])
+        loss = detcon_loss(online[:b], online[b:], target1, target2, ids[:b], ids[b:],
+                           self.spec.method.temperature, offset=dist.rank() * b)
+        return {"loss": loss}
+
+    def _latents(self, encoder, x: torch.Tensor, grid: torch.Tensor, ids: torch.Tensor, projector=None):
+        """Backbone res5 map → mask pooling → projector: (2B, R, D)."""
+        features = encoder.forward_map(x)
+        if features.shape[-2:] != grid.shape[-2:]:
+            raise InputError(f"masks: {tuple(grid.shape[-2:])} grid does not match the res5 map "
+                             f"{tuple(features.shape[-2:])} of {tuple(x.shape[-2:])} px views")
+        pooled = mask_pool(features, grid, ids)
+        return (projector or self.projector)(pooled.flatten(0, 1)).view(*ids.shape, -1)
+
+    @torch.no_grad()
+    def after_step(self, step: StepInfo) -> None:
+        if self.variant == "B":
+            tau = cosine_momentum(self.spec.method.base_momentum, step.progress)
+            ema_update(self.target_encoder, self.encoder, tau)
+            ema_update(self.target_projector, self.projector, tau)

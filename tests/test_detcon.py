@@ -1,0 +1,173 @@
+"""DetCon: the loss against hand computations and an independent numpy port, the mask grid, id sampling, mask
+pooling, the 1×1-grid equivalence with SimCLR / BYOL, the method end to end and a 2-process gloo run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sslcli.losses.detcon import detcon_loss
+from sslcli.methods.detcon import label_grid, mask_pool, res5_side, sample_ids
+
+
+# ------------------------------------------------------------------------------------------------ numpy reference
+def numpy_detcon(pred1, pred2, target1, target2, ids1, ids2, temperature, offset=0):
+    """A loop-by-loop port of METHODS.md §3 (eq. 1/3 of the paper with the authors' weighting)."""
+
+    def unit(x):
+        x = np.asarray(x, np.float64)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def term(q, other, same, qids, oids):
+        q, other, same = unit(q), unit(other), unit(same)
+        b, r, _ = q.shape
+        n = other.shape[0]
+        total = 0.0
+        for i in range(b):
+            for a in range(r):
+                own = offset + i
+                positives = [q[i, a] @ other[own, c] / temperature for c in range(r) if oids[i, c] == qids[i, a]]
+                scores = [q[i, a] @ other[m, c] / temperature for m in range(n) for c in range(r)]
+                scores += [q[i, a] @ same[m, c] / temperature for m in range(n) for c in range(r)
+                           if not (m == own and qids[i, c] == qids[i, a])]
+                if not positives:
+                    continue  # weight 0, still counted in the mean below
+                log_z = math.log(sum(math.exp(s) for s in scores))
+                ce = -sum(p - log_z for p in positives) / len(positives)
+                duplicates = sum(1 for c in range(r) if qids[i, c] == qids[i, a])
+                total += ce / duplicates
+        return total / (b * r)
+
+    return term(pred1, target2, target1, ids1, ids2) + term(pred2, target1, target2, ids2, ids1)
+
+
+def _t(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------------- the loss
+def test_loss_hand_computed_counts_with_duplicates_missing_masks_and_shared_ids():
+    # All latents equal → every logit is 1/τ, so each cross-entropy is log(number of unmasked columns).
+    # Image 0: view 1 ids [3, 3] (a duplicate), view 2 ids [3, 5].
+    # Image 1: view 1 ids [3, 7] (3 also exists in image 0: not a positive; 7 absent from view 2), view 2 [5, 5].
+    ids1 = torch.tensor([[3, 3], [3, 7]])
+    ids2 = torch.tensor([[3, 5], [5, 5]])
+    z = torch.ones(2, 2, 4, dtype=torch.float64)
+    # View-1 rows: (img0, 3) twice: 1 positive, 4 view-2 columns + 4 view-1 columns − 2 masked (own id 3 twice)
+    #   → CE = log 6, weight 1/2 each; image 1's rows have no positive (weight 0). Term = (log 6)/4.
+    # View-2 rows: (img0, 3): 2 positives, 8 − 1 masked → CE = log 7, weight 1; the rest weight 0. Term = (log 7)/4.
+    expected = (math.log(6) + math.log(7)) / 4
+    loss = detcon_loss(z, z, z, z, ids1, ids2, temperature=1.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_loss_hand_computed_single_mask_is_nt_xent():
+    # Two images, one mask each, id 0 in both images (shared across images, must not be a positive). τ = 0.5.
+    a1, a2 = [1.0, 0.0], [0.6, 0.8]   # image 0, views 1 and 2
+    b1, b2 = [0.0, 1.0], [0.8, 0.6]   # image 1
+    v1 = _t([[a1], [b1]])
+    v2 = _t([[a2], [b2]])
+    ids = torch.zeros(2, 1, dtype=torch.long)
+    t = 0.5
+    # Dot products: a1·a2 = .6, a1·b2 = .8, a1·b1 = 0; b1·b2 = .6, b1·a2 = .8; a2·b2 = .96.
+    row_a1 = -0.6 / t + math.log(math.exp(0.6 / t) + math.exp(0.8 / t) + math.exp(0.0 / t))
+    row_b1 = -0.6 / t + math.log(math.exp(0.6 / t) + math.exp(0.8 / t) + math.exp(0.0 / t))
+    row_a2 = -0.6 / t + math.log(math.exp(0.6 / t) + math.exp(0.8 / t) + math.exp(0.96 / t))
+    row_b2 = -0.6 / t + math.log(math.exp(0.6 / t) + math.exp(0.8 / t) + math.exp(0.96 / t))
+    expected = (row_a1 + row_b1) / 2 + (row_a2 + row_b2) / 2
+    assert detcon_loss(v1, v2, v1, v2, ids, ids, temperature=t).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_loss_matches_numpy_port_on_random_latents():
+    gen = torch.Generator().manual_seed(0)
+    b, r, d = 3, 5, 8
+    pred1, pred2 = torch.randn(b, r, d, generator=gen, dtype=torch.float64), torch.randn(b, r, d, generator=gen,
+                                                                                          dtype=torch.float64)
+    target1, target2 = torch.randn(b, r, d, generator=gen, dtype=torch.float64), torch.randn(b, r, d, generator=gen,
+                                                                                              dtype=torch.float64)
+    # Few distinct ids so duplicates, missing masks and ids shared across images all occur.
+    ids1 = torch.randint(0, 4, (b, r), generator=gen)
+    ids2 = torch.randint(0, 4, (b, r), generator=gen)
+    got = detcon_loss(pred1, pred2, target1, target2, ids1, ids2, temperature=0.1)
+    want = numpy_detcon(pred1.numpy(), pred2.numpy(), target1.numpy(), target2.numpy(), ids1.numpy(), ids2.numpy(),
+                        0.1)
+    assert got.item() == pytest.approx(want, rel=1e-10)
+
+
+def test_loss_split_over_ranks_averages_to_the_single_process_loss():
+    # Each rank's rows are its own images; columns are the gathered batch. Mean of the ranks' losses = global loss.
+    gen = torch.Generator().manual_seed(1)
+    n, r, d = 4, 3, 6
+    p1, p2, t1, t2 = (torch.randn(n, r, d, generator=gen, dtype=torch.float64) for _ in range(4))
+    ids1, ids2 = torch.randint(0, 3, (n, r), generator=gen), torch.randint(0, 3, (n, r), generator=gen)
+    whole = detcon_loss(p1, p2, t1, t2, ids1, ids2, 0.1)
+    halves = [detcon_loss(p1[s:s + 2], p2[s:s + 2], t1, t2, ids1[s:s + 2], ids2[s:s + 2], 0.1, offset=s)
+              for s in (0, 2)]
+    assert ((halves[0] + halves[1]) / 2).item() == pytest.approx(whole.item(), rel=1e-12)
+    want = numpy_detcon(p1[2:].numpy(), p2[2:].numpy(), t1.numpy(), t2.numpy(), ids1[2:].numpy(), ids2[2:].numpy(),
+                        0.1, offset=2)
+    assert halves[1].item() == pytest.approx(want, rel=1e-10)
+
+
+def test_loss_gradients_are_finite_with_masked_columns():
+    z1 = torch.randn(2, 4, 8, requires_grad=True)
+    z2 = torch.randn(2, 4, 8, requires_grad=True)
+    ids = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 2]])
+    loss = detcon_loss(z1, z2, z1, z2, ids, ids, 0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z1.grad).all() and torch.isfinite(z2.grad).all()
+
+
+# --------------------------------------------------------------------------------------- grid, sampling, pooling
+def test_res5_side_matches_the_backbone():
+    from sslcli.models.backbone import build_backbone
+
+    net = build_backbone("resnet18", width=4).eval()
+    for size in (32, 64, 70, 97):
+        with torch.no_grad():
+            assert net.forward_map(torch.zeros(1, 3, size, size)).shape[-1] == res5_side(size)
+    assert res5_side(224) == 7
+
+
+def test_label_grid_is_argmax_of_average_pooled_one_hot():
+    gen = torch.Generator().manual_seed(0)
+    for size, n in ((32, 7), (28, 7), (64, 2), (30, 4)):
+        # Blocky random labels with large, sparse ids (ids need not be contiguous).
+        coarse = torch.randint(0, 5, (size // 2 + 1, size // 2 + 1), generator=gen) * 1000 + 7
+        label_map = coarse.repeat_interleave(2, 0).repeat_interleave(2, 1)[:size, :size]
+        ids = torch.unique(label_map)
+        one_hot = (label_map[None] == ids[:, None, None]).float()
+        want = ids[F.adaptive_avg_pool2d(one_hot[None], n)[0].argmax(0)]
+        assert torch.equal(label_grid(label_map, n), want)
+
+
+def test_label_grid_tie_goes_to_smallest_id():
+    label_map = torch.tensor([[9, 4], [4, 9]])
+    assert label_grid(label_map, 1).item() == 4
+
+
+def test_sample_ids_uniform_over_distinct_ids_not_area():
+    torch.manual_seed(0)
+    grid = torch.zeros(1, 7, 7, dtype=torch.long)
+    grid[0, 0, 0] = 5          # id 5 owns 1 cell, id 0 owns 48
+    draws = sample_ids(grid.expand(200, 7, 7), 16)
+    assert set(draws.unique().tolist()) == {0, 5}
+    share = (draws == 5).float().mean().item()
+    assert 0.45 < share < 0.55
+    # Only ids present in each image are drawn.
+    grid2 = torch.stack([torch.full((2, 2), 3), torch.tensor([[1, 2], [2, 2]])])
+    got = sample_ids(grid2, 50)
+    assert set(got[0].tolist()) == {3} and set(got[1].tolist()) == {1, 2}
+
+
+def test_mask_pool_hand_computed():
+    features = torch.arange(8, dtype=torch.float32).view(1, 2, 2, 2)  # channel 0: [[0,1],[2,3]], channel 1: +4
+    grid = torch.tensor([[[1, 1], [2, 1]]])
+    ids = torch.tensor([[1, 2, 9]])   # 9 is absent: pooled vector 0 (divided by max(0, 1))
+    got = mask_pool(features, grid, ids)
+    want = torch.tensor([[[(0 + 1 + 3) / 3, (4 + 5 + 7) / 3], [2.0, 6.0], [0.0, 0.0]]])
+    assert torch.allclose(got, want)
