@@ -9,7 +9,7 @@ import typer
 
 from sslcli.cli.apps import app
 from sslcli.cli.common import command, current
-from sslcli.errors import InputError, NotImplementedYet
+from sslcli.errors import InputError
 from sslcli.spec import dump_spec, load_spec, spec_schema
 
 
@@ -44,4 +44,7 @@ def pretrain(
         print(dump_spec(spec), end="")
         current().info(f"{spec_path}: valid ({spec.method.name}, global batch {spec.batch_size}, lr {spec.lr:g})")
         return None
-    raise NotImplementedYet("pretrain training engine (use --dry-run to validate a spec)")
+    from sslcli.engine.launch import launch
+
+    return launch(spec, resume=resume, gpus=gpus, nodes=nodes, node_rank=node_rank, master_addr=master_addr,
+                  master_port=master_port)

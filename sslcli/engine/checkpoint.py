@@ -1,0 +1,128 @@
+"""Training checkpoints: the sslcli format, atomic saves, RNG capture, and the resume rules.
+
+Format (a dict saved with `torch.save`; every value loads with ``torch.load(..., weights_only=True)``):
+``format`` "sslcli-checkpoint", ``version`` 1, ``spec`` (the resolved run spec as JSON data), ``arch``, ``width``,
+``backbone`` (the pretrained ResNet's state dict, torchvision names, no prefix), ``method`` (the whole method's
+state: encoders, heads, queues), ``optimizer``, ``scaler``, ``epoch`` (epochs completed), ``step`` (steps
+completed), ``steps_per_epoch``, ``world_size``, ``rng`` ({"ranks": [one state per rank]}), ``sslcli_version``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sslcli.errors import InputError
+from sslcli.io import atomic_path
+
+FORMAT = "sslcli-checkpoint"
+VERSION = 1
+LAST = "last.pt"
+
+# Spec fields a resumed run may change: they do not alter the numbers the run computes. The data order and the
+# augmentations are seeded per sample (engine/data.py), so the worker count does not change them either.
+RESUMABLE_CHANGES = ("epochs", "output_dir", "logging", "max_steps", "data.workers", "data.pin_memory")
+
+
+def epoch_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}.pt"
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write atomically: a kill mid-write leaves the previous file intact."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load an sslcli checkpoint on the CPU; InputError naming the file if it is missing or not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated files, other formats: one line naming the file
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
+            from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InputError(f"{path}: not an sslcli training checkpoint (expected \"format\": \"{FORMAT}\")")
+    if state.get("version") != VERSION:
+        raise InputError(f"{path}: checkpoint version {state.get('version')!r}, this sslcli reads version {VERSION}")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------- RNG
+def capture_rng() -> dict:
+    """This process's RNG states as tensors and plain tuples (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ------------------------------------------------------------------------------------------------------- resume
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: None (fresh run), output_dir/last.pt for 'auto' (None if absent), or a path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = Path(output_dir) / LAST
+        return last if last.is_file() else None
+    return Path(resume)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def spec_differences(saved: dict, current: dict) -> list[str]:
+    """Dotted paths of fields that differ between two spec dicts, ignoring `RESUMABLE_CHANGES`."""
+    a, b = _flatten(saved), _flatten(current)
+
+    def allowed(path: str) -> bool:
+        return any(path == p or path.startswith(p + ".") for p in RESUMABLE_CHANGES)
+
+    return sorted(p for p in set(a) | set(b) if not allowed(p) and _norm(a.get(p)) != _norm(b.get(p)))
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def check_resumable(state: dict, current_spec: dict, path: Path, steps_per_epoch: int) -> None:
+    diffs = spec_differences(state["spec"], current_spec)
+    if diffs:
+        raise InputError(f"{path}: the checkpoint's spec differs in {', '.join(diffs)} (only epochs, output_dir, "
+                         f"logging, max_steps and data.workers/pin_memory may change on resume)")
+    if state.get("steps_per_epoch") != steps_per_epoch:
+        raise InputError(f"{path}: saved with {state.get('steps_per_epoch')} steps per epoch, the data now gives "
+                         f"{steps_per_epoch} (did the data set change?)")

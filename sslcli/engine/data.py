@@ -1,0 +1,149 @@
+"""Training data for the engine: a dataset over any `open_source` layout, a seeded per-rank batch sampler, the loader.
+
+Determinism (what makes ``--resume`` and multi-process runs reproducible):
+- the order of an epoch is a permutation drawn from ``(seed, epoch)`` only; global batch ``b`` is the slice
+  ``perm[b·G:(b+1)·G]`` and rank ``r`` takes the contiguous part ``[r·G/W, (r+1)·G/W)`` of it, so the ranks together
+  see exactly the batch a single process would see, in the same order after an all-gather;
+- every sample's augmentation runs under RNG states (python ``random``, numpy, torch) seeded from
+  ``(seed, epoch, index)``, so the views do not depend on the number of ranks, workers or prefetching, and a resumed
+  run draws the same crops as an uninterrupted one. The global RNG states around the transform are restored, so a
+  ``workers: 0`` run does not disturb the training loop's own random stream.
+Corrupt images are replaced by the next readable image of the data set (deterministically), reported with their
+path once, and counted; they never crash a run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from sslcli.data.sources import ImageSource, open_source
+from sslcli.errors import CorruptImageError, InputError, SslcliError
+from sslcli.spec import RunSpec
+
+SKIPPED_KEY = "_skipped"  # per-sample list of corrupt-image messages, removed by `collate`
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed mixed from integers (numpy SeedSequence: well spread even for neighbouring inputs)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seed python ``random``, numpy and torch (CPU) inside the block; restore the previous states after it."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+
+
+class EpochBatchSampler:
+    """Yields this rank's batches as lists of ``(epoch, index)`` keys; the last incomplete global batch is dropped.
+
+    Call `set_epoch` before iterating; ``skip`` batches at the start of the epoch are left out (mid-epoch resume).
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, rank: int, world_size: int, seed: int):
+        if global_batch % world_size:
+            raise InputError(f"batch_size: {global_batch} is not divisible by the number of processes {world_size}")
+        if num_samples < global_batch:
+            raise InputError(f"data: {num_samples} images is fewer than one global batch (batch_size {global_batch})")
+        self.num_samples, self.global_batch = num_samples, global_batch
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.local_batch = global_batch // world_size
+        self.epoch, self.skip = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.skip
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 0x5A3))
+        perm = torch.randperm(self.num_samples, generator=gen).tolist()
+        for b in range(self.skip, self.steps_per_epoch):
+            start = b * self.global_batch + self.rank * self.local_batch
+            yield [(self.epoch, i) for i in perm[start:start + self.local_batch]]
+
+
+class TrainDataset(Dataset):
+    """``dataset[(epoch, index)]`` = ``transform({"image": (H,W,3) uint8 RGB, "index": int, "image_id": id})``."""
+
+    def __init__(self, source: ImageSource, transform: Callable[[dict], dict], seed: int):
+        self.source, self.transform, self.seed = source, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        skipped = []
+        for offset in range(len(self.source)):
+            i = (index + offset) % len(self.source)
+            try:
+                image = self.source.load(i)
+                break
+            except CorruptImageError as exc:
+                skipped.append(str(exc))
+        else:
+            raise SslcliError(f"{self.source.root}: no image of the data set could be decoded")
+        sample = {"image": image, "index": i, "image_id": self.source[i].image_id}
+        with seeded_rng(derive_seed(self.seed, epoch, index)):
+            out = self.transform(sample)
+        out[SKIPPED_KEY] = skipped
+        return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """`default_collate` over the samples, with the corrupt-image messages gathered into one flat list."""
+    skipped = [msg for s in samples for msg in s.pop(SKIPPED_KEY, [])]
+    batch = default_collate(samples)
+    batch[SKIPPED_KEY] = skipped
+    return batch
+
+
+class _WorkerInit:
+    """Seeds each DataLoader worker from (seed, epoch, rank, worker); the per-sample seeding makes views independent
+    of it, this only keeps any stray randomness in a worker reproducible too."""
+
+    def __init__(self, seed: int, epoch: int, rank: int):
+        self.seed, self.epoch, self.rank = seed, epoch, rank
+
+    def __call__(self, worker_id: int) -> None:
+        s = derive_seed(self.seed, self.epoch, self.rank, worker_id)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
+def build_loader(spec: RunSpec, transform: Callable[[dict], dict], rank: int, world_size: int, start_epoch: int,
+                 pin_memory: bool) -> tuple[DataLoader, EpochBatchSampler]:
+    """The training DataLoader of this rank (workers, pinned memory, persistent workers) and its batch sampler."""
+    source = open_source(spec.data.root, spec.data.split, spec.data.format)
+    dataset = TrainDataset(source, transform, spec.seed)
+    sampler = EpochBatchSampler(len(source), spec.batch_size, rank, world_size, spec.seed)
+    workers = spec.data.workers
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                        pin_memory=pin_memory, persistent_workers=workers > 0,
+                        worker_init_fn=_WorkerInit(spec.seed, start_epoch, rank) if workers else None,
+                        prefetch_factor=4 if workers else None,
+                        # A private generator: the loader must not draw from the training loop's global RNG.
+                        generator=torch.Generator().manual_seed(spec.seed))
+    return loader, sampler

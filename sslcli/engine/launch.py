@@ -1,0 +1,137 @@
+"""Start training in one or several processes with torch.distributed (the env:// rendezvous torchrun uses).
+
+- ``--gpus 0`` (default): one process on the best device (GPU 0 if there is one, else the CPU).
+- ``--gpus N``: N local processes, one per GPU with NCCL; on a machine without GPUs, N CPU processes with gloo.
+- multi-node: ``--nodes M --node-rank i --master-addr H --master-port P`` on every node gives ranks
+  ``i·N … i·N+N−1`` of ``M·N`` (MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK, as torchrun sets them).
+- under ``torchrun`` (RANK, WORLD_SIZE and LOCAL_RANK already in the environment) this process is one rank and
+  nothing is spawned.
+Errors in any rank come back as one line (the first rank to report); the other ranks are stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+
+from sslcli.cli import common
+from sslcli.errors import InputError, SslcliError
+from sslcli.spec import RunSpec, consistency_problems
+
+# A rank that dies leaves the others blocked in a collective; the parent stops them, this is only the backstop.
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+
+def _under_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def _device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def launch(spec: RunSpec, resume: str | None = None, gpus: int = 0, nodes: int = 1, node_rank: int = 0,
+           master_addr: str = "127.0.0.1", master_port: int = 29500,
+           init_hook: Callable[[], None] | None = None) -> dict:
+    """Train ``spec`` on this machine's share of the ranks; returns rank 0's result dict (on node 0).
+
+    ``init_hook`` (a picklable module-level function) runs first in every spawned process, e.g. to register a method
+    defined outside sslcli.
+    """
+    if gpus < 0 or nodes < 1 or not 0 <= node_rank < nodes:
+        raise InputError(f"--gpus {gpus} --nodes {nodes} --node-rank {node_rank}: expected gpus ≥ 0, nodes ≥ 1 and "
+                         "0 ≤ node-rank < nodes")
+    if _under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        _check_spec(spec, world)
+        return _run_rank(int(os.environ["LOCAL_RANK"]), spec, resume, world > 1)
+    if torch.cuda.is_available() and gpus > torch.cuda.device_count():
+        raise InputError(f"--gpus {gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
+    procs = max(gpus, 1)
+    world = procs * nodes
+    _check_spec(spec, world)
+    if world == 1:
+        if init_hook is not None:
+            init_hook()
+        return _run_rank(0, spec, resume, distributed=False)
+    return _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init_hook)
+
+
+def _check_spec(spec: RunSpec, world: int) -> None:
+    problems = consistency_problems(spec, world)
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+def _run_rank(local_rank: int, spec: RunSpec, resume: str | None, distributed: bool) -> dict:
+    from sslcli.engine.trainer import train
+
+    device = _device(local_rank)
+    if distributed:
+        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
+                                      timeout=COLLECTIVE_TIMEOUT)
+    try:
+        return train(spec, device, resume)
+    finally:
+        if distributed:
+            torch_dist.destroy_process_group()
+
+
+def _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init_hook) -> dict:
+    ctx = mp.get_context("spawn")
+    reports = ctx.SimpleQueue()
+    out = common.current()
+    args = (procs, nodes, node_rank, master_addr, master_port, spec, resume, init_hook, reports,
+            (out.json, out.quiet, out.debug))
+    processes = mp.start_processes(_child, args=args, nprocs=procs, join=False, start_method="spawn")
+    failure = None
+    try:
+        while not processes.join():
+            pass
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
+        failure = exc
+    results, errors = [], []
+    while not reports.empty():
+        kind, rank, *rest = reports.get()
+        (results if kind == "ok" else errors).append((rank, *rest))
+    if errors:
+        _, code, message = errors[0]
+        raise (InputError if code == 2 else SslcliError)(message)
+    if failure is not None:
+        raise SslcliError(f"training process {failure.error_index} of node {node_rank} failed: {failure}")
+    return results[0][1] if results else {"node_rank": node_rank, "world_size": procs * nodes}
+
+
+def _child(local_rank, procs, nodes, node_rank, master_addr, master_port, spec, resume, init_hook, reports, flags):
+    """One spawned rank: set torchrun's environment, train, report the result or the error on ``reports``."""
+    common._CURRENT = common.Output(*flags)
+    rank = node_rank * procs + local_rank
+    os.environ.update({"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "RANK": str(rank),
+                       "WORLD_SIZE": str(procs * nodes), "LOCAL_RANK": str(local_rank),
+                       "LOCAL_WORLD_SIZE": str(procs)})
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs))
+    try:
+        if init_hook is not None:
+            init_hook()
+        result = _run_rank(local_rank, spec, resume, distributed=True)
+        if rank == 0:
+            reports.put(("ok", rank, result))
+    except SslcliError as exc:
+        reports.put(("error", rank, exc.exit_code, str(exc)))
+        sys.exit(exc.exit_code)
+    except BaseException as exc:  # noqa: BLE001 - reported as one line, the parent raises it
+        if flags[2]:
+            traceback.print_exc()
+        reports.put(("error", rank, 1, f"rank {rank}: {type(exc).__name__}: {exc}"))
+        sys.exit(1)

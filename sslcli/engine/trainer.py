@@ -1,0 +1,277 @@
+"""The training loop shared by every method (one process; `launch.py` starts one per rank).
+
+Per step: move the batch to the device → ``losses = method(batch, StepInfo)`` under autocast (GPU, bf16/fp16) →
+check the loss is finite on every rank → backward (GradScaler for fp16) → optional gradient-norm clipping →
+optimiser step → ``method.after_step`` (momentum encoders, queues). The lr comes from a pure schedule function of the
+step, so resumed runs match uninterrupted ones; at each epoch end rank 0 writes ``last.pt`` (and
+``epoch_XXXX.pt`` every ``checkpoint_every`` epochs) atomically.
+
+Distributed: the method is wrapped in DDP without per-forward buffer sync (``broadcast_buffers=False``, called
+``forward_sync_buffers=False`` since torch 2.14; buffers are still synced once when wrapping): queues are kept identical on every rank by
+construction (each rank enqueues the same all-gathered keys), so broadcasting them every step would only cost time
+(MoCo's 65536×128 queue: 32 MB per step, kNN's feature queue 512 MB); BatchNorm running statistics stay per rank
+(rank 0's are checkpointed); they never enter the training loss. Parameters without gradients (momentum encoders,
+EMA targets) are invisible to DDP; ``find_unused_parameters`` is off unless a method sets the attribute
+``find_unused_parameters = True`` (for parameters that are trainable but skipped in some steps).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+import sslcli
+from sslcli.cli.common import current
+from sslcli.engine import dist
+from sslcli.engine.checkpoint import (
+    FORMAT,
+    LAST,
+    VERSION,
+    capture_rng,
+    check_resumable,
+    epoch_name,
+    load_checkpoint,
+    resolve_resume,
+    restore_rng,
+    save_checkpoint,
+)
+from sslcli.engine.data import SKIPPED_KEY, build_loader, derive_seed
+from sslcli.engine.metrics import MetricsLog, TrainProgress
+from sslcli.engine.optim import build_optimizer, set_lr
+from sslcli.engine.schedules import lr_at
+from sslcli.errors import InputError, SslcliError
+from sslcli.io import write_text_atomic
+from sslcli.methods import build_method
+from sslcli.methods.base import Method, StepInfo
+from sslcli.spec import RunSpec, dump_spec
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLoss(SslcliError):
+    """The loss became NaN or infinite; the run stops, the last good checkpoint is left untouched."""
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, float]
+    lr: float
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Owns the method, its optimiser, AMP and (when distributed) the DDP wrapper; `step` trains on one batch."""
+
+    def __init__(self, spec: RunSpec, device: torch.device):
+        self.spec, self.device = spec, device
+        on_gpu = device.type == "cuda"
+        self.amp_dtype = _AMP_DTYPES.get(spec.precision) if on_gpu else None
+        self.channels_last = on_gpu and spec.channels_last
+        if on_gpu:
+            torch.backends.cudnn.benchmark = True
+        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's at wrap time).
+        seed_everything(spec.seed)
+        method = build_method(spec).to(device)
+        if self.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        self.method: Method = method
+        self.optimizer = build_optimizer(method, spec.optimizer, spec.lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self.model: nn.Module = method
+        self.trainable = [p for p in method.parameters() if p.requires_grad]
+
+    def wrap_distributed(self) -> None:
+        if not dist.is_distributed():
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers are synced once at wrap time, never per forward (see the module docstring). torch ≥ 2.14 renamed
+        # broadcast_buffers to forward_sync_buffers.
+        no_buffer_sync = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})
+        self.model = DistributedDataParallel(
+            self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=getattr(self.method, "find_unused_parameters", False), **no_buffer_sync)
+
+    def to_device(self, batch):
+        """Move every tensor of a (nested) batch to the device; images (4-D float, 3 channels) to channels_last."""
+        if isinstance(batch, torch.Tensor):
+            batch = batch.to(self.device, non_blocking=True)
+            if self.channels_last and batch.ndim == 4 and batch.is_floating_point() and batch.shape[1] == 3:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            return batch
+        if isinstance(batch, dict):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(v) for v in batch)
+        return batch
+
+    def lr_at(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
+        return lr_at(self.spec.schedule, self.spec.lr, step, steps_per_epoch, total_steps)
+
+    def step(self, batch: dict, info: StepInfo) -> StepResult:
+        """One optimisation step on ``batch`` (already on the device). Raises NonFiniteLoss before any update."""
+        lr = self.lr_at(info.step, info.steps_per_epoch, info.total_steps)
+        set_lr(self.optimizer, lr)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            losses = self.model(batch, info)
+        if "loss" not in losses:
+            raise SslcliError(f"method {self.spec.method.name!r} returned no 'loss' (got {sorted(losses)})")
+        names = list(losses)
+        values = dist.all_reduce_mean(torch.stack([losses[k].detach().float() for k in names])).tolist()
+        logged = dict(zip(names, values))
+        if not math.isfinite(logged["loss"]):
+            raise NonFiniteLoss(f"loss is {logged['loss']} at step {info.step + 1} (epoch {info.epoch + 1}); "
+                                "training stopped, the last good checkpoint is kept")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        if self.spec.optimizer.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.optimizer.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.after_step(info)
+        return StepResult(logged, lr)
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def state(self, epoch: int, step: int, steps_per_epoch: int) -> dict:
+        """The checkpoint dict (call on every rank: the RNG states are gathered to all)."""
+        rng = capture_rng()
+        ranks = [rng]
+        if dist.is_distributed():
+            ranks = [None] * dist.world_size()
+            torch_dist.all_gather_object(ranks, rng)
+        return {"format": FORMAT, "version": VERSION, "spec": self.spec.model_dump(mode="json"),
+                "arch": self.spec.model.arch, "width": self.spec.model.width,
+                "backbone": _cpu(self.method.backbone().state_dict()), "method": _cpu(self.method.state_dict()),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch, "world_size": dist.world_size(),
+                "rng": {"ranks": ranks}, "sslcli_version": sslcli.__version__}
+
+    def load_state(self, state: dict) -> None:
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dict:
+    """Train ``spec`` in this process (rank and world from `sslcli.engine.dist`); returns the run's result dict."""
+    out = current()
+    rank, world = dist.rank(), dist.world_size()
+    output_dir = Path(spec.output_dir)
+    resume_path = resolve_resume(resume, output_dir)
+    if resume == "auto" and resume_path is None:
+        out.info(f"--resume auto: no {output_dir / LAST} yet, starting a new run")
+    if resume_path is None and (output_dir / LAST).is_file():
+        raise InputError(f"output_dir {output_dir}: already holds a checkpoint ({LAST}); pass --resume auto to "
+                         "continue it or choose another output_dir")
+    if device.type != "cuda" and spec.precision != "fp32" and rank == 0:
+        out.info(f"precision {spec.precision}: mixed precision is for GPUs; this CPU run computes in fp32")
+
+    trainer = Trainer(spec, device)
+    state = load_checkpoint(resume_path) if resume_path is not None else None
+    start_epoch = state["step"] // state["steps_per_epoch"] if state else 0
+    loader, sampler = build_loader(spec, trainer.method.transform(), rank, world, start_epoch,
+                                   pin_memory=spec.data.pin_memory and device.type == "cuda")
+    spe = sampler.steps_per_epoch
+    total_steps = spec.epochs * spe
+    done = 0
+    if state is not None:
+        check_resumable(state, spec.model_dump(mode="json"), resume_path, spe)
+        trainer.load_state(state)
+        done = state["step"]
+        if done >= total_steps:
+            raise InputError(f"{resume_path}: already trained {done} steps of {total_steps}; raise epochs to continue")
+        ranks = state["rng"]["ranks"]
+        if len(ranks) == world:
+            restore_rng(ranks[rank])
+        else:
+            out.warn(f"{resume_path}: saved by {len(ranks)} processes, resumed with {world}: random streams reseeded")
+            seed_everything(derive_seed(spec.seed, rank, done))
+        if rank == 0:
+            out.info(f"resuming from {resume_path} at step {done} (epoch {start_epoch + 1})")
+        del state
+    else:
+        # Per-rank random stream for training-time randomness (e.g. shuffle-BN permutations).
+        seed_everything(derive_seed(spec.seed, rank, 0))
+    trainer.wrap_distributed()
+
+    is_main = rank == 0
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(output_dir / "spec.yaml", dump_spec(spec))
+    log = MetricsLog(output_dir, spec.logging.tensorboard, resume_step=done if resume_path else None) if is_main \
+        else None
+    stop_at = min(total_steps, spec.max_steps) if spec.max_steps else total_steps
+    bar = TrainProgress(stop_at, done, spec.logging.every_steps, enabled=is_main)
+    corrupt: set[str] = set()
+    last_loss, checkpoint = float("nan"), output_dir / LAST
+    timed_images, timed_seconds = 0, 0.0
+    try:
+        for epoch in range(done // spe, spec.epochs):
+            if done >= stop_at:
+                break
+            sampler.set_epoch(epoch, skip=done - epoch * spe)
+            epoch_losses: list[float] = []
+            tick = time.perf_counter()
+            for batch in loader:
+                for msg in batch.pop(SKIPPED_KEY):
+                    if msg not in corrupt:
+                        corrupt.add(msg)
+                        out.warn(f"skipped corrupt image: {msg}")
+                info = StepInfo(step=done, epoch=epoch, steps_per_epoch=spe, total_steps=total_steps)
+                result = trainer.step(trainer.to_device(batch), info)
+                done += 1
+                now = time.perf_counter()
+                step_seconds, tick = now - tick, now
+                images_per_s = spec.batch_size / max(step_seconds, 1e-9)
+                if done > 1:  # the first step of a process pays for worker start-up and allocator warm-up
+                    timed_images += spec.batch_size
+                    timed_seconds += step_seconds
+                last_loss = result.losses["loss"]
+                epoch_losses.append(last_loss)
+                if log is not None and (done % spec.logging.every_steps == 0 or done == stop_at):
+                    log.write({"type": "step", "step": done, "epoch": epoch, **result.losses, "lr": result.lr,
+                               "images_per_s": images_per_s, "time": time.time()})
+                bar.update(done, epoch, spec.epochs, last_loss, result.lr, images_per_s)
+                if done >= stop_at:
+                    break
+            epoch_done = done % spe == 0
+            if epoch_done or done >= stop_at:
+                state = trainer.state(done // spe, done, spe)
+                if is_main:
+                    save_checkpoint(checkpoint, state)
+                    if epoch_done and (done // spe) % spec.checkpoint_every == 0:
+                        save_checkpoint(output_dir / epoch_name(done // spe), state)
+                del state
+            if log is not None and epoch_done:
+                log.write({"type": "epoch", "step": done, "epoch": epoch,
+                           "loss": sum(epoch_losses) / max(len(epoch_losses), 1), "time": time.time()})
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return {"output_dir": str(output_dir), "epochs": done / spe, "steps": done, "final_loss": last_loss,
+            "images_per_s": timed_images / timed_seconds if timed_seconds else None, "checkpoint": str(checkpoint),
+            "corrupt_images": len(corrupt), "world_size": world, "device": str(device)}
