@@ -176,3 +176,57 @@ def test_real_autoaugment_runs_and_transforms_are_picklable():
 def test_non_rgb_input_is_rejected_with_its_shape():
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         image_to_tensor(np.zeros((4, 4), dtype=np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------- analyze crop-iou
+def test_crop_iou_summary_hand_computed():
+    from sslcli.analysis.crop_iou import summarize
+
+    summary = summarize(np.array([0.0, 0.05, 0.5, 1.0]), bins=2)
+    assert summary["counts"] == [2, 2] and summary["bin_edges"] == [0.0, 0.5, 1.0]
+    assert summary["fraction_no_overlap"] == 0.25 and summary["mean_iou"] == pytest.approx(0.3875)
+    assert summary["fraction_iou_below"]["0.1"] == 0.5
+
+
+def test_crop_iou_pairs_use_the_training_sampler():
+    from sslcli.analysis.crop_iou import sample_pair_ious
+
+    views = CropViews(224, (0.2, 1.0), (MOCO_V2, MOCO_V2))
+    ious = sample_pair_ious([(100, 150)], 50, views, seed=3)
+    g = torch.Generator().manual_seed(3)
+    torch.randint(1, (50,), generator=g)  # the image choice draw
+    expected = [box_iou(*views.sample_boxes(100, 150, generator=g)[:2]) for _ in range(50)]
+    assert ious.tolist() == expected
+
+
+def test_analyze_crop_iou_on_real_coco(cli, tiny_coco, tmp_path):
+    import json
+
+    code, out, err = cli(["analyze", "crop-iou", tiny_coco, "--pairs", 400, "--out", tmp_path / "a", "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["pairs"] == 400 and result["images"] == 50 and 0 < result["mean_iou"] < 1
+    saved = json.loads((tmp_path / "a" / "crop-iou.json").read_text())
+    assert sum(saved["counts"]) == 400 and (tmp_path / "a" / "crop-iou.png").stat().st_size > 1000
+    code, out, err = cli(["analyze", "crop-iou", tiny_coco, "--pairs", 200, "--max-iou", 0.3, "--out",
+                          tmp_path / "b", "--json"])
+    assert code == 0, err
+    # Pairs over the bound are the documented fallback (no candidate in 50 tries): rare at scale 0.2–1.
+    assert json.loads(out)["fraction_meeting_max_iou"] >= 0.98
+
+
+def test_analyze_crop_iou_folder_skips_corrupt_images_and_rejects_bad_options(cli, tmp_path):
+    import cv2
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i, shape in enumerate([(40, 60, 3), (80, 30, 3)]):
+        cv2.imwrite(str(root / f"{i}.png"), np.full(shape, 100, dtype=np.uint8))
+    (root / "broken.jpg").write_bytes(b"not an image")
+    code, out, err = cli(["analyze", "crop-iou", root, "--pairs", 50, "--out", tmp_path / "o", "--json"])
+    assert code == 0, err
+    assert '"images": 2' in out and "broken.jpg" in err
+    code, _, err = cli(["analyze", "crop-iou", root, "--pairs", 0])
+    assert code == 2 and "--pairs 0" in err
+    code, _, err = cli(["analyze", "crop-iou", tmp_path / "missing", "--out", tmp_path / "o"])
+    assert code == 2 and "missing" in err
