@@ -154,31 +154,34 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SSLCLI_CACHE", Path.home() / ".cache" / "sslcli" / "features"))
 
 
-def cache_path(cache_dir: str | os.PathLike, checkpoint_sha256: str, rows: LabeledSet, pre: Preprocess) -> Path:
+def cache_path(cache_dir: str | os.PathLike, checkpoint_sha256: str, rows: LabeledSet, pre: Preprocess,
+               extra: dict | None = None) -> Path:
+    """The cache file for these inputs; ``extra`` holds any other setting the cached arrays depend on."""
     key = json.dumps({"v": CACHE_VERSION, "checkpoint": checkpoint_sha256, "rows": rows_digest(rows),
-                      "level": rows.level, "pre": asdict(pre)}, sort_keys=True)
+                      "level": rows.level, "pre": asdict(pre), "extra": extra or {}}, sort_keys=True)
     return Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.h5"
 
 
-def _read_cache(path: Path, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+def read_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The named datasets of an HDF5 cache file, or None (with a warning) when it cannot be read."""
     import h5py
 
     try:
         with h5py.File(path, "r") as fh:
-            features, ok = fh["features"][...], fh["ok"][...].astype(bool)
+            return {name: fh[name][...] for name in names}
     except (OSError, KeyError):
-        current().warn(f"ignoring unreadable feature cache {path}")
+        current().warn(f"ignoring unreadable cache file {path}")
         return None
-    return (features, ok) if len(features) == n else None
 
 
-def _write_cache(path: Path, features: np.ndarray, ok: np.ndarray, attrs: dict) -> None:
+def write_arrays(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+    """Write datasets and attributes to ``path`` atomically (a killed run leaves no file that reads as complete)."""
     import h5py
 
     with atomic_path(path, suffix=".h5") as tmp:
         with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("features", data=features)
-            fh.create_dataset("ok", data=ok)
+            for name, array in arrays.items():
+                fh.create_dataset(name, data=array)
             for key, value in attrs.items():
                 fh.attrs[key] = value
 
@@ -192,13 +195,13 @@ def extract_features(backbone: nn.Module, rows: LabeledSet, pre: Preprocess, *, 
     """
     path = cache_path(cache_dir, checkpoint_sha256, rows, pre) if cache_dir and checkpoint_sha256 else None
     if path is not None and path.is_file():
-        cached = _read_cache(path, len(rows))
-        if cached is not None:
+        cached = read_arrays(path, ("features", "ok"))
+        if cached is not None and len(cached["features"]) == len(rows):
             current().info(f"features: reusing {path}")
-            return cached
+            return cached["features"], cached["ok"].astype(bool)
     features, ok = _extract(backbone, rows, pre, batch_size, resolve_device(device), workers)
     if path is not None:
-        _write_cache(path, features, ok, {"checkpoint_sha256": checkpoint_sha256, "level": rows.level,
+        write_arrays(path, {"features": features, "ok": ok}, {"checkpoint_sha256": checkpoint_sha256, "level": rows.level,
                                           "preprocess": json.dumps(asdict(pre)), "data_root": str(rows.source.root),
                                           "cache_version": CACHE_VERSION})
     return features, ok
