@@ -299,6 +299,7 @@ def test_oi118k_end_to_end_uniform_over_listed_images(cli, openimages, tmp_path)
     assert stats["images"] == 30 and stats["objects"] == sum(len(boxes[i]) for i in ids)
     code, _, err = cli(["prepare", "subset", root, "--kind", "oi118k", "--size", 77, "--out", tmp_path])
     assert code == 2 and "larger than the 76 train images" in err
+    assert "80 ids listed, 4 without an image file" in err  # missing downloads are reported, not hidden
 
 
 def test_openimages_layout_errors_name_the_expected_files(cli, tmp_path):

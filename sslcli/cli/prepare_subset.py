@@ -25,8 +25,8 @@ def prepare_subset(
     root: Path = typer.Argument(..., help="ImageNet root (train/<wnid>/*.JPEG) or OpenImages root (CSVs + <split>/)."),
     kind: Kind = typer.Option(..., "--kind", help="in118k | in118k-lt | oi118k | oi-mini"),
     out: Path = typer.Option(..., "--out", help="Output folder for the manifest, stats and histogram."),
-    size: int = typer.Option(None, "--size", help="Images in the subset [default: 118287 (COCO train2017); "
-                                                  "oi-mini: all that fit under the caps]."),
+    size: int = typer.Option(None, "--size", help="Images in the subset (default 118287, COCO train2017's size; "
+                                                  "oi-mini: all that fit under the caps)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of every random choice; same seed, same subset."),
     coco: Path = typer.Option(None, "--coco", help="oi-mini: COCO instances_train2017.json (or a COCO root) for the "
                                                    "per-class caps."),

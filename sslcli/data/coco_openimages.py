@@ -51,7 +51,7 @@ COCO_TO_OPENIMAGES: tuple[ClassMatch, ...] = (
     ClassMatch("handbag", "Handbag", "/m/080hkjn", True),
     ClassMatch("tie", "Tie", "/m/01rkbr", True),
     ClassMatch("suitcase", "Suitcase", "/m/01s55n", True),
-    ClassMatch("frisbee", "Flying disc", "/m/02wmf", False),  # OpenImages' generic name for a frisbee
+    ClassMatch("frisbee", "Flying disc", "/m/02wmf", True),  # OpenImages' generic name for a frisbee
     ClassMatch("skis", "Ski", "/m/071p9", True),  # singular name, same class
     ClassMatch("snowboard", "Snowboard", "/m/06__v", True),
     ClassMatch("sports ball", "Ball", "/m/018xm", False),  # generic "Ball"; Football, Tennis ball... are separate

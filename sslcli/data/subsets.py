@@ -283,10 +283,15 @@ def read_openimages(root: str | os.PathLike, split: str = "train", need_boxes: b
         with open(ids_csv, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             (col,) = _csv_columns(ids_csv, next(reader, []), ["ImageID"])
-            listed = {row[col] for row in reader if row}
-        unlisted = len(files) - len(files.keys() & listed)
-        files = {i: p for i, p in files.items() if i in listed}
-        current().info(f"{ids_csv.name}: {len(listed)} ids listed, {len(listed) - len(files)} without an image file "
+            listed, on_disk = 0, set()  # keep only ids with a file: V6's id list has 9M rows
+            for row in reader:
+                if row:
+                    listed += 1
+                    if row[col] in files:
+                        on_disk.add(row[col])
+        unlisted = len(files) - len(on_disk)
+        files = {i: p for i, p in files.items() if i in on_disk}
+        current().info(f"{ids_csv.name}: {listed} ids listed, {listed - len(files)} without an image file "
                        f"in {image_dir} (skipped), {unlisted} image files not listed (skipped)")
         if not files:
             raise InputError(f"{ids_csv}: none of its ImageIDs has an image file in {image_dir}")
