@@ -338,3 +338,10 @@ def test_oi_mini_caps_from_real_tiny_coco(cli, tiny_coco, openimages, tmp_path):
     assert stats["coco"]["objects"] == len(data["annotations"])
     assert {k: v["cap"] for k, v in stats["shared_classes"].items()} == {n: expected.get(n, 0)
                                                                         for n in ("person", "car", "dog")}
+
+
+def test_docs_table_matches_the_code_table():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "subsets.md").read_text()
+    rows = [[cell.strip(" `") for cell in line.strip("|").split("|")] for line in doc.splitlines()
+            if line.startswith("| ") and "/m/" in line]
+    assert [(r[0], r[1], r[2], r[3] == "yes") for r in rows] == [tuple(m) for m in COCO_TO_OPENIMAGES]
