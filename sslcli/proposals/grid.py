@@ -9,7 +9,7 @@ from sslcli.data.store import ImageResult
 
 
 def grid_label_map(height: int, width: int, n: int) -> np.ndarray:
-    """(H, W) int32: cell (r, c) of an n×n grid gets label r·n + c; cell edges at floor(k·H/n), floor(k·W/n)."""
+    """(H, W) int32: pixel (y, x) lies in cell (floor(y·n/H), floor(x·n/W)), cell (r, c) labelled r·n + c."""
     rows = (np.arange(height) * n) // height
     cols = (np.arange(width) * n) // width
     return (rows[:, None] * n + cols[None, :]).astype(np.int32)

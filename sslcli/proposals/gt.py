@@ -16,7 +16,7 @@ from sslcli.errors import InputError
 def gt_label_map(masks: np.ndarray) -> np.ndarray:
     """(N, H, W) bool instance masks → (H, W) int32 map, 0 = background, j+1 = instance j (smaller on top)."""
     out = np.zeros(masks.shape[1:], np.int32)
-    areas = masks.reshape(len(masks), -1).sum(1)
+    areas = masks.sum(axis=(1, 2))
     for j in np.argsort(-areas, kind="stable"):
         out[masks[j]] = j + 1
     return out

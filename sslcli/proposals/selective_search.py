@@ -49,9 +49,13 @@ def selective_search_opencv(image: np.ndarray, scale: float = SCALE, sigma: floa
 def selective_search_reference(image: np.ndarray, scale: float = SCALE, sigma: float = SIGMA,
                                min_size: int = MIN_SIZE) -> np.ndarray:
     """(H, W, 3) uint8 RGB → (M, 4) float32 unique boxes from the ``selectivesearch`` package (SoCo's call)."""
+    import warnings
+
     import selectivesearch
 
-    _, regions = selectivesearch.selective_search(image, scale=scale, sigma=sigma, min_size=min_size)
+    with warnings.catch_warnings():  # the package feeds LBP a float image and skimage warns every call
+        warnings.simplefilter("ignore", UserWarning)
+        _, regions = selectivesearch.selective_search(image, scale=scale, sigma=sigma, min_size=min_size)
     # The package's rect is (min_x, min_y, max_x - min_x, max_y - min_y): inclusive pixel extents.
     rects = np.array([r["rect"] for r in regions], np.float32).reshape(-1, 4)
     rects[:, 2:] += rects[:, :2] + 1
