@@ -198,6 +198,9 @@ def test_imagenet_errors_exit_2_with_the_reason(cli, imagenet, tmp_path):
     code, _, err = cli(["prepare", "subset", imagenet, "--kind", "in118k", "--coco", tmp_path, "--out", tmp_path])
     assert code == 2 and "oi-mini only" in err
     assert not (tmp_path / "o").exists()  # nothing written on errors
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli(["prepare", "subset", imagenet, "--kind", "in118k", "--size", 5, "--out", tmp_path / "file"])
+    assert code == 2 and "is not a directory" in err
 
 
 # -------------------------------------------------------------------------------------- fake OpenImages tree
@@ -345,3 +348,14 @@ def test_docs_table_matches_the_code_table():
     rows = [[cell.strip(" `") for cell in line.strip("|").split("|")] for line in doc.splitlines()
             if line.startswith("| ") and "/m/" in line]
     assert [(r[0], r[1], r[2], r[3] == "yes") for r in rows] == [tuple(m) for m in COCO_TO_OPENIMAGES]
+
+
+def test_truncated_box_row_is_an_input_error_naming_the_line(cli, tmp_path):
+    root = tmp_path / "oi"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "00000000000000aa.jpg").write_bytes(TINY_JPEG)
+    (root / "class-descriptions-boxable.csv").write_text("/m/01g317,Person\n")
+    (root / "train-annotations-bbox.csv").write_text(",".join(BOX_HEADER) + "\n00000000000000aa,xclick\n")
+    coco = _coco_json(tmp_path / "instances_train2017.json", {"person": 1})
+    code, _, err = cli(["prepare", "subset", root, "--kind", "oi-mini", "--coco", coco, "--out", tmp_path / "o"])
+    assert code == 2 and "train-annotations-bbox.csv:2: 2 columns, expected at least 3" in err

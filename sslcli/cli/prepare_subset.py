@@ -62,6 +62,8 @@ def prepare_subset(
     """
     if not root.is_dir():
         raise InputError(f"{root}: no such directory (expected an ImageNet or OpenImages root)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory (expected an output folder)")
     if kind is not Kind.oi_mini and (coco is not None or cap_scale != 1.0):
         raise InputError(f"--coco/--cap-scale apply to --kind oi-mini only, not {kind.value}")
     default_size = subsets.COCO_TRAIN_IMAGES if size is None else size

@@ -330,8 +330,13 @@ def read_openimages_boxes(tree: OpenImagesTree) -> tuple[list[np.ndarray], list[
     with open(tree.bbox_csv, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         id_col, label_col = _csv_columns(tree.bbox_csv, next(reader, []), ["ImageID", "LabelName"])
+        width = max(id_col, label_col) + 1
         for row in reader:
-            i = image_of.get(row[id_col]) if row else None
+            if len(row) < width:
+                if not row:
+                    continue
+                raise InputError(f"{tree.bbox_csv}:{reader.line_num}: {len(row)} columns, expected at least {width}")
+            i = image_of.get(row[id_col])
             if i is None:
                 continue
             c = class_of.get(row[label_col])
