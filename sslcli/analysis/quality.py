@@ -194,7 +194,7 @@ def render_regions(store_path: str | Path, root: str | Path, out_dir: str | Path
         ok, png = cv2.imencode(".png", image)
         if not ok:
             raise InputError(f"cannot encode a PNG for image {image_id}")
-        path = Path(out_dir) / f"{Path(str(image_id)).stem}.png"
+        path = Path(out_dir) / (str(Path(image_id).with_suffix("")).replace("/", "__") + ".png")
         with atomic_path(path, suffix=".png") as tmp:
             tmp.write_bytes(png.tobytes())
         written.append(str(path))
