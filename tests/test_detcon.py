@@ -171,3 +171,124 @@ def test_mask_pool_hand_computed():
     got = mask_pool(features, grid, ids)
     want = torch.tensor([[[(0 + 1 + 3) / 3, (4 + 5 + 7) / 3], [2.0, 6.0], [0.0, 0.0]]])
     assert torch.allclose(got, want)
+
+
+# ---------------------------------------------------------------------------------------------------- the method
+def _spec(method: dict, image_size: int = 64, root: str = "demo-data/", **extra):
+    from sslcli.spec import parse_spec
+
+    return parse_spec({"data": {"root": root, "image_size": image_size, "workers": 0},
+                       "model": {"arch": "resnet18", "width": 8}, "method": method, "batch_size": 4, **extra})
+
+
+def _views(b: int = 4, size: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(b, 2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _info(progress: float = 0.0):
+    from sslcli.methods.base import StepInfo
+
+    return StepInfo(step=int(progress * 100), epoch=0, steps_per_epoch=100, total_steps=100)
+
+
+def _detcon(variant: str, **options):
+    from sslcli.methods.detcon import Detcon
+
+    return Detcon(_spec({"name": "detcon", "variant": variant, "dim": 16, "hidden_dim": 32, **options}))
+
+
+def test_grid_1x1_detcon_s_reduces_to_simclr():
+    from sslcli.methods.simclr import SimCLR
+
+    torch.manual_seed(0)
+    simclr = SimCLR(_spec({"name": "simclr", "dim": 16, "hidden_dim": 32}))
+    views = _views()
+    batch = {"views": views, "masks": torch.zeros(4, 2, 2, 2, dtype=torch.long)}  # one global mask, 2×2 res5 grid
+    simclr_loss = simclr(dict(batch), _info())["loss"].item()
+    for r in (1, 16):
+        detcon = _detcon("S", num_samples=r, masks={"kind": "grid", "grid": 1})
+        detcon.load_state_dict(simclr.state_dict())
+        loss = detcon(dict(batch), _info())["loss"].item()
+        # With R = 1 the DetCon loss is exactly NT-Xent: view-1 term + view-2 term (each a mean over B rows, as in
+        # the paper and the authors' SimCLR) = 2 × SimCLR's mean over 2B rows. With R copies of the one id the
+        # target spreads over R equal positives (+log R to each CE) and each row weighs 1/R.
+        want = 2 * simclr_loss if r == 1 else (2 * simclr_loss + 2 * math.log(r)) / r
+        assert loss == pytest.approx(want, rel=1e-5)
+
+
+def test_grid_1x1_detcon_b_reduces_to_byol():
+    from sslcli.losses.regression import byol_loss
+    from sslcli.methods.byol import BYOL
+
+    torch.manual_seed(0)
+    byol = BYOL(_spec({"name": "byol", "dim": 16, "hidden_dim": 32}))
+    detcon = _detcon("B", num_samples=1, masks={"kind": "grid", "grid": 1})
+    detcon.load_state_dict(byol.state_dict())
+    views = _views()
+    b = views.shape[0]
+    byol_value = byol({"views": views}, _info())["loss"].item()
+    grids = torch.zeros(2 * b, 2, 2, dtype=torch.long)
+    online, target = detcon.latents(torch.cat([views[:, 0], views[:, 1]]), grids, torch.zeros(2 * b, 1).long())
+    # The same networks give the same latents, so BYOL's loss on DetCon_B's latents is BYOL's loss...
+    p, z = online[:, 0], target[:, 0]
+    assert byol_loss(p[:b], p[b:], z[:b], z[b:]).item() == pytest.approx(byol_value, rel=1e-5)
+    # ...and DetCon_B's own loss is the paper's contrastive loss (τ = 0.1) on those latents (METHODS.md §3).
+    loss = detcon({"views": views, "masks": grids.view(2, b, 2, 2).transpose(0, 1)}, _info())["loss"]
+    ids = torch.zeros(b, 1, dtype=torch.long)
+    want = numpy_detcon(p[:b, None].detach().numpy(), p[b:, None].detach().numpy(), z[:b, None].numpy(),
+                        z[b:, None].numpy(), ids.numpy(), ids.numpy(), 0.1)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["S", "B"])
+def test_forward_backward_and_a_few_steps_reduce_the_loss(variant):
+    torch.manual_seed(0)
+    detcon = _detcon(variant, num_samples=4, masks={"kind": "grid", "grid": 2})
+    grids = torch.tensor([[0, 1], [2, 3]]).expand(4, 2, 2, 2).clone()
+    grids[0, 1] = 0  # image 0 view 2 carries a single mask: the others are missing from that view
+    batch = {"views": _views(), "masks": grids}
+    optimiser = torch.optim.SGD([p for p in detcon.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(6):
+        torch.manual_seed(1)  # same sampled ids each step: a fixed batch
+        loss = detcon(dict(batch), _info(step / 100))["loss"]
+        optimiser.zero_grad()
+        loss.backward()
+        assert torch.isfinite(loss)
+        if step == 0:
+            assert detcon.encoder.conv1.weight.grad.abs().sum() > 0
+            if variant == "B":
+                assert all(p.grad is None for p in detcon.target_encoder.parameters())
+                before = detcon.target_encoder.conv1.weight.clone()
+        optimiser.step()
+        detcon.after_step(_info(step / 100))
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    if variant == "B":  # the EMA target moved towards the online network
+        assert not torch.equal(before, detcon.target_encoder.conv1.weight)
+
+
+def test_forward_rejects_a_grid_that_does_not_match_res5():
+    detcon = _detcon("S")
+    with pytest.raises(Exception, match="does not match the res5 map"):
+        detcon({"views": _views(), "masks": torch.zeros(4, 2, 3, 3, dtype=torch.long)}, _info())
+
+
+def test_transform_end_to_end_on_real_coco(tiny_coco):
+    # The real pipeline: COCO image → GT label map → two mask-aware views → ids on the res5 grid.
+    import pickle
+
+    from sslcli.data.sources import open_source
+    from sslcli.methods.detcon import Detcon
+
+    source = open_source(tiny_coco, "train2017")
+    detcon = Detcon(_spec({"name": "detcon", "variant": "B", "dim": 16, "hidden_dim": 32, "masks": {"kind": "gt"}},
+                          image_size=96, root=str(tiny_coco)))
+    transform = pickle.loads(pickle.dumps(detcon.transform()))
+    samples = [transform({"image": source.load(i), "index": i, "image_id": source[i].image_id}) for i in range(4)]
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    assert batch["views"].shape == (4, 2, 3, 96, 96) and batch["masks"].shape == (4, 2, 3, 3)
+    label_ids = {int(x) for i in range(4) for x in np.unique(detcon.transform().masks.label_map(
+        {"image": source.load(i), "image_id": source[i].image_id}))}
+    assert set(batch["masks"].unique().tolist()) <= label_ids
+    assert torch.isfinite(detcon(batch, _info())["loss"])

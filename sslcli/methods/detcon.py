@@ -129,28 +129,39 @@ class Detcon(Method):
         b, r = views.shape[0], self.spec.method.num_samples
         x = torch.cat([views[:, 0], views[:, 1]])                      # both views in one pass (BN over 2B)
         grid = torch.cat([grids[:, 0], grids[:, 1]])                   # (2B, n, n)
-        ids = torch.cat([sample_ids(grids[:, 0], r), sample_ids(grids[:, 1], r)])   # (2B, R), shared with target
-        online = self._latents(self.encoder, x, grid, ids)            # (2B, R, D)
+        ids = sample_ids(grid, r)                                      # (2B, R), per view; shared with the target
+        online, target = self.latents(x, grid, ids)
         if self.variant == "S":
-            target1 = dist.gather_with_grad(online[:b])
-            target2 = dist.gather_with_grad(online[b:])
+            target1, target2 = dist.gather_with_grad(target[:b]), dist.gather_with_grad(target[b:])
         else:
-            online = self.predictor(online.flatten(0, 1)).view(2 * b, r, -1)
-            with torch.no_grad():
-                target = self._latents(self.target_encoder, x, grid, ids, self.target_projector)
             target1, target2 = dist.gather_no_grad(target[:b]), dist.gather_no_grad(target[b:])
         loss = detcon_loss(online[:b], online[b:], target1, target2, ids[:b], ids[b:],
                            self.spec.method.temperature, offset=dist.rank() * b)
         return {"loss": loss}
 
-    def _latents(self, encoder, x: torch.Tensor, grid: torch.Tensor, ids: torch.Tensor, projector=None):
+    def latents(self, x: torch.Tensor, grid: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views (2B, 3, S, S), id grids (2B, n, n), sampled ids (2B, R) → (rows, columns) latents (2B, R, D).
+
+        DetCon_S: both are the shared projections g(h_m). DetCon_B: rows q(g(h_m)) from the online network, columns
+        the EMA target's projections (no gradient).
+        """
+        projections = self._project(self.encoder, self.projector, x, grid, ids)
+        if self.variant == "S":
+            return projections, projections
+        online = self.predictor(projections.flatten(0, 1)).view_as(projections)
+        with torch.no_grad():
+            target = self._project(self.target_encoder, self.target_projector, x, grid, ids)
+        return online, target
+
+    @staticmethod
+    def _project(encoder, projector, x: torch.Tensor, grid: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Backbone res5 map → mask pooling → projector: (2B, R, D)."""
         features = encoder.forward_map(x)
         if features.shape[-2:] != grid.shape[-2:]:
             raise InputError(f"masks: {tuple(grid.shape[-2:])} grid does not match the res5 map "
                              f"{tuple(features.shape[-2:])} of {tuple(x.shape[-2:])} px views")
         pooled = mask_pool(features, grid, ids)
-        return (projector or self.projector)(pooled.flatten(0, 1)).view(*ids.shape, -1)
+        return projector(pooled.flatten(0, 1)).view(*ids.shape, -1)
 
     @torch.no_grad()
     def after_step(self, step: StepInfo) -> None:
