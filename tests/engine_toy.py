@@ -99,3 +99,38 @@ def write_images(folder, n: int = 20, seed: int = 0) -> None:
         small = rng.integers(0, 256, size=(5, 6, 3), dtype=np.uint8)
         image = cv2.resize(small, (48, 40), interpolation=cv2.INTER_CUBIC)
         cv2.imwrite(str(folder / f"img_{i:03d}.png"), image)
+
+
+class PoisonedToy(ToyMethod):
+    """The toy whose loss turns NaN at step index 3 (the 4th step)."""
+
+    def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:
+        losses = super().forward(batch, step)
+        if step.step == 3:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+
+def install_poisoned() -> None:
+    _import_all()
+    METHODS["simclr"] = PoisonedToy
+
+
+class SlowToy(ToyMethod):
+    """The toy sleeping a second per step from the 3rd step on: leaves time to kill a run after epoch 1."""
+
+    def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:
+        if step.step >= 2:
+            import time
+
+            time.sleep(1.0)
+        return super().forward(batch, step)
+
+
+def main_slow() -> None:
+    """``python -c 'import engine_toy; engine_toy.main_slow()' pretrain ...``: the CLI with the slow toy installed."""
+    _import_all()
+    METHODS["simclr"] = SlowToy
+    from sslcli.cli import main
+
+    main()

@@ -316,3 +316,36 @@ def test_cli_pretrain_returns_the_result(images, tmp_path, toy_method, cli):
     assert result["images_per_s"] > 0 and result["world_size"] == 1
     code, _, err = cli(["pretrain", spec_path, "--resume", str(tmp_path / "missing.pt")])
     assert code == 2 and "missing.pt: checkpoint not found" in err
+
+
+def test_resume_after_a_real_kill_reproduces_the_uninterrupted_run(images, tmp_path, toy_method):
+    """SIGKILL a CLI run (a slowed-down toy) once epoch 1's checkpoint exists; --resume auto finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    full = launch(parse_spec(toy.spec_dict(images, tmp_path / "full", epochs=3)))
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(toy.spec_dict(images, tmp_path / "killed", epochs=3)))
+    tests_dir = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {tests_dir!r}); import engine_toy; engine_toy.main_slow()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "pretrain", str(spec_path), "--quiet"],
+                            # bit-exact CPU results need the same intra-op thread count in both processes
+                            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.monotonic() + 180
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last)["step"]
+    assert killed_at in (2, 4)  # an epoch boundary: the run died before finishing
+    resumed = launch(parse_spec(toy.spec_dict(images, tmp_path / "killed", epochs=3)), resume="auto")
+    assert resumed["steps"] == 6 and resumed["final_loss"] == full["final_loss"]
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
+    assert all(torch.equal(x, y) for x, y in zip(_tensors(a["method"]), _tensors(b["method"])))
