@@ -196,7 +196,7 @@ def test_soco_filter_rules_and_fallbacks():
     assert np.array_equal(soco_filter(np.zeros((0, 4)), h, w), [[0, 0, 200, 100]])
 
 
-@pytest.mark.parametrize("backend", ["opencv", "reference"])
+@pytest.mark.parametrize("backend", ["vectorized", "opencv", "reference"])
 def test_selective_search_backends_give_valid_deterministic_boxes(tiny_coco, backend):
     image = np.ascontiguousarray(load_image(tiny_coco / "train2017" / TINY_IMAGES[0])[100:260, 200:400])
     boxes = selective_search(image, backend)
@@ -218,7 +218,7 @@ def test_prepare_boxes_store(tiny_coco, tmp_path, cli):
     for name in TINY_IMAGES[:2]:
         image = load_image(images / name)
         h, w = image.shape[:2]
-        expected = soco_filter(selective_search(image, "opencv"), h, w)
+        expected = soco_filter(selective_search(image, "vectorized"), h, w)
         assert np.array_equal(store.boxes(name), expected)
         side = np.sqrt((expected[:, 2] - expected[:, 0]) * (expected[:, 3] - expected[:, 1]) / (h * w))
         assert ((side >= 0.3) & (side <= 0.8)).all()

@@ -91,7 +91,8 @@ def prepare_boxes(
     root: Path = typer.Argument(..., help="Data-set root (COCO, ImageFolder, a folder of images or a manifest)."),
     method: str = typer.Option("selective-search", "--method", help="selective-search"),
     box_filter: str = typer.Option("soco", "--filter", help="soco | none"),
-    backend: str = typer.Option("opencv", "--backend", help="opencv (fast) | reference (the selectivesearch package)"),
+    backend: str = typer.Option("vectorized", "--backend",
+                                help="vectorized (fast) | opencv (ximgproc) | reference (the selectivesearch package)"),
     split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
     out: Path | None = typer.Option(None, "--out", help="Store path [default: ROOT/sslcli/ss-<filter>.h5]."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
@@ -115,7 +116,7 @@ def prepare_boxes(
     job = Job("boxes", "selective-search", {"scale": ss.SCALE, "sigma": ss.SIGMA, "min_size": ss.MIN_SIZE,
                                             "backend": backend, "filter": box_filter})
     compute = functools.partial(ss.compute_boxes, backend=backend, box_filter=box_filter)
-    name = f"ss-{box_filter}" + ("" if backend == "opencv" else f"-{backend}")
+    name = f"ss-{box_filter}" + ("" if backend == ss.DEFAULT_BACKEND else f"-{backend}")
     path = out if out is not None else default_store_path(root, source, name, split)
     return run_job(source, path, job, compute, workers=workers, flush_every=flush_every, overwrite=overwrite)
 

@@ -1,7 +1,9 @@
 """Selective-search box proposals with SoCo's settings (FH scale 300, sigma 0.9, min size 100; colour + texture +
-size + fill similarities), through one of two backends:
+size + fill similarities), through one of three backends:
 
-- ``opencv`` (default, fast): OpenCV ximgproc's C++ selective search, configured like SoCo: one graph segmentation
+- ``vectorized`` (default, fast): our vectorised hierarchical grouping on OpenCV's FH segmentation; see
+  `sslcli.proposals.ss_vectorized` for the algorithm and how it differs from the package.
+- ``opencv``: OpenCV ximgproc's C++ selective search, configured like SoCo: one graph segmentation
   (k 300, sigma 0.9, min size 100) and one strategy combining colour, texture, size and fill with equal weights.
   Differences from SoCo's package: the segmentation and the colour histograms use the HSV image (OpenCV's single
   strategy; the package segments RGB), texture uses Gaussian-derivative histograms (Uijlings et al.) instead of LBP,
@@ -19,9 +21,11 @@ import numpy as np
 from sslcli.data.sources import ImageSource
 from sslcli.data.store import ImageResult
 from sslcli.proposals.filters import soco_filter
+from sslcli.proposals.ss_vectorized import selective_search_vectorized
 
 SCALE, SIGMA, MIN_SIZE = 300, 0.9, 100
-BACKENDS = ("opencv", "reference")
+BACKENDS = ("vectorized", "opencv", "reference")
+DEFAULT_BACKEND = "vectorized"
 
 
 def _unique_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -62,7 +66,10 @@ def selective_search_reference(image: np.ndarray, scale: float = SCALE, sigma: f
     return _unique_boxes(rects)
 
 
-def selective_search(image: np.ndarray, backend: str = "opencv") -> np.ndarray:
+def selective_search(image: np.ndarray, backend: str = DEFAULT_BACKEND) -> np.ndarray:
+    """(H, W, 3) uint8 RGB → (M, 4) float32 unique boxes x0, y0, x1, y1 with SoCo's parameters."""
+    if backend == "vectorized":
+        return selective_search_vectorized(image, SCALE, SIGMA, MIN_SIZE)
     if backend == "opencv":
         return selective_search_opencv(image)
     if backend == "reference":
