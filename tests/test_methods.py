@@ -4,6 +4,7 @@ loss that goes down on a fixed batch under plain torch SGD (the engine is tested
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from sslcli.models.ema import cosine_momentum, ema_update, momentum_copy
 from sslcli.spec import parse_spec
 
 SIZE, SMALL, BATCH = 32, 16, 8
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_spec(method: dict, batch_size: int = BATCH):
@@ -282,12 +284,21 @@ def _shuffle_bn_worker(rank: int, port: int, result_dir: str):
         torch.manual_seed(rank)  # different permutations drawn: rank 0's must win
         keys, _ = method.encode_keys(x)
         plain, _ = method._encode_key_group(x)
-        torch.save({"keys": keys, "plain": plain}, f"{result_dir}/rank{rank}.pt")
+        # NT-Xent across ranks: each rank scores its own rows against the gathered batch (gather_with_grad).
+        from sslcli.engine.dist import gather_with_grad
+        from sslcli.losses.contrastive import nt_xent
+
+        z = torch.nn.functional.normalize(torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(7)), dim=2)
+        z1, z2 = z[0, rank * 3:(rank + 1) * 3].clone().requires_grad_(), z[1, rank * 3:(rank + 1) * 3].clone()
+        z2.requires_grad_()
+        nt_xent(z1, z2, 0.2, gather_with_grad(z1), gather_with_grad(z2), offset=rank * 3).backward()
+        torch.save({"keys": keys, "plain": plain, "z": z, "grad1": z1.grad, "grad2": z2.grad},
+                   f"{result_dir}/rank{rank}.pt")
     finally:
         torch_dist.destroy_process_group()
 
 
-def test_distributed_shuffle_bn_unshuffles_to_each_ranks_own_images(tmp_path):
+def test_distributed_shuffle_bn_unshuffles_and_nt_xent_gradients_match_one_process(tmp_path):
     import socket
 
     import torch.multiprocessing as mp
@@ -296,6 +307,46 @@ def test_distributed_shuffle_bn_unshuffles_to_each_ranks_own_images(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_shuffle_bn_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
-    for rank in range(2):
-        out = torch.load(tmp_path / f"rank{rank}.pt")
+    from sslcli.losses.contrastive import nt_xent
+
+    outs = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    for out in outs:
         assert torch.allclose(out["keys"], out["plain"], atol=1e-6)
+    # DDP averages the ranks' gradients: (per-rank gradient) / 2 must equal the single-process gradient of the
+    # global NT-Xent over all 6 images.
+    z = outs[0]["z"].clone().requires_grad_()
+    nt_xent(z[0], z[1], 0.2).backward()
+    for rank, out in enumerate(outs):
+        rows = slice(rank * 3, (rank + 1) * 3)
+        assert torch.allclose(out["grad1"] / 2, z.grad[0, rows], atol=1e-6)
+        assert torch.allclose(out["grad2"] / 2, z.grad[1, rows], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------- tiny examples
+TINY_EXAMPLES = sorted((REPO / "examples").glob("*-tiny.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in TINY_EXAMPLES if p.name.startswith(("moco", "simclr", "byol"))],
+                         ids=lambda p: p.name)
+def test_tiny_example_transform_and_forward(path):
+    """Every tiny twin's own views (its crop sizes, MC/CC/A+ options) collate and give a finite loss."""
+    import numpy as np
+    from torch.utils.data import default_collate
+
+    from sslcli.spec import load_spec
+
+    spec = load_spec(path)
+    torch.manual_seed(0)
+    method = build_method(spec)
+    transform = method.transform()
+    rng = np.random.default_rng(0)
+    samples = [transform({"image": rng.integers(0, 256, (80, 100, 3), dtype=np.uint8), "index": i})
+               for i in range(spec.batch_size)]
+    batch = default_collate(samples)
+    mc = getattr(spec.method, "multi_crop", None)
+    if mc is not None and mc.enabled:
+        assert batch["small"].shape == (spec.batch_size, mc.n_small, 3, mc.small_size, mc.small_size)
+    out = method(batch, step_info(epoch=spec.epochs))
+    assert torch.isfinite(out["loss"])
+    if getattr(spec.method, "knn", None) is not None and spec.method.knn.enabled:
+        assert "loss_nn" in out
