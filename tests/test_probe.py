@@ -1,0 +1,285 @@
+"""Probes: linear vs scikit-learn, kNN and AP on hand-built cases, labels, preprocessing, cache, segment retrieval."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sslcli.eval.features import Preprocess, extract_features
+from sslcli.eval.knn import knn_probe, knn_scores, parse_ks
+from sslcli.eval.linear import fit_logistic, linear_probe, mean_average_precision, standardise
+from sslcli.eval.segment_retrieval import IGNORE, confusion_to_iou, dilate_res5, kmeans, semantic_mask
+from sslcli.models.backbone import build_backbone
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """L-BFGS on small problems is thousands of tiny ops: with 2 threads on a loaded 2-core machine each op waits for
+    a busy core (measured 43 s instead of 1.7 s for one probe), so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _blobs(n: int, classes: int, dim: int, seed: int, spread: float = 0.5):
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(123).normal(size=(classes, dim)) * spread
+    y = rng.integers(0, classes, n)
+    return centres[y] + rng.normal(size=(n, dim)), y
+
+
+# --- linear probe ----------------------------------------------------------------------------------------------------
+
+def test_linear_probe_agrees_with_scikit_learn_at_the_chosen_c():
+    from sklearn.linear_model import LogisticRegression
+
+    train_x, train_y = _blobs(500, 6, 24, seed=0)
+    test_x, test_y = _blobs(400, 6, 24, seed=1)
+    result = linear_probe(train_x, train_y, test_x, test_y, 6, multilabel=False, n_grid=45)
+    assert 1e-5 <= result["C"] <= 1e5 and len(result["grid"]) == 45
+    assert 30 < result["top1"] < 100  # a real, imperfect problem
+    xs, xt = standardise(train_x, test_x)
+    reference = LogisticRegression(C=result["C"], max_iter=10000, tol=1e-8).fit(xs, train_y)
+    sk_top1 = float((reference.predict(xt) == test_y).mean() * 100)
+    assert abs(result["top1"] - sk_top1) <= 0.5
+
+
+@pytest.mark.parametrize("C", [1e-3, 0.3, 30.0])
+def test_fit_logistic_matches_scikit_learn_weights(C):
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _blobs(300, 4, 10, seed=2)
+    x = standardise(x)[0]
+    ours = fit_logistic(torch.tensor(x), torch.tensor(y), C, 4, multilabel=False, max_iter=2000)
+    ref = LogisticRegression(C=C, max_iter=10000, tol=1e-10).fit(x, y)
+    # multinomial logits are defined up to a constant per row; sklearn's solution has zero-mean columns too
+    np.testing.assert_allclose(ours.weight.numpy(), ref.coef_, atol=2e-3 * max(1.0, np.abs(ref.coef_).max()))
+    np.testing.assert_allclose(ours.bias.numpy() - ours.bias.numpy().mean(), ref.intercept_ - ref.intercept_.mean(),
+                               atol=2e-3 * max(1.0, np.abs(ref.intercept_).max()))
+
+
+def test_multilabel_probe_is_per_class_binary_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 8))
+    w = rng.normal(size=(8, 3))
+    y = (x @ w + rng.normal(size=(300, 3)) > 0.5).astype(np.int64)
+    ours = fit_logistic(torch.tensor(x), torch.tensor(y), 0.5, 3, multilabel=True, max_iter=2000)
+    for c in range(3):
+        ref = LogisticRegression(C=0.5, max_iter=10000, tol=1e-10).fit(x, y[:, c])
+        np.testing.assert_allclose(ours.weight[c].numpy(), ref.coef_[0], atol=1e-3)
+        assert ours.bias[c].item() == pytest.approx(ref.intercept_[0], abs=1e-3)
+    result = linear_probe(x[:200], y[:200], x[200:], y[200:], 3, multilabel=True, n_grid=5)
+    assert 50 < result["mAP"] <= 100
+
+
+def test_average_precision_by_hand():
+    scores = np.array([[0.9], [0.8], [0.7], [0.1]])
+    targets = np.array([[1], [0], [1], [0]])
+    # ranked: hit (P=1/1), miss, hit (P=2/3): AP = (1 + 2/3) / 2
+    assert mean_average_precision(scores, targets) == pytest.approx((1 + 2 / 3) / 2 * 100)
+
+
+# --- kNN -------------------------------------------------------------------------------------------------------------
+
+def test_knn_votes_by_hand():
+    # one class-0 neighbour at cosine 1, three class-1 neighbours at cosine 0.98, one class-2 point far away
+    angle = math.acos(0.98)
+    train = torch.tensor([[1.0, 0.0], [math.cos(angle), math.sin(angle)], [math.cos(angle), -math.sin(angle)],
+                          [2 * math.cos(angle), 2 * math.sin(angle)], [-1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 1, 2])
+    test = torch.tensor([[3.0, 0.0]])
+    scores = knn_scores(train, labels, test, [1, 4, 5], num_classes=3)
+    e1, e98, em1 = math.exp(1 / 0.07), math.exp(0.98 / 0.07), math.exp(-1 / 0.07)
+    torch.testing.assert_close(scores[1][0], torch.tensor([e1, 0.0, 0.0]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(scores[4][0], torch.tensor([e1, 3 * e98, 0.0]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(scores[5][0], torch.tensor([e1, 3 * e98, em1]), rtol=1e-5, atol=1e-12)
+    # 3·exp(0.98/0.07) = 2.25·exp(1/0.07): the vote flips from class 0 (k=1) to class 1 (k=4)
+    result = knn_probe(train.numpy(), labels.numpy(), test.numpy(), np.array([1]), [1, 4], 3, multilabel=False)
+    assert result["k"]["1"]["top1"] == 0.0 and result["k"]["4"]["top1"] == 100.0
+    assert result["k"]["1"]["top5"] == 100.0
+
+
+def test_knn_multilabel_votes_sum_multi_hot_rows():
+    train = np.array([[1.0, 0.0], [0.0, 1.0]])
+    labels = np.array([[1, 1, 0], [0, 0, 1]])
+    scores = knn_scores(torch.tensor(train), torch.tensor(labels), torch.tensor([[1.0, 1.0]]), [2], 3)[2][0]
+    w = math.exp(math.sqrt(0.5) / 0.07)
+    torch.testing.assert_close(scores, torch.tensor([w, w, w]), rtol=1e-5, atol=0)
+
+
+def test_k_list_is_validated():
+    assert parse_ks("200,10,20") == [10, 20, 200]
+    from sslcli.errors import InputError
+
+    for bad in ("", "ten", "0,5"):
+        with pytest.raises(InputError):
+            parse_ks(bad)
+
+
+# --- labels, preprocessing, features and their cache -----------------------------------------------------------------
+
+def test_labels_match_the_annotation_file(tiny_coco):
+    from sslcli.eval.labels import image_labels, object_labels, open_split
+
+    source = open_split(tiny_coco, "val2017")
+    raw = json.loads((tiny_coco / "annotations" / "instances_val2017.json").read_text())
+    cats = sorted(c["id"] for c in raw["categories"])
+    images = sorted(i["id"] for i in raw["images"])
+    expected = np.zeros((len(images), len(cats)), dtype=np.int64)
+    for ann in raw["annotations"]:
+        expected[images.index(ann["image_id"]), cats.index(ann["category_id"])] = 1
+    np.testing.assert_array_equal(image_labels(source).targets, expected)
+    objects = object_labels(source, min_size=32)
+    kept = [a for a in raw["annotations"] if not a.get("iscrowd") and min(a["bbox"][2:]) >= 32]
+    assert len(objects) == len(kept) and not objects.multilabel
+    assert np.all(np.minimum(objects.boxes[:, 2] - objects.boxes[:, 0], objects.boxes[:, 3] - objects.boxes[:, 1]) >= 32)
+    one = object_labels(source, per_image="one-per-class", seed=0)
+    pairs = list(zip(one.image_index.tolist(), one.targets.tolist()))
+    assert len(pairs) == len(set(pairs))
+
+
+def test_preprocessing_moves_boxes_with_the_pixels():
+    image = np.zeros((100, 200, 3), dtype=np.uint8)
+    image[20:60, 40:120] = 255  # box (40, 20, 120, 60)
+    out, (sx, sy) = Preprocess(64, "square").apply(image)
+    assert out.shape == (64, 64, 3)
+    x0, y0, x1, y1 = np.array([40, 20, 120, 60]) * [sx, sy, sx, sy]
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    assert abs(xs.min() - x0) <= 1 and abs(xs.max() + 1 - x1) <= 1
+    assert abs(ys.min() - y0) <= 1 and abs(ys.max() + 1 - y1) <= 1
+    crop, _ = Preprocess(64, "center-crop").apply(image)
+    assert crop.shape == (64, 64, 3)  # shorter side 73, centre 64x64 of a 146x73 resize
+
+
+def test_feature_cache_is_reused_without_running_the_model(tiny_coco, tmp_path):
+    from sslcli.eval.labels import object_labels, open_split
+
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", width=8).eval()
+    rows = object_labels(open_split(tiny_coco, "val2017")).subset(np.arange(12))
+    calls = []
+    original = net.forward_map
+    net.forward_map = lambda x: calls.append(len(x)) or original(x)
+    pre = Preprocess(64, "square")
+    first, ok = extract_features(net, rows, pre, checkpoint_sha256="abc", cache_dir=tmp_path, batch_size=4)
+    assert calls and ok.all() and first.shape == (12, net.out_channels)
+    calls.clear()
+    again, _ = extract_features(net, rows, pre, checkpoint_sha256="abc", cache_dir=tmp_path, batch_size=7)
+    assert calls == [] and np.array_equal(first, again)
+    extract_features(net, rows, Preprocess(96, "square"), checkpoint_sha256="abc", cache_dir=tmp_path)
+    assert calls  # other preprocessing: another cache entry
+    assert len(list(tmp_path.glob("*.h5"))) == 2 and not list(tmp_path.glob(".*tmp"))
+    # the features are RoIAlign of the box on res5: recompute one by hand
+    from torchvision.ops import roi_align
+
+    from sslcli.analysis.roi import to_input
+
+    image, (sx, sy) = pre.apply(rows.source.load(int(rows.image_index[0])))
+    with torch.no_grad():
+        fmap = original(to_input([image]))
+    box = torch.tensor([[0.0, *(rows.boxes[0] * [sx, sy, sx, sy])]], dtype=torch.float32)
+    expected = roi_align(fmap, box, 7, spatial_scale=1 / 32, sampling_ratio=-1, aligned=True).mean((2, 3))[0]
+    np.testing.assert_allclose(first[0], expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# --- segment retrieval parts -----------------------------------------------------------------------------------------
+
+def test_dilate_res5_matches_torchvision_dilation_and_keeps_resolution():
+    torch.manual_seed(0)
+    ref = build_backbone("resnet50", width=8, dilate_res5=True).eval()
+    ours = build_backbone("resnet50", width=8).eval()
+    ours.load_state_dict(ref.state_dict())
+    dilate_res5(ours)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_map(x), ref.forward_map(x))
+        r18 = dilate_res5(build_backbone("resnet18", width=8).eval())
+        assert r18.forward_map(x).shape[-2:] == (4, 4)  # output stride 16
+
+
+def test_kmeans_separates_two_blobs():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(20, 3, generator=gen) * 0.1, torch.randn(30, 3, generator=gen) * 0.1 + 5])
+    assign = kmeans(x, 2, generator=torch.Generator().manual_seed(1))
+    assert len(set(assign[:20].tolist())) == 1 and len(set(assign[20:].tolist())) == 1
+    assert assign[0] != assign[20]
+    assert kmeans(x[:3], 15).unique().numel() <= 3  # K is capped by the number of points
+
+
+def test_semantic_mask_paints_small_objects_on_top_and_ignores_crowds():
+    from sslcli.data.sources import Instance
+
+    masks = np.zeros((3, 6, 6), dtype=bool)
+    masks[0, :4, :4] = True  # big object, label 2
+    masks[1, 1:3, 1:3] = True  # small object inside it, label 5
+    masks[2, 4:, 4:] = True  # crowd
+    insts = [Instance((0, 0, 4, 4), 3, 2, False, 16.0, 1), Instance((1, 1, 3, 3), 6, 5, False, 4.0, 2),
+             Instance((4, 4, 6, 6), 3, 2, True, 4.0, 3)]
+
+    class FakeSource:
+        def instance_masks(self, index):
+            return masks, insts
+
+    out = semantic_mask(FakeSource(), 0, 6, 6)
+    assert out[0, 0] == 3 and out[1, 1] == 6 and out[5, 5] == IGNORE and out[0, 5] == 0
+
+
+def test_iou_from_confusion_by_hand():
+    confusion = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])  # rows: truth, columns: prediction
+    iou, present = confusion_to_iou(confusion)
+    assert present.tolist() == [True, True, False]
+    assert iou[0] == pytest.approx(5 / (5 + 1 + 2)) and iou[1] == pytest.approx(3 / (3 + 2 + 1))
+
+
+# --- end to end through the CLI on real COCO images ------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", width=8)
+    path = tmp_path / "tiny.pt"
+    torch.save({"format": "sslcli-checkpoint", "arch": "resnet18", "width": 8, "backbone": net.state_dict()}, path)
+    return path
+
+
+def test_probes_end_to_end_on_tiny_coco(cli, tiny_coco, tiny_checkpoint, tmp_path):
+    common = ["--data", tiny_coco, "--image-size", "64", "--cache", tmp_path / "cache", "--json"]
+    code, out, err = cli(["probe", "linear", tiny_checkpoint, *common, "--c-grid", "3"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["multilabel"] and result["train_rows"] == 50 and 0 <= result["mAP"] <= 100
+    assert result["checkpoint"]["format"] == "sslcli"
+
+    code, out, err = cli(["probe", "linear", tiny_checkpoint, *common, "--c-grid", "3", "--labels", "object"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert not result["multilabel"] and result["train_rows"] > 50 and 0 <= result["top1"] <= result["top5"] <= 100
+
+    code, out, err = cli(["probe", "knn", tiny_checkpoint, *common, "--labels", "object", "--k", "5,20",
+                          "--out", tmp_path / "knn.json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result["k"]) == {"5", "20"} and all(0 <= v["top1"] <= v["top5"] <= 100 for v in result["k"].values())
+    assert "reusing" in err  # same rows and preprocessing as the object linear probe: features come from the cache
+    assert json.loads((tmp_path / "knn.json").read_text())["k"] == result["k"]
+
+    code, out, err = cli(["probe", "segment-retrieval", tiny_checkpoint, *common])
+    assert code == 0, err
+    result = json.loads(out)
+    assert 0 <= result["mIoU"] <= 100 and result["classes_scored"] > 1 and result["test_regions"] > 50
+
+
+def test_probe_input_errors_exit_2(cli, tiny_coco, tiny_checkpoint, tmp_path):
+    code, _, err = cli(["probe", "knn", tiny_checkpoint, "--data", tiny_coco, "--k", "zero", "--no-cache"])
+    assert code == 2 and "--k" in err
+    code, _, err = cli(["probe", "linear", tiny_checkpoint, "--data", tiny_coco, "--labels", "pixels", "--no-cache"])
+    assert code == 2 and "--labels" in err
+    code, _, err = cli(["probe", "linear", tmp_path / "none.pt", "--data", tiny_coco])
+    assert code == 2 and "none.pt" in err
