@@ -222,3 +222,21 @@ def test_prepare_boxes_store(tiny_coco, tmp_path, cli):
         assert np.array_equal(store.boxes(name), expected)
         side = np.sqrt((expected[:, 2] - expected[:, 0]) * (expected[:, 3] - expected[:, 1]) / (h * w))
         assert ((side >= 0.3) & (side <= 0.8)).all()
+
+
+def test_vectorized_grouping_on_stripes():
+    from sslcli.proposals.ss_vectorized import _neighbour_pairs, selective_search_vectorized
+
+    labels = np.array([[0, 0, 1],
+                       [2, 2, 1],
+                       [2, 3, 3]])
+    assert _neighbour_pairs(labels).tolist() == [[0, 1], [0, 2], [1, 2], [1, 3], [2, 3]]  # not (0, 3): diagonal only
+    image = np.zeros((60, 120, 3), np.uint8)
+    image[:, 40:80] = (255, 0, 0)
+    image[:, 80:] = (0, 0, 255)
+    boxes = selective_search_vectorized(image, scale=300, sigma=0.9, min_size=100)
+    stripes = [[0, 0, 40, 60], [40, 0, 80, 60], [80, 0, 120, 60]]
+    # 3 regions + 2 merges: each stripe, one merged pair of neighbours, the whole image
+    assert len(boxes) == 5 and all(s in boxes.tolist() for s in stripes) and [0, 0, 120, 60] in boxes.tolist()
+    pair = [b for b in boxes.tolist() if b not in stripes and b != [0, 0, 120, 60]][0]
+    assert pair in ([0, 0, 80, 60], [40, 0, 120, 60])

@@ -208,6 +208,9 @@ def test_unwritable_output_and_bad_options_fail_with_exit_2(tmp_path, cli):
         assert code == 2 and needle in err, (bad, err)
     code, _, err = cli(["prepare", "boxes", images, "--backend", "fast"])
     assert code == 2 and "--backend" in err
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    code, _, err = cli(["prepare", "masks", tmp_path / "coco", "--split", "val2017"])
+    assert code == 2 and "instances_val2017.json: annotation file not found" in err
 
 
 def test_corrupt_images_are_skipped_and_listed(tmp_path, cli):
