@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,18 @@ class _Options:
     cache: Path | None
     no_cache: bool
     trust: bool
+    val_split: str | None = None
+
+
+def _concat(a, b):
+    """Rows of two LabeledSets of the same data root as one set over ``a``'s source plus ``b``'s images."""
+    from sslcli.eval.labels import LabeledSet
+
+    source = copy.copy(a.source)
+    source.records = [*a.source.records, *b.source.records]
+    boxes = None if a.boxes is None else np.concatenate([a.boxes, b.boxes])
+    return LabeledSet(source, np.concatenate([a.image_index, b.image_index + len(a.source)]),
+                      np.concatenate([a.targets, b.targets]), a.classes, a.multilabel, boxes)
 
 
 def _features(opts: _Options):
@@ -53,21 +66,30 @@ def _features(opts: _Options):
     train = labeled_set(open_split(opts.data, train_split), opts.labels, opts.min_size)
     test = labeled_set(open_split(opts.test_data or opts.data, test_split), opts.labels, opts.min_size)
     check_same_classes(train, test)
+    n_train_only = None
+    if opts.val_split:  # predefined validation split: train rows first, then the validation rows
+        val = labeled_set(open_split(opts.data, opts.val_split), opts.labels, opts.min_size)
+        check_same_classes(train, val)
+        n_train_only = len(train)
+        train = _concat(train, val)
     pre = Preprocess(opts.image_size, "center-crop" if opts.labels == "image" else "square")
     cache = None if opts.no_cache else (opts.cache or default_cache_dir())
-    out = []
+    out, out_ok = [], []
     for rows in (train, test):
         feats, ok = extract_features(backbone, rows, pre, checkpoint_sha256=report.sha256, cache_dir=cache,
                                      batch_size=opts.batch_size, device=opts.device, workers=opts.workers)
         out.append((rows.subset(np.flatnonzero(ok)), feats[ok]))
+        out_ok.append(ok)
     (train, train_x), (test, test_x) = out
+    train_ok = np.flatnonzero(out_ok[0])
+    val_rows = None if n_train_only is None else np.flatnonzero(train_ok >= n_train_only)
     if len(train) == 0 or len(test) == 0:
         raise InputError(f"{opts.data}: no decodable rows in the {'train' if len(train) == 0 else 'test'} split")
     meta = {"checkpoint": report.to_dict(), "data": str(opts.data), "train_split": train_split,
             "test_split": test_split, "labels": opts.labels, "multilabel": train.multilabel,
             "num_classes": len(train.classes), "train_rows": len(train), "test_rows": len(test),
-            "image_size": opts.image_size}
-    return train, train_x, test, test_x, meta
+            "image_size": opts.image_size, "val_split": opts.val_split}
+    return train, train_x, test, test_x, meta, val_rows
 
 
 def _finish(result: dict, out: Path | None) -> dict:
@@ -112,6 +134,8 @@ def probe_linear(
                                         "(warm-started from the previous C)."),
     max_iter: int = typer.Option(1000, "--max-iter", help="L-BFGS iterations of the final refit on train + val."),
     seed: int = typer.Option(0, "--seed", help="Seed of the 20 % validation split."),
+    val_split: str = typer.Option(None, "--val-split", help="Predefined validation split of --data used to choose C "
+                                  "(default: a seeded 20 % of the training split)."),
     out: Path = OUT,
 ):
     """Linear probe (L-BFGS logistic regression on frozen features).
@@ -126,11 +150,13 @@ def probe_linear(
 
     opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
                    workers, device, cache, no_cache, trust_checkpoint)
-    train, train_x, test, test_x, meta = _features(opts)
+    opts.val_split = val_split
+    train, train_x, test, test_x, meta, val_rows = _features(opts)
     current().info(f"linear probe: searching {c_grid} C values on {len(train)} training rows")
     result = linear_probe(train_x, train.targets, test_x, test.targets, len(train.classes), train.multilabel,
                           n_grid=c_grid, seed=seed, search_max_iter=search_max_iter, max_iter=max_iter,
-                          device=resolve_device(device), groups=train.image_index)
+                          device=resolve_device(device), groups=train.image_index,
+                          val_rows=val_rows)
     return _finish({"probe": "linear", **meta, **result}, out)
 
 
@@ -160,7 +186,7 @@ def probe_knn(
     ks = parse_ks(k)
     opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
                    workers, device, cache, no_cache, trust_checkpoint)
-    train, train_x, test, test_x, meta = _features(opts)
+    train, train_x, test, test_x, meta, _ = _features(opts)
     result = knn_probe(train_x, train.targets, test_x, test.targets, ks, len(train.classes), train.multilabel,
                        temperature, device=resolve_device(device))
     return _finish({"probe": "knn", **meta, **result}, out)

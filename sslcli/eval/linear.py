@@ -96,10 +96,11 @@ def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, num_classes: int,
                  multilabel: bool, n_grid: int = 45, val_fraction: float = 0.2, seed: int = 0,
                  search_max_iter: int = 100, max_iter: int = 1000, device: torch.device | str = "cpu",
-                 groups: np.ndarray | None = None) -> dict:
+                 groups: np.ndarray | None = None, val_rows: np.ndarray | None = None) -> dict:
     """Choose C on a seeded validation split of train, refit on all of train, score the test split.
 
     ``groups`` (N,): rows sharing a group (objects of one image) go to the same side of the validation split.
+    ``val_rows``: a predefined validation split (indices into train); the seeded split is then not drawn.
 
     Returns {"C", "val_score", "top1"/"top5" or "mAP", "grid": [[C, val score], ...]}.
     """
@@ -109,7 +110,13 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     dtype = torch.float64 if torch.device(device).type == "cpu" else torch.float32
     as_x = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
     as_y = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)  # noqa: E731
-    val, fit = validation_split(len(train_x), val_fraction, seed, groups)
+    if val_rows is None:
+        val, fit = validation_split(len(train_x), val_fraction, seed, groups)
+    else:
+        val = np.asarray(val_rows)
+        fit = np.setdiff1d(np.arange(len(train_x)), val)
+        if len(val) == 0 or len(fit) == 0:
+            raise InputError("linear probe: the predefined validation split and the training split must both be non-empty")
     xf, yf, xv, yv = as_x(train_x[fit]), as_y(train_y[fit]), as_x(train_x[val]), as_y(train_y[val])
     key = "mAP" if multilabel else "top1"
     grid, model, best = [], None, (-1.0, None)
