@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -165,12 +167,25 @@ class _Lock:
 
 
 def _results_in_order(source: ImageSource, indices: list[int], workers: int) -> Iterator[EncodedResult]:
+    """Per-image results in the order of ``indices``; at most 4 images per worker in flight, so memory stays flat
+    on millions of images."""
     if workers <= 1:  # in-process: no pickling, no pool start-up
         yield from (_work(i) for i in indices)
         return
     ctx = multiprocessing.get_context("fork")  # workers inherit _STATE (the source, its annotations)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        yield from pool.map(_work, indices, chunksize=1)
+        todo = iter(indices)
+        pending = deque(pool.submit(_work, i) for i in itertools.islice(todo, 4 * workers))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                following = next(todo, None)
+                if following is not None:
+                    pending.append(pool.submit(_work, following))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def run_job(source: ImageSource, out: str | os.PathLike, job: Job, compute: ComputeFn, workers: int = 1,
