@@ -56,6 +56,12 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # deliberately dropped: heads, momentum encoder, queues, fc
+    prefix: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What the loaded weights depend on (file hash and key prefix): the key of feature caches."""
+        return self.sha256 if self.prefix is None else f"{self.sha256}:{self.prefix}"
 
     def summary(self) -> str:
         text = (f"{Path(self.path).name}: {self.format} checkpoint, {self.arch} width {self.width}, "
@@ -189,13 +195,18 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 def detect_and_convert(obj, path: Path, prefix: str | None = None) -> tuple[str, dict, list[str], dict]:
     """(format, torchvision-named state dict, ignored keys, metadata such as arch/width) for a loaded checkpoint."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
     if prefix is not None:
-        state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+        flat = _flatten(obj)
+        if any("initial_conv" in k for k in flat):  # haiku: the prefix selects e.g. online_params/online_state
+            kept, ignored = _strip(flat, prefix)
+            state, unused = haiku_to_torchvision(kept, path)
+            return f"haiku (prefix {prefix!r})", state, ignored + unused, {}
+        state = obj.get("state_dict", obj.get("model", obj))
         kept, ignored = _strip(state, prefix)
         kept, fc = _drop_fc(kept)
         return f"prefix {prefix!r}", kept, ignored + fc, {}
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
     if obj.get("format") == SSLCLI_FORMAT:
         if "backbone" not in obj:
             raise InputError(f"{path}: sslcli checkpoint has no \"backbone\" entry")
@@ -203,14 +214,14 @@ def detect_and_convert(obj, path: Path, prefix: str | None = None) -> tuple[str,
         return "sslcli", state, fc, {"arch": obj.get("arch"), "width": obj.get("width")}
     if isinstance(obj.get("model"), dict) and "__author__" in obj:
         return "detectron2", *detectron2_to_torchvision(obj["model"]), {}
-    if isinstance(obj.get("state_dict"), dict) and any(k.startswith("module.encoder_q.") for k in obj["state_dict"]):
-        kept, ignored = _strip(obj["state_dict"], "module.encoder_q.")
-        kept, fc = _drop_fc(kept)
-        return "moco", kept, ignored + fc, {}
-    if isinstance(obj.get("model"), dict) and any(k.startswith("module.encoder.") for k in obj["model"]):
-        kept, ignored = _strip(obj["model"], "module.encoder.")  # exact: module.encoder_k.* is ignored
-        kept, fc = _drop_fc(kept)
-        return "soco", kept, ignored + fc, {}
+    # MoCo/SoCo trained with DDP have a "module." prefix; single-GPU runs do not.
+    for fmt, container, prefixes in (("moco", "state_dict", ("module.encoder_q.", "encoder_q.")),
+                                     ("soco", "model", ("module.encoder.", "encoder."))):
+        for pre in prefixes:
+            if isinstance(obj.get(container), dict) and any(k.startswith(pre + "conv1.") for k in obj[container]):
+                kept, ignored = _strip(obj[container], pre)  # exact prefix: SoCo's module.encoder_k.* is ignored
+                kept, fc = _drop_fc(kept)
+                return fmt, kept, ignored + fc, {}
     if any(isinstance(k, str) and ("initial_conv" in k or "block_group_" in k) for k in _flatten(obj)):
         return "haiku", *haiku_to_torchvision(_flatten(obj), path), {}
     for candidate, name in ((obj, "torchvision"), (obj.get("state_dict"), "torchvision"), (obj.get("model"), "torchvision")):
@@ -275,8 +286,8 @@ def haiku_to_torchvision(flat: dict, path: Path) -> tuple[dict, list[str]]:
         matches = [k for k in flat if k == suffix or k.endswith("/" + suffix)]
         if len(matches) > 1:
             prefixes = sorted({m[: -len(suffix)] for m in matches})
-            raise InputError(f"{path}: {suffix} found under several prefixes {prefixes}; "
-                             "pass the one to load as the key prefix")
+            raise InputError(f"{path}: {suffix} found under several prefixes {prefixes} (e.g. online and target "
+                             "networks); pass the one to load with --prefix (e.g. online_)")
         if not matches:
             continue  # reported as missing by the caller
         array = np.asarray(flat[matches[0]])
@@ -411,7 +422,7 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None, width: int |
     backbone.load_state_dict(loadable, strict=False)
     backbone.eval()
     report = LoadReport(str(path), fmt, found_arch, found_width, file_sha256(path), loaded=sorted(loadable),
-                        missing=[], unexpected=unexpected, ignored=ignored)
+                        missing=[], unexpected=unexpected, ignored=ignored, prefix=prefix)
     return backbone, report
 
 

@@ -176,3 +176,29 @@ def test_torchvision_export_loads_into_torchvision(tmp_path, cli):
     for key, value in ref.state_dict().items():
         if not key.startswith("fc."):
             torch.testing.assert_close(net.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_byol_style_online_and_target_trees_need_a_prefix(tmp_path):
+    net = _random_backbone("resnet50")
+    tree = backbone_to_haiku(net.state_dict())
+    params = {f"res_net50/~/{m}": v for m, v in tree.items() if "_ema" not in m}
+    state = {f"res_net50/~/{m}": v for m, v in tree.items() if "_ema" in m}
+    shuffled = {m: {p: np.random.default_rng(0).normal(size=a.shape) for p, a in v.items()} for m, v in params.items()}
+    path = tmp_path / "byol.npy"
+    np.save(path, {"online_params": params, "online_state": state, "target_params": shuffled, "target_state": state},
+            allow_pickle=True)
+    with pytest.raises(InputError, match="several prefixes"):
+        load_backbone(path)
+    loaded, report = load_backbone(path, prefix="online_")
+    assert report.format.startswith("haiku")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_map(x), net.forward_map(x), rtol=0, atol=0)
+
+
+def test_single_gpu_moco_keys_without_module_prefix(tmp_path):
+    net = _random_backbone("resnet18")
+    path = tmp_path / "moco1gpu.pth"
+    torch.save({"epoch": 1, "state_dict": {f"encoder_q.{k}": v for k, v in net.state_dict().items()}}, path)
+    _, report = load_backbone(path)
+    assert report.format == "moco"

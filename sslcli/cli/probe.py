@@ -40,6 +40,7 @@ class _Options:
     no_cache: bool
     trust: bool
     val_split: str | None = None
+    prefix: str | None = None
 
 
 def _concat(a, b):
@@ -61,7 +62,7 @@ def _features(opts: _Options):
 
     train_split, test_split = default_splits(opts.data)
     train_split, test_split = opts.train_split or train_split, opts.test_split or test_split
-    backbone, report = load_backbone(opts.checkpoint, trust=opts.trust)
+    backbone, report = load_backbone(opts.checkpoint, trust=opts.trust, prefix=opts.prefix)
     current().info(report.summary())
     train = labeled_set(open_split(opts.data, train_split), opts.labels, opts.min_size)
     test = labeled_set(open_split(opts.test_data or opts.data, test_split), opts.labels, opts.min_size)
@@ -76,7 +77,7 @@ def _features(opts: _Options):
     cache = None if opts.no_cache else (opts.cache or default_cache_dir())
     out, out_ok = [], []
     for rows in (train, test):
-        feats, ok = extract_features(backbone, rows, pre, checkpoint_sha256=report.sha256, cache_dir=cache,
+        feats, ok = extract_features(backbone, rows, pre, checkpoint_sha256=report.identity, cache_dir=cache,
                                      batch_size=opts.batch_size, device=opts.device, workers=opts.workers)
         out.append((rows.subset(np.flatnonzero(ok)), feats[ok]))
         out_ok.append(ok)
@@ -117,6 +118,8 @@ DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu,
 CACHE = typer.Option(None, "--cache", help=CACHE_HELP)
 NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the feature cache.")
 TRUST = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP)
+PREFIX = typer.Option(None, "--prefix", help="Take the backbone from keys under this exact prefix (e.g. online_ for "
+                     "BYOL-style haiku files holding online and target networks).")
 OUT = typer.Option(None, "--out", help="Also write the result JSON to this file (atomically).")
 
 
@@ -128,7 +131,7 @@ def probe_linear(
     min_size: float = MIN_SIZE,
     image_size: int = typer.Option(224, "--image-size", help="Resize shorter side to size*256/224, centre crop size."),
     batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
-    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST,
+    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
     c_grid: int = typer.Option(45, "--c-grid", help="Number of log-spaced C values in [1e-5, 1e5] to search."),
     search_max_iter: int = typer.Option(100, "--search-max-iter", help="L-BFGS iterations per C during the search "
                                         "(warm-started from the previous C)."),
@@ -150,6 +153,7 @@ def probe_linear(
 
     opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
                    workers, device, cache, no_cache, trust_checkpoint)
+    opts.prefix = prefix
     opts.val_split = val_split
     train, train_x, test, test_x, meta, val_rows = _features(opts)
     current().info(f"linear probe: searching {c_grid} C values on {len(train)} training rows")
@@ -168,7 +172,7 @@ def probe_knn(
     min_size: float = MIN_SIZE,
     image_size: int = typer.Option(224, "--image-size", help="Resize shorter side to size*256/224, centre crop size."),
     batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
-    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST,
+    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
     k: str = typer.Option("10,20,100,200", "--k", help="Comma-separated neighbour counts."),
     temperature: float = typer.Option(0.07, "--temperature", help="Vote weight exp(cosine / T)."),
     out: Path = OUT,
@@ -186,6 +190,7 @@ def probe_knn(
     ks = parse_ks(k)
     opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
                    workers, device, cache, no_cache, trust_checkpoint)
+    opts.prefix = prefix
     train, train_x, test, test_x, meta, _ = _features(opts)
     result = knn_probe(train_x, train.targets, test_x, test.targets, ks, len(train.classes), train.multilabel,
                        temperature, device=resolve_device(device))
@@ -199,7 +204,7 @@ def probe_segment_retrieval(
     image_size: int = typer.Option(224, "--image-size", help="Images resized to this size squared."),
     clusters: int = typer.Option(15, "--clusters", help="K-means clusters (regions) per image."),
     batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
-    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST,
+    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
     seed: int = typer.Option(0, "--seed", help="K-means seed."),
     out: Path = OUT,
 ):
@@ -212,5 +217,5 @@ def probe_segment_retrieval(
     result = segment_retrieval(checkpoint, data, test_data=test_data, train_split=train_split, test_split=test_split,
                                image_size=image_size, clusters=clusters, batch_size=batch_size, workers=workers,
                                device=device, cache_dir=None if no_cache else cache, use_cache=not no_cache,
-                               trust=trust_checkpoint, seed=seed)
+                               trust=trust_checkpoint, seed=seed, prefix=prefix)
     return _finish({"probe": "segment-retrieval", **result}, out)

@@ -181,7 +181,7 @@ def confusion_to_iou(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *, test_data=None, train_split=None,
                       test_split=None, image_size: int = 224, clusters: int = 15, batch_size: int = 32, workers: int = 0,
                       device: str = "auto", cache_dir=None, use_cache: bool = True, trust: bool = False,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, prefix: str | None = None) -> dict:
     """Run the whole probe; returns {"mIoU", "pixel_accuracy", "per_class_iou", ...}."""
     from sslcli.checkpoints import load_backbone
 
@@ -198,14 +198,14 @@ def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *,
     train_src, test_src = sources
     if train_src.classes != test_src.classes:
         raise InputError(f"{test_src.root}: test classes differ from the training classes")
-    backbone, report = load_backbone(checkpoint, trust=trust)
+    backbone, report = load_backbone(checkpoint, trust=trust, prefix=prefix)
     dilate_res5(backbone)
     current().info(report.summary())
     dev = resolve_device(device)
     pre = Preprocess(image_size, "square")
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
-    train = _regions_cached(backbone, report.sha256, train_src, pre, clusters, seed, batch_size, dev, workers, cache)
-    test = _regions_cached(backbone, report.sha256, test_src, pre, clusters, seed, batch_size, dev, workers, cache)
+    train = _regions_cached(backbone, report.identity, train_src, pre, clusters, seed, batch_size, dev, workers, cache)
+    test = _regions_cached(backbone, report.identity, test_src, pre, clusters, seed, batch_size, dev, workers, cache)
     num_labels = len(train_src.classes or []) + 1  # + background
     train_labels = label_train_regions(train_src, train, num_labels)
     keep = train_labels >= 0
