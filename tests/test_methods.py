@@ -340,12 +340,15 @@ def test_tiny_example_transform_and_forward(path):
     method = build_method(spec)
     transform = method.transform()
     rng = np.random.default_rng(0)
-    samples = [transform({"image": rng.integers(0, 256, (80, 100, 3), dtype=np.uint8), "index": i})
-               for i in range(spec.batch_size)]
+    n = 8  # half the tiny batch keeps the test quick; the full runs are the engine's end-to-end tests
+    samples = [transform({"image": rng.integers(0, 256, (80, 100, 3), dtype=np.uint8), "index": i}) for i in range(n)]
     batch = default_collate(samples)
     mc = getattr(spec.method, "multi_crop", None)
-    if mc is not None and mc.enabled:
-        assert batch["small"].shape == (spec.batch_size, mc.n_small, 3, mc.small_size, mc.small_size)
+    multi_crop = mc is not None and mc.enabled
+    large = mc.large_size if multi_crop else spec.data.image_size
+    assert batch["views"].shape == (n, 2, 3, large, large)
+    if multi_crop:
+        assert batch["small"].shape == (n, mc.n_small, 3, mc.small_size, mc.small_size)
     out = method(batch, step_info(epoch=spec.epochs))
     assert torch.isfinite(out["loss"])
     if getattr(spec.method, "knn", None) is not None and spec.method.knn.enabled:

@@ -107,14 +107,13 @@ class MoCo(Method):
     def _queries(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Query embeddings (V, B, D) and normalised backbone features (V, B, F): crop 0, then any small crops."""
         b = batch["views"].shape[0]
-        features = [self.encoder(batch["views"][:, 0])]
+        parts = [self.encoder(batch["views"][:, 0])]  # crops of different sizes: one backbone pass per size
         if "small" in batch:
             small = batch["small"]  # (B, n, 3, s, s) → view-major (n·B, 3, s, s)
-            features.append(self.encoder(small.transpose(0, 1).reshape(-1, *small.shape[2:])))
-        features = torch.cat(features)
+            parts.append(self.encoder(small.transpose(0, 1).reshape(-1, *small.shape[2:])))
+        features = torch.cat(parts)
         queries = F.normalize(self.head(features), dim=1)
-        return queries.view(-1, b, queries.shape[1]), F.normalize(features.detach(), dim=1).view(-1, b,
-                                                                                                 features.shape[1])
+        return queries.view(-1, b, queries.shape[1]), F.normalize(features.detach(), dim=1).view(-1, b, features.shape[1])
 
     def knn_active(self, step: StepInfo) -> bool:
         knn = self.spec.method.knn
