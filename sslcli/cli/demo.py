@@ -57,8 +57,9 @@ def _stages(out: Path, images: int, steps: int) -> list[Stage]:
                               "masks": {"kind": "store", "path": str(fh)}}, "detcon-s-tiny", steps, 16)
     moco_ckpt = str(out / "runs" / "moco-tiny" / "last.pt")
     detcon_ckpt = str(out / "runs" / "detcon-s-tiny" / "last.pt")
-    common = ["--data", str(data), "--arch", "resnet18", "--width", "16"]
+    common = ["--data", str(data)]
     reports = out / "reports"
+    cache = ["--cache", str(out / "cache")]
     return [
         Stage("synthetic data", ["prepare", "synthetic", str(data), "--images", str(images), "--force"],
               ("images", "objects_per_image")),
@@ -69,10 +70,10 @@ def _stages(out: Path, images: int, steps: int) -> list[Stage]:
         Stage("mask quality (ABO)", ["analyze", "abo", str(fh), "--gt", str(data)], ("abo",)),
         Stage("crop IoU", ["analyze", "crop-iou", str(data), "--pairs", "2000", "--out", str(reports / "crop-iou")],
               ("mean_iou",)),
-        Stage("pretrain MoCo-v2", ["pretrain", str(moco)], ("steps", "final_loss")),
-        Stage("pretrain DetCon_S (FH masks)", ["pretrain", str(detcon)], ("steps", "final_loss")),
-        Stage("kNN probe", ["probe", "knn", moco_ckpt, *common, "--k", "10,20"], ("top1",)),
-        Stage("linear probe", ["probe", "linear", moco_ckpt, *common], ("top1", "map")),
+        Stage("pretrain MoCo-v2", ["pretrain", str(moco), "--resume", "auto"], ("steps", "final_loss")),
+        Stage("pretrain DetCon_S (FH masks)", ["pretrain", str(detcon), "--resume", "auto"], ("steps", "final_loss")),
+        Stage("kNN probe", ["probe", "knn", moco_ckpt, *common, *cache, "--k", "10,20"], ("top1",)),
+        Stage("linear probe", ["probe", "linear", moco_ckpt, *common, *cache, "--c-grid", "9"], ("top1", "map")),
         Stage("coupling rate", ["analyze", "coupling", moco_ckpt, detcon_ckpt, *common, "--pairs", "16",
                                 "--out", str(reports / "coupling")], ("coupling",)),
         Stage("positional bias", ["analyze", "positional", moco_ckpt, detcon_ckpt, *common, "--objects", "16",
