@@ -1,6 +1,6 @@
 """Benchmark region proposals, everything measured side by side in one run on the same images and cores.
 
-(a) selective search: our default backend (OpenCV) vs the `selectivesearch` package (SoCo's reference):
+(a) selective search: our backends (vectorized: default; with --strategies diverse; OpenCV's) vs the `selectivesearch` package (SoCo's reference):
     seconds per image, speed ratio, and box recall@0.5 / ABO against the COCO GT boxes (raw and SoCo-filtered).
 (b) `prepare masks --method fh` (the full runner: decode, FH per scale, compression, shards, final store) vs bare
     `load_image` + `skimage.segmentation.felzenszwalb` calls on the same images: overhead in %.
@@ -54,19 +54,20 @@ def bench_boxes(source, indices, repeats):
     images = {i: source.load(i) for i in indices}
     gt = {i: np.array([x.box for x in source.instances(i) if not x.iscrowd], np.float64).reshape(-1, 4)
           for i in indices}
-    backends = ("vectorized", "opencv", "reference")
-    seconds = interleaved_best(repeats, {b: (lambda b=b: [selective_search(images[i], b) for i in indices])
-                                         for b in backends})
-    for backend in backends:
-        raw = {i: selective_search(images[i], backend) for i in indices}
+    variants = {"vectorized": ("vectorized", "soco"), "vectorized-diverse": ("vectorized", "diverse"),
+                "opencv": ("opencv", "soco"), "reference": ("reference", "soco")}
+    seconds = interleaved_best(repeats, {name: (lambda b=b: [selective_search(images[i], *b) for i in indices])
+                                         for name, b in variants.items()})
+    for backend, args in variants.items():
+        raw = {i: selective_search(images[i], *args) for i in indices}
         filtered = {i: soco_filter(raw[i], *images[i].shape[:2]) for i in indices}
         q_raw = summarize_overlaps(np.concatenate([boxes_best_overlaps(gt[i], raw[i]) for i in indices]))
         q_soco = summarize_overlaps(np.concatenate([boxes_best_overlaps(gt[i], filtered[i]) for i in indices]))
-        print(f"  {backend:10s} {seconds[backend] / len(indices):6.3f} s/image  boxes/image raw "
+        print(f"  {backend:18s} {seconds[backend] / len(indices):6.3f} s/image  boxes/image raw "
               f"{np.mean([len(r) for r in raw.values()]):6.1f} soco {np.mean([len(r) for r in filtered.values()]):5.1f}"
               f"  recall@0.5 raw {q_raw['recall@0.5']:.3f} soco {q_soco['recall@0.5']:.3f}  ABO raw "
               f"{q_raw['abo']:.3f} soco {q_soco['abo']:.3f} ({q_raw['instances']} GT boxes)")
-    for backend in backends[:2]:
+    for backend in list(variants)[:3]:
         print(f"  speed ratio reference/{backend}: {seconds['reference'] / seconds[backend]:.1f}x")
 
 

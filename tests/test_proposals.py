@@ -240,3 +240,12 @@ def test_vectorized_grouping_on_stripes():
     assert len(boxes) == 5 and all(s in boxes.tolist() for s in stripes) and [0, 0, 120, 60] in boxes.tolist()
     pair = [b for b in boxes.tolist() if b not in stripes and b != [0, 0, 120, 60]][0]
     assert pair in ([0, 0, 80, 60], [40, 0, 120, 60])
+
+
+def test_diverse_strategies_add_to_the_soco_hierarchy(tiny_coco):
+    image = np.ascontiguousarray(load_image(tiny_coco / "train2017" / TINY_IMAGES[0])[:200, :300])
+    soco = {tuple(b) for b in selective_search(image, "vectorized", "soco").tolist()}
+    diverse = {tuple(b) for b in selective_search(image, "vectorized", "diverse").tolist()}
+    assert soco < diverse  # a union of hierarchies on the same segmentation, the SoCo one included
+    with pytest.raises(ValueError, match="vectorized"):
+        selective_search(image, "opencv", "diverse")

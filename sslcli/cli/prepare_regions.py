@@ -93,6 +93,8 @@ def prepare_boxes(
     box_filter: str = typer.Option("soco", "--filter", help="soco | none"),
     backend: str = typer.Option("vectorized", "--backend",
                                 help="vectorized (fast) | opencv (ximgproc) | reference (the selectivesearch package)"),
+    strategies: str = typer.Option("soco", "--strategies",
+                                   help="vectorized: soco (colour+texture+size+fill, as SoCo) | diverse (+3 more)"),
     split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
     out: Path | None = typer.Option(None, "--out", help="Store path [default: ROOT/sslcli/ss-<filter>.h5]."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
@@ -112,11 +114,16 @@ def prepare_boxes(
         raise InputError(f"--filter {box_filter!r}: expected soco or none")
     if backend not in ss.BACKENDS:
         raise InputError(f"--backend {backend!r}: expected one of {', '.join(ss.BACKENDS)}")
+    if strategies not in ss.STRATEGIES:
+        raise InputError(f"--strategies {strategies!r}: expected one of {', '.join(ss.STRATEGIES)}")
+    if strategies != "soco" and backend != "vectorized":
+        raise InputError(f"--strategies {strategies}: only the vectorized backend diversifies")
     source = open_source(root, split)
     job = Job("boxes", "selective-search", {"scale": ss.SCALE, "sigma": ss.SIGMA, "min_size": ss.MIN_SIZE,
-                                            "backend": backend, "filter": box_filter})
-    compute = functools.partial(ss.compute_boxes, backend=backend, box_filter=box_filter)
-    name = f"ss-{box_filter}" + ("" if backend == ss.DEFAULT_BACKEND else f"-{backend}")
+                                            "backend": backend, "filter": box_filter, "strategies": strategies})
+    compute = functools.partial(ss.compute_boxes, backend=backend, box_filter=box_filter, strategies=strategies)
+    name = (f"ss-{box_filter}" + ("" if backend == ss.DEFAULT_BACKEND else f"-{backend}")
+            + ("" if strategies == "soco" else f"-{strategies}"))
     path = out if out is not None else default_store_path(root, source, name, split)
     return run_job(source, path, job, compute, workers=workers, flush_every=flush_every, overwrite=overwrite)
 

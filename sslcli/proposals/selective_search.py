@@ -2,7 +2,9 @@
 size + fill similarities), through one of three backends:
 
 - ``vectorized`` (default, fast): our vectorised hierarchical grouping on OpenCV's FH segmentation; see
-  `sslcli.proposals.ss_vectorized` for the algorithm and how it differs from the package.
+  `sslcli.proposals.ss_vectorized` for the algorithm and how it differs from the package. ``strategies="soco"``
+  (default) groups once with colour + texture + size + fill as SoCo; ``"diverse"`` adds Uijlings' diversification
+  on the same segmentation (texture + size + fill, fill only, size only): more boxes, higher recall, ~10 % slower.
 - ``opencv``: OpenCV ximgproc's C++ selective search, configured like SoCo: one graph segmentation
   (k 300, sigma 0.9, min size 100) and one strategy combining colour, texture, size and fill with equal weights.
   Differences from SoCo's package: the segmentation and the colour histograms use the HSV image (OpenCV's single
@@ -21,11 +23,12 @@ import numpy as np
 from sslcli.data.sources import ImageSource
 from sslcli.data.store import ImageResult
 from sslcli.proposals.filters import soco_filter
-from sslcli.proposals.ss_vectorized import selective_search_vectorized
+from sslcli.proposals.ss_vectorized import DIVERSE_STRATEGIES, SOCO_STRATEGY, selective_search_vectorized
 
 SCALE, SIGMA, MIN_SIZE = 300, 0.9, 100
 BACKENDS = ("vectorized", "opencv", "reference")
 DEFAULT_BACKEND = "vectorized"
+STRATEGIES = {"soco": (SOCO_STRATEGY,), "diverse": DIVERSE_STRATEGIES}  # vectorized backend only
 
 
 def _unique_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -66,10 +69,12 @@ def selective_search_reference(image: np.ndarray, scale: float = SCALE, sigma: f
     return _unique_boxes(rects)
 
 
-def selective_search(image: np.ndarray, backend: str = DEFAULT_BACKEND) -> np.ndarray:
+def selective_search(image: np.ndarray, backend: str = DEFAULT_BACKEND, strategies: str = "soco") -> np.ndarray:
     """(H, W, 3) uint8 RGB → (M, 4) float32 unique boxes x0, y0, x1, y1 with SoCo's parameters."""
+    if strategies != "soco" and backend != "vectorized":
+        raise ValueError(f"strategies {strategies!r} needs the vectorized backend")
     if backend == "vectorized":
-        return selective_search_vectorized(image, SCALE, SIGMA, MIN_SIZE)
+        return selective_search_vectorized(image, SCALE, SIGMA, MIN_SIZE, STRATEGIES[strategies])
     if backend == "opencv":
         return selective_search_opencv(image)
     if backend == "reference":
@@ -77,10 +82,11 @@ def selective_search(image: np.ndarray, backend: str = DEFAULT_BACKEND) -> np.nd
     raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
 
 
-def compute_boxes(source: ImageSource, index: int, backend: str, box_filter: str) -> ImageResult:
+def compute_boxes(source: ImageSource, index: int, backend: str, box_filter: str,
+                  strategies: str = "soco") -> ImageResult:
     image = source.load(index)
     h, w = image.shape[:2]
-    boxes = selective_search(image, backend)
+    boxes = selective_search(image, backend, strategies)
     if box_filter == "soco":
         boxes = soco_filter(boxes, h, w)
     return ImageResult(str(source.records[index].image_id), boxes=boxes, image_size=(h, w))

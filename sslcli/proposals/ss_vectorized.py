@@ -87,40 +87,60 @@ def _neighbour_pairs(labels: np.ndarray) -> np.ndarray:
     return np.stack([keys // n, keys % n], 1)
 
 
-def selective_search_vectorized(image: np.ndarray, scale: float = 300, sigma: float = 0.9,
-                                min_size: int = 100) -> np.ndarray:
-    """(H, W, 3) uint8 RGB → (M, 4) float32 unique boxes x0, y0, x1, y1 (pixel edges) of the whole hierarchy."""
+# Similarity weights (colour, texture, size, fill). SoCo: all four, once. Uijlings' diversification adds more.
+SOCO_STRATEGY = (1.0, 1.0, 1.0, 1.0)
+DIVERSE_STRATEGIES = ((1.0, 1.0, 1.0, 1.0), (0.0, 1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 1.0), (0.0, 0.0, 1.0, 0.0))
+
+
+def _initial_features(image: np.ndarray, scale: float, sigma: float, min_size: int) -> dict[str, np.ndarray]:
+    """The initial regions' size (n,), boxes (n, 4), colour (n, 75), texture (n, 240) and touching pairs (P, 2)."""
     from scipy.ndimage import find_objects
 
     labels = _initial_regions(image, scale, sigma, min_size)
     n = int(labels.max()) + 1
-    total = 2 * n - 1  # every merge creates one region
-    image_area = float(labels.size)
-    size = np.zeros(total)
-    size[:n] = np.bincount(labels.ravel(), minlength=n)
-    boxes = np.zeros((total, 4))
+    boxes = np.zeros((n, 4))
     for r, sl in enumerate(find_objects(labels + 1)):
         if sl is not None:
             boxes[r] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-    colour = np.zeros((total, 3 * COLOUR_BINS))
-    colour[:n] = _histograms(labels, _colour_codes(image), n, 3 * COLOUR_BINS)
-    texture = np.zeros((total, 3 * TEXTURE_ORIENTATIONS * TEXTURE_BINS))
-    texture[:n] = _histograms(labels, _texture_codes(image), n, 3 * TEXTURE_ORIENTATIONS * TEXTURE_BINS)
+    return {"size": np.bincount(labels.ravel(), minlength=n).astype(np.float64), "boxes": boxes,
+            "colour": _histograms(labels, _colour_codes(image), n, 3 * COLOUR_BINS),
+            "texture": _histograms(labels, _texture_codes(image), n, 3 * TEXTURE_ORIENTATIONS * TEXTURE_BINS),
+            "pairs": _neighbour_pairs(labels), "image_area": np.array(float(labels.size))}
+
+
+def _group(features: dict[str, np.ndarray], weights: tuple[float, float, float, float]) -> np.ndarray:
+    """Greedy hierarchical grouping under one similarity; (2n − 1, 4) boxes of every region formed."""
+    n = len(features["size"])
+    total = 2 * n - 1  # every merge creates one region
+    image_area = float(features["image_area"])
+    w_colour, w_texture, w_size, w_fill = weights
+
+    def grown(name: str) -> np.ndarray:
+        out = np.zeros((total, *features[name].shape[1:]))
+        out[:n] = features[name]
+        return out
+
+    size, boxes, colour, texture = grown("size"), grown("boxes"), grown("colour"), grown("texture")
 
     def similarity(a, others: np.ndarray) -> np.ndarray:
         """s(a, o) for each o in ``others``; ``a`` is one region or an array aligned with ``others``."""
-        s_colour = np.minimum(colour[a], colour[others]).sum(1)
-        s_texture = np.minimum(texture[a], texture[others]).sum(1)
-        s_size = 1.0 - (size[a] + size[others]) / image_area
-        x0 = np.minimum(boxes[a, 0], boxes[others, 0])
-        y0 = np.minimum(boxes[a, 1], boxes[others, 1])
-        x1 = np.maximum(boxes[a, 2], boxes[others, 2])
-        y1 = np.maximum(boxes[a, 3], boxes[others, 3])
-        s_fill = 1.0 - ((x1 - x0) * (y1 - y0) - size[a] - size[others]) / image_area
-        return s_colour + s_texture + s_size + s_fill
+        s = np.zeros(len(others))
+        if w_colour:
+            s += w_colour * np.minimum(colour[a], colour[others]).sum(1)
+        if w_texture:
+            s += w_texture * np.minimum(texture[a], texture[others]).sum(1)
+        if w_size:
+            s += w_size * (1.0 - (size[a] + size[others]) / image_area)
+        if w_fill:
+            x0 = np.minimum(boxes[a, 0], boxes[others, 0])
+            y0 = np.minimum(boxes[a, 1], boxes[others, 1])
+            x1 = np.maximum(boxes[a, 2], boxes[others, 2])
+            y1 = np.maximum(boxes[a, 3], boxes[others, 3])
+            s += w_fill * (1.0 - ((x1 - x0) * (y1 - y0) - size[a] - size[others]) / image_area)
+        return s
 
     neighbours: list[set[int]] = [set() for _ in range(total)]
-    pairs = _neighbour_pairs(labels)
+    pairs = features["pairs"]
     for a, b in pairs.tolist():
         neighbours[a].add(b)
         neighbours[b].add(a)
@@ -154,5 +174,13 @@ def selective_search_vectorized(image: np.ndarray, scale: float = 300, sigma: fl
             for s, other in zip(similarity(t, others).tolist(), others.tolist()):
                 heapq.heappush(heap, (-s, other, t))
         t += 1
-    out = boxes[:t].astype(np.float32)
-    return np.unique(out, axis=0)
+    return boxes[:t]
+
+
+def selective_search_vectorized(image: np.ndarray, scale: float = 300, sigma: float = 0.9, min_size: int = 100,
+                                strategies=(SOCO_STRATEGY,)) -> np.ndarray:
+    """(H, W, 3) uint8 RGB → (M, 4) float32 unique boxes x0, y0, x1, y1 (pixel edges) of the whole hierarchy,
+    one hierarchy per similarity strategy (weights of colour, texture, size, fill) on the same initial regions."""
+    features = _initial_features(image, scale, sigma, min_size)
+    boxes = np.concatenate([_group(features, weights) for weights in strategies]).astype(np.float32)
+    return np.unique(boxes, axis=0)
