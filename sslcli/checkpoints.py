@@ -405,8 +405,8 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None, width: int |
         raise InputError(f"{path}: --width {width} but the checkpoint's stem has {found_width} channels")
     try:
         backbone = build_backbone(found_arch, found_width, **backbone_kwargs)
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
+    except (ValueError, NotImplementedError) as exc:  # e.g. torchvision cannot dilate BasicBlock ResNets
+        raise InputError(f"{path}: cannot build {found_arch} with {backbone_kwargs}: {exc}") from None
     expected = backbone.state_dict()
     # num_batches_tracked only matters for momentum=None BN; third-party formats do not store it.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]

@@ -289,3 +289,25 @@ def test_probe_input_errors_exit_2(cli, tiny_coco, tiny_checkpoint, tmp_path):
     assert code == 2 and "--labels" in err
     code, _, err = cli(["probe", "linear", tmp_path / "none.pt", "--data", tiny_coco])
     assert code == 2 and "none.pt" in err
+
+
+def test_probes_on_an_image_folder(cli, tiny_coco, tiny_checkpoint, tmp_path):
+    import shutil
+
+    images = sorted((tiny_coco / "val2017").glob("*.jpg"))[:12]
+    for split, part in (("train", images[:8]), ("val", images[8:])):
+        for j, path in enumerate(part):
+            folder = tmp_path / "folder" / split / ("even" if j % 2 == 0 else "odd")
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.name)
+    common = ["--data", tmp_path / "folder", "--image-size", "64", "--no-cache", "--json"]
+    code, out, err = cli(["probe", "linear", tiny_checkpoint, *common, "--c-grid", "3"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert not result["multilabel"] and result["num_classes"] == 2 and result["train_rows"] == 8
+    assert result["train_split"] == "train" and result["test_rows"] == 4 and 0 <= result["top1"] <= 100
+    code, out, err = cli(["probe", "knn", tiny_checkpoint, *common, "--k", "3"])
+    assert code == 0, err
+    assert json.loads(out)["k"]["3"]["top5"] == 100.0  # two classes: the true one is always among the top 5
+    code, _, err = cli(["probe", "knn", tiny_checkpoint, *common, "--labels", "object"])
+    assert code == 2 and "COCO" in err

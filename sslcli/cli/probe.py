@@ -20,6 +20,9 @@ TEST_DATA_HELP = "Separate test set (root or manifest); default: --data with --t
 LABELS_HELP = ("image: one row per image (COCO: multi-label set of classes present, scored by mAP); object: one row "
                "per COCO instance (non-crowd, box sides >= --min-size), RoIAlign 7x7 on res5 of the image resized "
                "to --image-size squared.")
+IMAGE_SIZE_HELP = ("image rows: shorter side to size*256/224, centre crop size (default 224); object rows: whole image "
+                   "resized to size squared (default 512, so 32 px objects keep about a res5 cell).")
+OBJECT_IMAGE_SIZE = 512
 CACHE_HELP = "Feature cache folder (HDF5 keyed by checkpoint hash, data and preprocessing); default $SSLCLI_CACHE or ~/.cache/sslcli/features."
 
 
@@ -73,6 +76,8 @@ def _features(opts: _Options):
         check_same_classes(train, val)
         n_train_only = len(train)
         train = _concat(train, val)
+    if opts.image_size is None:
+        opts.image_size = 224 if opts.labels == "image" else OBJECT_IMAGE_SIZE
     pre = Preprocess(opts.image_size, "center-crop" if opts.labels == "image" else "square")
     cache = None if opts.no_cache else (opts.cache or default_cache_dir())
     out, out_ok = [], []
@@ -129,7 +134,7 @@ def probe_linear(
     test_split: str = TEST_SPLIT,
     labels: str = typer.Option("image", "--labels", help=LABELS_HELP),
     min_size: float = MIN_SIZE,
-    image_size: int = typer.Option(224, "--image-size", help="Resize shorter side to size*256/224, centre crop size."),
+    image_size: int = typer.Option(None, "--image-size", help=IMAGE_SIZE_HELP),
     batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
     no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
     c_grid: int = typer.Option(45, "--c-grid", help="Number of log-spaced C values in [1e-5, 1e5] to search."),
@@ -170,7 +175,7 @@ def probe_knn(
     test_split: str = TEST_SPLIT,
     labels: str = typer.Option("image", "--labels", help=LABELS_HELP),
     min_size: float = MIN_SIZE,
-    image_size: int = typer.Option(224, "--image-size", help="Resize shorter side to size*256/224, centre crop size."),
+    image_size: int = typer.Option(None, "--image-size", help=IMAGE_SIZE_HELP),
     batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
     no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
     k: str = typer.Option("10,20,100,200", "--k", help="Comma-separated neighbour counts."),
