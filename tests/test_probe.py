@@ -300,9 +300,11 @@ def test_probes_on_an_image_folder(cli, tiny_coco, tiny_checkpoint, tmp_path):
             folder = tmp_path / "folder" / split / ("even" if j % 2 == 0 else "odd")
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, folder / path.name)
+    (tmp_path / "folder" / "train" / "odd" / "broken.jpg").write_bytes(b"not a jpeg")
     common = ["--data", tmp_path / "folder", "--image-size", "64", "--no-cache", "--json"]
     code, out, err = cli(["probe", "linear", tiny_checkpoint, *common, "--c-grid", "3"])
     assert code == 0, err
+    assert "broken.jpg" in err  # reported and left out
     result = json.loads(out)
     assert not result["multilabel"] and result["num_classes"] == 2 and result["train_rows"] == 8
     assert result["train_split"] == "train" and result["test_rows"] == 4 and 0 <= result["top1"] <= 100
