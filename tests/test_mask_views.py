@@ -159,3 +159,14 @@ def test_mask_source_grid_covers_the_original_image():
     assert label_map.shape == (10, 7) and np.unique(label_map).tolist() == list(range(9))
     assert label_map[0, 0] == 0 and label_map[-1, -1] == 8
     assert (MaskSource("grid", grid=1).label_map({"image": np.zeros((4, 4, 3), np.uint8)}) == 0).all()
+
+
+def test_mask_source_gt_needs_coco_annotations(tmp_path):
+    class Spec:
+        kind, path, scales, grid = "gt", None, None, 5
+
+    class Data:
+        root, split = str(tmp_path), "train2017"
+
+    with pytest.raises(Exception, match=r"annotations/instances_train2017.json does not exist"):
+        MaskSource.from_spec(Spec, Data)

@@ -55,8 +55,16 @@ class MaskSource:
     def from_spec(cls, masks_spec, data_spec) -> MaskSource:
         source = cls(masks_spec.kind, masks_spec.path, masks_spec.scales, masks_spec.grid, data_spec.root,
                      data_spec.split)
+        # Fail at start-up, not in a DataLoader worker, when the store, a scale or the annotations are wrong.
         if source.kind == "store":
-            source.scale_indices()  # fail at start-up, not in a worker, when the store or a scale is wrong
+            source.scale_indices()
+        elif source.kind == "gt":
+            from pathlib import Path
+
+            annotations = Path(source.data_root or ".") / "annotations" / f"instances_{source.split}.json"
+            if not annotations.is_file():
+                raise InputError(f"method.masks.kind: 'gt' reads COCO instance masks, but {annotations} does not "
+                                 "exist (use a COCO-layout data.root, or a store from `prepare masks`)")
         return source
 
     # -- store ---------------------------------------------------------------------------------------------------
