@@ -103,12 +103,16 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _safe_unpickle(data: bytes, path: Path, trust: bool):
-    if trust:
-        return pickle.loads(data)  # noqa: S301  (the user vouched for the file)
     try:
+        if trust:
+            return pickle.loads(data)  # noqa: S301  (the user vouched for the file)
         return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as exc:
+        if trust or "refusing" not in str(exc):
+            raise InputError(f"{path}: not a readable pickle ({exc})") from None
         raise InputError(f"{path}: {exc}; {TRUST_HINT}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as exc:
+        raise InputError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
 
 
 def _read_npy(path: Path, trust: bool):

@@ -202,3 +202,16 @@ def test_single_gpu_moco_keys_without_module_prefix(tmp_path):
     torch.save({"epoch": 1, "state_dict": {f"encoder_q.{k}": v for k, v in net.state_dict().items()}}, path)
     _, report = load_backbone(path)
     assert report.format == "moco"
+
+
+def test_truncated_files_are_one_line_input_errors(tmp_path):
+    net = _random_backbone("resnet18")
+    paths = _save_all_formats(net, tmp_path)
+    for fmt in ("torchvision", "haiku"):
+        data = paths[fmt].read_bytes()
+        broken = tmp_path / f"broken-{fmt}{paths[fmt].suffix}"
+        broken.write_bytes(data[: len(data) // 2])
+        with pytest.raises(InputError, match="broken-"):
+            load_backbone(broken)
+    with pytest.raises(InputError, match="not found"):
+        load_backbone(tmp_path / "missing.pth")
