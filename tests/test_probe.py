@@ -280,6 +280,10 @@ def test_probes_end_to_end_on_tiny_coco(cli, tiny_coco, tiny_checkpoint, tmp_pat
     assert code == 0, err
     result = json.loads(out)
     assert 0 <= result["mIoU"] <= 100 and result["classes_scored"] > 1 and result["test_regions"] > 50
+    assert result["train_images"] == result["test_images"] == 50
+    code, out, err = cli(["probe", "segment-retrieval", tiny_checkpoint, *common, "--train-images", "20"])
+    assert code == 0, err
+    assert json.loads(out)["train_images"] == 20
 
 
 def test_probe_input_errors_exit_2(cli, tiny_coco, tiny_checkpoint, tmp_path):
@@ -313,3 +317,31 @@ def test_probes_on_an_image_folder(cli, tiny_coco, tiny_checkpoint, tmp_path):
     assert json.loads(out)["k"]["3"]["top5"] == 100.0  # two classes: the true one is always among the top 5
     code, _, err = cli(["probe", "knn", tiny_checkpoint, *common, "--labels", "object"])
     assert code == 2 and "COCO" in err
+
+
+def test_region_labels_and_scoring_by_hand():
+    from types import SimpleNamespace
+
+    from sslcli.data.sources import Instance
+    from sslcli.eval.segment_retrieval import label_train_regions, score_regions
+
+    mask = np.zeros((1, 4, 4), dtype=bool)
+    mask[0, :3, :3] = True  # one object of class index 0 (ground-truth value 1) on a 4x4 image
+
+    class FakeSource:
+        records = [SimpleNamespace(height=4, width=4)]
+
+        def __len__(self):
+            return 1
+
+        def instance_masks(self, index):
+            return mask, [Instance((0, 0, 3, 3), 1, 0, False, 9.0, 1)]
+
+    # a 2x2 region map: left half region 0, right half region 1 (each 2 columns once upsampled to 4x4)
+    regions = {"desc": np.zeros((2, 3), dtype=np.float32), "image": np.array([0, 0]),
+               "maps": np.array([[[0, 1], [0, 1]]], dtype=np.uint8)}
+    # region 0: 6 object pixels, 2 background -> 1; region 1: 3 object pixels, 5 background -> 0
+    np.testing.assert_array_equal(label_train_regions(FakeSource(), regions, 2), [1, 0])
+    confusion = score_regions(FakeSource(), regions, np.array([1, 0]), 2)
+    # truth bg: 7 px (2 predicted object in region 0, 5 bg in region 1); truth object: 9 px (6 right, 3 predicted bg)
+    np.testing.assert_array_equal(confusion, [[5, 2], [3, 6]])

@@ -210,7 +210,10 @@ def probe_segment_retrieval(
     clusters: int = typer.Option(15, "--clusters", help="K-means clusters (regions) per image."),
     batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
     no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
-    seed: int = typer.Option(0, "--seed", help="K-means seed."),
+    seed: int = typer.Option(0, "--seed", help="K-means seed (and of the image subsets)."),
+    train_images: int = typer.Option(None, "--train-images", help="Use a seeded subset of this many training images "
+                                     "(the region bank holds clusters x images descriptors; default: all)."),
+    test_images: int = typer.Option(None, "--test-images", help="Use a seeded subset of this many test images."),
     out: Path = OUT,
 ):
     """Semantic segment retrieval (dilated res5, K-means regions, nearest train region, mIoU).
@@ -222,5 +225,6 @@ def probe_segment_retrieval(
     result = segment_retrieval(checkpoint, data, test_data=test_data, train_split=train_split, test_split=test_split,
                                image_size=image_size, clusters=clusters, batch_size=batch_size, workers=workers,
                                device=device, cache_dir=None if no_cache else cache, use_cache=not no_cache,
-                               trust=trust_checkpoint, seed=seed, prefix=prefix)
+                               trust=trust_checkpoint, seed=seed, prefix=prefix, train_images=train_images,
+                               test_images=test_images)
     return _finish({"probe": "segment-retrieval", **result}, out)

@@ -16,6 +16,7 @@ The regions (descriptors and region maps) are cached to HDF5 like the other feat
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -160,6 +161,23 @@ def label_train_regions(source: CocoSource, regions: dict[str, np.ndarray], num_
     return labels
 
 
+def score_regions(source: CocoSource, regions: dict[str, np.ndarray], region_labels: np.ndarray,
+                  num_labels: int) -> np.ndarray:
+    """(L, L) confusion matrix (rows: ground truth, columns: prediction) over the split's non-ignored pixels, each
+    pixel predicted as the label of its region (region maps upsampled, nearest, to the original resolution)."""
+    confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
+    first = np.searchsorted(regions["image"], np.arange(len(source)))
+    for i in progress(np.unique(regions["image"]).tolist(), description="scoring"):
+        rec = source.records[i]
+        gt = semantic_mask(source, i, rec.height, rec.width)
+        r = int(regions["maps"][i].max()) + 1
+        pred = region_labels[first[i]:first[i] + r][_upsampled(regions["maps"][i], rec.height, rec.width)]
+        valid = gt != IGNORE
+        confusion += np.bincount(gt[valid].astype(np.int64) * num_labels + pred[valid],
+                                 minlength=num_labels ** 2).reshape(num_labels, num_labels)
+    return confusion
+
+
 def retrieve(train_desc: np.ndarray, test_desc: np.ndarray, device: torch.device, chunk: int = 4096) -> np.ndarray:
     """(M,) index of the most cosine-similar training descriptor for each test descriptor."""
     train = F.normalize(torch.as_tensor(train_desc, device=device), dim=1)
@@ -178,10 +196,23 @@ def confusion_to_iou(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(present, tp / np.maximum(union, 1), 0.0), present
 
 
+def _sample(source: CocoSource, count: int | None, seed: int) -> CocoSource:
+    """A seeded subset of ``count`` images (all when None): the region bank grows with the number of images."""
+    if count is None or count >= len(source):
+        return source
+    if count < 1:
+        raise InputError(f"image count {count}: expected a positive number")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(source), count, replace=False))
+    subset = copy.copy(source)
+    subset.records = [source.records[i] for i in chosen]
+    return subset
+
+
 def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *, test_data=None, train_split=None,
                       test_split=None, image_size: int = 224, clusters: int = 15, batch_size: int = 32, workers: int = 0,
                       device: str = "auto", cache_dir=None, use_cache: bool = True, trust: bool = False,
-                      seed: int = 0, prefix: str | None = None) -> dict:
+                      seed: int = 0, prefix: str | None = None, train_images: int | None = None,
+                      test_images: int | None = None) -> dict:
     """Run the whole probe; returns {"mIoU", "pixel_accuracy", "per_class_iou", ...}."""
     from sslcli.checkpoints import load_backbone
 
@@ -195,7 +226,7 @@ def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *,
         if not isinstance(source, CocoSource):
             raise InputError(f"{root}: segment retrieval needs a COCO-layout set with instance masks")
         sources.append(source)
-    train_src, test_src = sources
+    train_src, test_src = _sample(sources[0], train_images, seed), _sample(sources[1], test_images, seed)
     if train_src.classes != test_src.classes:
         raise InputError(f"{test_src.root}: test classes differ from the training classes")
     backbone, report = load_backbone(checkpoint, trust=trust, prefix=prefix)
@@ -212,20 +243,12 @@ def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *,
     if not keep.any():
         raise InputError(f"{train_src.root}: no training region has a ground-truth label")
     test_labels = train_labels[keep][retrieve(train["desc"][keep], test["desc"], dev)]
-    confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
-    first = np.searchsorted(test["image"], np.arange(len(test_src)))
-    for i in progress(np.unique(test["image"]).tolist(), description="scoring"):
-        rec = test_src.records[i]
-        gt = semantic_mask(test_src, i, rec.height, rec.width)
-        r = int(test["maps"][i].max()) + 1
-        pred = test_labels[first[i]:first[i] + r][_upsampled(test["maps"][i], rec.height, rec.width)]
-        valid = gt != IGNORE
-        confusion += np.bincount(gt[valid].astype(np.int64) * num_labels + pred[valid],
-                                 minlength=num_labels ** 2).reshape(num_labels, num_labels)
+    confusion = score_regions(test_src, test, test_labels, num_labels)
     iou, present = confusion_to_iou(confusion)
     names = ["background", *(train_src.classes or [])]
     return {"checkpoint": report.to_dict(), "data": str(data), "train_split": train_split, "test_split": test_split,
-            "image_size": image_size, "clusters": clusters, "train_regions": int(keep.sum()),
+            "image_size": image_size, "clusters": clusters, "train_images": len(train_src),
+            "test_images": len(test_src), "train_regions": int(keep.sum()),
             "test_regions": len(test["desc"]), "mIoU": float(iou[present].mean() * 100),
             "pixel_accuracy": float(np.trace(confusion) / max(confusion.sum(), 1) * 100),
             "classes_scored": int(present.sum()),
