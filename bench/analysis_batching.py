@@ -36,13 +36,15 @@ def main() -> None:
                       np.float32)] * args.images
     items = list(zip(images, boxes))
     box_features(net, items[:2], batch_size=2, device=args.device)  # warm-up
-    timings, outputs = {}, {}
-    for batch_size in (1, args.batch_size):
-        start = time.perf_counter()
-        outputs[batch_size] = box_features(net, items, batch_size=batch_size, device=args.device)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        timings[batch_size] = time.perf_counter() - start
+    timings: dict[int, float] = {}
+    outputs = {}
+    for _ in range(2):  # alternate the two settings and keep each one's best time: shared machines are noisy
+        for batch_size in (args.batch_size, 1):
+            start = time.perf_counter()
+            outputs[batch_size] = box_features(net, items, batch_size=batch_size, device=args.device)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            timings[batch_size] = min(timings.get(batch_size, float("inf")), time.perf_counter() - start)
     diff = max(float((outputs[1][s] - outputs[args.batch_size][s]).abs().max()) for s in outputs[1])
     one, many = args.images / timings[1], args.images / timings[args.batch_size]
     print(f"{args.arch} {args.size}px on {args.device}, {torch.get_num_threads()} threads: batch 1 {one:.1f} img/s, "
