@@ -34,6 +34,15 @@ def images(tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread in this process, as each spawned rank uses on this 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _tensors(state: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
@@ -46,9 +55,12 @@ def two_process_run(images, tmp_path_factory):
     return out, result
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(images, tmp_path, two_process_run):
+def test_two_processes_match_one_process_with_the_same_global_batch(images, tmp_path, two_process_run, monkeypatch):
+    from sslcli.methods import METHODS, _import_all
+
     out2, result2 = two_process_run
-    toy.install()
+    _import_all()
+    monkeypatch.setitem(METHODS, "simclr", toy.ToyMethod)  # in this process for this test only
     spec = parse_spec(toy.spec_dict(images, tmp_path / "one", epochs=3))
     result1 = launch(spec)
     assert result2["world_size"] == 2 and result2["steps"] == result1["steps"] == 6
