@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from sslcli.analysis.coupling import compose_pair, coupling_rates, summarize
-from sslcli.analysis.oknn import disturb, knn_scores, plan_objects, resize_short_side, topk_accuracy
+from sslcli.analysis.oknn import classify, disturb, plan_objects, resize_short_side
 from sslcli.analysis.positional import mean_cosine_similarity, tile_boxes, tile_image
 from sslcli.analysis.roi import box_features, pooled_roi_features, stage_strides, to_input
 from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD
+from sslcli.eval.knn import knn_scores
 from sslcli.models.backbone import STAGES, build_backbone
 
 torch.set_num_threads(1)
@@ -215,12 +216,12 @@ def test_knn_votes_are_weighted_by_exp_similarity():
                         dtype=torch.float32)
     labels = torch.tensor([0, 1, 1, 2])
     query = torch.tensor([[1.0, 0.0]])
-    scores = knn_scores(bank, labels, query, n_classes=3, k=3, temperature=0.07)
+    scores = knn_scores(bank, labels, query, [3], num_classes=3, temperature=0.07)[3]
     expected = [np.exp(0.9 / 0.07), 2 * np.exp(0.5 / 0.07), 0.0]
     np.testing.assert_allclose(scores[0].numpy(), expected, rtol=1e-4)
+    assert classify(bank, labels, query, torch.tensor([0]), n_classes=3, k=3)["top1"] == 100.0
     # With temperature 10 the votes are nearly equal and the majority (class 1) wins.
-    flat = knn_scores(bank, labels, query, n_classes=3, k=3, temperature=10.0)
-    assert flat[0].argmax().item() == 1
+    assert classify(bank, labels, query, torch.tensor([1]), n_classes=3, k=3, temperature=10.0)["top1"] == 100.0
 
 
 def test_knn_top1_top5_on_a_hand_built_bank():
@@ -228,17 +229,16 @@ def test_knn_top1_top5_on_a_hand_built_bank():
     bank = _unit(*(10 * c for c in range(7)))
     labels = torch.arange(7)
     queries = _unit(0, 31, 60, -40)
-    scores = knn_scores(bank, labels, queries, n_classes=7, k=7, temperature=0.07)
     # Query 0 (0°) is class 0; query 1 (31°) is nearest class 3; query 2 (60°) is class 6; query 3 (−40°):
     # nearest are classes 0, 1, 2, 3, 4 in that order, class 5 is 6th.
     truth = torch.tensor([0, 2, 6, 5])
-    acc = topk_accuracy(scores, truth)
+    acc = classify(bank, labels, queries, truth, n_classes=7, k=7, temperature=0.07)
     # top-1: queries 0 and 2 right (50 %); top-5: class 2 is 2nd/3rd for query 1, class 5 is 6th for query 3.
     assert acc == {"top1": pytest.approx(50.0), "top5": pytest.approx(75.0)}
 
 
 def test_k_larger_than_the_bank_uses_the_whole_bank():
-    scores = knn_scores(_unit(0, 90), torch.tensor([0, 1]), _unit(10), n_classes=2, k=20, temperature=1.0)
+    scores = knn_scores(_unit(0, 90), torch.tensor([0, 1]), _unit(10), [20], num_classes=2, temperature=1.0)[20]
     np.testing.assert_allclose(scores[0].numpy(), [np.exp(np.cos(np.radians(10))), np.exp(np.cos(np.radians(80)))],
                                rtol=1e-5)
 

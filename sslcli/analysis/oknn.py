@@ -4,7 +4,7 @@ Objects are ground-truth boxes (non-crowd, both sides ≥ ``min_size`` px in the
 RoIAlign (7×7, aligned) of the box on res5, average-pooled and L2-normalised. The bank holds objects of the train
 split: by default one per class present in each image (a random instance of that class, seeded), or ``per_image``
 random objects per image. Every qualifying object of the val split is a query, classified by the k nearest bank
-entries (cosine; k = 20; votes weighted by exp(sim / 0.07)); top-1 / top-5 accuracy.
+entries (cosine; k = 20; votes weighted by exp(sim / 0.07), the kNN probe's rule); top-1 / top-5 accuracy.
 
 Disturbed O-KNN: in every image, each pixel outside the boxes selected from it is replaced by the pixel of a random
 other image of the same split, resized to the same size (seeded); by default for the bank and the queries alike
@@ -30,6 +30,8 @@ from sslcli.analysis.objects import integer_box, qualifies, require_coco
 from sslcli.analysis.roi import box_features
 from sslcli.data.sources import CocoSource, ImageSource
 from sslcli.errors import CorruptImageError, InputError
+from sslcli.eval.knn import knn_scores
+from sslcli.eval.linear import topk_accuracy
 
 
 @dataclass
@@ -146,30 +148,15 @@ def plan_items(plan: ObjectPlan, short_side: int = 512, max_side: int = 1024, di
     return _prefetch(load, range(len(plan.images)), workers)
 
 
-def knn_scores(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, n_classes: int, k: int = 20,
-               temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
-    """Weighted k-NN class scores. bank (N, D) and queries (Q, D) L2-normalised; bank_labels (N,) → (Q, n_classes).
+def classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+             n_classes: int, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) of the weighted k-NN vote (the kNN probe's, `sslcli.eval.knn`).
 
-    Each query's k most similar bank entries vote for their label with weight exp(cos / temperature).
+    bank (N, D), queries (Q, D); labels (N,), (Q,) class indices below ``n_classes``; k is clamped to N.
     """
-    k = min(k, bank.shape[0])
-    scores = []
-    for start in range(0, queries.shape[0], chunk):
-        sims = queries[start:start + chunk] @ bank.T  # (q, N)
-        top_sims, top_idx = sims.topk(k, dim=1)
-        votes = torch.zeros(top_sims.shape[0], n_classes, dtype=sims.dtype, device=sims.device)
-        votes.scatter_add_(1, bank_labels[top_idx], torch.exp(top_sims / temperature))
-        scores.append(votes)
-    return torch.cat(scores) if scores else torch.zeros(0, n_classes)
-
-
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Percentage of queries whose label is among the ``k`` highest-scoring classes, for each k."""
-    out = {}
-    for k in ks:
-        top = scores.topk(min(k, scores.shape[1]), dim=1).indices
-        out[f"top{k}"] = 100.0 * float((top == labels[:, None]).any(dim=1).double().mean()) if len(labels) else 0.0
-    return out
+    scores = knn_scores(bank, bank_labels, queries, [k], n_classes, temperature)[k]
+    query_labels = query_labels.to(scores.device)
+    return {"top1": topk_accuracy(scores, query_labels, 1), "top5": topk_accuracy(scores, query_labels, 5)}
 
 
 def _features(backbone: nn.Module, plan: ObjectPlan, disturbed: bool, short_side: int, max_side: int,
@@ -207,9 +194,9 @@ def object_knn(backbone: nn.Module, bank_plan: ObjectPlan, query_plan: ObjectPla
         queries, query_labels = cache[("queries", query_disturbed)]
         if not len(bank) or not len(queries):
             raise InputError(f"O-KNN: no readable objects in the {'bank' if not len(bank) else 'queries'}")
-        scores = knn_scores(bank.to(device), bank_labels.to(device), queries.to(device), n_classes, k, temperature)
-        result[name] = {**topk_accuracy(scores.cpu(), query_labels), "bank_objects": len(bank),
-                        "query_objects": len(queries)}
+        accuracy = classify(bank.to(device), bank_labels.to(device), queries.to(device), query_labels, n_classes,
+                            k, temperature)
+        result[name] = {**accuracy, "bank_objects": len(bank), "query_objects": len(queries)}
     if skipped:
         result["skipped_images"] = sorted(set(skipped))
     return result
