@@ -437,8 +437,10 @@ EXPORT_FORMATS = ("torchvision", "detectron2")
 
 
 def export_backbone(path: str | os.PathLike, out: str | os.PathLike, to: str = "torchvision", trust: bool = False,
-                    prefix: str | None = None) -> LoadReport:
-    """Write the checkpoint's backbone as a torchvision state dict (torch.save) or a detectron2 ``.pkl``, atomically."""
+                    prefix: str | None = None) -> tuple[LoadReport, int]:
+    """Write the checkpoint's backbone as a torchvision state dict (torch.save) or a detectron2 ``.pkl``, atomically.
+
+    Returns the load report and the number of tensors written."""
     if to not in EXPORT_FORMATS:
         raise InputError(f"--to {to!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     backbone, report = load_backbone(path, trust=trust, prefix=prefix)
@@ -446,8 +448,10 @@ def export_backbone(path: str | os.PathLike, out: str | os.PathLike, to: str = "
     with atomic_path(out) as tmp:
         if to == "torchvision":
             torch.save(state, tmp)
+            written = len(state)
         else:
             payload = {"model": torchvision_to_detectron2(state), "__author__": "sslcli", "matching_heuristics": True}
             with open(tmp, "wb") as fh:
                 pickle.dump(payload, fh)
-    return report
+            written = len(payload["model"])
+    return report, written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import fractions
+import json
 import pickle
 
 import numpy as np
@@ -137,6 +138,7 @@ def test_detectron2_export_round_trips_key_by_key(tmp_path, cli):
     out = tmp_path / "d2.pkl"
     code, stdout, _ = cli(["export", src, "--to", "detectron2", "--out", out, "--json"])
     assert code == 0, stdout
+    assert json.loads(stdout)["keys"] == len([k for k in net.state_dict() if not k.endswith("num_batches_tracked")])
     with open(out, "rb") as fh:
         payload = pickle.load(fh)
     assert payload["matching_heuristics"] is True and "__author__" in payload

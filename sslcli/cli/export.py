@@ -29,6 +29,6 @@ def export(
 
     Example: sslcli export runs/moco/last.pt --to detectron2 --out moco.pkl
     """
-    report = export_backbone(checkpoint, out, to=to, trust=trust_checkpoint, prefix=prefix)
+    report, written = export_backbone(checkpoint, out, to=to, trust=trust_checkpoint, prefix=prefix)
     current().info(report.summary())
-    return {"out": str(out), "to": to, "checkpoint": report.to_dict()}
+    return {"out": str(out), "to": to, "keys": written, "checkpoint": report.to_dict()}
