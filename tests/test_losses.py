@@ -171,3 +171,12 @@ def test_byol_loss_is_symmetric_sum_of_means_and_target_gets_no_gradient():
 def test_losses_accept_float32_and_normalised_inputs():
     z = F.normalize(torch.randn(4, 8), dim=1)
     assert torch.isfinite(nt_xent(z, z.flip(0), 0.1))
+
+
+def test_byol_loss_keeps_its_digits_for_half_precision_inputs():
+    # cos ≈ 1 − 1e-4: in bf16 arithmetic 2 − 2·cos would round to 0; the loss computes in float32.
+    p = torch.tensor([[1.0, 0.01]]).bfloat16()
+    z = torch.tensor([[1.0, 0.0]]).bfloat16()
+    expected = normalized_regression(p.double(), z.double()).item()  # the same bf16 values in float64
+    got = normalized_regression(p, z)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(expected, rel=1e-3) and got.item() > 0
