@@ -99,7 +99,8 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
                  limit: int | None = None) -> dict[str, Any]:
     """Summary of a region store and, given a COCO root, its quality against the GT instances.
 
-    Masks: ABO and recall@0.5 per label map (per FH scale; the whole mask set for MCG). Boxes: recall@0.5 and ABO.
+    Masks: ABO and recall@0.5 per label map (dicts keyed by FH scale; one figure for one map or MCG's mask set).
+    Boxes: recall@0.5 and ABO. The figures are top-level keys: gt, split, images_with_gt, instances, abo, recall@0.5.
     ``limit`` evaluates the first ``limit`` stored images only.
     """
     from sslcli.cli.common import progress
@@ -119,6 +120,7 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
     report: dict[str, Any] = {
         "store": str(store_path), "kind": store.kind, "method": store.method, "parameters": store.parameters,
         "images": len(store), "images_summarized": len(ids), "skipped": len(store.skipped),
+        "skipped_images": store.skipped,
         "regions_per_image": per_map[0] if len(per_map) == 1 else {"per_map": per_map},
         "sslcli_version": attrs.get("sslcli_version"), "input_hash": attrs.get("input_hash"),
     }
@@ -143,7 +145,7 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
             best[0].append(boxes_best_overlaps(gt, store.boxes(image_id)))
             continue
         gt_masks, instances = source.instance_masks(i)
-        keep = np.array([not inst.iscrowd for inst in instances], bool) & gt_masks.reshape(len(gt_masks), -1).any(1)
+        keep = np.array([not inst.iscrowd for inst in instances], bool) & gt_masks.any(axis=(1, 2))
         gt_masks = gt_masks[keep]
         masks = store.masks(image_id)
         if gt_masks.shape[1:] != masks.shape[1:]:
@@ -155,14 +157,15 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
             for k, label_map in enumerate(masks):
                 best[k].append(label_map_best_overlaps(gt_masks, label_map))
     pooled = [summarize_overlaps(np.concatenate(b) if b else np.zeros(0)) for b in best]
-    quality: dict[str, Any] = {"gt": str(gt_root), "split": split, "images_with_gt": len(matched)}
-    if store.kind == "boxes":
-        quality.update(pooled[0])
-    elif store.scales and len(store.scales) == len(pooled):
-        quality["per_scale"] = {str(s): q for s, q in zip(store.scales, pooled)}
-    else:
-        quality.update(pooled[0] if len(pooled) == 1 else {"per_map": pooled})
-    report["quality"] = quality
+    report.update({"gt": str(gt_root), "split": split, "images_with_gt": len(matched),
+                   "instances": pooled[0]["instances"]})
+    if len(pooled) == 1:
+        report.update({"abo": pooled[0]["abo"], "recall@0.5": pooled[0]["recall@0.5"]})
+    else:  # one figure per label map, keyed by FH scale (or map index)
+        keys = [str(s) for s in store.scales] if store.scales and len(store.scales) == len(pooled) else \
+            [str(k) for k in range(len(pooled))]
+        report["abo"] = {k: q["abo"] for k, q in zip(keys, pooled)}
+        report["recall@0.5"] = {k: q["recall@0.5"] for k, q in zip(keys, pooled)}
     return report
 
 
