@@ -10,15 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 
 from sslcli.cli.apps import analyze_app
 from sslcli.cli.common import command, current
 from sslcli.errors import InputError
 from sslcli.io import write_json_atomic
-from sslcli.models.backbone import STAGES
+
+if TYPE_CHECKING:  # torch and the models load only when a command runs, so `sslcli --help` stays fast
+    import torch
 
 CHECKPOINTS = typer.Argument(..., help="One or more checkpoints (sslcli, torchvision, MoCo-v2, SoCo, DetCon .npy).")
 DATA = typer.Option(..., "--data", help="COCO-layout data set root (annotations/instances_<split>.json).")
@@ -28,21 +30,11 @@ WIDTH = typer.Option(None, "--width", help="Expected stem width (default: what t
 TRUST = typer.Option(False, "--trust-checkpoint",
                      help="Allow full unpickling (SoCo files hold an argparse Namespace): runs code from the file, "
                           "so only for files you trust.")
-DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda.")
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 BATCH = typer.Option(16, "--batch-size", min=1, help="Images per forward pass.")
 SEED = typer.Option(0, "--seed", help="Seed for choosing objects, pairs and backgrounds.")
 MIN_SIZE = typer.Option(32.0, "--min-size", min=1, help="Objects qualify when both box sides are ≥ this (pixels).")
 ROI = typer.Option(7, "--roi-size", min=1, help="RoIAlign output grid (then average-pooled).")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"--device {name!r}: expected auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return torch.device(name)
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -108,6 +100,8 @@ def analyze_coupling(
     from sslcli.analysis.coupling import coupling_rates, sample_pairs, summarize
     from sslcli.analysis.plots import plot_against_depth
     from sslcli.data.sources import open_source
+    from sslcli.eval.features import resolve_device
+    from sslcli.models.backbone import STAGES
 
     dev = resolve_device(device)
     check_paths(checkpoints)
@@ -151,6 +145,8 @@ def analyze_positional(
     from sslcli.analysis.plots import plot_against_depth
     from sslcli.analysis.positional import mean_cosine_similarity, sample_tilings
     from sslcli.data.sources import open_source
+    from sslcli.eval.features import resolve_device
+    from sslcli.models.backbone import STAGES
 
     dev = resolve_device(device)
     check_paths(checkpoints)
@@ -209,6 +205,8 @@ def analyze_oknn(
 
     if disturb not in ("both", "val"):
         raise InputError(f"--disturb {disturb!r}: expected both or val")
+    from sslcli.eval.features import resolve_device
+
     dev = resolve_device(device)
     check_paths(checkpoints)
     train = require_coco(open_source(data, train_split), "analyze oknn")
