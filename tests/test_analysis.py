@@ -282,6 +282,36 @@ def test_bank_plan_takes_one_object_per_class_per_image(tiny_coco):
     assert all(np.array_equal(x, y) for x, y in zip(plan.boxes, again.boxes))  # seeded
 
 
+def test_cut_out_blacks_out_pixels_outside_the_gt_mask(tiny_coco):
+    from sslcli.analysis.objects import cut_out, eligible_objects, integer_box
+    from sslcli.data.sources import open_source
+
+    source = open_source(tiny_coco, "val2017")
+    ref = eligible_objects(source, 32)[0]
+    image = source.load(ref.image_index)
+    mask = source.instance_masks(ref.image_index)[0][ref.instance_index]
+    x0, y0, x1, y1 = integer_box(ref.box, image.shape[1], image.shape[0])
+    crop, box_crop = cut_out(source, ref, masked=True), cut_out(source, ref, masked=False)
+    np.testing.assert_array_equal(box_crop, image[y0:y1, x0:x1])
+    inside = mask[y0:y1, x0:x1]
+    assert 0 < inside.mean() < 1
+    np.testing.assert_array_equal(crop[inside], box_crop[inside])
+    assert crop[~inside].max() == 0
+
+
+def test_pairs_and_tilings_are_seeded(tiny_coco):
+    from sslcli.analysis.coupling import sample_pairs
+    from sslcli.analysis.positional import sample_tilings
+    from sslcli.data.sources import open_source
+
+    source = open_source(tiny_coco, "val2017")
+    first, again = sample_pairs(source, 4, seed=5, cell=32), sample_pairs(source, 4, seed=5, cell=32)
+    assert [s.meta for s in first] == [s.meta for s in again]
+    assert all(s.meta["a"]["class"] != s.meta["b"]["class"] for s in first)
+    assert [s.meta for s in sample_pairs(source, 4, seed=6, cell=32)] != [s.meta for s in first]
+    assert sample_tilings(source, 3, seed=5, tile=16)[1] == sample_tilings(source, 3, seed=5, tile=16)[1]
+
+
 # --- CLI end to end on real COCO images ----------------------------------------------------------------------------
 
 @pytest.fixture
