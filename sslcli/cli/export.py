@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from sslcli.checkpoints import export_backbone
 from sslcli.cli.apps import app
 from sslcli.cli.common import command, current
 
@@ -29,6 +28,8 @@ def export(
 
     Example: sslcli export runs/moco/last.pt --to detectron2 --out moco.pkl
     """
+    from sslcli.checkpoints import export_backbone  # torch is imported only when a command runs
+
     report, written = export_backbone(checkpoint, out, to=to, trust=trust_checkpoint, prefix=prefix)
     current().info(report.summary())
     return {"out": str(out), "to": to, "keys": written, "checkpoint": report.to_dict()}
