@@ -103,3 +103,9 @@ def test_schema_is_json(cli):
     assert code == 0
     schema = json.loads(out)
     assert "method" in schema["properties"]
+
+
+def test_cli_start_up_does_not_import_torch():
+    # Every `sslcli` call (and --help) pays for what the CLI modules import at start-up: torch costs seconds.
+    code = "import sys, sslcli.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
