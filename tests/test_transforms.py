@@ -230,3 +230,20 @@ def test_analyze_crop_iou_folder_skips_corrupt_images_and_rejects_bad_options(cl
     assert code == 2 and "--pairs 0" in err
     code, _, err = cli(["analyze", "crop-iou", tmp_path / "missing", "--out", tmp_path / "o"])
     assert code == 2 and "missing" in err
+
+
+def test_fast_gaussian_blur_matches_torchvision_with_the_same_random_sigma():
+    from sslcli.data.color import GaussianBlur
+
+    image = torch.rand(3, 40, 56, generator=_gen(9))
+    for kernel in (3, 23):
+        torch.manual_seed(1)
+        ours = GaussianBlur(kernel, (0.1, 2.0))(image)
+        torch.manual_seed(1)
+        reference = v2.GaussianBlur(kernel, sigma=(0.1, 2.0))(image)
+        assert ours.shape == image.shape and torch.allclose(ours, reference, atol=1e-5)
+    torch.manual_seed(2)  # inside the colour pipeline's RandomApply, on one channel, and on uint8 (torchvision path)
+    pipeline = v2.RandomApply([GaussianBlur(5, (1.0, 1.0))], p=1.0)
+    assert torch.allclose(pipeline(image[:1]), v2.functional.gaussian_blur(image[:1], [5, 5], [1.0, 1.0]), atol=1e-5)
+    as_uint8 = (image * 255).to(torch.uint8)
+    assert torch.equal(GaussianBlur(5, (1.0, 1.0))(as_uint8), v2.functional.gaussian_blur(as_uint8, [5, 5], [1.0, 1.0]))

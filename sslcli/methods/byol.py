@@ -23,6 +23,11 @@ def byol_heads(in_dim: int, hidden_dim: int = 4096, dim: int = 256) -> tuple[nn.
     return mlp(in_dim, hidden_dim, dim, batch_norm=True), mlp(dim, hidden_dim, dim, batch_norm=True)
 
 
+def byol_views(spec) -> CropViews:
+    """Two crops (area U[0.08, 1]) at ``data.image_size`` with the BYOL colour presets of views 1 and 2."""
+    return CropViews(spec.data.image_size, BYOL_CROP_SCALE, colors=BYOL_COLORS)
+
+
 @register("byol")
 class BYOL(Method):
     """Online encoder + projector + predictor; target = EMA copy of encoder + projector, τ on BYOL's cosine schedule."""
@@ -36,7 +41,7 @@ class BYOL(Method):
         self.target_projector = momentum_copy(self.projector)
 
     def transform(self) -> CropViews:
-        return CropViews(self.spec.data.image_size, BYOL_CROP_SCALE, colors=BYOL_COLORS)
+        return byol_views(self.spec)
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """``batch["views"]``: (B, 2, 3, S, S); loss = (2 − 2cos(p1, z2)) + (2 − 2cos(p2, z1)), batch means."""

@@ -47,6 +47,21 @@ def single_process_groups(batch: int) -> int:
     return next((g for g in (8, 4, 2) if batch % g == 0 and batch // g >= 4), 1)
 
 
+def moco_views(spec) -> CropViews:
+    """The view transform of a MoCo run spec: 2 crops, or MC (+ CC), A+ and the §3.1 IoU constraint when enabled."""
+    m, data = spec.method, spec.data
+    mc = m.multi_crop
+    return CropViews(
+        large_size=mc.large_size if mc.enabled else data.image_size,
+        large_scale=mc.large_scale if mc.enabled else MOCO_CROP_SCALE,
+        colors=(MOCO_V2, MOCO_V2),
+        small_size=mc.small_size, small_scale=mc.small_scale, n_small=mc.n_small if mc.enabled else 0,
+        max_iou=m.crop_iou.max_iou, iou_tries=m.crop_iou.max_tries,
+        cc_min_overlap=m.constrained.min_overlap if m.constrained.enabled else None,
+        cc_tries=m.constrained.max_tries,
+        aplus_p=m.aplus.p if m.aplus.enabled else 0.0)
+
+
 @register("moco")
 class MoCo(Method):
     def __init__(self, spec):
@@ -64,19 +79,8 @@ class MoCo(Method):
         # Gathered (keys, backbone features or None) of the last forward, enqueued by after_step.
         self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
-    # ----------------------------------------------------------------------------------------------------- views
     def transform(self) -> CropViews:
-        m, data = self.spec.method, self.spec.data
-        mc = m.multi_crop
-        return CropViews(
-            large_size=mc.large_size if mc.enabled else data.image_size,
-            large_scale=mc.large_scale if mc.enabled else MOCO_CROP_SCALE,
-            colors=(MOCO_V2, MOCO_V2),
-            small_size=mc.small_size, small_scale=mc.small_scale, n_small=mc.n_small if mc.enabled else 0,
-            max_iou=m.crop_iou.max_iou, iou_tries=m.crop_iou.max_tries,
-            cc_min_overlap=m.constrained.min_overlap if m.constrained.enabled else None,
-            cc_tries=m.constrained.max_tries,
-            aplus_p=m.aplus.p if m.aplus.enabled else 0.0)
+        return moco_views(self.spec)
 
     # ----------------------------------------------------------------------------------------------- key encoder
     def _encode_key_group(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,11 @@ def simclr_projector(in_dim: int, hidden_dim: int = 2048, dim: int = 128):
     return mlp(in_dim, hidden_dim, dim, batch_norm=False)
 
 
+def simclr_views(spec) -> CropViews:
+    """Two crops (area U[0.08, 1]) at ``data.image_size`` with the SIMCLR colour presets of views 1 and 2."""
+    return CropViews(spec.data.image_size, SIMCLR_CROP_SCALE, colors=SIMCLR)
+
+
 @register("simclr")
 class SimCLR(Method):
     """Backbone + projector; views from `CropViews` with the SIMCLR colour presets (blur on view 1 only)."""
@@ -33,7 +38,7 @@ class SimCLR(Method):
         self.projector = simclr_projector(self.encoder.out_channels, spec.method.hidden_dim, spec.method.dim)
 
     def transform(self) -> CropViews:
-        return CropViews(self.spec.data.image_size, SIMCLR_CROP_SCALE, colors=SIMCLR)
+        return simclr_views(self.spec)
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """``batch["views"]``: (B, 2, 3, S, S). Both views go through the backbone in one pass (BN over 2B)."""
