@@ -247,3 +247,24 @@ def test_fast_gaussian_blur_matches_torchvision_with_the_same_random_sigma():
     assert torch.allclose(pipeline(image[:1]), v2.functional.gaussian_blur(image[:1], [5, 5], [1.0, 1.0]), atol=1e-5)
     as_uint8 = (image * 255).to(torch.uint8)
     assert torch.equal(GaussianBlur(5, (1.0, 1.0))(as_uint8), v2.functional.gaussian_blur(as_uint8, [5, 5], [1.0, 1.0]))
+
+
+def test_analyze_crop_iou_with_a_run_specs_sampler(cli, tmp_path):
+    import json
+
+    import cv2
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    cv2.imwrite(str(root / "a.png"), np.full((60, 80, 3), 50, dtype=np.uint8))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("data: {root: imgs/}\nmethod: {name: moco, queue_size: 512, crop_iou: {max_iou: 0.4}}\n"
+                    "batch_size: 64\n")
+    code, out, err = cli(["analyze", "crop-iou", root, "--spec", spec, "--pairs", 100, "--out", tmp_path / "o",
+                          "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["max_iou"] == 0.4 and result["scale"] == [0.2, 1.0] and result["fraction_meeting_max_iou"] >= 0.95
+    spec.write_text("data: {root: imgs/}\nmethod: {name: soco, boxes: b.h5}\n")
+    code, _, err = cli(["analyze", "crop-iou", root, "--spec", spec, "--out", tmp_path / "o"])
+    assert code == 2 and "'soco' has no image-level crop pair" in err

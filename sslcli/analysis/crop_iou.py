@@ -88,14 +88,18 @@ def plot_histogram(summary: dict, path: str | os.PathLike, title: str) -> None:
 
 def crop_iou_report(root: str | os.PathLike, out_dir: str | os.PathLike, pairs: int = 10000, split: str = "train2017",
                     fmt: str = "auto", seed: int = 0, scale: tuple[float, float] = (0.2, 1.0),
-                    max_iou: float | None = None, bins: int = 20, max_images: int = 5000) -> dict:
+                    max_iou: float | None = None, bins: int = 20, max_images: int = 5000,
+                    views: CropViews | None = None) -> dict:
     """Sample crop pairs on ``root``'s images, write ``crop-iou.png`` and ``crop-iou.json`` in ``out_dir``.
 
     Defaults are MoCo-v2's crops (scale 0.2–1, ratio 3/4–4/3); ``max_iou`` applies the Revisiting §3.1 constraint.
+    ``views`` (e.g. a run spec's own transform) replaces the sampler built from ``scale`` and ``max_iou``.
     """
     source = open_source(root, split, fmt)
     sizes = image_sizes(source, max_images, seed)
-    views = CropViews(224, scale, (MOCO_V2, MOCO_V2), max_iou=max_iou)
+    if views is None:
+        views = CropViews(224, scale, (MOCO_V2, MOCO_V2), max_iou=max_iou)
+    scale, max_iou = views.large_scale, views.max_iou
     ious = sample_pair_ious(sizes, pairs, views, seed)
     summary = summarize(ious, bins)
     out_dir = Path(out_dir)

@@ -23,6 +23,8 @@ def analyze_crop_iou(
     max_iou: float | None = typer.Option(None, "--max-iou", help="Apply the Revisiting §3.1 constraint IoU < this."),
     bins: int = typer.Option(20, "--bins", help="Histogram bins over [0, 1]."),
     max_images: int = typer.Option(5000, "--max-images", help="Sample crops on at most this many images."),
+    spec: Path | None = typer.Option(None, "--spec", help="Use this run spec's crop sampler (moco, simclr or byol) "
+                                                          "instead of --min-scale/--max-iou."),
 ):
     """IoU histogram between the two default crops (the training crop sampler), as PNG + JSON.
 
@@ -40,7 +42,22 @@ def analyze_crop_iou(
         raise InputError(f"--bins {bins}: expected 2 to 1000 bins")
     if max_images < 1:
         raise InputError(f"--max-images {max_images}: expected a positive number of images")
-    result = crop_iou_report(data, out, pairs, split, fmt, seed, (min_scale, 1.0), max_iou, bins, max_images)
+    views = _spec_views(spec) if spec is not None else None
+    result = crop_iou_report(data, out, pairs, split, fmt, seed, (min_scale, 1.0), max_iou, bins, max_images, views)
     result.pop("counts")
     result.pop("bin_edges")
     return result
+
+
+def _spec_views(path: Path):
+    from sslcli.methods.byol import byol_views
+    from sslcli.methods.moco import moco_views
+    from sslcli.methods.simclr import simclr_views
+    from sslcli.spec import load_spec
+
+    run_spec = load_spec(path)
+    builders = {"moco": moco_views, "simclr": simclr_views, "byol": byol_views}
+    if run_spec.method.name not in builders:
+        raise InputError(f"{path}: method {run_spec.method.name!r} has no image-level crop pair; "
+                         f"expected one of {', '.join(builders)}")
+    return builders[run_spec.method.name](run_spec)
