@@ -147,6 +147,7 @@ def test_queue_slots_wrap_around():
 
     assert queue_slots(0, 4, 8).tolist() == [0, 1, 2, 3]
     assert queue_slots(6, 4, 8).tolist() == [6, 7, 0, 1]
+    assert queue_slots(torch.tensor([7]), 3, 8).tolist() == [7, 0, 1]  # the pointer buffer itself
     queue = torch.zeros(2, 8)
     entries = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 4.0]])
     enqueue_(queue, queue_slots(6, 4, 8), entries)

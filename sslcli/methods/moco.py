@@ -31,9 +31,13 @@ from sslcli.models.heads import mlp
 MOCO_CROP_SCALE = (0.2, 1.0)  # METHODS.md §1
 
 
-def queue_slots(ptr: int, n: int, size: int) -> torch.Tensor:
-    """Columns written by an enqueue of ``n`` entries at pointer ``ptr`` in a queue of ``size``: (ptr + i) mod size."""
-    return (ptr + torch.arange(n)) % size
+def queue_slots(ptr: int | torch.Tensor, n: int, size: int) -> torch.Tensor:
+    """Columns written by an enqueue of ``n`` entries at pointer ``ptr`` in a queue of ``size``: (ptr + i) mod size.
+
+    ``ptr`` may be the (1,) pointer buffer itself: the slots then stay on its device (no host sync on GPU).
+    """
+    device = ptr.device if isinstance(ptr, torch.Tensor) else None
+    return (ptr + torch.arange(n, device=device)) % size
 
 
 @torch.no_grad()
@@ -142,7 +146,7 @@ class MoCo(Method):
             queue, feature_queue = self.queue, self.queue_backbone
             if m.knn.bank_first:
                 # The bank as it will be after this step's enqueue, built out of place (the buffers change in after_step).
-                slots = queue_slots(int(self.queue_ptr), keys_all.shape[0], m.queue_size).to(queue.device)
+                slots = queue_slots(self.queue_ptr, keys_all.shape[0], m.queue_size)
                 queue = queue.index_copy(1, slots, keys_all.T.to(queue.dtype))
                 feature_queue = feature_queue.index_copy(1, slots, features_all.T.to(feature_queue.dtype))  # type: ignore[union-attr]
             rows = queries.shape[0] * queries.shape[1]
@@ -163,9 +167,9 @@ class MoCo(Method):
             return
         keys, features = self._pending
         self._pending = None
-        ptr = int(self.queue_ptr)
-        slots = queue_slots(ptr, keys.shape[0], self.queue.shape[1])
+        size = self.queue.shape[1]
+        slots = queue_slots(self.queue_ptr, keys.shape[0], size)
         enqueue_(self.queue, slots, keys)
         if features is not None:
             enqueue_(self.queue_backbone, slots, features)
-        self.queue_ptr[0] = (ptr + keys.shape[0]) % self.queue.shape[1]
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
