@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -101,6 +102,15 @@ def bench_masks(source, indices, repeats, scales):
               f"{100 * (t_ours1 / t_bare - 1):+.1f} %")
         print(f"  prepare masks --workers 2:      {n / t_ours2:6.2f} images/s  speed-up vs 1 worker "
               f"{t_ours1 / t_ours2:.2f}x")
+        # The serial share: CPU the parent spends (collecting, writing shards and the store) against the workers'.
+        self0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        ours(2)
+        self1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        parent = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
+        workers = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+        serial = parent / (parent + workers)
+        print(f"  --workers 2 CPU: parent {parent:.2f} s, workers {workers:.2f} s; serial share {100 * serial:.1f} % "
+              f"-> Amdahl bound on 2 idle cores {1 / (serial + (1 - serial) / 2):.2f}x (derived, not measured)")
         same = (tmp / "fh-w1.h5").read_bytes() == (tmp / "fh-w2.h5").read_bytes()
         print(f"  stores from 1 and 2 workers byte-identical: {same}")
     finally:
