@@ -45,6 +45,7 @@ def test_fh_label_maps_equal_skimage_called_directly(tiny_coco, tmp_path, cli):
         for k, scale in enumerate((500, 1000, 1500)):
             expected = felzenszwalb(image, scale=scale, sigma=0.8, min_size=scale)
             assert np.array_equal(store.label_map(name, k), expected), (name, scale)
+            assert store.region_counts()[store.index_of(name), k] == expected.max() + 1
 
 
 def test_fh_keeps_thousands_of_segments(tmp_path, cli):
@@ -92,6 +93,7 @@ def test_gt_store_from_coco_annotations(tiny_coco, tmp_path, cli):
         label_map = store.label_map(image_id)
         assert label_map.shape == masks.shape[1:]
         assert np.array_equal(label_map > 0, masks.any(0))  # union of the instances
+        assert store.region_counts()[store.index_of(image_id), 0] == len(np.unique(label_map[label_map > 0]))
         for j in range(len(masks)):
             assert masks[j][label_map == j + 1].all()  # a pixel labelled j+1 belongs to instance j
         assert np.array_equal(store.crowd(image_id), [inst.iscrowd for inst in instances])
@@ -150,6 +152,7 @@ def test_mcg_import_keeps_the_16_best_masks(tmp_path, cli):
         order = sorted(range(len(scores)), key=lambda j: -scores[j])[:16]
         masks = store.masks(f"{name}.png")
         assert masks.dtype == np.uint8 and len(masks) == min(16, len(scores))
+        assert store.region_counts()[store.index_of(f"{name}.png"), 0] == len(masks)
         for rank, j in enumerate(order):
             assert np.array_equal(masks[rank], np.isin(sp, labels[j]).astype(np.uint8))
         assert np.allclose(store.region_values(f"{name}.png"), scores[order])

@@ -61,6 +61,7 @@ def test_masks_round_trip_keeps_more_than_255_labels(tmp_path):
         assert got.dtype == np.int32 and np.array_equal(got, expected)
         assert np.array_equal(store.label_map(key, 1), expected[1])
     assert store.masks(1).max() >= 256 and store.masks(2).max() >= 65536
+    assert store.region_counts().tolist() == [[len(np.unique(m)) for m in a] for a in arrays.values()]
     with pytest.raises(KeyError):
         store.index_of("missing")
     with pytest.raises(InputError, match="no boxes"):
@@ -82,6 +83,7 @@ def test_boxes_round_trip_and_region_values(tmp_path):
         assert np.array_equal(store.boxes(int(key)), expected)
         assert np.array_equal(store.region_values(key), np.arange(len(expected)))
         assert store.image_size(key) == (50, 60)
+    assert store.region_counts().tolist() == [[2], [0], [10]]
 
 
 def test_writes_are_deterministic_and_atomic(tmp_path):
@@ -221,6 +223,13 @@ def test_corrupt_images_are_skipped_and_listed(tmp_path, cli):
     store = RegionStore(tmp_path / "s.h5")
     assert len(store) == 3 and "broken.png" not in store
     assert store.skipped[0]["image_id"] == "broken.png" and "cannot decode" in store.skipped[0]["error"]
+
+    only_broken = tmp_path / "broken"
+    only_broken.mkdir()
+    (only_broken / "x.jpg").write_bytes(b"")
+    assert cli(["prepare", "boxes", only_broken, "--out", tmp_path / "empty.h5"])[0] == 0
+    code, stdout, _ = cli(["prepare", "inspect", tmp_path / "empty.h5", "--json"])
+    assert code == 0 and '"images": 0' in stdout and '"skipped": 1' in stdout
 
 
 class _StoreDataset(torch.utils.data.Dataset):

@@ -79,16 +79,6 @@ def summarize_overlaps(best: np.ndarray) -> dict[str, float | int]:
 
 
 # -- store report ------------------------------------------------------------------------------------------------
-def _count_regions(store, image_id: str) -> list[int]:
-    """Regions per label map (masks) or boxes of one image."""
-    if store.kind == "boxes":
-        return [len(store.boxes(image_id))]
-    masks = store.masks(image_id)
-    if store.method == "mcg":
-        return [len(masks)]
-    return [len(np.unique(m[m > 0] if store.method == "gt" else m)) for m in masks]
-
-
 def _stats(values: list[int]) -> dict[str, float]:
     if not values:
         return {"mean": float("nan"), "min": 0, "max": 0}
@@ -111,12 +101,9 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
     store = RegionStore(store_path)
     ids = store.image_ids[:limit] if limit is not None else store.image_ids
     attrs = store.attrs
-    n_maps = None
-    counts: list[list[int]] = []
-    for image_id in progress(ids, description="counting regions"):
-        counts.append(_count_regions(store, image_id))
-        n_maps = len(counts[-1])
-    per_map = [_stats([c[k] for c in counts]) for k in range(n_maps or 0)]
+    counts = store.region_counts()[:len(ids)]  # recorded at write time: no decoding
+    n_maps = counts.shape[1]
+    per_map = [_stats(counts[:, k].tolist()) for k in range(n_maps)]
     report: dict[str, Any] = {
         "store": str(store_path), "kind": store.kind, "method": store.method, "parameters": store.parameters,
         "images": len(store), "images_summarized": len(ids), "skipped": len(store.skipped),
@@ -135,7 +122,7 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
     if not matched:
         raise InputError(f"--gt {gt_root}: none of the store's image ids are in instances_{split}.json "
                          "(wrong --split or data set?)")
-    best: list[list[np.ndarray]] = [[] for _ in range(n_maps or 1)]
+    best: list[list[np.ndarray]] = [[] for _ in range(n_maps)]
     for image_id in progress(matched, description="measuring overlap with ground truth"):
         i = index_of[image_id]
         if store.kind == "boxes":

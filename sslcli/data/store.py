@@ -9,6 +9,8 @@ Layout (flat arrays indexed by per-image offsets; no group per image, so million
   narrowest of uint8/uint16/int32 that holds them: never wrapped past 255 segments).
 - boxes: ``boxes`` (M, 4) float32 x0, y0, x1, y1 in pixels of the original image (chunked, gzip);
   ``image_sizes`` (N, 2) int32 = (H, W).
+- ``region_counts`` (N, S) int32: regions per label map (segments; GT: visible instances; MCG: masks) or boxes,
+  so a store can be summarised without decoding it.
 - optional per-region values (GT: ``iscrowd``; MCG: ``score``): ``region_values`` (R,) float32 with
   ``region_offsets`` (N+1,) int64 and the attribute ``region_values_name``.
 
@@ -67,6 +69,7 @@ class ImageResult:
 
     ``masks``: (S, H, W) integer array (label maps or binary masks); ``boxes``: (M, 4) float32 x0,y0,x1,y1;
     ``values``: optional per-region floats (M,) (``iscrowd`` of GT instances, ``score`` of MCG masks);
+    ``region_counts``: regions per map when not simply the distinct labels of each map (GT, MCG);
     ``error``: set instead when the image could not be read (it is skipped and listed in the store).
     """
 
@@ -75,6 +78,7 @@ class ImageResult:
     boxes: np.ndarray | None = None
     image_size: tuple[int, int] = (0, 0)
     values: np.ndarray | None = None
+    region_counts: list[int] | None = None
     error: str | None = None
 
 
@@ -88,6 +92,7 @@ class EncodedResult:
     dtype_code: int = 0
     values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     error: str | None = None
+    counts: tuple[int, ...] = ()
 
 
 def encode(result: ImageResult, kind: str, level: int = 6) -> EncodedResult:
@@ -101,10 +106,15 @@ def encode(result: ImageResult, kind: str, level: int = 6) -> EncodedResult:
             raise ValueError(f"masks of {result.image_id} must be (S, H, W), got {masks.shape}")
         dtype = narrowest_dtype(masks)
         blob = zlib.compress(np.ascontiguousarray(masks, dtype=dtype).tobytes(), level)
-        return EncodedResult(result.image_id, blob, tuple(int(s) for s in masks.shape), _CODE_OF[dtype], values)
+        counts = result.region_counts
+        if counts is None:  # distinct labels per map (label maps are non-negative)
+            counts = [int(np.count_nonzero(np.bincount(m.ravel()))) for m in masks.astype(np.int64)]
+        return EncodedResult(result.image_id, blob, tuple(int(s) for s in masks.shape), _CODE_OF[dtype], values,
+                             counts=tuple(int(c) for c in counts))
     boxes = np.ascontiguousarray(result.boxes, dtype=np.float32).reshape(-1, 4)
     h, w = result.image_size
-    return EncodedResult(result.image_id, boxes.tobytes(), (len(boxes), int(h), int(w)), 0, values)
+    return EncodedResult(result.image_id, boxes.tobytes(), (len(boxes), int(h), int(w)), 0, values,
+                         counts=(len(boxes),))
 
 
 def decode_masks(blob: bytes, shape: tuple[int, ...], dtype_code: int) -> np.ndarray:
@@ -168,6 +178,7 @@ def write_store(path: str | os.PathLike, kind: str, attrs: dict[str, Any],
     value_offsets = np.zeros(n + 1, np.int64)
     shapes = np.zeros((n, 3), np.int32)
     codes = np.zeros(n, np.uint8)
+    counts: list[tuple[int, ...]] = []
     skipped: list[dict[str, str]] = []
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver=LIBVER, track_order=False) as f:
@@ -194,6 +205,7 @@ def write_store(path: str | os.PathLike, kind: str, attrs: dict[str, Any],
                 offsets[i + 1] = offsets[i] + len(rows)
                 value_offsets[i + 1] = value_offsets[i] + len(res.values)
                 shapes[i], codes[i] = res.shape, res.dtype_code
+                counts.append(res.counts)
                 i += 1
             if i != n:
                 raise RuntimeError(f"{i} stored images, expected {n}")
@@ -203,6 +215,10 @@ def write_store(path: str | os.PathLike, kind: str, attrs: dict[str, Any],
             f.create_dataset("image_ids", data=np.array(ids, dtype=f"S{width}"), track_times=False)
             f.create_dataset("offsets", data=offsets, track_times=False)
             f.create_dataset("region_offsets", data=value_offsets, track_times=False)
+            if len({len(c) for c in counts}) > 1:
+                raise RuntimeError("images have different numbers of label maps")
+            region_counts = np.array(counts, np.int32).reshape(n, -1) if n else np.zeros((0, 1), np.int32)
+            f.create_dataset("region_counts", data=region_counts, track_times=False)
             if kind == "masks":
                 f.create_dataset("shapes", data=shapes, track_times=False)
                 f.create_dataset("dtypes", data=codes, track_times=False)
@@ -367,6 +383,10 @@ class RegionStore:
         self._require("boxes")
         i, meta = self.index_of(image_id), self._load_meta()
         return self._h5()["boxes"][meta["offsets"][i]:meta["offsets"][i + 1]]
+
+    def region_counts(self) -> np.ndarray:
+        """(N, S) int32 regions per image and label map (boxes: S = 1), in ``image_ids`` order; no decoding."""
+        return self._h5()["region_counts"][:]
 
     def region_values(self, image_id: int | str) -> np.ndarray:
         """Per-region floats named by ``attrs['region_values_name']`` (GT: iscrowd per instance id; MCG: score)."""

@@ -31,5 +31,7 @@ def compute_gt(source: ImageSource, index: int) -> ImageResult:
         raise InputError(f"{source.records[index].path}: image is {image.shape[1]}x{image.shape[0]} but the "
                          f"annotations say {masks.shape[2]}x{masks.shape[1]}")
     crowd = np.array([inst.iscrowd for inst in instances], np.float32)
-    return ImageResult(str(source.records[index].image_id), masks=gt_label_map(masks)[None],
-                       image_size=image.shape[:2], values=crowd)
+    label_map = gt_label_map(masks)
+    visible = int(np.count_nonzero(np.bincount(label_map.ravel(), minlength=len(masks) + 1)[1:]))
+    return ImageResult(str(source.records[index].image_id), masks=label_map[None], image_size=image.shape[:2],
+                       values=crowd, region_counts=[visible])

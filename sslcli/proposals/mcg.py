@@ -94,4 +94,5 @@ def compute_mcg(source: ImageSource, index: int, mcg_index: dict[str, Path], k: 
         raise InputError(f"{path}: superpixels are {superpixels.shape[1]}x{superpixels.shape[0]} but image "
                          f"{rec.path.name} is {image.shape[1]}x{image.shape[0]}")
     masks, top_scores = top_masks(superpixels, labels, scores, k)
-    return ImageResult(str(rec.image_id), masks=masks, image_size=image.shape[:2], values=top_scores)
+    return ImageResult(str(rec.image_id), masks=masks, image_size=image.shape[:2], values=top_scores,
+                       region_counts=[len(masks)])

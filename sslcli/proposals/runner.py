@@ -96,8 +96,8 @@ def _shard_path(work: Path, k: int) -> Path:
 def _write_shard(path: Path, results: list[EncodedResult]) -> None:
     lengths = np.array([len(r.payload) for r in results], np.int64)
     values = [r.values for r in results]
-    meta = [{"image_id": r.image_id, "shape": list(r.shape), "dtype_code": r.dtype_code, "error": r.error}
-            for r in results]
+    meta = [{"image_id": r.image_id, "shape": list(r.shape), "dtype_code": r.dtype_code, "error": r.error,
+             "counts": list(r.counts)} for r in results]
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, meta=np.array(json.dumps(meta)), lengths=lengths,
@@ -114,7 +114,7 @@ def _read_shard(path: Path) -> list[EncodedResult]:
     out, p, v = [], 0, 0
     for m, length, nv in zip(meta, lengths, n_values):
         out.append(EncodedResult(m["image_id"], payload[p:p + length], tuple(m["shape"]), m["dtype_code"],
-                                 values[v:v + nv], m["error"]))
+                                 values[v:v + nv], m["error"], tuple(m["counts"])))
         p, v = p + int(length), v + int(nv)
     return out
 
