@@ -3,7 +3,8 @@
 Ceiling: the method's forward + backward + optimiser step + after_step on one pre-built batch already on the device
 (no data loading, no lr schedule, no NaN check, no logging, no checkpoint). Engine: the real training loop
 (`sslcli.engine.trainer.train`) reading JPEGs from disk with the spec's DataLoader workers, same spec, same batch,
-same device. Both are measured in this one run, alternating (ceiling, engine, ceiling, engine) so that load changes
+same device. A third figure, the data pipeline alone (decode + augment + collate, one thread), tells how much of any gap is the
+CPU cost of augmentation competing with compute for the same cores. Both are measured in this one run, alternating (ceiling, engine, ceiling, engine) so that load changes
 on a shared machine hit both; the best of each is compared. The engine's first step (worker start-up) is excluded
 from its own images/s, as in the result of `sslcli pretrain`.
 
@@ -88,6 +89,24 @@ def ceiling(spec, device: torch.device, steps: int) -> float:
     return spec.batch_size / statistics.mean(times[1:])  # the first step warms up kernels and the allocator
 
 
+def data_alone(spec, device: torch.device, batches: int) -> float:
+    """Images/s of decoding + augmenting + collating in this process (one thread): the data pipeline's CPU cost."""
+    trainer = Trainer(spec, device)
+    serial = spec.model_copy(update={"data": spec.data.model_copy(update={"workers": 0})})
+    loader, sampler = build_loader(serial, trainer.method.transform(), 0, 1, 0, pin_memory=False)
+    sampler.set_epoch(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        t = time.perf_counter()
+        for i, _ in enumerate(loader):
+            if i + 1 == batches:
+                break
+        return batches * spec.batch_size / (time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def engine(spec, device: torch.device, steps: int, out: Path) -> float:
     if out.exists():
         shutil.rmtree(out)
@@ -107,26 +126,29 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="spec override, repeatable")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 8 / 20)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU (default: cores − workers)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no GPU visible")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    steps = args.steps or (8 if device.type == "cpu" else 20)
     preset_spec, preset_sets = PRESETS[device.type]
+    probe = load_spec(REPO / (args.spec or preset_spec), [*preset_sets, *args.set, "data.root=.", "output_dir=."])
+    if device.type == "cpu":
+        # Same threads for ceiling and engine; by default the cores left over by the DataLoader workers.
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - probe.data.workers))
+    steps = args.steps or (8 if device.type == "cpu" else 20)
     common._CURRENT = common.Output(quiet=True)
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
         tmp = Path(tmp)
-        probe = load_spec(REPO / (args.spec or preset_spec), [*preset_sets, *args.set, "data.root=.", "output_dir=."])
         n_images = probe.batch_size * (steps + 2)
         data = make_data(tmp, n_images, unique=min(n_images, 256), size=max(160, probe.data.image_size))
         spec = load_spec(REPO / (args.spec or preset_spec),
                          [*preset_sets, *args.set, f"data.root={data}", "data.format=folder", "epochs=2",
                           f"output_dir={tmp / 'run'}", "schedule.warmup_epochs=0"])
+        data_rate = data_alone(spec, device, batches=min(steps, 4))
+        print(f"data pipeline alone: {data_rate:.1f} img/s per worker", file=sys.stderr)
         ceilings, engines = [], []
         for r in range(args.rounds):
             ceilings.append(ceiling(spec, device, steps))
@@ -137,7 +159,11 @@ def main() -> None:
               "method": spec.method.name, "arch": spec.model.arch, "width": spec.model.width,
               "image_size": spec.data.image_size, "batch_size": spec.batch_size, "precision": spec.precision,
               "workers": spec.data.workers, "steps": steps, "ceiling_images_per_s": max(ceilings),
-              "engine_images_per_s": max(engines), "ratio": max(engines) / max(ceilings)}
+              "engine_images_per_s": max(engines), "ratio": max(engines) / max(ceilings),
+              "rounds": [round(e / c, 3) for e, c in zip(engines, ceilings)],
+              "data_images_per_s_per_worker": data_rate,
+              # Where the workers cannot get cores of their own, data and compute share the CPU: this is the bound.
+              "ratio_if_data_shares_the_compute_cores": (1 / max(ceilings)) / (1 / max(ceilings) + 1 / data_rate)}
     if args.json:
         print(json.dumps(result))
     else:
