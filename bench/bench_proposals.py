@@ -57,10 +57,14 @@ def bench_boxes(source, indices, repeats):
           for i in indices}
     variants = {"vectorized": ("vectorized", "soco"), "vectorized-diverse": ("vectorized", "diverse"),
                 "opencv": ("opencv", "soco"), "reference": ("reference", "soco")}
-    seconds = interleaved_best(repeats, {name: (lambda b=b: [selective_search(images[i], *b) for i in indices])
-                                         for name, b in variants.items()})
-    for backend, args in variants.items():
-        raw = {i: selective_search(images[i], *args) for i in indices}
+    outputs: dict[str, dict[int, np.ndarray]] = {}
+
+    def run(name: str) -> None:
+        outputs[name] = {i: selective_search(images[i], *variants[name]) for i in indices}
+
+    seconds = interleaved_best(repeats, {name: (lambda name=name: run(name)) for name in variants})
+    for backend in variants:
+        raw = outputs[backend]
         filtered = {i: soco_filter(raw[i], *images[i].shape[:2]) for i in indices}
         q_raw = summarize_overlaps(np.concatenate([boxes_best_overlaps(gt[i], raw[i]) for i in indices]))
         q_soco = summarize_overlaps(np.concatenate([boxes_best_overlaps(gt[i], filtered[i]) for i in indices]))
