@@ -358,3 +358,27 @@ def test_resume_after_a_real_kill_reproduces_the_uninterrupted_run(images, tmp_p
     assert resumed["steps"] == 6 and resumed["final_loss"] == full["final_loss"]
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
     assert all(torch.equal(x, y) for x, y in zip(_tensors(a["method"]), _tensors(b["method"])))
+
+
+def test_launch_checks_the_spec_against_the_number_of_processes(images, tmp_path):
+    from sslcli.errors import InputError
+
+    spec = parse_spec(toy.spec_dict(images, tmp_path / "run"))  # batch 8
+    with pytest.raises(InputError, match="batch_size: must be divisible by the number of processes 3"):
+        launch(spec, gpus=3)
+    with pytest.raises(InputError, match="expected gpus ≥ 0"):
+        launch(spec, gpus=-1)
+    assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_without_the_package_warns_and_keeps_json_metrics(images, tmp_path, toy_method, capsys):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorboard is installed here")
+    spec = parse_spec(toy.spec_dict(images, tmp_path / "run", epochs=2, logging__tensorboard=True))
+    launch(spec)
+    assert "tensorboard package is not installed" in capsys.readouterr().err
+    assert (tmp_path / "run" / "metrics.jsonl").read_text().count('"type": "step"') == 4
