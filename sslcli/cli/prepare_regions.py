@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from sslcli.cli.apps import prepare_app
 from sslcli.cli.common import command
-from sslcli.data.sources import CocoSource, ImageSource, open_source
 from sslcli.errors import InputError
+
+if TYPE_CHECKING:  # the readers (OpenCV, numpy) load when a command runs, not at CLI start-up
+    from sslcli.data.sources import ImageSource
 
 MASK_METHODS = ("fh", "grid", "gt", "mcg")
 
@@ -52,6 +55,7 @@ def prepare_masks(
 
     Example: sslcli prepare masks coco/ --method fh --scales 500,1000,1500 --workers 8
     """
+    from sslcli.data.sources import CocoSource, open_source
     from sslcli.proposals import fh, gt, mcg
     from sslcli.proposals import grid as grid_masks
     from sslcli.proposals.runner import Job, run_job
@@ -105,6 +109,7 @@ def prepare_boxes(
 
     Example: sslcli prepare boxes coco/ --method selective-search --filter soco --workers 8
     """
+    from sslcli.data.sources import open_source
     from sslcli.proposals import selective_search as ss
     from sslcli.proposals.runner import Job, run_job
 
