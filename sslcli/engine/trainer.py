@@ -272,6 +272,10 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dic
         bar.close()
         if log is not None:
             log.close()
+    if dist.is_distributed():  # each rank saw other images: count every distinct corrupt file once
+        seen: list = [None] * world
+        torch_dist.all_gather_object(seen, sorted(corrupt))
+        corrupt = {msg for msgs in seen for msg in msgs}
     return {"output_dir": str(output_dir), "epochs": done / spe, "steps": done, "final_loss": last_loss,
             "images_per_s": timed_images / timed_seconds if timed_seconds else None, "checkpoint": str(checkpoint),
             "corrupt_images": len(corrupt), "world_size": world, "device": str(device)}
