@@ -247,6 +247,7 @@ class RegionStore:
         self._pid: int | None = None
         self._index: dict[str, int] | None = None
         self._meta: dict[str, Any] | None = None
+        self._ids: list[str] | None = None
 
     # -- opening -------------------------------------------------------------------------------------------------
     def _h5(self):
@@ -271,7 +272,8 @@ class RegionStore:
     def _load_meta(self) -> dict[str, Any]:
         if self._meta is None:
             f = self._h5()
-            meta = {"offsets": f["offsets"][:], "region_offsets": f["region_offsets"][:]}
+            meta = {"offsets": f["offsets"][:], "region_offsets": f["region_offsets"][:],
+                    "kind": str(f.attrs["kind"]), "method": str(f.attrs["method"])}
             if f.attrs["kind"] == "masks":
                 meta["shapes"], meta["dtypes"] = f["shapes"][:], f["dtypes"][:]
             else:
@@ -303,11 +305,11 @@ class RegionStore:
 
     @property
     def kind(self) -> str:
-        return str(self._h5().attrs["kind"])
+        return self._load_meta()["kind"]
 
     @property
     def method(self) -> str:
-        return str(self._h5().attrs["method"])
+        return self._load_meta()["method"]
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -324,7 +326,12 @@ class RegionStore:
 
     @property
     def image_ids(self) -> list[str]:
-        return [s.decode("utf-8") for s in self._h5()["image_ids"][:]]
+        return list(self._id_list())
+
+    def _id_list(self) -> list[str]:
+        if self._ids is None:  # read once: plain data, valid in forked workers too
+            self._ids = [s.decode("utf-8") for s in self._h5()["image_ids"][:]]
+        return self._ids
 
     def __len__(self) -> int:
         return int(self._h5().attrs["n_images"])
@@ -332,7 +339,7 @@ class RegionStore:
     def index_of(self, image_id: int | str) -> int:
         """Position of ``image_id`` (the int or str id) in the store; KeyError if absent."""
         if self._index is None:
-            self._index = {s: i for i, s in enumerate(self.image_ids)}
+            self._index = {s: i for i, s in enumerate(self._id_list())}
         key = str(image_id)
         if key not in self._index:
             raise KeyError(f"image {key!r} is not in region store {self.path}")
