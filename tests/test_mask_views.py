@@ -97,14 +97,15 @@ def test_mask_view_pair_rejects_misaligned_label_map():
         MaskViewPair(32, "X")
 
 
-def _write_fh_store(path, label_maps: dict[str, np.ndarray], scales: list[int]):
+def _write_fh_store(path, label_maps: dict[str, np.ndarray], scales: list[int] | None, method: str = "fh"):
     import json
 
     from sslcli.data.store import ImageResult, encode, write_store
 
     results = [encode(ImageResult(k, masks=v), "masks") for k, v in label_maps.items()]
     totals = {"images": len(results), "payload": sum(len(r.payload) for r in results), "values": 0}
-    write_store(path, "masks", {"method": "fh", "parameters": json.dumps({"scales": scales})}, results, totals)
+    parameters = {"scales": scales} if scales else {"top_k": 16}
+    write_store(path, "masks", {"method": method, "parameters": json.dumps(parameters)}, results, totals)
 
 
 def test_mask_source_store_samples_one_scale_per_image(tmp_path):
@@ -170,3 +171,20 @@ def test_mask_source_gt_needs_coco_annotations(tmp_path):
 
     with pytest.raises(Exception, match=r"annotations/instances_train2017.json does not exist"):
         MaskSource.from_spec(Spec, Data)
+
+
+def test_mask_source_reads_mcg_stores_flattened_by_score(tmp_path):
+    # MCG proposals may overlap: each pixel goes to the best-scoring proposal covering it (1 + rank), 0 = none.
+    proposals = np.zeros((2, 6, 6), np.uint8)
+    proposals[0, :3] = 1          # best proposal: top half
+    proposals[1, 2:5] = 1         # second: rows 2-4, overlapping row 2
+    _write_fh_store(tmp_path / "mcg.h5", {"3": proposals}, None, method="mcg")
+
+    class Spec:
+        kind, path, scales, grid = "store", str(tmp_path / "mcg.h5"), None, 5
+
+    class Data:
+        root, split = str(tmp_path), "train2017"
+
+    label_map = MaskSource.from_spec(Spec, Data).label_map({"image": np.zeros((6, 6, 3), np.uint8), "image_id": 3})
+    assert label_map[:, 0].tolist() == [1, 1, 1, 2, 2, 0]
