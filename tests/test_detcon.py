@@ -378,3 +378,14 @@ def test_two_process_gloo_run_of_the_tiny_example(tmp_path):
     assert result["world_size"] == 2 and result["steps"] == 2 and math.isfinite(result["final_loss"])
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["step"] == 2 and "target_encoder.conv1.weight" in state["method"]
+
+
+def test_loss_stays_in_float32_under_bf16_autocast():
+    gen = torch.Generator().manual_seed(5)
+    z1, z2 = torch.randn(2, 4, 8, generator=gen), torch.randn(2, 4, 8, generator=gen)
+    ids = torch.tensor([[0, 1, 1, 2], [0, 0, 3, 3]])
+    want = detcon_loss(z1, z2, z1, z2, ids, ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = detcon_loss(z1.bfloat16(), z2.bfloat16(), z1.bfloat16(), z2.bfloat16(), ids, ids)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(want.item(), rel=2e-2)  # only the inputs were rounded to bf16
