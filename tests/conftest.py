@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# Two cores: keep torch from oversubscribing when tests run beside DataLoader workers.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: tests run beside DataLoader workers and gloo peers on 2 cores; more threads oversubscribe them.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COCO = Path(os.environ.get("SSLCLI_TINY_COCO", REPO.parent / "shared" / "data" / "tiny-coco"))
