@@ -180,3 +180,20 @@ def test_byol_loss_keeps_its_digits_for_half_precision_inputs():
     expected = normalized_regression(p.double(), z.double()).item()  # the same bf16 values in float64
     got = normalized_regression(p, z)
     assert got.dtype == torch.float32 and got.item() == pytest.approx(expected, rel=1e-3) and got.item() > 0
+
+
+def test_losses_run_in_float32_under_bf16_autocast():
+    from sslcli.losses.contrastive import moco_infonce, nt_xent
+    from sslcli.losses.regression import normalized_regression
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = (torch.nn.functional.normalize(torch.randn(6, 16, generator=g), dim=1) for _ in range(2))
+    queue = torch.nn.functional.normalize(torch.randn(16, 32, generator=g), dim=0)
+    exact = [nt_xent(z1, z2), moco_infonce(z1, z2, queue), normalized_regression(z1, z2).mean()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = [nt_xent(z1.bfloat16(), z2.bfloat16()), moco_infonce(z1.bfloat16(), z2.bfloat16(), queue.bfloat16()),
+                normalized_regression(z1.bfloat16(), z2.bfloat16()).mean()]
+    for a, b in zip(exact, half):
+        assert b.dtype == torch.float32
+        # Only the bf16 rounding of the inputs remains (no bf16 logits): well under bf16's 0.06 resolution at 1/τ.
+        assert torch.allclose(a, b, atol=0.03), (a, b)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sslcli.losses import in_float32
 
+
+@in_float32
 def moco_infonce(queries: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2
                  ) -> torch.Tensor:
     """MoCo InfoNCE with a queue of negatives, averaged over every query row (METHODS.md §1, §2 "MC").
@@ -45,6 +48,7 @@ def knn_neighbours(query_features: torch.Tensor, feature_queue: torch.Tensor, k:
     return similarity.topk(min(k, feature_queue.shape[1]), dim=1).indices
 
 
+@in_float32
 def knn_moco_loss(queries: torch.Tensor, query_features: torch.Tensor, queue: torch.Tensor,
                   feature_queue: torch.Tensor, k: int = 20, temperature: float = 0.2) -> torch.Tensor:
     """kNN-MoCo loss (R §4, METHODS.md §2 "NN"): the k nearest past keys act as extra positives.
@@ -68,6 +72,7 @@ def knn_moco_loss(queries: torch.Tensor, query_features: torch.Tensor, queue: to
     return -log_p.gather(1, neighbours).mean(dim=1).mean()
 
 
+@in_float32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, all1: torch.Tensor | None = None,
             all2: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
     """SimCLR's NT-Xent over the 2B local rows, negatives from the whole (gathered) batch.

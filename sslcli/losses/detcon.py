@@ -22,7 +22,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sslcli.losses import in_float32
 
+
+@in_float32
 def detcon_loss(pred1: torch.Tensor, pred2: torch.Tensor, target1: torch.Tensor, target2: torch.Tensor,
                 ids1: torch.Tensor, ids2: torch.Tensor, temperature: float = 0.1, offset: int = 0) -> torch.Tensor:
     """DetCon loss, symmetrised.
@@ -46,10 +49,8 @@ def detcon_loss(pred1: torch.Tensor, pred2: torch.Tensor, target1: torch.Tensor,
                          f"ids {tuple(ids1.shape)}/{tuple(ids2.shape)}")
     if target1.shape != target2.shape or target1.shape[1:] != pred1.shape[1:]:
         raise ValueError(f"detcon_loss: targets {tuple(target1.shape)} do not match predictions {tuple(pred1.shape)}")
-    # Logits / τ reach ±10: keep them out of bf16/fp16 autocast (bf16 resolves only ~0.06 at 10).
-    with torch.autocast(pred1.device.type, enabled=False):
-        view1 = _directional_term(pred1, target2, target1, ids1, ids2, temperature, offset)
-        view2 = _directional_term(pred2, target1, target2, ids2, ids1, temperature, offset)
+    view1 = _directional_term(pred1, target2, target1, ids1, ids2, temperature, offset)
+    view2 = _directional_term(pred2, target1, target2, ids2, ids1, temperature, offset)
     return view1 + view2
 
 
@@ -81,5 +82,5 @@ def _directional_term(query: torch.Tensor, other: torch.Tensor, same: torch.Tens
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised along the last dim, in float32 at least (half-precision logits / τ overflow easily)."""
-    return F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=-1)
+    """L2-normalised along the last dim (callers run under `in_float32`)."""
+    return F.normalize(x, dim=-1)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from sslcli.losses import in_float32
 
 
+@in_float32
 def normalized_regression(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-row ‖p̂ − ẑ‖² = 2 − 2·cos(p, z), with p̂, ẑ the L2-normalised rows.
 
@@ -20,9 +19,8 @@ def normalized_regression(prediction: torch.Tensor, target: torch.Tensor) -> tor
     Returns:
         (...,) one value per row.
     """
-    # float32: near convergence cos → 1 and 2 − 2·cos would lose its digits in bf16/fp16.
-    p = F.normalize(_at_least_fp32(prediction), dim=-1)
-    z = F.normalize(_at_least_fp32(target.detach()), dim=-1)
+    p = F.normalize(prediction, dim=-1)
+    z = F.normalize(target.detach(), dim=-1)
     return 2 - 2 * (p * z).sum(dim=-1)
 
 
