@@ -109,3 +109,23 @@ def test_cli_start_up_does_not_import_torch():
     # Every `sslcli` call (and --help) pays for what the CLI modules import at start-up: torch costs seconds.
     code = "import sys, sslcli.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_errors_from_dataloader_workers_are_one_line(capsys):
+    import typer
+    from torch.utils.data import DataLoader, Dataset
+
+    from sslcli.cli.common import Output, run_guarded
+    from sslcli.errors import InputError
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise InputError("store.h5: image 7 is not in the store")
+
+    with pytest.raises(typer.Exit) as info:
+        run_guarded(lambda: list(DataLoader(Broken(), num_workers=1)), Output())
+    assert info.value.exit_code == 2
+    assert capsys.readouterr().err == "error: store.h5: image 7 is not in the store\n"

@@ -107,6 +107,16 @@ _GLOBAL_OPTIONS = [
 ]
 
 
+def _message(exc: BaseException) -> str:
+    """The user-facing text of an error. DataLoader workers re-raise with the worker's traceback embedded in the
+    message; the user gets its last line (the original error) unless --debug."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def run_guarded(fn: Callable[[], Any], out: Output) -> Any:
     """Run ``fn`` mapping errors to one-line messages and exit codes (shared by commands and tests)."""
     try:
@@ -116,7 +126,7 @@ def run_guarded(fn: Callable[[], Any], out: Output) -> Any:
     except SslcliError as exc:
         if out.debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_message(exc)}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -124,7 +134,7 @@ def run_guarded(fn: Callable[[], Any], out: Output) -> Any:
     except Exception as exc:  # a bug or an unexpected environment problem: still one line unless --debug
         if out.debug:
             traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {_message(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
         raise typer.Exit(1) from None
 
 
