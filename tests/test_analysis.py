@@ -18,8 +18,6 @@ from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD
 from sslcli.eval.knn import knn_scores
 from sslcli.models.backbone import STAGES, build_backbone
 
-torch.set_num_threads(1)
-
 
 class PointwiseNet(nn.Module):
     """A "backbone" of 1x1 convolutions at stride 1: every feature depends on its own pixel only (no context, no

@@ -35,13 +35,6 @@ def images(tmp_path_factory):
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread in this process, as each spawned rank uses on this 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tensors(state: dict) -> dict[str, torch.Tensor]:

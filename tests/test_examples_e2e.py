@@ -28,13 +28,6 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = sorted(EXAMPLES.glob("*-tiny.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, two spinning OpenMP threads make these runs ~10× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

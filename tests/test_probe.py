@@ -16,16 +16,6 @@ from sslcli.eval.segment_retrieval import IGNORE, confusion_to_iou, dilate_res5,
 from sslcli.models.backbone import build_backbone
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """L-BFGS on small problems is thousands of tiny ops: with 2 threads on a loaded 2-core machine each op waits for
-    a busy core (measured 43 s instead of 1.7 s for one probe), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _blobs(n: int, classes: int, dim: int, seed: int, spread: float = 0.5):
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(123).normal(size=(classes, dim)) * spread
