@@ -151,9 +151,10 @@ class DetconSpec(Strict):
 
 
 class SocoSpec(Strict):
-    """SoCo, the region-level baseline (METHODS.md §4). Reserved: not trainable yet."""
+    """SoCo, the region-level baseline (METHODS.md §4; docs/soco.md)."""
 
     name: Literal["soco"] = "soco"
+    view_pairs: Literal["soco", "all"] = Field("soco", description="soco: V1↔V2 and V1↔V3 (SoCo); all: + V2↔V3.")
     boxes: str = Field(..., description="Box store (.h5) from `prepare boxes`.")
     boxes_per_image: int = Field(4, ge=1)
     roi_size: int = Field(14, ge=1)

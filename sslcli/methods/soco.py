@@ -1,0 +1,147 @@
+"""SoCo (Wei et al. 2021, "Aligning pretraining for detection via object-level contrastive learning"; METHODS.md §4).
+
+Per sample (in DataLoader workers, `SocoTransform`): the image's selective-search boxes come from a box store made by
+`sslcli prepare boxes`; `RegionViews` makes V1 (whole image at S²), V2 (a crop at S²) and V3 (V2 at (S/2)²) with the
+same K sampled proposals mapped into each view (box k of every view is the same proposal).
+
+Per batch (`Soco.forward`), ResNet-C4: res4 (stride 16) → RoIAlign (aligned=True, ``roi_size``², spatial scale 1/16)
+per box → res5 (``layer4``) → global average pool → projector (→4096→BN→ReLU→256); the online branch adds the
+predictor (→4096→BN→ReLU→256). The target (encoder + projector) is an EMA of the online one, momentum
+1 − (1 − m₀)(cos(πk/K) + 1)/2. Loss (`soco_loss`): for every view pair (a, b) and both directions, BYOL's
+2 − 2·cos(p_a,k, z_b,k) between the online prediction of box k in view a and the target projection of the same box
+in view b, averaged over the boxes of the batch. SoCo's pairs are V1↔V2 and V1↔V3 (its loss L = L₁₂ + L₁₃, each
+symmetrised; V2 and V3 share a crop and are not compared); ``method.view_pairs: all`` adds V2↔V3.
+SoCo writes the loss as −2·Σ C_ij p̂_i·ẑ_j / ΣC with C the box correspondence; with correspondence by index and K
+boxes per image, that is our loss minus a constant 2 per term (same gradients).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+
+from sslcli.data.region_views import RegionViews
+from sslcli.errors import InputError
+from sslcli.losses.regression import normalized_regression
+from sslcli.methods import register
+from sslcli.methods.base import Method, StepInfo
+from sslcli.methods.byol import byol_heads
+from sslcli.models.backbone import ResNetBackbone, build_backbone
+from sslcli.models.ema import cosine_momentum, ema_update, momentum_copy
+
+RES4_STRIDE = 16
+VIEW_PAIRS = {"soco": ((0, 1), (0, 2)), "all": ((0, 1), (0, 2), (1, 2))}
+VIEW_KEYS = ("view1", "view2", "view3")
+
+
+def soco_loss(predictions: list[torch.Tensor], targets: list[torch.Tensor],
+              pairs: tuple[tuple[int, int], ...]) -> dict[str, torch.Tensor]:
+    """Σ over view pairs (a, b) of mean_k(2 − 2cos(p_a,k, z_b,k)) + mean_k(2 − 2cos(p_b,k, z_a,k)).
+
+    Args:
+        predictions: per view, (N, D) online predictions of the N = B·K boxes (row k of every view: the same box).
+        targets: per view, (N, D) target projections (treated as constants).
+        pairs: view index pairs, e.g. ((0, 1), (0, 2)).
+
+    Returns:
+        {"loss": the total, "loss_v{a+1}v{b+1}": each pair's symmetrised term (for logging)}.
+    """
+    terms = {}
+    for a, b in pairs:
+        terms[f"loss_v{a + 1}v{b + 1}"] = (normalized_regression(predictions[a], targets[b]).mean()
+                                           + normalized_regression(predictions[b], targets[a]).mean())
+    return {"loss": torch.stack(list(terms.values())).sum(), **terms}
+
+
+def roi_features(encoder: ResNetBackbone, images: torch.Tensor, boxes: torch.Tensor, roi_size: int) -> torch.Tensor:
+    """ResNet-C4 box features: res4 → RoIAlign → res5 → average pool.
+
+    Args:
+        images: (B, 3, H, W). boxes: (B, K, 4) x0, y0, x1, y1 in the images' pixels. roi_size: RoIAlign output side.
+
+    Returns:
+        (B·K, C5) features, image-major (row b·K + k is box k of image b).
+    """
+    res4 = encoder.features(images, upto="res4")["res4"]
+    rois = roi_align(res4, list(boxes.to(res4.dtype).unbind(0)), output_size=roi_size,
+                     spatial_scale=1.0 / RES4_STRIDE, sampling_ratio=-1, aligned=True)
+    return encoder.layer4(rois).mean(dim=(2, 3))
+
+
+def open_box_store(path: str):
+    """The box store named by ``method.boxes``, checked at start-up (exists, is complete, holds boxes)."""
+    from sslcli.data.store import RegionStore
+
+    try:
+        store = RegionStore(path)
+        kind, method = store.kind, store.method
+    except InputError as exc:
+        raise InputError(f"method.boxes: {exc} (make one with `sslcli prepare boxes ROOT --method "
+                         "selective-search --filter soco`)") from None
+    if kind != "boxes":
+        raise InputError(f"method.boxes: {path} holds {kind} (method {method}), expected boxes "
+                         "(made by `sslcli prepare boxes`)")
+    return store
+
+
+class SocoTransform:
+    """Sample dict → ``{"view1", "view2", "view3", "boxes": (3, K, 4)}`` (see `RegionViews`); picklable."""
+
+    def __init__(self, store, views: RegionViews):
+        self.store, self.views = store, views
+
+    def __call__(self, sample: dict) -> dict:
+        image = np.asarray(sample["image"])
+        image_id = sample.get("image_id")
+        try:
+            boxes = self.store.boxes(image_id)
+            stored_size = self.store.image_size(image_id)
+        except KeyError:
+            raise InputError(f"image {image_id!r} is not in box store {self.store.path}: was it made from this "
+                             "data set and split?") from None
+        if stored_size != image.shape[:2]:
+            raise InputError(f"image {image_id!r}: boxes in {self.store.path} were computed on a "
+                             f"{stored_size[1]}×{stored_size[0]} image, but it is {image.shape[1]}×{image.shape[0]}")
+        return self.views(image, boxes)
+
+
+@register("soco")
+class Soco(Method):
+    """SoCo on ResNet-C4 (``model.c4: true``): online encoder + projector + predictor, EMA target."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        if not spec.model.c4:
+            raise InputError("model.c4: SoCo is a ResNet-C4 method (RoIAlign on res4, res5 as the box head); "
+                             "set model.c4: true")
+        method = spec.method
+        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        self.projector, self.predictor = byol_heads(self.encoder.out_channels, method.hidden_dim, method.dim)
+        self.target_encoder = momentum_copy(self.encoder)
+        self.target_projector = momentum_copy(self.projector)
+
+    def transform(self) -> SocoTransform:
+        method = self.spec.method
+        views = RegionViews(self.spec.data.image_size, method.boxes_per_image, tuple(method.crop_scale),
+                            method.jitter_p, method.jitter_scale)
+        return SocoTransform(open_box_store(method.boxes), views)
+
+    def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """``batch["view1"]``, ``["view2"]``: (B, 3, S, S); ``["view3"]``: (B, 3, S/2, S/2); ``["boxes"]``: (B, 3, K, 4)."""
+        roi_size = self.spec.method.roi_size
+        boxes = batch["boxes"]
+        predictions, targets = [], []
+        for v, key in enumerate(VIEW_KEYS):  # one pass per view: V3 has another size; BN statistics per view
+            features = roi_features(self.encoder, batch[key], boxes[:, v], roi_size)
+            predictions.append(self.predictor(self.projector(features)))
+            with torch.no_grad():
+                targets.append(self.target_projector(roi_features(self.target_encoder, batch[key], boxes[:, v],
+                                                                  roi_size)))
+        return soco_loss(predictions, targets, VIEW_PAIRS[self.spec.method.view_pairs])
+
+    @torch.no_grad()
+    def after_step(self, step: StepInfo) -> None:
+        tau = cosine_momentum(self.spec.method.base_momentum, step.progress)
+        ema_update(self.target_encoder, self.encoder, tau)
+        ema_update(self.target_projector, self.projector, tau)
