@@ -199,6 +199,17 @@ def test_soco_filter_rules_and_fallbacks():
     assert np.array_equal(soco_filter(np.zeros((0, 4)), h, w), [[0, 0, 200, 100]])
 
 
+def test_soco_filter_fallbacks_keep_the_size_rule():
+    # SoCo's fallbacks (selective_search/filter_ss_proposals_json_post_no_prop.py) are its filter_ratio (w, h >= 32
+    # AND aspect in [1/3, 3]), then filter_none (w, h >= 32): the 32 px minimum holds in every fallback.
+    h, w = 100, 200
+    tiny_square = [0, 0, 10, 10]  # aspect 1 but 10 px: refused by both fallbacks
+    long_box = [0, 0, 150, 40]  # 150x40 (aspect 3.75): passes the size-only fallback
+    assert np.array_equal(soco_filter(np.array([tiny_square, long_box]), h, w), [long_box])
+    # The ratio fallback itself keeps only big-enough boxes: a small square never outranks a big 2:1 box.
+    assert np.array_equal(soco_filter(np.array([tiny_square, [0, 0, 200, 100]]), h, w), [[0, 0, 200, 100]])
+
+
 @pytest.mark.parametrize("backend", ["vectorized", "opencv", "reference"])
 def test_selective_search_backends_give_valid_deterministic_boxes(tiny_coco, backend):
     image = np.ascontiguousarray(load_image(tiny_coco / "train2017" / TINY_IMAGES[0])[100:260, 200:400])

@@ -1,8 +1,9 @@
 """SoCo's proposal filter (METHODS.md §4).
 
 Keep boxes with w, h ≥ 32 px, aspect ratio w/h in [1/3, 3] and √(wh)/√(WH) in [0.3, 0.8] (W, H: the image).
-Images left with no box fall back to the aspect-ratio rule alone, then to the size rule (w, h ≥ 32) alone, then to the
-whole image as one box. (Our reading of "ratio-only, then size-only": "ratio" is the aspect ratio.)
+Images left with no box fall back to SoCo's ``filter_ratio`` (w, h ≥ 32 and the aspect rule: the scale window is
+dropped), then to its ``filter_none`` (w, h ≥ 32 alone), then to the whole image as one box
+(SoCo: selective_search/filters.py and filter_ss_proposals_json_post_no_prop.py; the 32 px minimum holds throughout).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def soco_filter(boxes: np.ndarray, height: int, width: int, min_side: float = MI
         aspect_ok = (aspect >= 1.0 / max_aspect) & (aspect <= max_aspect)
     rel_scale = np.sqrt(np.clip(w * h, 0, None)) / np.sqrt(float(width) * float(height))
     scale_ok = (rel_scale >= scale_range[0]) & (rel_scale <= scale_range[1])
-    for keep in (big_enough & aspect_ok & scale_ok, aspect_ok, big_enough):
+    for keep in (big_enough & aspect_ok & scale_ok, big_enough & aspect_ok, big_enough):
         if keep.any():
             return boxes[keep]
     return np.array([[0, 0, width, height]], np.float32)
