@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from sslcli.data.synthetic import generate
 from sslcli.engine.checkpoint import load_checkpoint
@@ -34,7 +35,28 @@ TINY = sorted(EXAMPLES.glob("*-tiny.yaml"))
 def synthetic(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "demo-data"
     generate(root, n_train=80, n_val=0, seed=0, size=96)  # 80 images: 5 batches of 16, as the tiny specs assume
+    if any(_store_names(path) for path in TINY):  # SoCo: the selective-search box store, as a user would make it
+        from typer.testing import CliRunner
+
+        from sslcli.cli import app
+
+        result = CliRunner().invoke(app, ["prepare", "boxes", str(root), "--method", "selective-search",
+                                          "--filter", "soco"])
+        assert result.exit_code == 0, result.stderr
     return root
+
+
+def _store_names(path: Path) -> dict[str, str]:
+    """Region stores a tiny spec names (``method.boxes``), as written in the spec (under ``demo-data/``)."""
+    method = yaml.safe_load(path.read_text())["method"]
+    return {key: method[key] for key in ("boxes",) if key in method}
+
+
+def data_overrides(path: Path, root: Path) -> list[str]:
+    """``data.root`` → the generated data; a store the spec names under ``demo-data/`` → the same file under root."""
+    stores = [f"method.{key}={root / Path(value).relative_to('demo-data')}"
+              for key, value in _store_names(path).items()]
+    return [f"data.root={root}", *stores]
 
 
 def test_there_are_tiny_twins():
@@ -44,11 +66,11 @@ def test_there_are_tiny_twins():
 @pytest.mark.parametrize("path", TINY, ids=[p.stem for p in TINY])
 def test_tiny_example_trains_end_to_end(path, synthetic, tmp_path, cli):
     out = tmp_path / "run"
-    code, stdout, err = cli(["pretrain", path, "--set", f"data.root={synthetic}", "--set", f"output_dir={out}",
-                             "--json", "--quiet"])
+    sets = [arg for override in data_overrides(path, synthetic) for arg in ("--set", override)]
+    code, stdout, err = cli(["pretrain", path, *sets, "--set", f"output_dir={out}", "--json", "--quiet"])
     assert code == 0, err
     result = json.loads(stdout)
-    spec = load_spec(path, [f"data.root={synthetic}"])
+    spec = load_spec(path, data_overrides(path, synthetic))
     expected = min(spec.max_steps or 10**9, spec.epochs * (80 // spec.batch_size))
     assert result["steps"] == expected and math.isfinite(result["final_loss"])
     ckpt = load_checkpoint(out / "last.pt")
@@ -86,6 +108,6 @@ def _fixed_batch_loss_before_after(spec, steps: int) -> tuple[float, float]:
 
 @pytest.mark.parametrize("path", TINY, ids=[p.stem for p in TINY])
 def test_tiny_example_loss_decreases_on_a_fixed_batch(path, synthetic):
-    spec = load_spec(path, [f"data.root={synthetic}", "output_dir=unused"])
+    spec = load_spec(path, [*data_overrides(path, synthetic), "output_dir=unused"])
     before, after = _fixed_batch_loss_before_after(spec, steps=6)
     assert math.isfinite(before) and after < before
