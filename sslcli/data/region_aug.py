@@ -9,11 +9,12 @@ is floor(x + ½), so shifting a box by an integer t shifts its pixels by exactly
 
 Readings of the paper where it is not explicit (documented in docs/d3ssl.md):
 - PRC: proposals are processed largest to smallest (pixel area). Each gets a cutout inside its box with the box's aspect
-  ratio and side fraction s ~ U(side_fraction). Before a cutout is applied, every *other* proposal is checked: if the
-  cut pixels (earlier cutouts ∪ this one) would cover more than ``max_cover`` of its area, this cutout is restored
-  (not cut) inside that proposal. Since larger proposals go first, this restores the smaller proposal's pixels — the
-  paper's "recovered for smaller proposals"; the same check protects larger proposals from the cutouts of smaller ones.
-  Invariant: for every proposal j, the pixels cut by other proposals' cutouts cover at most max_cover of B_j.
+  ratio and side fraction s ~ U(side_fraction). Before a cutout is applied, every *other* proposal j is checked: if
+  the cutouts of proposals other than j (the earlier ones ∪ this one) would cover more than ``max_cover`` of B_j, this
+  cutout is restored (not cut) inside B_j. Since larger proposals go first, this gives the smaller proposal its pixels
+  back — the paper's "recovered for smaller proposals"; the same check keeps the cutouts of many small proposals from
+  hollowing out a larger one. A proposal's own cutout never counts against it.
+  Invariant: for every proposal j, the other proposals' cutouts cover at most max_cover of B_j.
 - PRC fill: the paper does not say. Default ``"mean"`` (ImageNet mean colour) is Cutout's zero on normalised input;
   ``"zero"`` (black) and ``"noise"`` (uniform random colours) are options.
 - PRM: the rectangle (area s·w·h, s ~ U(scale); aspect w/h log-uniform in ratio) touches the chosen side of the box from
@@ -100,21 +101,27 @@ def restricted_box_jitter(boxes, rng: np.random.Generator, scale: tuple[float, f
 @dataclass(frozen=True)
 class Cutouts:
     """PRC's draw: ``rects`` (K, 4) int64, the cutout sampled for each proposal (input order, before restoration);
-    ``mask`` (H, W) bool, the pixels finally cut (∪ rects minus the restored overlaps)."""
+    ``pieces`` (K, H, W) bool, what is left of each cutout after restoration."""
 
     rects: np.ndarray
-    mask: np.ndarray
+    pieces: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool: every pixel cut out."""
+        return self.pieces.any(axis=0)
 
 
 def sample_prc_cutouts(boxes, height: int, width: int, rng: np.random.Generator,
                        side_fraction: tuple[float, float] = (0.2, 0.5), max_cover: float = 0.5) -> Cutouts:
     """Draw PRC's cutouts for ``boxes`` in a ``height`` × ``width`` image (rule in the module docstring)."""
     pix = pixel_boxes(boxes, height, width)
+    k = len(pix)
     areas = (pix[:, 2] - pix[:, 0]) * (pix[:, 3] - pix[:, 1])
     order = np.argsort(-areas, kind="stable")  # largest first
     regions = [box_mask(b, height, width) for b in pix]
-    cut = np.zeros((height, width), dtype=bool)
-    rects = np.zeros((len(pix), 4), dtype=np.int64)
+    pieces = np.zeros((k, height, width), dtype=bool)
+    rects = np.zeros((k, 4), dtype=np.int64)
     for i in order:
         x0, y0, x1, y1 = pix[i]
         w, h = x1 - x0, y1 - y0
@@ -125,10 +132,13 @@ def sample_prc_cutouts(boxes, height: int, width: int, rng: np.random.Generator,
         rects[i] = (cx0, cy0, cx0 + cw, cy0 + ch)
         cutout = box_mask(rects[i], height, width)
         for j in order:
-            if j != i and np.count_nonzero((cut | cutout) & regions[j]) > max_cover * areas[j]:
+            if j == i:
+                continue
+            by_others = np.delete(pieces, j, axis=0).any(axis=0) | cutout
+            if np.count_nonzero(by_others & regions[j]) > max_cover * areas[j]:
                 cutout &= ~regions[j]  # restore this cutout inside proposal j
-        cut |= cutout
-    return Cutouts(rects=rects, mask=cut)
+        pieces[i] = cutout
+    return Cutouts(rects=rects, pieces=pieces)
 
 
 def _fill_values(fill: Fill, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -154,9 +164,10 @@ def proposal_random_cutout(image: np.ndarray, boxes, rng: np.random.Generator,
     """
     _check_image(image)
     cutouts = sample_prc_cutouts(boxes, image.shape[0], image.shape[1], rng, side_fraction, max_cover)
+    mask = cutouts.mask
     out = image.copy()
-    out[cutouts.mask] = _fill_values(fill, int(cutouts.mask.sum()), rng)
-    return out, cutouts.mask
+    out[mask] = _fill_values(fill, int(mask.sum()), rng)
+    return out, mask
 
 
 # ------------------------------------------------------------------------------------------------------------- PRM
