@@ -117,12 +117,16 @@ def _safe_unpickle(data: bytes, path: Path, trust: bool):
 
 def _read_npy(path: Path, trust: bool):
     with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        _, _, dtype = read_header(fh)  # the header only: no unpickling here
-        if not dtype.hasobject:
-            fh.seek(0)
-            return np.lib.format.read_array(fh, allow_pickle=False)
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            _, _, dtype = read_header(fh)  # the header only: no unpickling here
+            if not dtype.hasobject:
+                fh.seek(0)
+                return np.lib.format.read_array(fh, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:  # truncated or damaged header / data
+            raise InputError(f"{path}: not a readable .npy file ({exc})") from None
         obj = _safe_unpickle(fh.read(), path, trust)  # object arrays are stored as one pickle after the header
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()  # np.save(dict) wraps the dict in a 0-d object array
@@ -130,17 +134,28 @@ def _read_npy(path: Path, trust: bool):
 
 
 def _read_torch(path: Path, trust: bool):
+    unreadable = (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # Only a pickle that names a Python global is "objects that need trust"; anything else is not a checkpoint.
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from None
         if not trust:
-            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-            what = f" ({found.group(1)})" if found else ""
-            raise InputError(f"{path}: the checkpoint stores pickled Python objects{what} (SoCo checkpoints store "
-                             f"their options as argparse.Namespace); {TRUST_HINT}") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise InputError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from None
-    return torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user's explicit flag
+            raise InputError(f"{path}: the checkpoint stores pickled Python objects ({found.group(1)}) (SoCo "
+                             f"checkpoints store their options as argparse.Namespace); {TRUST_HINT}") from None
+    except unreadable as exc:  # truncated or foreign files (torch's unpickler raises IndexError on some)
+        raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user's explicit flag
+    except (pickle.UnpicklingError, ImportError, *unreadable) as exc:
+        raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def read_checkpoint_file(path: str | os.PathLike, trust: bool = False):
@@ -443,6 +458,8 @@ def export_backbone(path: str | os.PathLike, out: str | os.PathLike, to: str = "
     Returns the load report and the number of tensors written."""
     if to not in EXPORT_FORMATS:
         raise InputError(f"--to {to!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    if Path(out).is_dir():
+        raise InputError(f"--out {out}: is a directory; expected a file name (e.g. {Path(out) / 'backbone.pkl'})")
     backbone, report = load_backbone(path, trust=trust, prefix=prefix)
     state = backbone.state_dict()
     with atomic_path(out) as tmp:

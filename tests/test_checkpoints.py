@@ -217,3 +217,65 @@ def test_truncated_files_are_one_line_input_errors(tmp_path):
             load_backbone(broken)
     with pytest.raises(InputError, match="not found"):
         load_backbone(tmp_path / "missing.pth")
+
+
+def _haiku_by_hand(state: dict) -> dict:
+    """METHODS.md §8 written out independently of sslcli.checkpoints: haiku module names, HWIO conv kernels,
+    BN scale/offset as params and mean_ema/var_ema averages as state, every BN vector shaped (1, 1, 1, C)."""
+    params, ema = {}, {}
+
+    def module_of(tv: str) -> str:
+        if tv in ("conv1", "bn1"):
+            return {"conv1": "initial_conv", "bn1": "initial_batchnorm"}[tv]
+        layer, block, rest = tv.split(".", 2)
+        names = {"downsample.0": "shortcut_conv", "downsample.1": "shortcut_batchnorm",
+                 "conv1": "conv_0", "conv2": "conv_1", "conv3": "conv_2",
+                 "bn1": "batchnorm_0", "bn2": "batchnorm_1", "bn3": "batchnorm_2"}
+        return f"block_group_{int(layer[5:]) - 1}/~/block_{block}/~/{names[rest]}"
+
+    for key, value in state.items():
+        tv_module, param = key.rsplit(".", 1)
+        module = "res_net50/~/" + module_of(tv_module)
+        array = value.numpy()
+        if param == "weight" and array.ndim == 4:
+            params.setdefault(module, {})["w"] = np.ascontiguousarray(np.transpose(array, (2, 3, 1, 0)))  # O,I,H,W -> H,W,I,O
+        elif param in ("weight", "bias"):
+            params.setdefault(module, {})["scale" if param == "weight" else "offset"] = array.reshape(1, 1, 1, -1)
+        elif param in ("running_mean", "running_var"):
+            ema[f"{module}/~/{'mean' if param == 'running_mean' else 'var'}_ema"] = {
+                "average": array.reshape(1, 1, 1, -1), "hidden": np.zeros_like(array), "counter": np.zeros(())}
+    return {"params": params, "state": ema}
+
+
+def test_haiku_files_written_independently_load_exactly(tmp_path):
+    """The haiku mapping is checked against a hand-written converter, not against backbone_to_haiku itself."""
+    net = _random_backbone("resnet50")
+    tree = _haiku_by_hand(net.state_dict())
+    assert tree["params"]["res_net50/~/initial_conv"]["w"].shape == (7, 7, 3, 8)  # HWIO, as haiku stores it
+    path = tmp_path / "detcon_by_hand.npy"
+    np.save(path, tree, allow_pickle=True)
+    loaded, report = load_backbone(path)
+    assert report.format == "haiku" and (report.arch, report.width) == ("resnet50", 8)
+    for key, value in net.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert all(k.endswith(("hidden", "counter")) for k in report.ignored)
+
+
+def test_foreign_and_damaged_files_are_input_errors_not_crashes(tmp_path, cli):
+    text = tmp_path / "notes.pth"
+    text.write_text("error: this is a log file, not a checkpoint\n")
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_text("garbage\n")
+    header_only = tmp_path / "header.npy"
+    header_only.write_bytes(b"\x93NUMPY\x01\x00")
+    for path in (text, garbage, header_only):
+        with pytest.raises(InputError, match=path.name) as info:
+            load_backbone(path)
+        assert "pickled Python objects" not in str(info.value)  # not a pickle of objects: no trust hint
+        with pytest.raises(InputError, match=path.name):
+            load_backbone(path, trust=True)
+    ckpt = tmp_path / "tv.pth"
+    torch.save(_random_backbone("resnet18").state_dict(), ckpt)
+    code, _, err = cli(["export", ckpt, "--to", "detectron2", "--out", tmp_path])  # a folder, not a file name
+    assert code == 2 and "directory" in err
