@@ -64,9 +64,14 @@ def roi_features(encoder: ResNetBackbone, images: torch.Tensor, boxes: torch.Ten
         (B·K, C5) features, image-major (row b·K + k is box k of image b).
     """
     res4 = encoder.features(images, upto="res4")["res4"]
-    rois = roi_align(res4, list(boxes.to(res4.dtype).unbind(0)), output_size=roi_size,
+    return encoder.layer4(align_rois(res4, boxes, roi_size)).mean(dim=(2, 3))
+
+
+def align_rois(res4: torch.Tensor, boxes: torch.Tensor, roi_size: int) -> torch.Tensor:
+    """RoIAlign (aligned=True: box corners are continuous pixel coordinates) of (B, K, 4) image-pixel boxes on a
+    (B, C, H/16, W/16) res4 map → (B·K, C, roi_size, roi_size), image-major."""
+    return roi_align(res4, list(boxes.to(res4.dtype).unbind(0)), output_size=roi_size,
                      spatial_scale=1.0 / RES4_STRIDE, sampling_ratio=-1, aligned=True)
-    return encoder.layer4(rois).mean(dim=(2, 3))
 
 
 def open_box_store(path: str):

@@ -1,0 +1,166 @@
+"""SoCo's box-carrying views (sslcli/data/region_views.py): boxes move with the pixels, jitter bounds, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from sslcli.data.region_views import RegionViews, downsample, jitter_boxes, overlapping, place_boxes, sample_indices
+
+# An asymmetric layout (a missed flip or a wrong offset would land on another colour or on black), 120×90 image.
+HEIGHT, WIDTH = 90, 120
+RECTS = [(6, 8, 40, 38), (52, 4, 112, 30), (10, 50, 34, 84), (60, 44, 100, 86)]  # x0, y0, x1, y1; 8+ px apart
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+
+
+def painted_image() -> np.ndarray:
+    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    for (x0, y0, x1, y1), colour in zip(RECTS, COLOURS):
+        image[y0:y1, x0:x1] = colour
+    return image
+
+
+def colour_of(view: torch.Tensor, box: torch.Tensor, margin: float = 2.0) -> int | None:
+    """Index of the single colour filling ``box`` shrunk by ``margin`` px in a (3, s, s) uint8 view; None if too small
+    to hold interior pixels; -1 if the interior is not one uniform colour of the palette."""
+    x0, y0 = int(np.ceil(box[0] + margin)), int(np.ceil(box[1] + margin))
+    x1, y1 = int(np.floor(box[2] - margin)), int(np.floor(box[3] - margin))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    pixels = view[:, y0:y1, x0:x1].reshape(3, -1).T.int()
+    for i, colour in enumerate(COLOURS):
+        if (pixels - torch.tensor(colour)).abs().max() <= 12:
+            return i
+    return -1
+
+
+def ring_has_colour(view: torch.Tensor, box: torch.Tensor, colour: int, margin: float = 2.0, width: int = 2) -> bool:
+    """Whether the band ``margin``..``margin + width`` px outside ``box`` (inside the view) shows ``colour``."""
+    size = view.shape[-1]
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")  # pixel centres
+    dx = torch.maximum(box[0] - xx, xx - box[2]).clamp(min=0)
+    dy = torch.maximum(box[1] - yy, yy - box[3]).clamp(min=0)
+    distance = torch.maximum(dx, dy)
+    band = (distance > margin) & (distance <= margin + width)
+    target = torch.tensor(COLOURS[colour])[:, None]
+    return bool(((view[:, band].int() - target).abs().max(0).values <= 12).any())
+
+
+def test_boxes_follow_pixels_in_every_view():
+    views = RegionViews(64, boxes_per_image=4, crop_scale=(0.3, 1.0), jitter_p=0.0)
+    image, checked = painted_image(), 0
+    for seed in range(30):
+        torch.manual_seed(seed)
+        view1, view2, boxes = views.geometry(image, np.array(RECTS, np.float32))
+        view3 = downsample(view2, 32)
+        assert boxes.shape == (3, 4, 4) and view1.shape == view2.shape == (3, 64, 64) and view3.shape == (3, 32, 32)
+        for k in range(4):
+            # V1 holds the whole image: the colour there names the proposal; every other view must show the same one.
+            source = colour_of(view1, boxes[0, k])
+            assert source is not None and source >= 0
+            for view, box in ((view1, boxes[0, k]), (view2, boxes[1, k]), (view3, boxes[2, k])):
+                side = view.shape[-1]
+                assert (box >= 0).all() and (box <= side).all() and box[2] > box[0] and box[3] > box[1]
+                found = colour_of(view, box)
+                if found is not None:
+                    assert found == source, f"seed {seed}, box {k}: colour {found} where {source} was expected"
+                    assert not ring_has_colour(view, box, source), f"seed {seed}: box {k} is smaller than its region"
+                    checked += 1
+    assert checked > 250  # most boxes are large enough to be checked in every view
+
+
+def test_the_two_flips_both_occur():
+    views = RegionViews(64, boxes_per_image=4, jitter_p=0.0)
+    flipped = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        _, _, boxes = views.geometry(painted_image(), np.array(RECTS[:1], np.float32))
+        flipped.add(bool(boxes[0, 0, 0] > 32))  # the red box sits on the left of the image unless V1 is flipped
+    assert flipped == {True, False}
+
+
+def test_only_proposals_overlapping_both_views_are_kept():
+    boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 30, 30], [40, 40, 50, 50], [20, 0, 25, 20]], dtype=torch.float32)
+    assert overlapping(boxes, (20, 20, 60, 60)).tolist() == [False, True, True, False]  # touching edges: no area
+
+
+def test_sampling_pads_by_resampling_when_fewer_than_k():
+    torch.manual_seed(0)
+    idx = sample_indices(2, 5)
+    assert len(idx) == 5 and set(idx.tolist()) == {0, 1}
+    idx = sample_indices(7, 4)
+    assert len(idx) == 4 and len(set(idx.tolist())) == 4 and max(idx.tolist()) < 7
+    # Through the views: two proposals, K = 5 → both appear and each slot is one of them, the same in every view.
+    views = RegionViews(64, boxes_per_image=5, crop_scale=(1.0, 1.0), jitter_p=0.0)
+    image = painted_image()
+    view1, view2, boxes = views.geometry(image, np.array(RECTS[:2], np.float32))
+    colours1 = [colour_of(view1, b) for b in boxes[0]]
+    colours2 = [colour_of(view2, b) for b in boxes[1]]
+    assert set(colours1) == {0, 1} and colours1 == colours2
+
+
+def test_an_image_without_proposals_uses_the_shared_region():
+    views = RegionViews(64, boxes_per_image=3, jitter_p=0.0)
+    torch.manual_seed(0)
+    _, _, boxes = views.geometry(painted_image(), np.zeros((0, 4), np.float32))
+    assert torch.allclose(boxes[1], torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 3))  # the V2 crop = all of V2
+    assert torch.allclose(boxes[2], torch.tensor([[0.0, 0.0, 32.0, 32.0]] * 3))
+
+
+def test_jitter_stays_within_its_bounds():
+    torch.manual_seed(0)
+    xy = torch.rand(4000, 2) * 100
+    wh = torch.rand(4000, 2) * 50 + 1
+    boxes = torch.cat([xy, xy + wh], 1)
+    out = jitter_boxes(boxes, p=1.0, scale=0.1)
+    centre, new_centre = (boxes[:, :2] + boxes[:, 2:]) / 2, (out[:, :2] + out[:, 2:]) / 2
+    new_wh = out[:, 2:] - out[:, :2]
+    assert ((new_centre - centre).abs() <= 0.1 * wh + 1e-4).all()
+    assert ((new_wh / wh - 1).abs() <= 0.1 + 1e-5).all()
+    # The bounds are reached, not merely respected: shifts and scales spread over the whole range.
+    assert (new_centre - centre).div(wh).abs().max() > 0.09 and (new_wh / wh - 1).abs().max() > 0.09
+    assert torch.equal(jitter_boxes(boxes, p=0.0, scale=0.1), boxes)
+    changed = (jitter_boxes(boxes, p=0.5, scale=0.1) != boxes).any(1).float().mean()
+    assert 0.45 < changed < 0.55
+
+
+def test_placed_boxes_are_clipped_and_keep_an_area():
+    torch.manual_seed(0)
+    # Boxes hanging over every border and a sliver barely inside: clipped to [0, 64], never left without area.
+    boxes = torch.tensor([[-10, -10, 20, 20], [50, 50, 80, 80], [63.9, 10, 90, 20], [-5, 30, 0.05, 40]])
+    for _ in range(50):
+        out = place_boxes(boxes, 64, jitter_p=1.0, jitter_scale=0.1)
+        assert (out >= 0).all() and (out <= 64).all()
+        assert (out[:, 2] > out[:, 0]).all() and (out[:, 3] > out[:, 1]).all()
+
+
+def test_outputs_have_fixed_shapes_and_collate():
+    views = RegionViews(64, boxes_per_image=4)
+    samples = []
+    for seed, n in enumerate((0, 1, 4, 9)):
+        torch.manual_seed(seed)
+        rects = np.array((RECTS * 3)[:n], np.float32).reshape(-1, 4)
+        samples.append(views(painted_image(), rects))
+    batch = default_collate(samples)
+    assert batch["view1"].shape == (4, 3, 64, 64) and batch["view2"].shape == (4, 3, 64, 64)
+    assert batch["view3"].shape == (4, 3, 32, 32) and batch["boxes"].shape == (4, 3, 4, 4)
+    assert batch["view1"].dtype == torch.float32 and batch["boxes"].dtype == torch.float32
+
+
+def test_picklable():
+    import pickle
+
+    views = pickle.loads(pickle.dumps(RegionViews(32, boxes_per_image=2)))
+    torch.manual_seed(0)
+    out = views(painted_image(), np.array(RECTS, np.float32))
+    assert out["boxes"].shape == (3, 2, 4)
+
+
+@pytest.mark.parametrize("size", [64, 65])
+def test_v3_boxes_are_v2_boxes_scaled(size):
+    views = RegionViews(size, boxes_per_image=4, jitter_p=0.0)
+    torch.manual_seed(3)
+    _, _, boxes = views.geometry(painted_image(), np.array(RECTS, np.float32))
+    assert torch.allclose(boxes[2], boxes[1] * (size // 2) / size, atol=1e-5)

@@ -1,0 +1,256 @@
+"""SoCo (sslcli/methods/soco.py): the loss against hand computations, RoIAlign geometry, training, bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch.utils.data import default_collate
+
+from sslcli.data.region_views import RegionViews
+from sslcli.methods.base import StepInfo
+from sslcli.methods.soco import VIEW_PAIRS, align_rois, roi_features, soco_loss
+from sslcli.models.backbone import build_backbone
+
+
+# ------------------------------------------------------------------------------------------------------------ loss
+def _tensors(rows):
+    return [torch.tensor(r, dtype=torch.float32) for r in rows]
+
+
+# Two boxes (rows), 2-d latents: predictions p1..p3 and target projections z1..z3 of views V1..V3.
+P = _tensors([[[1, 0], [0, 2]], [[1, 1], [0, 1]], [[3, 0], [-1, 0]]])
+Z = _tensors([[[0, 1], [0, 1]], [[1, 0], [0, 5]], [[1, 0], [1, 0]]])
+
+
+def test_loss_matches_a_hand_computation():
+    out = soco_loss(P, Z, VIEW_PAIRS["soco"])
+    # V1↔V2: p1·z2 cosines (1, 1) → 0; p2·z1 cosines (1/√2, 1) → mean of (2 − √2, 0).
+    assert out["loss_v1v2"].item() == pytest.approx((2 - math.sqrt(2)) / 2, abs=1e-6)
+    # V1↔V3: p1·z3 cosines (1, 0) → mean of (0, 2) = 1; p3·z1 cosines (0, 0) → 2.
+    assert out["loss_v1v3"].item() == pytest.approx(3.0, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(3 + (2 - math.sqrt(2)) / 2, abs=1e-6)
+    assert "loss_v2v3" not in out
+    # view_pairs: all adds V2↔V3: p2·z3 cosines (1/√2, 0) → (2 − √2 + 2)/2; p3·z2 cosines (1, 0) → 1.
+    out = soco_loss(P, Z, VIEW_PAIRS["all"])
+    assert out["loss_v2v3"].item() == pytest.approx((4 - math.sqrt(2)) / 2 + 1, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(3 + (2 - math.sqrt(2)) / 2 + (4 - math.sqrt(2)) / 2 + 1, abs=1e-6)
+
+
+def numpy_soco_paper(p: list[np.ndarray], z: list[np.ndarray], batch: int, pairs) -> float:
+    """SoCo's form: per direction −2·Σ_ij C_ij p̂_i·ẑ_j / ΣC per image (C = identity: correspondence by index),
+    averaged over images; summed over directions and pairs."""
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    def direction(pa, zb):
+        pa, zb = unit(pa).reshape(batch, -1, pa.shape[-1]), unit(zb).reshape(batch, -1, zb.shape[-1])
+        sim = pa @ zb.transpose(0, 2, 1)                       # (B, K, K)
+        corr = np.eye(sim.shape[1])[None]
+        return float((-2 * (sim * corr).sum((1, 2)) / corr.sum((1, 2))).mean())
+
+    return sum(direction(p[a], z[b]) + direction(p[b], z[a]) for a, b in pairs)
+
+
+@pytest.mark.parametrize("pairs", ["soco", "all"])
+def test_loss_is_socos_correspondence_form_plus_a_constant(pairs):
+    gen = torch.Generator().manual_seed(0)
+    batch, k, dim = 3, 4, 8
+    p = [torch.randn(batch * k, dim, generator=gen) for _ in range(3)]
+    z = [torch.randn(batch * k, dim, generator=gen) for _ in range(3)]
+    ours = soco_loss(p, z, VIEW_PAIRS[pairs])["loss"].item()
+    paper = numpy_soco_paper([x.numpy() for x in p], [x.numpy() for x in z], batch, VIEW_PAIRS[pairs])
+    assert ours == pytest.approx(paper + 2 * 2 * len(VIEW_PAIRS[pairs]), abs=1e-5)  # 2 per direction
+
+
+def test_targets_get_no_gradient():
+    p = [x.clone().requires_grad_(True) for x in P]
+    z = [x.clone().requires_grad_(True) for x in Z]
+    soco_loss(p, z, VIEW_PAIRS["soco"])["loss"].backward()
+    assert all(x.grad is not None for x in p) and all(x.grad is None for x in z)
+
+
+# ---------------------------------------------------------------------------------------------------- RoI features
+def test_roialign_reads_res4_at_stride_16_with_aligned_boxes():
+    # With aligned=True, the pixel box [16a, 16c) maps onto res4 cells a..c−1 exactly: 2×2 bins of one cell each,
+    # sampled at the cell centres (one sample per bin). aligned=False or another stride would shift or blur them.
+    res4 = torch.randn(2, 5, 4, 4)
+    boxes = torch.tensor([[[0.0, 0.0, 32.0, 32.0], [16.0, 32.0, 48.0, 64.0]],
+                          [[32.0, 0.0, 64.0, 32.0], [0.0, 16.0, 32.0, 48.0]]])
+    rois = align_rois(res4, boxes, 2)
+    assert rois.shape == (4, 5, 2, 2)
+    want = [res4[0, :, 0:2, 0:2], res4[0, :, 2:4, 1:3], res4[1, :, 0:2, 2:4], res4[1, :, 1:3, 0:2]]
+    for got, expected in zip(rois, want):
+        assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_roi_features_are_image_major_res5_vectors():
+    torch.manual_seed(0)
+    encoder = build_backbone("resnet18", 8).eval()  # eval: BN statistics do not couple the images
+    images = torch.randn(2, 3, 64, 64)
+    boxes = torch.tensor([[[0, 0, 64, 64], [8, 8, 40, 30], [30, 20, 60, 62]],
+                          [[4, 4, 20, 20], [0, 0, 64, 64], [10, 30, 50, 60]]], dtype=torch.float32)
+    with torch.no_grad():
+        both = roi_features(encoder, images, boxes, 14)
+        first = roi_features(encoder, images[:1], boxes[:1], 14)
+        second = roi_features(encoder, images[1:], boxes[1:], 14)
+    assert both.shape == (6, encoder.out_channels)
+    assert torch.allclose(both[:3], first, atol=1e-5) and torch.allclose(both[3:], second, atol=1e-5)
+    assert not torch.allclose(both[0], both[1])  # different boxes, different features
+
+
+# -------------------------------------------------------------------------------------------------------- the method
+def _spec(method: dict | None = None, **model):
+    from sslcli.spec import parse_spec
+
+    method = {"name": "soco", "boxes": "unused.h5", "dim": 16, "hidden_dim": 32, **(method or {})}
+    return parse_spec({"data": {"root": "d", "image_size": 64, "workers": 0},
+                       "model": {"arch": "resnet18", "width": 8, "c4": True, **model}, "method": method,
+                       "batch_size": 4})
+
+
+def _batch(n: int = 4, k: int = 3) -> dict:
+    views = RegionViews(64, boxes_per_image=k)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(n):
+        torch.manual_seed(i)
+        image = rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)
+        image[10:50, 20:70] = (200, 40, 40)
+        boxes = np.array([[20, 10, 70, 50], [0, 0, 60, 72], [40, 30, 96, 72]], np.float32)
+        samples.append(views(image, boxes))
+    return default_collate(samples)
+
+
+def _info(step: int) -> StepInfo:
+    return StepInfo(step=step, epoch=0, steps_per_epoch=100, total_steps=100)
+
+
+def test_method_trains_a_few_steps_and_the_loss_decreases():
+    from sslcli.methods.soco import Soco
+
+    torch.manual_seed(0)
+    soco = Soco(_spec())
+    batch = _batch()
+    optimiser = torch.optim.SGD([p for p in soco.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(6):
+        out = soco(batch, _info(step))
+        assert set(out) == {"loss", "loss_v1v2", "loss_v1v3"} and torch.isfinite(out["loss"])
+        optimiser.zero_grad()
+        out["loss"].backward()
+        if step == 0:
+            assert soco.encoder.conv1.weight.grad.abs().sum() > 0
+            assert soco.encoder.layer4[0].conv1.weight.grad.abs().sum() > 0
+            assert all(p.grad is None for p in soco.target_encoder.parameters())
+        optimiser.step()
+        before = [p.clone() for p in soco.target_projector.parameters()]
+        soco.after_step(_info(step))
+        tau = 1 - (1 - 0.99) * (math.cos(math.pi * step / 100) + 1) / 2
+        for old, new, online in zip(before, soco.target_projector.parameters(), soco.projector.parameters()):
+            assert torch.allclose(new, tau * old + (1 - tau) * online, atol=1e-6)
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0]
+
+
+def test_soco_needs_a_c4_model():
+    from sslcli.errors import InputError
+    from sslcli.methods.soco import Soco
+
+    with pytest.raises(InputError, match="model.c4"):
+        Soco(_spec(c4=False))
+
+
+# --------------------------------------------------------------------------------------------- data set, store, CLI
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    from sslcli.cli import app
+    from sslcli.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("soco") / "data"
+    generate(root, n_train=16, n_val=0, seed=0, size=64)
+    runner = CliRunner()
+    for args in (["prepare", "boxes", str(root)], ["prepare", "masks", str(root), "--method", "grid"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.stderr
+    return root
+
+
+def _spec_file(tmp_path: Path, root: Path, boxes: Path | str, **model) -> Path:
+    spec = {"spec_version": 1, "name": "soco-test",
+            "data": {"root": str(root), "image_size": 64, "workers": 0, "pin_memory": False},
+            "model": {"arch": "resnet18", "width": 8, "c4": True, **model},
+            "method": {"name": "soco", "boxes": str(boxes), "dim": 16, "hidden_dim": 32},
+            "optimizer": {"name": "lars", "base_lr": 1.0, "weight_decay": 1e-5},
+            "schedule": {"name": "cosine", "warmup_epochs": 0}, "batch_size": 4, "epochs": 1, "max_steps": 2,
+            "precision": "fp32", "output_dir": str(tmp_path / "run")}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_pretrain_runs_on_a_real_box_store(dataset, tmp_path, cli):
+    import json
+
+    code, stdout, err = cli(["pretrain", _spec_file(tmp_path, dataset, dataset / "sslcli" / "ss-soco.h5"),
+                             "--json", "--quiet"])
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["steps"] == 2 and math.isfinite(result["final_loss"])
+
+
+def test_transform_reads_the_store_and_collates(dataset):
+    from sslcli.data.sources import open_source
+    from sslcli.methods.soco import Soco
+
+    spec = _spec({"boxes": str(dataset / "sslcli" / "ss-soco.h5"), "boxes_per_image": 5})
+    transform = Soco(spec).transform()
+    source = open_source(dataset, "train2017")
+    samples = []
+    for i in range(3):
+        torch.manual_seed(i)
+        samples.append(transform({"image": source.load(i), "index": i, "image_id": source[i].image_id}))
+    batch = default_collate(samples)
+    assert batch["boxes"].shape == (3, 3, 5, 4) and batch["view3"].shape == (3, 3, 32, 32)
+
+
+def _one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_box_store_is_a_one_line_input_error(dataset, tmp_path, cli):
+    missing = tmp_path / "nowhere.h5"
+    code, _, err = cli(["pretrain", _spec_file(tmp_path, dataset, missing), "--quiet"])
+    _one_line_error(code, err, "method.boxes", str(missing), "prepare boxes")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_mask_store_is_refused(dataset, tmp_path, cli):
+    masks = next((dataset / "sslcli").glob("grid*.h5"))
+    code, _, err = cli(["pretrain", _spec_file(tmp_path, dataset, masks), "--quiet"])
+    _one_line_error(code, err, "method.boxes", "holds masks", "expected boxes")
+
+
+def test_a_non_c4_model_is_refused(dataset, tmp_path, cli):
+    code, _, err = cli(["pretrain", _spec_file(tmp_path, dataset, dataset / "sslcli" / "ss-soco.h5", c4=False),
+                        "--quiet"])
+    _one_line_error(code, err, "model.c4")
+
+
+def test_boxes_of_other_images_are_refused(dataset, tmp_path, cli):
+    from sslcli.data.synthetic import generate
+
+    other = tmp_path / "other"
+    generate(other, n_train=16, n_val=0, seed=0, size=96)  # same ids, other sizes
+    code, _, err = cli(["pretrain", _spec_file(tmp_path, other, dataset / "sslcli" / "ss-soco.h5"), "--quiet"])
+    _one_line_error(code, err, "boxes in", "were computed on a")
