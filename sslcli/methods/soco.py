@@ -135,7 +135,7 @@ class Soco(Method):
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """``batch["view1"]``, ``["view2"]``: (B, 3, S, S); ``["view3"]``: (B, 3, S/2, S/2); ``["boxes"]``: (B, 3, K, 4)."""
         roi_size = self.spec.method.roi_size
-        boxes = batch["boxes"]
+        boxes = batch["boxes"].contiguous()  # (B, 3, K, 4) looks like an image batch to the engine's channels_last
         predictions, targets = [], []
         for v, key in enumerate(VIEW_KEYS):  # one pass per view: V3 has another size; BN statistics per view
             features = roi_features(self.encoder, batch[key], boxes[:, v], roi_size)
