@@ -145,7 +145,18 @@ def test_preprocessing_moves_boxes_with_the_pixels():
     assert abs(xs.min() - x0) <= 1 and abs(xs.max() + 1 - x1) <= 1
     assert abs(ys.min() - y0) <= 1 and abs(ys.max() + 1 - y1) <= 1
     crop, _ = Preprocess(64, "center-crop").apply(image)
-    assert crop.shape == (64, 64, 3)  # shorter side 73, centre 64x64 of a 146x73 resize
+    assert crop.shape == (64, 64, 3)
+
+
+def test_center_crop_is_resize_to_the_size_then_centre_crop():
+    # METHODS.md §7: Resize(size) + CenterCrop(size). A 100x200 image whose pixels record their own coordinates:
+    # the shorter side becomes 64 (whole height kept), the centre 64 columns of the 128-wide resize are original
+    # columns 50..150.
+    ys, xs = np.mgrid[0:100, 0:200]
+    image = np.stack([xs, ys * 2, np.zeros_like(xs)], axis=-1).astype(np.uint8)
+    crop, _ = Preprocess(64, "center-crop").apply(image)
+    assert abs(int(crop[32, 0, 0]) - 50) <= 2 and abs(int(crop[32, -1, 0]) - 149) <= 2
+    assert int(crop[0, 32, 1]) <= 3 and int(crop[-1, 32, 1]) >= 195  # top and bottom rows of the original
 
 
 def test_feature_cache_is_reused_without_running_the_model(tiny_coco, tmp_path):
@@ -283,6 +294,10 @@ def test_probe_input_errors_exit_2(cli, tiny_coco, tiny_checkpoint, tmp_path):
     assert code == 2 and "--labels" in err
     code, _, err = cli(["probe", "linear", tmp_path / "none.pt", "--data", tiny_coco])
     assert code == 2 and "none.pt" in err
+    # out-of-range numbers are usage errors naming the option (were exit 1 with a library's ValueError)
+    for option, value in (("--batch-size", "0"), ("--workers", "-1"), ("--temperature", "0")):
+        code, _, err = cli(["probe", "knn", tiny_checkpoint, "--data", tiny_coco, option, value, "--no-cache"])
+        assert code == 2 and option in err, (option, err)
 
 
 def test_probes_on_an_image_folder(cli, tiny_coco, tiny_checkpoint, tmp_path):

@@ -20,7 +20,7 @@ TEST_DATA_HELP = "Separate test set (root or manifest); default: --data with --t
 LABELS_HELP = ("image: one row per image (COCO: multi-label set of classes present, scored by mAP); object: one row "
                "per COCO instance (non-crowd, box sides >= --min-size), RoIAlign 7x7 on res5 of the image resized "
                "to --image-size squared.")
-IMAGE_SIZE_HELP = ("image rows: shorter side to size*256/224, centre crop size (default 224); object rows: whole image "
+IMAGE_SIZE_HELP = ("image rows: shorter side to size, centre crop size (default 224); object rows: whole image "
                    "resized to size squared (default 512, so 32 px objects keep about a res5 cell).")
 OBJECT_IMAGE_SIZE = 512
 CACHE_HELP = "Feature cache folder (HDF5 keyed by checkpoint hash, data and preprocessing); default $SSLCLI_CACHE or ~/.cache/sslcli/features."
@@ -116,9 +116,9 @@ DATA = typer.Option(..., "--data", help=DATA_HELP)
 TEST_DATA = typer.Option(None, "--test-data", help=TEST_DATA_HELP)
 TRAIN_SPLIT = typer.Option(None, "--train-split", help="Default: train2017 (COCO) or train (ImageFolder).")
 TEST_SPLIT = typer.Option(None, "--test-split", help="Default: val2017 (COCO) or val (ImageFolder).")
-MIN_SIZE = typer.Option(32.0, "--min-size", help="Object rows: minimum box side in pixels.")
-BATCH = typer.Option(64, "--batch-size", help="Images per forward pass.")
-WORKERS = typer.Option(0, "--workers", help="DataLoader worker processes decoding images.")
+MIN_SIZE = typer.Option(32.0, "--min-size", min=0, help="Object rows: minimum box side in pixels.")
+BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.")
+WORKERS = typer.Option(0, "--workers", min=0, help="DataLoader worker processes decoding images.")
 DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N.")
 CACHE = typer.Option(None, "--cache", help=CACHE_HELP)
 NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the feature cache.")
@@ -138,9 +138,9 @@ def probe_linear(
     batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
     no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
     c_grid: int = typer.Option(45, "--c-grid", help="Number of log-spaced C values in [1e-5, 1e5] to search."),
-    search_max_iter: int = typer.Option(100, "--search-max-iter", help="L-BFGS iterations per C during the search "
+    search_max_iter: int = typer.Option(100, "--search-max-iter", min=1, help="L-BFGS iterations per C during the search "
                                         "(warm-started from the previous C)."),
-    max_iter: int = typer.Option(1000, "--max-iter", help="L-BFGS iterations of the final refit on train + val."),
+    max_iter: int = typer.Option(1000, "--max-iter", min=1, help="L-BFGS iterations of the final refit on train + val."),
     seed: int = typer.Option(0, "--seed", help="Seed of the 20 % validation split."),
     val_split: str = typer.Option(None, "--val-split", help="Predefined validation split of --data used to choose C "
                                   "(default: a seeded 20 % of the training split)."),
@@ -179,7 +179,7 @@ def probe_knn(
     batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
     no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
     k: str = typer.Option("10,20,100,200", "--k", help="Comma-separated neighbour counts."),
-    temperature: float = typer.Option(0.07, "--temperature", help="Vote weight exp(cosine / T)."),
+    temperature: float = typer.Option(0.07, "--temperature", min=1e-6, help="Vote weight exp(cosine / T)."),
     out: Path = OUT,
 ):
     """Weighted k-nearest-neighbour probe.

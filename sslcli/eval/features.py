@@ -1,7 +1,8 @@
 """Frozen-feature extraction for the probes: batched, on GPU when available, cached to HDF5.
 
 Two kinds of rows (see `sslcli.eval.labels.LabeledSet`):
-- image rows: Resize (shorter side ``image_size·256/224``) + CenterCrop ``image_size``, res5 global-average-pooled;
+- image rows: Resize (shorter side ``image_size``) + CenterCrop ``image_size`` (METHODS.md §7, Ericsson et al.),
+  res5 global-average-pooled;
 - object rows: the whole image resized to ``image_size × image_size`` (so every box maps by two scale factors),
   RoIAlign 7×7 of its box on res5, average-pooled (the O-KNN recipe of METHODS.md §6).
 
@@ -31,13 +32,13 @@ from sslcli.errors import CorruptImageError, InputError
 from sslcli.eval.labels import LabeledSet
 from sslcli.io import atomic_path
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: center-crop resizes the shorter side to image_size (was image_size·256/224)
 PREPROCESS_MODES = ("center-crop", "square")
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """``center-crop``: shorter side to round(image_size·256/224), centre crop image_size² (the linear-probe recipe).
+    """``center-crop``: shorter side to image_size, centre crop image_size² (METHODS.md §7: Resize 224 + CenterCrop).
     ``square``: the whole image resized to image_size² (aspect not kept; boxes scale with it)."""
 
     image_size: int = 224
@@ -57,7 +58,7 @@ class Preprocess:
         if self.mode == "square":
             out = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR)
             return out, (size / w, size / h)
-        short = round(size * 256 / 224)
+        short = size  # torchvision Resize(size) + CenterCrop(size), as the linear-probe protocol prescribes
         scale = short / min(h, w)
         new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
         resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
