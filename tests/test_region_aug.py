@@ -146,8 +146,8 @@ def test_prc_restores_the_smaller_proposal():
 
 
 def test_prc_keeps_a_cutout_that_covers_little_of_another_proposal():
-    # The 8×8 cutout of a 16×16 box overlaps the neighbour only when it sits at the box's right edge: ≤ 8·8 = 64 of
-    # its 256 pixels (25% ≤ 50%), so nothing is restored and every rectangle is cut whole.
+    # The boxes share columns 12–15: an 8×8 cutout of either 16×16 box covers at most 4·8 = 32 of the other's 256
+    # pixels (12.5% ≤ 50%), so nothing is restored and every rectangle is cut whole.
     boxes = np.array([[0.0, 0.0, 16.0, 16.0], [12.0, 0.0, 28.0, 16.0]])
     for seed in SEEDS:
         cut = sample_prc_cutouts(boxes, H, W, np.random.default_rng(seed), side_fraction=(0.5, 0.5))
