@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import engine_toy as toy
 import numpy as np
@@ -375,3 +376,12 @@ def test_tensorboard_without_the_package_warns_and_keeps_json_metrics(images, tm
     launch(spec)
     assert "tensorboard package is not installed" in capsys.readouterr().err
     assert (tmp_path / "run" / "metrics.jsonl").read_text().count('"type": "step"') == 4
+
+
+@pytest.mark.parametrize("options", [["--nodes", "0"], ["--gpus", "-1"], ["--nodes", "2", "--node-rank", "2"]])
+def test_cli_rejects_bad_process_options_with_exit_2_even_on_dry_run(cli, options):
+    # --nodes 0 used to divide by zero while checking the batch (exit 1, "ZeroDivisionError"), and --dry-run
+    # reported the spec valid for --gpus -1.
+    spec = Path(__file__).resolve().parents[1] / "examples" / "moco-v2-tiny.yaml"
+    code, _, err = cli(["pretrain", spec, "--dry-run", *options])
+    assert code == 2 and "expected gpus ≥ 0, nodes ≥ 1" in err

@@ -36,6 +36,10 @@ def pretrain(
         return None
     if spec_path is None:
         raise InputError("SPEC: a run spec file is required (or --schema)")
+    # Checked before the world size is used (--nodes 0 would divide by zero), and on --dry-run too.
+    if gpus < 0 or nodes < 1 or not 0 <= node_rank < nodes:
+        raise InputError(f"--gpus {gpus} --nodes {nodes} --node-rank {node_rank}: expected gpus ≥ 0, nodes ≥ 1 and "
+                         "0 ≤ node-rank < nodes")
     world = max(gpus, 1) * nodes
     spec = load_spec(spec_path, overrides, world_size=world)
     if dry_run:
