@@ -141,3 +141,6 @@ def test_inspect_summary_render_and_bad_input(tiny_coco, tmp_path, cli):
     assert code == 2 and "annotation" in err
     code, _, err = cli(["prepare", "inspect", tmp_path / "none.h5"])
     assert code == 2 and "not found" in err
+    code, _, err = cli(["prepare", "inspect", store, "--gt", tiny_coco, "--render", tmp_path / "png2",
+                        "--render-count", -1])
+    assert code == 2 and "--render-count" in err and not (tmp_path / "png2").exists()

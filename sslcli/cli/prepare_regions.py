@@ -150,6 +150,8 @@ def prepare_inspect(
 
     if limit is not None and limit < 1:
         raise InputError(f"--limit {limit}: expected a positive number of images")
+    if render is not None and render_count < 1:  # a negative count would slice "all but the last" images
+        raise InputError(f"--render-count {render_count}: expected a positive number of images")
     report = store_report(store, gt, split, limit)
     if render is not None:
         if gt is None:
