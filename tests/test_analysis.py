@@ -419,3 +419,25 @@ def test_cli_rejects_bad_input_with_one_line_and_exit_2(cli, tmp_path, two_check
     code, _, err = cli(["analyze", "oknn", two_checkpoints[0], "--data", tiny_coco, "--disturbed", "--disturb", "x"])
     assert code == 2 and "--disturb" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_every_analysis_labels_a_run_checkpoint_by_its_run(cli, tiny_coco, tmp_path):
+    from sslcli.cli.analyze import _labels
+
+    run = tmp_path / "runs" / "moco-tiny"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(build_backbone("resnet18", width=8).state_dict(), run / "last.pt")
+    labels = {}
+    for name, extra in (("positional", ["--objects", "2", "--tile", "32"]),
+                        ("oknn", ["--max-images", "3", "--short-side", "64"])):
+        code, stdout, stderr = cli(["analyze", name, run / "last.pt", "--data", tiny_coco, "--out", tmp_path / name,
+                                    "--json", *extra])
+        assert code == 0, stderr
+        labels[name] = json.loads(stdout)["checkpoints"][0]["label"]
+    assert labels == {"positional": "moco-tiny", "oknn": "moco-tiny"}  # not "last"
+    other = tmp_path / "runs" / "detcon" / "last.pt"
+    assert _labels([run / "last.pt", other, run / "epoch_0010.pt", tmp_path / "soco_800ep.pth"]) == [
+        "moco-tiny", "detcon", "moco-tiny/epoch_0010", "soco_800ep"]
+    assert _labels([tmp_path / "a" / "net.pt", tmp_path / "b" / "net.pt"]) == [
+        str(tmp_path / "a" / "net.pt"), str(tmp_path / "b" / "net.pt")]  # collisions: full paths

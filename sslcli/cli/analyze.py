@@ -8,6 +8,7 @@ inputs once from the data set (seeded, so every checkpoint sees the same pairs /
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,10 +38,20 @@ MIN_SIZE = typer.Option(32.0, "--min-size", min=1, help="Objects qualify when bo
 ROI = typer.Option(7, "--roi-size", min=1, help="RoIAlign output grid (then average-pooled).")
 
 
+def checkpoint_label(path: Path) -> str:
+    """A short label that identifies the run: the file stem, except for the engine's generic names, which say
+    nothing about the run: ``runs/moco/last.pt`` -> ``moco``, ``runs/moco/epoch_0010.pt`` -> ``moco/epoch_0010``."""
+    stem = path.stem
+    if stem != "last" and not re.fullmatch(r"epoch_\d+", stem):
+        return stem
+    run = path.resolve().parent.name
+    return run if stem == "last" else f"{run}/{stem}"
+
+
 def _labels(paths: list[Path]) -> list[str]:
-    """Short plot/JSON labels: file stems, or full paths where stems collide."""
-    stems = [p.stem for p in paths]
-    return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths)]
+    """Plot/JSON labels, the same rule for every analysis: `checkpoint_label`, or full paths where labels collide."""
+    short = [checkpoint_label(p) for p in paths]
+    return [s if short.count(s) == 1 else str(p) for s, p in zip(short, paths)]
 
 
 def check_paths(paths: list[Path]) -> None:
