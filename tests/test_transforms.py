@@ -268,3 +268,38 @@ def test_analyze_crop_iou_with_a_run_specs_sampler(cli, tmp_path):
     spec.write_text("data: {root: imgs/}\nmethod: {name: soco, boxes: b.h5}\n")
     code, _, err = cli(["analyze", "crop-iou", root, "--spec", spec, "--out", tmp_path / "o"])
     assert code == 2 and "'soco' has no image-level crop pair" in err
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_simclr_and_byol_views_resize_bicubically(method):
+    """SimCLR / BYOL views (the bases of DetCon) resize the crop with bicubic interpolation (DetCon App. A, as in
+    SimCLR and BYOL: "resized to 224 × 224 pixels using bicubic interpolation"); MoCo-v2 keeps bilinear."""
+    from sslcli.methods.byol import byol_views
+    from sslcli.methods.moco import moco_views
+    from sslcli.methods.simclr import simclr_views
+    from sslcli.spec import parse_spec
+
+    spec = parse_spec({"data": {"root": "unused/", "image_size": 32}, "model": {"arch": "resnet18", "width": 8},
+                       "method": {"name": method}, "batch_size": 8})
+    views = {"simclr": simclr_views, "byol": byol_views}[method](spec)
+    views.large_colors = (_normalise_only, _normalise_only)  # photometric part off: pixels are predictable
+    views.flip_p = 0.0
+    image = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    out = views({"image": image, "index": 0})
+    tensor = image_to_tensor(image)
+    for crop, box in zip(out["views"], out["boxes"].int().tolist()):
+        x0, y0, x1, y1 = box
+        bicubic = v2.functional.resize(tensor[:, y0:y1, x0:x1], [32, 32], v2.InterpolationMode.BICUBIC,
+                                       antialias=True)
+        bilinear = v2.functional.resize(tensor[:, y0:y1, x0:x1], [32, 32], v2.InterpolationMode.BILINEAR,
+                                        antialias=True)
+        assert torch.allclose(crop, _normalise_only(bicubic.float() / 255), atol=1e-5)
+        assert not torch.allclose(crop, _normalise_only(bilinear.float() / 255), atol=1e-3)
+    moco = moco_views(parse_spec({"data": {"root": "unused/", "image_size": 32}, "batch_size": 8,
+                                  "model": {"arch": "resnet18", "width": 8}, "method": {"name": "moco"}}))
+    assert moco.interpolation == v2.InterpolationMode.BILINEAR  # MoCo-v2: torchvision's RandomResizedCrop default
+
+
+def _normalise_only(image: torch.Tensor) -> torch.Tensor:
+    return v2.functional.normalize(image, IMAGENET_MEAN, IMAGENET_STD)

@@ -126,10 +126,11 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
 
 
-def crop_resize(image: torch.Tensor, box: Box, size: int, flip: bool = False) -> torch.Tensor:
-    """Cut ``box`` from a (3, H, W) uint8 image, resize to (3, size, size) (bilinear, antialiased), optionally flip."""
+def crop_resize(image: torch.Tensor, box: Box, size: int, flip: bool = False,
+                interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR) -> torch.Tensor:
+    """Cut ``box`` from a (3, H, W) uint8 image, resize to (3, size, size) (antialiased), optionally flip."""
     x0, y0, x1, y1 = box
-    out = v2.functional.resize(image[:, y0:y1, x0:x1], [size, size], antialias=True)
+    out = v2.functional.resize(image[:, y0:y1, x0:x1], [size, size], interpolation, antialias=True)
     return out.flip(-1) if flip else out
 
 
@@ -145,6 +146,8 @@ class CropViews:
         cc_min_overlap, cc_tries: constrained multi-crop (None = unconstrained small crops).
         aplus_p: A+ probability for each query crop (crop 0 and small crops; never crop 1): Flip → AutoAugment(ImageNet)
             instead of the standard colour pipeline.
+        interpolation: resize of every crop: bilinear (MoCo-v2, torchvision's RandomResizedCrop default) or bicubic
+            (SimCLR, BYOL and DetCon).
 
     Calling it on ``{"image": (H, W, 3) uint8, "index": i}`` returns ``{"views": (2, 3, L, L) float,
     "boxes": (2 + n_small, 4) float, "index": i}`` plus ``"small": (n_small, 3, S, S)`` when n_small > 0.
@@ -153,13 +156,14 @@ class CropViews:
     def __init__(self, large_size: int, large_scale: tuple[float, float], colors: tuple[ColorAug, ColorAug],
                  small_size: int = 96, small_scale: tuple[float, float] = (0.05, 0.14), n_small: int = 0,
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, max_iou: float | None = None,
-                 iou_tries: int = 50, cc_min_overlap: float | None = None, cc_tries: int = 10, aplus_p: float = 0.0):
+                 iou_tries: int = 50, cc_min_overlap: float | None = None, cc_tries: int = 10, aplus_p: float = 0.0,
+                 interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR):
         self.large_size, self.large_scale = large_size, tuple(large_scale)
         self.small_size, self.small_scale, self.n_small = small_size, tuple(small_scale), n_small
         self.ratio, self.flip_p = tuple(ratio), flip_p
         self.max_iou, self.iou_tries = max_iou, iou_tries
         self.cc_min_overlap, self.cc_tries = cc_min_overlap, cc_tries
-        self.aplus_p = aplus_p
+        self.aplus_p, self.interpolation = aplus_p, interpolation
         self.large_colors = (color_transform(colors[0], large_size), color_transform(colors[1], large_size))
         self.small_color = color_transform(colors[0], small_size) if n_small else None
         self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET) if aplus_p > 0 else None
@@ -198,7 +202,7 @@ class CropViews:
         crops = []
         for i, box in enumerate(boxes):
             size = self.large_size if i < 2 else self.small_size
-            crop = crop_resize(image, box, size, flip=float(torch.rand(1)) < self.flip_p)
+            crop = crop_resize(image, box, size, float(torch.rand(1)) < self.flip_p, self.interpolation)
             crops.append(self._colour(crop, i))
         out = {"views": torch.stack(crops[:2]), "boxes": torch.tensor(boxes, dtype=torch.float32),
                "index": sample["index"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.transforms import v2
 
 from sslcli.data.color import BYOL as BYOL_COLORS
 from sslcli.data.transforms import CropViews
@@ -24,8 +25,10 @@ def byol_heads(in_dim: int, hidden_dim: int = 4096, dim: int = 256) -> tuple[nn.
 
 
 def byol_views(spec) -> CropViews:
-    """Two crops (area U[0.08, 1]) at ``data.image_size`` with the BYOL colour presets of views 1 and 2."""
-    return CropViews(spec.data.image_size, BYOL_CROP_SCALE, colors=BYOL_COLORS)
+    """Two crops (area U[0.08, 1]) at ``data.image_size`` with the BYOL colour presets of views 1 and 2, bicubic
+    resize (METHODS.md §3, DetCon App. A)."""
+    return CropViews(spec.data.image_size, BYOL_CROP_SCALE, colors=BYOL_COLORS,
+                     interpolation=v2.InterpolationMode.BICUBIC)
 
 
 @register("byol")

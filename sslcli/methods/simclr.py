@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 from sslcli.data.color import SIMCLR
 from sslcli.data.transforms import CropViews
@@ -24,8 +25,10 @@ def simclr_projector(in_dim: int, hidden_dim: int = 2048, dim: int = 128):
 
 
 def simclr_views(spec) -> CropViews:
-    """Two crops (area U[0.08, 1]) at ``data.image_size`` with the SIMCLR colour presets of views 1 and 2."""
-    return CropViews(spec.data.image_size, SIMCLR_CROP_SCALE, colors=SIMCLR)
+    """Two crops (area U[0.08, 1]) at ``data.image_size`` with the SIMCLR colour presets of views 1 and 2, bicubic
+    resize (METHODS.md §3, DetCon App. A)."""
+    return CropViews(spec.data.image_size, SIMCLR_CROP_SCALE, colors=SIMCLR,
+                     interpolation=v2.InterpolationMode.BICUBIC)
 
 
 @register("simclr")
