@@ -354,3 +354,36 @@ def test_tiny_example_transform_and_forward(path):
     assert torch.isfinite(out["loss"])
     if getattr(spec.method, "knn", None) is not None and spec.method.knn.enabled:
         assert "loss_nn" in out
+
+
+def test_moco_multi_crop_loss_pairs_every_query_crop_with_its_own_images_key():
+    """Independent of the method's own helpers: with BN in eval mode (batch-independent), each query crop (crop 0,
+    then every small crop j, encoded on its own) of image b is scored against key[b] = crop 1 through the key encoder
+    and the queue; the loss is the CE averaged over all (1 + n)·B rows (METHODS.md §1–2)."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    method = build_method(moco_spec(multi_crop={"enabled": True, "large_size": SIZE, "small_size": SMALL,
+                                                "n_small": 3}))
+    with torch.no_grad():  # a key encoder that differs from the query encoder, so swapping crops would show
+        for p in method.key_encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method.eval()
+    batch = make_batch(n_small=3)
+    loss = method(batch, step_info())["loss_moco"].item()
+
+    def embed(encoder, head, x):
+        return torch.nn.functional.normalize(head(encoder(x)), dim=1).detach().double().numpy()
+
+    with torch.no_grad():
+        keys = embed(method.key_encoder, method.key_head, batch["views"][:, 1])
+        queries = [embed(method.encoder, method.head, batch["views"][:, 0])]
+        queries += [embed(method.encoder, method.head, batch["small"][:, j]) for j in range(3)]
+    queue = method.queue.double().numpy()
+    rows = []
+    for q in queries:
+        for b in range(BATCH):
+            logits = np.concatenate([[q[b] @ keys[b]], q[b] @ queue]) / 0.2
+            rows.append(np.log(np.exp(logits).sum()) - logits[0])
+    assert len(rows) == 4 * BATCH
+    assert loss == pytest.approx(float(np.mean(rows)), rel=1e-4)
