@@ -164,3 +164,24 @@ def test_v3_boxes_are_v2_boxes_scaled(size):
     torch.manual_seed(3)
     _, _, boxes = views.geometry(painted_image(), np.array(RECTS, np.float32))
     assert torch.allclose(boxes[2], boxes[1] * (size // 2) / size, atol=1e-5)
+
+
+def test_jitter_moves_v1_boxes_only_and_within_bounds():
+    image = np.zeros((128, 128, 3), np.uint8)
+    rects = np.array([[30, 30, 60, 70], [70, 40, 100, 90]], np.float32)  # far enough from the borders: no clipping
+    jittered = RegionViews(64, boxes_per_image=2, jitter_p=1.0, jitter_scale=0.1)
+    plain = RegionViews(64, boxes_per_image=2, jitter_p=0.0)
+    moved = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        _, _, with_jitter = jittered.geometry(image, rects)
+        torch.manual_seed(seed)
+        _, _, without = plain.geometry(image, rects)
+        assert torch.equal(with_jitter[1:], without[1:])  # V2 and V3: the exact proposals
+        a, b = with_jitter[0], without[0]
+        wh = b[:, 2:] - b[:, :2]
+        centre_shift = ((a[:, :2] + a[:, 2:]) - (b[:, :2] + b[:, 2:])).abs() / 2
+        assert (centre_shift <= 0.1 * wh + 1e-4).all()
+        assert (((a[:, 2:] - a[:, :2]) / wh - 1).abs() <= 0.1 + 1e-5).all()
+        moved += int(not torch.allclose(a, b))
+    assert moved == 20

@@ -10,9 +10,10 @@
   the V2 crop). K = ``boxes_per_image`` are sampled among them without replacement; with fewer than K the kept ones
   are all used and the rest padded by resampling them. An image without any such proposal uses the V2 crop itself
   (the region both views see) as its only box, so every image contributes K boxes.
-- Jitter, independently per box and view with probability ``jitter_p``: shift the centre by U(±s)·(w, h) and scale
-  w and h by 1 + U(±s) (s = ``jitter_scale``, w, h the box's size in that view); then every box is clipped to its
-  view. A jitter that would leave no area inside the view is not applied to that box.
+- Jitter, on V1's boxes (the whole-image view, as in the authors' code; V2 and V3 keep the exact proposals),
+  independently per box with probability ``jitter_p``: shift the centre by U(±s)·(w, h) and scale w and h by
+  1 + U(±s) (s = ``jitter_scale``, w, h the box's size in V1); then every box is clipped to its view. A jitter that
+  would leave no area inside V1 is not applied to that box.
 - Correspondence is by index: box k of every view comes from the same proposal.
 
 Colour (BYOL's two presets, `sslcli.data.color`) is applied to V1 and V2 after the geometry; it never moves pixels.
@@ -148,8 +149,9 @@ class RegionViews:
         in_view2 = map_boxes(chosen, (x0, y0), (s / (x1 - x0), s / (y1 - y0)), s, flip2)
         half = self.small_size / s
         in_view3 = map_boxes(in_view2, (0, 0), (half, half), self.small_size, False)
-        placed = [place_boxes(b, side, self.jitter_p, self.jitter_scale)
-                  for b, side in ((in_view1, s), (in_view2, s), (in_view3, self.small_size))]
+        # Jitter on V1's boxes only, as the authors' code: V2 and V3 keep the exact proposals.
+        placed = [place_boxes(in_view1, s, self.jitter_p, self.jitter_scale),
+                  clip_boxes(in_view2, s), clip_boxes(in_view3, self.small_size)]
         return view1, view2, torch.stack(placed)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> dict[str, torch.Tensor]:
