@@ -273,6 +273,11 @@ def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
         problems.append(f"method.bank_size: must be divisible by the global batch size {spec.batch_size}")
     if isinstance(method, MocoSpec) and method.constrained.enabled and not method.multi_crop.enabled:
         problems.append("method.constrained.enabled: constrained multi-crop needs method.multi_crop.enabled: true")
+    if isinstance(method, MocoSpec):  # crop areas as fractions of the image (a negative one failed in the workers)
+        for name in ("large_scale", "small_scale"):
+            lo, hi = getattr(method.multi_crop, name)
+            if not (0.0 < lo and 0.0 < hi <= 1.0):
+                problems.append(f"method.multi_crop.{name}: [{lo}, {hi}] is not a range of area fractions in (0, 1]")
     for path, pair in _ranges(spec):
         lo, hi = pair
         if lo > hi:

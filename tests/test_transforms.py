@@ -303,3 +303,15 @@ def test_simclr_and_byol_views_resize_bicubically(method):
 
 def _normalise_only(image: torch.Tensor) -> torch.Tensor:
     return v2.functional.normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@pytest.mark.parametrize("scale", [[-0.5, 0.1], [0.0, 0.1], [0.05, 1.5]])
+def test_multi_crop_scales_outside_area_fractions_are_spec_errors(scale):
+    # [-0.5, 0.1] used to pass validation and fail in the DataLoader workers ("math domain error", exit 1).
+    from sslcli.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError) as info:
+        parse_spec({"data": {"root": "unused/"}, "batch_size": 8, "method": {
+            "name": "moco", "queue_size": 64, "multi_crop": {"enabled": True, "small_scale": scale}}})
+    assert info.value.exit_code == 2
+    assert any(p.startswith("method.multi_crop.small_scale: ") and "(0, 1]" in p for p in info.value.problems)
