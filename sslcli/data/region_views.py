@@ -30,8 +30,7 @@ from torchvision.transforms import v2
 from sslcli.data.color import BYOL, ColorAug, color_transform
 from sslcli.data.transforms import crop_resize, image_to_tensor, sample_crop_box
 
-CROP_RATIO = (3 / 4, 4 / 3)
-NUM_VIEWS = 3
+CROP_RATIO = (3 / 4, 4 / 3)  # V2's RandomResizedCrop aspect-ratio range
 
 
 def sanitize_boxes(boxes: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -109,9 +108,9 @@ def downsample(view: torch.Tensor, size: int) -> torch.Tensor:
 class RegionViews:
     """SoCo's three views with K boxes each (see the module docstring); picklable.
 
-    Calling it on (image (H, W, 3) uint8 RGB, boxes (M, 4) x0,y0,x1,y1 in image pixels) returns
-    ``{"view1": (3, S, S), "view2": (3, S, S), "view3": (3, S/2, S/2)`` float32 normalised,
-    ``"boxes": (3, K, 4)`` float32 in each view's pixels``}`` (fixed shapes: `default_collate` stacks them).
+    Calling it on (image (H, W, 3) uint8 RGB, boxes (M, 4) x0, y0, x1, y1 in image pixels) returns a dict:
+    "view1", "view2": (3, S, S) and "view3": (3, S/2, S/2) float32, colour-augmented and normalised; "boxes":
+    (3, K, 4) float32, row v in view v's pixels. Fixed shapes, so `default_collate` stacks them.
     """
 
     size: int
