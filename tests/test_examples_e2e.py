@@ -187,3 +187,22 @@ def test_tiny_twin_keeps_the_paper_specs_optimizer_and_method_options(name):
         spec["schedule"].pop("warmup_epochs")
     assert tiny["method"] == paper["method"]
     assert tiny["schedule"] == paper["schedule"]
+
+
+def test_real_moco_with_every_option_resumes_bit_identically(synthetic, tmp_path):
+    """The toy of test_engine has no queue and no randomness in its forward; MoCo has both (queues, kNN bank, shuffle-BN
+    permutations drawn from the training RNG, A+). Stopped at the epoch boundary (step 5) and resumed, it must end
+    with exactly the weights and queues of the uninterrupted run."""
+    from sslcli.engine.launch import launch
+
+    example = EXAMPLES / "moco-v2-mc-cc-m-aplus-nn-tiny.yaml"
+    common = [f"data.root={synthetic}", "epochs=2", "method.knn.warmup_epochs=1"]
+    full = launch(load_spec(example, [*common, "max_steps=7", f"output_dir={tmp_path / 'full'}"]))
+    launch(load_spec(example, [*common, "max_steps=5", f"output_dir={tmp_path / 'cut'}"]))
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 5
+    resumed = launch(load_spec(example, [*common, "max_steps=7", f"output_dir={tmp_path / 'cut'}"]), resume="auto")
+    assert resumed["steps"] == full["steps"] == 7 and resumed["final_loss"] == full["final_loss"]
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["method"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["method"]
+    assert a.keys() == b.keys() and {"queue", "queue_backbone", "queue_ptr"} <= a.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
