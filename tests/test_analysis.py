@@ -422,6 +422,11 @@ def test_cli_rejects_bad_input_with_one_line_and_exit_2(cli, tmp_path, two_check
     code, _, err = cli(["analyze", "oknn", two_checkpoints[0], "--data", tiny_coco, "--disturbed", "--disturb", "x"])
     assert code == 2 and "--disturb" in err
     assert not (tmp_path / "o").exists()
+    (tmp_path / "taken").write_text("not a folder")
+    for name in ("coupling", "positional", "oknn"):  # --out names a folder: a file is refused before any work
+        code, _, err = cli(["analyze", name, two_checkpoints[0], "--data", tiny_coco, "--out", tmp_path / "taken"])
+        assert code == 2 and "--out" in err and err.strip().count("\n") == 0, (name, err)
+    assert (tmp_path / "taken").read_text() == "not a folder"
 
 
 def test_every_analysis_labels_a_run_checkpoint_by_its_run(cli, tiny_coco, tmp_path):

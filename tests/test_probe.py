@@ -298,6 +298,9 @@ def test_probe_input_errors_exit_2(cli, tiny_coco, tiny_checkpoint, tmp_path):
     for option, value in (("--batch-size", "0"), ("--workers", "-1"), ("--temperature", "0")):
         code, _, err = cli(["probe", "knn", tiny_checkpoint, "--data", tiny_coco, option, value, "--no-cache"])
         assert code == 2 and option in err, (option, err)
+    for probe in ("linear", "knn", "segment-retrieval"):  # --out names a file: a folder is refused before any work
+        code, _, err = cli(["probe", probe, tiny_checkpoint, "--data", tiny_coco, "--out", tmp_path, "--no-cache"])
+        assert code == 2 and "--out" in err and "features" not in err, (probe, err)
 
 
 def test_probes_on_an_image_folder(cli, tiny_coco, tiny_checkpoint, tmp_path):

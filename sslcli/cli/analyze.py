@@ -61,6 +61,12 @@ def check_paths(paths: list[Path]) -> None:
             raise InputError(f"{path}: checkpoint not found")
 
 
+def check_out_dir(out: Path) -> None:
+    """Fail before any slow work when --out names an existing file (the results go into a folder)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; expected a folder for the JSON result and the PNG plot")
+
+
 def load_all(paths: list[Path], arch: str | None, width: int | None, trust: bool, device: torch.device) -> Iterator:
     """Yield (label, backbone on device, load report dict) one checkpoint at a time (only one is held in memory)."""
     from sslcli.checkpoints import load_backbone
@@ -116,6 +122,7 @@ def analyze_coupling(
 
     dev = resolve_device(device)
     check_paths(checkpoints)
+    check_out_dir(out)
     skipped: list[str] = []
     scenes = sample_pairs(open_source(data, split), pairs, seed, min_size, cell, gap, masked, skipped)
     settings = {"data": str(data), "split": split, "pairs": pairs, "cell": cell, "gap": gap, "masked": masked,
@@ -161,6 +168,7 @@ def analyze_positional(
 
     dev = resolve_device(device)
     check_paths(checkpoints)
+    check_out_dir(out)
     skipped: list[str] = []
     tilings, meta = sample_tilings(open_source(data, split), objects, seed, min_size, tile, masked, skipped)
     settings = {"data": str(data), "split": split, "objects": len(tilings), "tile": tile, "masked": masked,
@@ -220,6 +228,7 @@ def analyze_oknn(
 
     dev = resolve_device(device)
     check_paths(checkpoints)
+    check_out_dir(out)
     train = require_coco(open_source(data, train_split), "analyze oknn")
     val = require_coco(open_source(data, split), "analyze oknn")
     class_ids = sorted(set(train.category_ids) | set(val.category_ids))

@@ -98,6 +98,12 @@ def _features(opts: _Options):
     return train, train_x, test, test_x, meta, val_rows
 
 
+def _check_out(out: Path | None) -> None:
+    """Fail before any slow work when --out is a folder (it names the result file)."""
+    if out is not None and out.is_dir():
+        raise InputError(f"--out {out}: is a directory; expected a file name for the result JSON")
+
+
 def _finish(result: dict, out: Path | None) -> dict:
     if out is not None:
         write_json_atomic(out, result)
@@ -156,6 +162,7 @@ def probe_linear(
     from sslcli.eval.features import resolve_device
     from sslcli.eval.linear import linear_probe
 
+    _check_out(out)
     opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
                    workers, device, cache, no_cache, trust_checkpoint)
     opts.prefix = prefix
@@ -193,6 +200,7 @@ def probe_knn(
     from sslcli.eval.knn import knn_probe, parse_ks
 
     ks = parse_ks(k)
+    _check_out(out)
     opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
                    workers, device, cache, no_cache, trust_checkpoint)
     opts.prefix = prefix
@@ -222,6 +230,7 @@ def probe_segment_retrieval(
     """
     from sslcli.eval.segment_retrieval import segment_retrieval
 
+    _check_out(out)
     result = segment_retrieval(checkpoint, data, test_data=test_data, train_split=train_split, test_split=test_split,
                                image_size=image_size, clusters=clusters, batch_size=batch_size, workers=workers,
                                device=device, cache_dir=None if no_cache else cache, use_cache=not no_cache,
