@@ -82,11 +82,12 @@ def test_constrained_small_crops_satisfy_the_overlap_rule_or_are_the_fallback():
     for _ in range(200):
         box, satisfied = sample_constrained_box(100, 100, key, (0.05, 0.14), (3 / 4, 4 / 3), 0.2, 10, g)
         assert satisfied == (overlap_fraction(box, key) >= 0.2)
-    # Impossible rule (a 1-pixel key): after max_tries the last, unconstrained sample is kept.
+    # Impossible rule (a 1-pixel key): after max_tries failures, a fresh unconstrained sample (METHODS.md §2 "then
+    # unconstrained", as the authors' code) — not the last failure, which is by construction a violating crop.
     box, satisfied = sample_constrained_box(100, 100, (0, 0, 1, 1), (0.05, 0.14), (3 / 4, 4 / 3), 0.9, 4, _gen(4))
     g = _gen(4)
-    replay = [sample_crop_box(100, 100, (0.05, 0.14), (3 / 4, 4 / 3), g) for _ in range(4)]
-    assert not satisfied and box == replay[-1]
+    replay = [sample_crop_box(100, 100, (0.05, 0.14), (3 / 4, 4 / 3), g) for _ in range(5)]
+    assert not satisfied and box == replay[4] != replay[3]
 
 
 def test_cc_views_constrain_small_crops_against_the_key_crop():

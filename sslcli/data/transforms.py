@@ -7,7 +7,7 @@ coordinates ``(x0, y0, x1, y1)`` (x1, y1 exclusive) by small pure functions, so 
 - `sample_pair_with_max_iou` (Revisiting §3.1): view 2 is resampled until IoU(view 1, view 2) < max_iou; after
   ``max_tries`` the documented fallback keeps the candidate with the lowest IoU seen (flagged ``satisfied=False``).
 - `sample_constrained_box` (CC, METHODS.md §2): a small crop is resampled (≤ max_tries) until its intersection with the
-  key crop covers ≥ min_overlap of its own area; after that the last, unconstrained sample is kept (paper rule).
+  key crop covers ≥ min_overlap of its own area; after that one fresh unconstrained sample is drawn.
 
 Crop index 1 is the key ("anchor") for MoCo; crop 0 and the small crops are queries. A+ only ever touches queries.
 """
@@ -108,14 +108,15 @@ def sample_constrained_box(height: int, width: int, key: Box, scale: tuple[float
                            generator: torch.Generator | None = None) -> tuple[Box, bool]:
     """A small crop covering ≥ ``min_overlap`` of its area with ``key`` (CC), and whether the rule was met.
 
-    Fallback after ``max_tries`` failures (METHODS.md §2: "then unconstrained"): the last sample, unconstrained.
+    Fallback after ``max_tries`` failures (METHODS.md §2: "then unconstrained", as the authors' code): one fresh
+    unconstrained sample. Keeping the last failure instead would always return a crop that breaks the rule.
     """
-    box = key
     for _ in range(max_tries):
         box = sample_crop_box(height, width, scale, ratio, generator)
         if overlap_fraction(box, key) >= min_overlap:
             return box, True
-    return box, False
+    box = sample_crop_box(height, width, scale, ratio, generator)
+    return box, overlap_fraction(box, key) >= min_overlap
 
 
 # ------------------------------------------------------------------------------------------------------ pixel views
