@@ -235,6 +235,15 @@ def test_knn_top1_top5_on_a_hand_built_bank():
     assert acc == {"top1": pytest.approx(50.0), "top5": pytest.approx(75.0)}
 
 
+def test_oknn_top5_ignores_classes_nobody_voted_for():
+    # 80 classes, a bank of classes 40 and 50 only: a query of any other class is a top-5 miss, however topk orders
+    # the 78 classes tied at zero votes.
+    bank, labels = _unit(0, 5, 90), torch.tensor([40, 40, 50])
+    queries = _unit(*([10] * 80))
+    acc = classify(bank, labels, queries, torch.arange(80), n_classes=80, k=3)
+    assert acc == {"top1": pytest.approx(100 / 80), "top5": pytest.approx(200 / 80)}  # only classes 40 and 50 hit
+
+
 def test_k_larger_than_the_bank_uses_the_whole_bank():
     scores = knn_scores(_unit(0, 90), torch.tensor([0, 1]), _unit(10), [20], num_classes=2, temperature=1.0)[20]
     np.testing.assert_allclose(scores[0].numpy(), [np.exp(np.cos(np.radians(10))), np.exp(np.cos(np.radians(80)))],

@@ -93,7 +93,19 @@ def test_knn_votes_by_hand():
     # 3·exp(0.98/0.07) = 2.25·exp(1/0.07): the vote flips from class 0 (k=1) to class 1 (k=4)
     result = knn_probe(train.numpy(), labels.numpy(), test.numpy(), np.array([1]), [1, 4], 3, multilabel=False)
     assert result["k"]["1"]["top1"] == 0.0 and result["k"]["4"]["top1"] == 100.0
-    assert result["k"]["1"]["top5"] == 100.0
+    # k=1: only class 0 got a vote; the true class 1 tied at 0 with class 2 is not "in the top 5" (no vote)
+    assert result["k"]["1"]["top5"] == 0.0 and result["k"]["4"]["top5"] == 100.0
+
+
+def test_knn_top5_never_counts_a_class_without_votes():
+    # 80 classes; every neighbour is of class 40 or 50. A query of class 51 (no votes) is a top-5 miss whatever order
+    # torch.topk gives the 78 classes tied at 0 (it used to count as a hit when the tie-break picked class 51).
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = np.array([40, 40, 50])
+    test = np.array([[1.0, 0.2]] * 3)
+    for truth, top1, top5 in ((40, 100.0, 100.0), (50, 0.0, 100.0), (51, 0.0, 0.0), (52, 0.0, 0.0), (0, 0.0, 0.0)):
+        result = knn_probe(train, labels, test, np.full(3, truth), [3], 80, multilabel=False)["k"]["3"]
+        assert (result["top1"], result["top5"]) == (top1, top5), truth
 
 
 def test_knn_multilabel_votes_sum_multi_hot_rows():

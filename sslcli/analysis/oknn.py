@@ -30,8 +30,7 @@ from sslcli.analysis.objects import integer_box, qualifies, require_coco
 from sslcli.analysis.roi import box_features
 from sslcli.data.sources import CocoSource, ImageSource
 from sslcli.errors import CorruptImageError, InputError
-from sslcli.eval.knn import knn_scores
-from sslcli.eval.linear import topk_accuracy
+from sslcli.eval.knn import knn_scores, voted_topk_accuracy
 
 
 @dataclass
@@ -156,7 +155,7 @@ def classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tenso
     """
     scores = knn_scores(bank, bank_labels, queries, [k], n_classes, temperature)[k]
     query_labels = query_labels.to(scores.device)
-    return {"top1": topk_accuracy(scores, query_labels, 1), "top5": topk_accuracy(scores, query_labels, 5)}
+    return {"top1": voted_topk_accuracy(scores, query_labels, 1), "top5": voted_topk_accuracy(scores, query_labels, 5)}
 
 
 def _features(backbone: nn.Module, plan: ObjectPlan, disturbed: bool, short_side: int, max_side: int,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.errors import InputError
-from sslcli.eval.linear import mean_average_precision, topk_accuracy
+from sslcli.eval.linear import mean_average_precision
 
 TEMPERATURE = 0.07
 
@@ -49,6 +49,16 @@ def knn_scores(train: torch.Tensor, train_targets: torch.Tensor, test: torch.Ten
     return {k: torch.cat(parts) for k, parts in out.items()}
 
 
+def voted_topk_accuracy(scores: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    """Percentage of rows whose true class got votes and is among the ``k`` best-voted classes.
+
+    scores: (N, K) summed vote weights; y: (N,). Classes without a vote all score 0; which of them ``topk`` returns
+    is an arbitrary tie-break (it depends on the class numbering), so a class nobody voted for is never a hit.
+    """
+    values, indices = scores.topk(min(k, scores.shape[1]), dim=1)
+    return float(((indices == y[:, None]) & (values > 0)).any(dim=1).float().mean() * 100)
+
+
 def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, ks: list[int],
               num_classes: int, multilabel: bool, temperature: float = TEMPERATURE,
               device: torch.device | str = "cpu") -> dict:
@@ -63,5 +73,5 @@ def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
             hit = y.gather(1, s.argmax(dim=1, keepdim=True)).float().mean() * 100
             result[str(k)] = {"mAP": mean_average_precision(s.cpu().numpy(), test_y), "top1": float(hit)}
         else:
-            result[str(k)] = {"top1": topk_accuracy(s, y, 1), "top5": topk_accuracy(s, y, 5)}
+            result[str(k)] = {"top1": voted_topk_accuracy(s, y, 1), "top5": voted_topk_accuracy(s, y, 5)}
     return {"k": result, "k_clamped_to": min(max(ks), len(train_x)), "temperature": temperature}
