@@ -34,13 +34,13 @@ class Stage:
     summary: Callable[[dict], str]  # the figures worth a line, from the stage's JSON result
 
 
-def _tiny_spec(out: Path, method: dict, name: str, steps: int, batch: int, images: int) -> Path:
+def _tiny_spec(out: Path, method: dict, name: str, steps: int, batch: int, images: int, c4: bool = False) -> Path:
     """A CPU-sized run spec on the synthetic data (resnet18 at width 16, 64 px), ``steps`` steps long."""
     epochs = max(1, -(-steps * batch // images))  # enough epochs for the steps, so the schedule spans the run
     spec = {
         "spec_version": 1, "name": name,
         "data": {"root": str(out / "data"), "format": "coco", "split": "train2017", "image_size": 64, "workers": 0},
-        "model": {"arch": "resnet18", "width": 16},
+        "model": {"arch": "resnet18", "width": 16, "c4": c4},
         "method": method,
         "optimizer": {"name": "sgd", "base_lr": 0.06, "weight_decay": 1e-4},
         "schedule": {"name": "cosine", "warmup_epochs": 0},
@@ -82,8 +82,11 @@ def _stages(out: Path, images: int, steps: int) -> list[Stage]:
                       steps, 16, images)
     detcon = _tiny_spec(out, {"name": "detcon", "variant": "S", "dim": 64, "hidden_dim": 128, "num_samples": 8,
                               "masks": {"kind": "store", "path": str(fh)}}, "detcon-s-tiny", steps, 16, images)
+    soco = _tiny_spec(out, {"name": "soco", "boxes": str(boxes), "dim": 64, "hidden_dim": 128}, "soco-tiny",
+                      steps, 16, images, c4=True)
     moco_ckpt = str(out / "runs" / "moco-tiny" / "last.pt")
     detcon_ckpt = str(out / "runs" / "detcon-s-tiny" / "last.pt")
+    soco_ckpt = str(out / "runs" / "soco-tiny" / "last.pt")
     common = ["--data", str(data)]
     reports = out / "reports"
     cache = ["--cache", str(out / "cache")]
@@ -100,11 +103,12 @@ def _stages(out: Path, images: int, steps: int) -> list[Stage]:
         Stage("pretrain MoCo-v2", ["pretrain", str(moco)], _keys("steps", "final_loss")),
         Stage("pretrain DetCon_S (FH masks)", ["pretrain", str(detcon)],
               _keys("steps", "final_loss")),
+        Stage("pretrain SoCo (boxes)", ["pretrain", str(soco)], _keys("steps", "final_loss")),
         Stage("kNN probe", ["probe", "knn", moco_ckpt, *common, *cache, "--k", "10,20"], _knn),
         Stage("linear probe", ["probe", "linear", moco_ckpt, *common, *cache, "--c-grid", "9"], _keys("top1", "mAP")),
-        Stage("coupling rate", ["analyze", "coupling", moco_ckpt, detcon_ckpt, *common, "--pairs", "16",
+        Stage("coupling rate", ["analyze", "coupling", moco_ckpt, detcon_ckpt, soco_ckpt, *common, "--pairs", "16",
                                 "--out", str(reports / "coupling")], _per_layer),
-        Stage("positional bias", ["analyze", "positional", moco_ckpt, detcon_ckpt, *common, "--objects", "16",
+        Stage("positional bias", ["analyze", "positional", moco_ckpt, detcon_ckpt, soco_ckpt, *common, "--objects", "16",
                                   "--out", str(reports / "positional")], _per_layer),
         Stage("object kNN", ["analyze", "oknn", moco_ckpt, *common, "--out", str(reports / "oknn")],
               _oknn),
@@ -131,7 +135,7 @@ def demo(
     images: int = typer.Option(64, "--images", help="Synthetic training images."),
     steps: int = typer.Option(20, "--steps", help="Training steps per pretraining run."),
 ):
-    """Run every stage on generated data: synthetic scenes, masks and boxes, MoCo-v2 and DetCon pretraining,
+    """Run every stage on generated data: synthetic scenes, masks and boxes, MoCo-v2, DetCon and SoCo pretraining,
     probes, analyses and export — each through the real CLI.
 
     Example: sslcli demo --out demo-out --images 64 --steps 20
