@@ -35,17 +35,22 @@ def knn_scores(train: torch.Tensor, train_targets: torch.Tensor, test: torch.Ten
     ``k`` larger than N is clamped to N.
     """
     train, test = F.normalize(train.float(), dim=1), F.normalize(test.float(), dim=1)
-    onehot = (train_targets.float() if train_targets.ndim == 2
-              else F.one_hot(train_targets, num_classes).float())  # (N, K)
+    multilabel = train_targets.ndim == 2
     kmax = min(max(ks), len(train))
     out = {k: [] for k in ks}
     for start in range(0, len(test), chunk):
         sim = test[start:start + chunk] @ train.T  # (m, N)
         top_sim, top_idx = sim.topk(kmax, dim=1)  # sorted, most similar first
         weights = (top_sim / temperature).exp()  # (m, kmax)
-        votes = onehot[top_idx] * weights[..., None]  # (m, kmax, K)
+        if multilabel:
+            votes = train_targets[top_idx].float() * weights[..., None]  # (m, kmax, K)
         for k in ks:
-            out[k].append(votes[:, :min(k, kmax)].sum(dim=1))
+            kk = min(k, kmax)
+            if multilabel:
+                out[k].append(votes[:, :kk].sum(dim=1))
+            else:  # scatter the weights into their classes: memory O(m·K), not O(N·K) or O(m·k·K)
+                scores = torch.zeros(len(sim), num_classes, device=sim.device, dtype=weights.dtype)
+                out[k].append(scores.scatter_add_(1, train_targets[top_idx[:, :kk]], weights[:, :kk]))
     return {k: torch.cat(parts) for k, parts in out.items()}
 
 
