@@ -12,11 +12,12 @@
 5. Boxes of every region ever formed (initial and merged), deduplicated.
 
 Differences from the `selectivesearch` package SoCo used (the ``reference`` backend): the package only treats two
-regions as neighbours when a corner of one box lies strictly inside the other (it misses most touching pairs, so
-fewer merges and fewer object-sized boxes), bins HSV values in 0..1 into a 0..255 range and LBP codes 0..255 into
-0..1 (so its colour and texture terms are nearly constant), and segments with skimage's FH (ours: OpenCV's FH, same
-parameters, slightly different smoothing and small-region merging). Texture here follows Uijlings' Gaussian
-derivatives rather than the package's LBP. Deterministic: ties are broken by region ids.
+regions as neighbours when a corner of one box lies strictly inside the other (it misses many touching pairs and
+links some that do not touch), bins HSV values in 0..1 into a 0..255 range (its colour term is a constant 3) and LBP
+codes 0..255 into 0..1 (its texture term is the share of codes 0 and 1 per channel), and segments with skimage's FH
+(ours: OpenCV's FH, same parameters, slightly different smoothing and small-region merging). Texture here follows
+Uijlings' Gaussian derivatives rather than the package's LBP. docs/regions.md (Performance) measures what each
+difference does to box recall. Deterministic: ties are broken by region ids.
 """
 
 from __future__ import annotations
