@@ -4,6 +4,8 @@ Keep boxes with w, h ≥ 32 px, aspect ratio w/h in [1/3, 3] and √(wh)/√(WH)
 Images left with no box fall back to SoCo's ``filter_ratio`` (w, h ≥ 32 and the aspect rule: the scale window is
 dropped), then to its ``filter_none`` (w, h ≥ 32 alone), then to the whole image as one box
 (SoCo: selective_search/filters.py and filter_ss_proposals_json_post_no_prop.py; the 32 px minimum holds throughout).
+Widths here are pixel-edge widths (x1 − x0); SoCo's rect width is max_x − min_x of inclusive pixel indices, one less,
+so a box exactly at a limit (32 px wide, say) can be kept here and dropped by SoCo.
 """
 
 from __future__ import annotations
