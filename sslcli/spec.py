@@ -169,6 +169,8 @@ class SocoSpec(Strict):
 class PrcSpec(Strict):
     side_fraction: tuple[float, float] = (0.2, 0.5)
     max_cover: float = Field(0.5, gt=0.0, le=1.0)
+    fill: Literal["mean", "zero", "noise"] = Field("mean", description="What fills a cutout (the paper does not "
+                                                                      "say): ImageNet mean colour, black or noise.")
 
 
 class PrmSpec(Strict):
@@ -182,11 +184,12 @@ class RbjSpec(Strict):
 
 
 class D3sslSpec(Strict):
-    """D3SSL (METHODS.md §5). Reserved: not trainable yet."""
+    """D3SSL (METHODS.md §5; docs/d3ssl.md)."""
 
     name: Literal["d3ssl"] = "d3ssl"
     boxes: str = Field(..., description="Box store (.h5) from `prepare boxes`.")
     boxes_per_image: int = Field(4, ge=1)
+    roi_size: int = Field(14, ge=1)
     temperature: float = Field(0.2, gt=0.0)
     bank_size: int = Field(65536, ge=1)
     crop_scale: tuple[float, float] = (0.4, 1.0)

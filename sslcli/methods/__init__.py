@@ -31,7 +31,7 @@ def _import_all() -> None:
     """Import the method modules that exist so they register themselves."""
     import importlib
 
-    for module in ("moco", "simclr", "byol", "detcon", "soco"):
+    for module in ("moco", "simclr", "byol", "detcon", "soco", "d3ssl"):
         try:
             importlib.import_module(f"sslcli.methods.{module}")
         except ModuleNotFoundError as exc:
