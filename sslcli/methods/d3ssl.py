@@ -27,8 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD
-from sslcli.data.region_aug import (_fill_values, depositioning_composite, restricted_box_jitter,
-                                    sample_prc_cutouts, sample_prm_rects)
+from sslcli.data.region_aug import (
+    _fill_values,
+    depositioning_composite,
+    restricted_box_jitter,
+    sample_prc_cutouts,
+    sample_prm_rects,
+)
 from sslcli.data.region_views import RegionViews, downsample
 from sslcli.errors import InputError
 from sslcli.losses.region_nce import RegionBank, region_nce
