@@ -98,3 +98,17 @@ def test_moco_with_every_option_trains_on_two_processes(tmp_path):
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert int(ckpt["method"]["queue_ptr"]) == 3 * 16 % spec.method.queue_size  # the global batch was enqueued
     assert torch.isfinite(torch.tensor(result["final_loss"]))
+
+
+def test_bad_input_is_caught_once_before_spawning_ranks(tmp_path, cli):
+    """A missing region store with --gpus 2: one line, exit 2, no rank started (nothing for torch to terminate)."""
+    root = tmp_path / "imgs"
+    toy.write_images(root, n=4)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"data: {{root: {root}, image_size: 32, workers: 0}}\nmodel: {{arch: resnet18, width: 8}}\n"
+                    f"method: {{name: detcon, masks: {{kind: store, path: {tmp_path / 'missing.h5'}}}}}\n"
+                    f"batch_size: 4\nepochs: 1\noutput_dir: {tmp_path / 'run'}\n")
+    code, _, err = cli(["pretrain", spec, "--gpus", "2"])
+    assert code == 2
+    assert err.strip().splitlines() == [f"error: {tmp_path / 'missing.h5'}: region store not found"]
+    assert not (tmp_path / "run").exists()

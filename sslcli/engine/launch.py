@@ -64,7 +64,23 @@ def launch(spec: RunSpec, resume: str | None = None, gpus: int = 0, nodes: int =
         if init_hook is not None:
             init_hook()
         return _run_rank(0, spec, resume, distributed=False)
+    _preflight(spec, resume, init_hook)
     return _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init_hook)
+
+
+def _preflight(spec: RunSpec, resume: str | None, init_hook: Callable[[], None] | None) -> None:
+    """Check the input once here, before N processes each fail on it and torch stops the others noisily."""
+    from pathlib import Path
+
+    from sslcli.data.sources import open_source
+    from sslcli.engine.trainer import checkpoint_to_resume
+    from sslcli.methods import build_method
+
+    if init_hook is not None:
+        init_hook()
+    checkpoint_to_resume(resume, Path(spec.output_dir))
+    open_source(spec.data.root, spec.data.split, spec.data.format)
+    build_method(spec).transform()  # methods validate their options, their transforms the region stores
 
 
 def _check_spec(spec: RunSpec, world: int) -> None:

@@ -175,17 +175,23 @@ def _cpu(state: dict) -> dict:
     return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
+def checkpoint_to_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint a run continues from (None: a new run); refuses to start over an existing run."""
+    resume_path = resolve_resume(resume, output_dir)
+    if resume_path is None and (output_dir / LAST).is_file():
+        raise InputError(f"output_dir {output_dir}: already holds a checkpoint ({LAST}); pass --resume auto to "
+                         "continue it or choose another output_dir")
+    return resume_path
+
+
 def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dict:
     """Train ``spec`` in this process (rank and world from `sslcli.engine.dist`); returns the run's result dict."""
     out = current()
     rank, world = dist.rank(), dist.world_size()
     output_dir = Path(spec.output_dir)
-    resume_path = resolve_resume(resume, output_dir)
+    resume_path = checkpoint_to_resume(resume, output_dir)
     if resume == "auto" and resume_path is None:
         out.info(f"--resume auto: no {output_dir / LAST} yet, starting a new run")
-    if resume_path is None and (output_dir / LAST).is_file():
-        raise InputError(f"output_dir {output_dir}: already holds a checkpoint ({LAST}); pass --resume auto to "
-                         "continue it or choose another output_dir")
     if device.type != "cuda" and spec.precision != "fp32" and rank == 0:
         out.info(f"precision {spec.precision}: mixed precision is for GPUs; this CPU run computes in fp32")
 
