@@ -134,6 +134,22 @@ class D3sslViews:
         return out
 
 
+def compose_views(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The student's inputs x̂1 (B, 3, S, S), x̂2s (B, 3, S/2, S/2) and x3 (B, 3, S, S) or None without de-positioning.
+
+    Image b's background is image b − 1's x2 (the batch rolled by one): written under PRM's masks (downsampled to S/2
+    for x2s) and, for x3, everywhere outside m̂.
+    """
+    background = batch["view2"].roll(1, dims=0)
+    x1 = torch.where(batch["prm1"][:, None], background, batch["view1"])
+    small = batch["view2s"].shape[-1]
+    x2s = torch.where(batch["prm2s"][:, None], downsample(background, small), batch["view2s"])
+    x3 = None
+    if "view3_mask" in batch:
+        x3 = torch.where(batch["view3_mask"][:, None], batch["view3_fg"], background)
+    return x1, x2s, x3
+
+
 @register("d3ssl")
 class D3ssl(Method):
     """D3SSL on ResNet-C4 (``model.c4: true``): student encoder + projector, EMA teacher, region memory bank."""
@@ -172,18 +188,14 @@ class D3ssl(Method):
         """Reads the keys `D3sslViews` writes (batched: a leading B)."""
         method = self.spec.method
         boxes = batch["boxes"].contiguous()  # (B, 3, K, 4) looks like an image batch to the engine's channels_last
-        background = batch["view2"].roll(1, dims=0)  # image b's background: image b − 1's x2
-        x1 = torch.where(batch["prm1"][:, None], background, batch["view1"])
-        small = batch["view2s"].shape[-1]
-        x2s = torch.where(batch["prm2s"][:, None], downsample(background, small), batch["view2s"])
+        x1, x2s, x3 = compose_views(batch)
         s1 = self._embed(self.encoder, self.projector, x1, boxes[:, 0])
         s2 = self._embed(self.encoder, self.projector, x2s, boxes[:, 2])
         with torch.no_grad():
             t1 = self._embed(self.target_encoder, self.target_projector, x1, boxes[:, 0])
             t2 = self._embed(self.target_encoder, self.target_projector, batch["view2"], boxes[:, 1])
         s3 = None
-        if method.depositioning:
-            x3 = torch.where(batch["view3_mask"][:, None], batch["view3_fg"], background)
+        if x3 is not None:
             s3 = self._embed(self.encoder, self.projector, x3, batch["boxes3"].contiguous())
         self._pending = torch.cat([t1, t2]).reshape(-1, method.dim)
         return d3ssl_loss(s1, s2, t1, t2, self.bank.features, method.temperature, s3)
