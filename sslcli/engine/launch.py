@@ -74,13 +74,18 @@ def _preflight(spec: RunSpec, resume: str | None, init_hook: Callable[[], None] 
 
     from sslcli.data.sources import open_source
     from sslcli.engine.trainer import checkpoint_to_resume
-    from sslcli.methods import build_method
+    from sslcli.methods import METHODS, build_method
 
-    if init_hook is not None:
-        init_hook()
-    checkpoint_to_resume(resume, Path(spec.output_dir))
-    open_source(spec.data.root, spec.data.split, spec.data.format)
-    build_method(spec).transform()  # methods validate their options, their transforms the region stores
+    registry = dict(METHODS)  # the hook registers methods for the ranks; this process keeps its registry as it was
+    try:
+        if init_hook is not None:
+            init_hook()
+        checkpoint_to_resume(resume, Path(spec.output_dir))
+        open_source(spec.data.root, spec.data.split, spec.data.format)
+        build_method(spec).transform()  # methods validate their options, their transforms the region stores
+    finally:
+        METHODS.clear()
+        METHODS.update(registry)
 
 
 def _check_spec(spec: RunSpec, world: int) -> None:
