@@ -15,7 +15,7 @@ def test_demo_runs_every_stage_end_to_end(tmp_path):
                                                                           "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     stages = json.loads(proc.stdout)["stages"]
-    assert len(stages) == 14
+    assert len(stages) == 15
     assert stages["pretrain MoCo-v2"]["steps"] == 2 and stages["pretrain DetCon_S (FH masks)"]["steps"] == 2
     assert (out / "runs" / "moco-tiny" / "last.pt").is_file() and (out / "moco.pkl").is_file()
     assert 0.0 < stages["mask quality (ABO)"]["abo"] <= 1.0

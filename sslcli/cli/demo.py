@@ -61,8 +61,7 @@ def _per_layer(r: dict) -> str:
     """Mean CR / MCS per layer and checkpoint: 'moco-tiny res2..res5 1.00 1.00 0.99 0.97; ...'."""
     parts = []
     for ckpt in r.get("checkpoints", []):
-        run = Path(ckpt["label"]).parent.name or ckpt["label"]
-        parts.append(f"{run} res2..res5 " + " ".join(f"{v['mean']:.3f}" for v in ckpt["layers"].values()))
+        parts.append(f"{ckpt['label']} res2..res5 " + " ".join(f"{v['mean']:.3f}" for v in ckpt["layers"].values()))
     return "; ".join(parts)
 
 
@@ -71,7 +70,7 @@ def _knn(r: dict) -> str:
 
 
 def _oknn(r: dict) -> str:
-    return "; ".join(_keys("top1", "top5")(c["clean"]) for c in r.get("checkpoints", []))
+    return "; ".join(f"{c['label']} " + _keys("top1", "top5")(c["clean"]) for c in r.get("checkpoints", []))
 
 
 def _stages(out: Path, images: int, steps: int) -> list[Stage]:
@@ -84,9 +83,12 @@ def _stages(out: Path, images: int, steps: int) -> list[Stage]:
                               "masks": {"kind": "store", "path": str(fh)}}, "detcon-s-tiny", steps, 16, images)
     soco = _tiny_spec(out, {"name": "soco", "boxes": str(boxes), "dim": 64, "hidden_dim": 128}, "soco-tiny",
                       steps, 16, images, c4=True)
+    d3ssl = _tiny_spec(out, {"name": "d3ssl", "boxes": str(boxes), "dim": 64, "hidden_dim": 128, "bank_size": 1024},
+                       "d3ssl-tiny", steps, 16, images, c4=True)
     moco_ckpt = str(out / "runs" / "moco-tiny" / "last.pt")
     detcon_ckpt = str(out / "runs" / "detcon-s-tiny" / "last.pt")
     soco_ckpt = str(out / "runs" / "soco-tiny" / "last.pt")
+    d3ssl_ckpt = str(out / "runs" / "d3ssl-tiny" / "last.pt")
     common = ["--data", str(data)]
     reports = out / "reports"
     cache = ["--cache", str(out / "cache")]
@@ -104,13 +106,14 @@ def _stages(out: Path, images: int, steps: int) -> list[Stage]:
         Stage("pretrain DetCon_S (FH masks)", ["pretrain", str(detcon)],
               _keys("steps", "final_loss")),
         Stage("pretrain SoCo (boxes)", ["pretrain", str(soco)], _keys("steps", "final_loss")),
+        Stage("pretrain D3SSL (boxes)", ["pretrain", str(d3ssl)], _keys("steps", "final_loss")),
         Stage("kNN probe", ["probe", "knn", moco_ckpt, *common, *cache, "--k", "10,20"], _knn),
         Stage("linear probe", ["probe", "linear", moco_ckpt, *common, *cache, "--c-grid", "9"], _keys("top1", "mAP")),
-        Stage("coupling rate", ["analyze", "coupling", moco_ckpt, detcon_ckpt, soco_ckpt, *common, "--pairs", "16",
+        Stage("coupling rate", ["analyze", "coupling", moco_ckpt, detcon_ckpt, soco_ckpt, d3ssl_ckpt, *common, "--pairs", "16",
                                 "--out", str(reports / "coupling")], _per_layer),
-        Stage("positional bias", ["analyze", "positional", moco_ckpt, detcon_ckpt, soco_ckpt, *common, "--objects", "16",
+        Stage("positional bias", ["analyze", "positional", moco_ckpt, detcon_ckpt, soco_ckpt, d3ssl_ckpt, *common, "--objects", "16",
                                   "--out", str(reports / "positional")], _per_layer),
-        Stage("object kNN", ["analyze", "oknn", moco_ckpt, *common, "--out", str(reports / "oknn")],
+        Stage("object kNN", ["analyze", "oknn", soco_ckpt, d3ssl_ckpt, *common, "--out", str(reports / "oknn")],
               _oknn),
         Stage("export to detectron2", ["export", moco_ckpt, "--to", "detectron2", "--out", str(out / "moco.pkl")],
               _keys("keys", "out")),
@@ -135,7 +138,7 @@ def demo(
     images: int = typer.Option(64, "--images", help="Synthetic training images."),
     steps: int = typer.Option(20, "--steps", help="Training steps per pretraining run."),
 ):
-    """Run every stage on generated data: synthetic scenes, masks and boxes, MoCo-v2, DetCon and SoCo pretraining,
+    """Run every stage on generated data: synthetic scenes, masks and boxes, MoCo-v2, DetCon, SoCo and D3SSL pretraining,
     probes, analyses and export — each through the real CLI.
 
     Example: sslcli demo --out demo-out --images 64 --steps 20
