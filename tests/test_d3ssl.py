@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch.utils.data import default_collate
 
 from sslcli.data.region_aug import MEAN_COLOUR, pixel_boxes
@@ -200,66 +197,3 @@ def test_bad_model_or_bank_is_an_input_error():
         D3ssl(_spec(c4=False))
     with pytest.raises(InputError, match="method.bank_size"):
         D3ssl(_spec({"bank_size": 16}))
-
-
-# --------------------------------------------------------------------------------------------- data set, store, CLI
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from typer.testing import CliRunner
-
-    from sslcli.cli import app
-    from sslcli.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("d3ssl") / "data"
-    generate(root, n_train=8, n_val=0, seed=0, size=64)
-    runner = CliRunner()
-    for args in (["prepare", "boxes", str(root)], ["prepare", "masks", str(root), "--method", "grid"]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.stderr
-    return root
-
-
-def _spec_file(tmp_path: Path, root: Path, boxes: Path | str) -> Path:
-    spec = {"spec_version": 1, "name": "d3ssl-test",
-            "data": {"root": str(root), "image_size": 64, "workers": 0, "pin_memory": False},
-            "model": {"arch": "resnet18", "width": 8, "c4": True},
-            "method": {"name": "d3ssl", "boxes": str(boxes), "dim": 16, "hidden_dim": 32, "bank_size": 64},
-            "optimizer": {"name": "lars", "base_lr": 1.0, "weight_decay": 1e-5},
-            "schedule": {"name": "cosine", "warmup_epochs": 0}, "batch_size": 4, "epochs": 1, "max_steps": 2,
-            "precision": "fp32", "output_dir": str(tmp_path / "run")}
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def _one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def test_pretrain_runs_on_a_real_box_store(dataset, tmp_path, cli):
-    import json
-    import math
-
-    code, stdout, err = cli(["pretrain", _spec_file(tmp_path, dataset, dataset / "sslcli" / "ss-soco.h5"),
-                             "--json", "--quiet"])
-    assert code == 0, err
-    result = json.loads(stdout)
-    assert result["steps"] == 2 and math.isfinite(result["final_loss"])
-
-
-def test_missing_box_store_is_a_one_line_input_error(dataset, tmp_path, cli):
-    missing = tmp_path / "nowhere.h5"
-    code, _, err = cli(["pretrain", _spec_file(tmp_path, dataset, missing), "--quiet"])
-    _one_line_error(code, err, "method.boxes", str(missing), "prepare boxes")
-    assert not (tmp_path / "run" / "last.pt").exists()
-
-
-def test_a_mask_store_is_refused(dataset, tmp_path, cli):
-    masks = next((dataset / "sslcli").glob("grid*.h5"))
-    code, _, err = cli(["pretrain", _spec_file(tmp_path, dataset, masks), "--quiet"])
-    _one_line_error(code, err, "method.boxes", "holds masks", "expected boxes")
-
