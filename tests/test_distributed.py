@@ -112,3 +112,27 @@ def test_bad_input_is_caught_once_before_spawning_ranks(tmp_path, cli):
     assert code == 2
     assert err.strip().splitlines() == [f"error: {tmp_path / 'missing.h5'}: region store not found"]
     assert not (tmp_path / "run").exists()
+
+
+def test_preflight_keeps_every_built_in_method_registered(tmp_path):
+    """The pre-spawn check undoes what an init hook registers, never the built-in methods it imported itself
+    (a module registers only on its first import). Run in a fresh interpreter, where nothing is imported yet."""
+    import subprocess
+    import sys
+
+    toy.write_images(tmp_path / "imgs", n=4)
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import engine_toy as toy
+from sslcli.engine.launch import _preflight
+from sslcli.methods import METHODS
+from sslcli.spec import parse_spec
+spec = parse_spec(toy.spec_dict({str(tmp_path / 'imgs')!r}, {str(tmp_path / 'run')!r}))
+_preflight(spec, None, toy.install)
+names = {{"moco", "simclr", "byol", "detcon", "soco", "d3ssl"}}
+assert names <= set(METHODS), sorted(METHODS)
+assert METHODS["simclr"].__name__ == "SimCLR", METHODS["simclr"]
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

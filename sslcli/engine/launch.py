@@ -74,8 +74,9 @@ def _preflight(spec: RunSpec, resume: str | None, init_hook: Callable[[], None] 
 
     from sslcli.data.sources import open_source
     from sslcli.engine.trainer import checkpoint_to_resume
-    from sslcli.methods import METHODS, build_method
+    from sslcli.methods import METHODS, _import_all, build_method
 
+    _import_all()  # register the built-in methods first: a module imports (and registers) only once
     registry = dict(METHODS)  # the hook registers methods for the ranks; this process keeps its registry as it was
     try:
         if init_hook is not None:
