@@ -210,9 +210,9 @@ def test_grid_1x1_detcon_s_reduces_to_simclr():
         detcon.load_state_dict(simclr.state_dict())
         loss = detcon(dict(batch), _info())["loss"].item()
         # With R = 1 the DetCon loss is exactly NT-Xent: view-1 term + view-2 term (each a mean over B rows, as in
-        # the paper and the authors' SimCLR) = 2 × SimCLR's mean over 2B rows. With R copies of the one id the
-        # target spreads over R equal positives (+log R to each CE) and each row weighs 1/R.
-        want = 2 * simclr_loss if r == 1 else (2 * simclr_loss + 2 * math.log(r)) / r
+        # the paper and the authors' SimCLR), the value SimCLR logs. With R copies of the one id the target spreads
+        # over R equal positives (+log R to each CE) and each row weighs 1/R.
+        want = simclr_loss if r == 1 else (simclr_loss + 2 * math.log(r)) / r
         assert loss == pytest.approx(want, rel=1e-5)
 
 

@@ -115,7 +115,7 @@ def _np_nt_xent(z1, z2, t):
         positive = i + n if i < n else i - n
         others = [j for j in range(2 * n) if j != i]
         losses.append(-(sim[i, positive] - np.log(np.exp(sim[i, others]).sum())))
-    return float(np.mean(losses))
+    return float(np.mean(losses[:n]) + np.mean(losses[n:]))  # view-1 term + view-2 term (SimCLR's loss_a + loss_b)
 
 
 def test_nt_xent_hand_computed_two_images():
@@ -123,7 +123,7 @@ def test_nt_xent_hand_computed_two_images():
     # Row (view 1, image 0): candidates except itself: z1[1] = e2 (0), z2[0] = e1 (1, positive), z2[1] = e2 (0).
     z1 = _t([[1.0, 0.0], [0.0, 1.0]])
     z2 = _t([[1.0, 0.0], [0.0, 1.0]])
-    expected = math.log(math.e + 2) - 1  # the same for all four rows by symmetry
+    expected = 2 * (math.log(math.e + 2) - 1)  # the same CE for all four rows by symmetry; two view terms
     assert nt_xent(z1, z2, 1.0).item() == pytest.approx(expected, rel=1e-12)
 
 

@@ -78,7 +78,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, all1: 
     """SimCLR's NT-Xent over the 2B local rows, negatives from the whole (gathered) batch.
 
     Row i of view 1 is scored against every embedding of both views of the global batch except itself; its positive
-    is the same image in view 2 (and symmetrically for view 2). Loss = mean over the 2B local rows of the CE.
+    is the same image in view 2 (and symmetrically for view 2). Loss = view-1 term + view-2 term, each the mean CE
+    over the B local rows of that view: the SimCLR authors' ``loss_a + loss_b`` and DetCon's form, so DetCon_S with
+    one global mask gives exactly this value. (It is 2 × the mean over the 2B rows.)
 
     Args:
         z1, z2: (B, D) normalised embeddings of this rank's images, views 1 and 2.
@@ -87,9 +89,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, all1: 
         offset: index of this rank's first image in ``all1``/``all2`` (rank × B).
 
     Returns:
-        Scalar. In a single process this equals the textbook NT-Xent over 2B rows; with W ranks each rank returns the
-        mean over its own rows, and the gradients summed by ``gather_with_grad`` and averaged by DDP equal those of the
-        global loss.
+        Scalar. With W ranks each rank returns the loss of its own rows, and the gradients summed by
+        ``gather_with_grad`` and averaged by DDP equal those of the global loss.
     """
     all1 = z1 if all1 is None else all1
     all2 = z2 if all2 is None else all2
@@ -102,4 +103,5 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1, all1: 
     positive_index = torch.cat([local + n, local])
     row = torch.arange(2 * b, device=z1.device)
     logits = logits.masked_fill(F.one_hot(self_index, 2 * n).bool(), float("-inf"))
-    return (torch.logsumexp(logits, dim=1) - logits[row, positive_index]).mean()
+    per_row = torch.logsumexp(logits, dim=1) - logits[row, positive_index]
+    return per_row[:b].mean() + per_row[b:].mean()
