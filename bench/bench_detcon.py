@@ -16,7 +16,6 @@ also counted alone at --loss-batch 256).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import model_bench_parser  # bench/ is on sys.path when a script here runs
 
 from sslcli.data.sources import open_source
 from sslcli.data.store import encode, write_store
@@ -34,7 +34,6 @@ from sslcli.methods.simclr import SimCLR
 from sslcli.proposals import fh
 from sslcli.spec import parse_spec
 
-REPO = Path(__file__).resolve().parents[1]
 SCALES = (500, 1000, 1500)
 
 
@@ -79,13 +78,7 @@ def time_transform(transform, samples, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "tiny-coco")
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = model_bench_parser(__doc__, batch=8, repeats=5)
     parser.add_argument("--loss-batch", type=int, default=256, help="batch per rank for the loss-alone FLOP count")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 by default: with one thread the process CPU time is the cost of the "
@@ -94,7 +87,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     source = open_source(args.data, "train2017")
-    samples = [{"image": source.load(i), "index": i, "image_id": source[i].image_id} for i in range(args.batch)]
+    samples = [source.sample(i) for i in range(args.batch)]
 
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(tmp) / "fh.h5"

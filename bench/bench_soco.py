@@ -12,13 +12,13 @@ The selective-search store for the benchmark images is built first in a temporar
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import model_bench_parser  # bench/ is on sys.path when a script here runs
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -27,8 +27,6 @@ from sslcli.methods.base import StepInfo
 from sslcli.methods.byol import BYOL
 from sslcli.methods.soco import Soco
 from sslcli.spec import parse_spec
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def make_spec(args, method: dict, root: Path, c4: bool):
@@ -61,18 +59,12 @@ def time_transform(transform, samples, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "tiny-coco")
-    parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = model_bench_parser(__doc__, batch=4, repeats=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     source = open_source(args.data, "train2017")
-    samples = [{"image": source.load(i), "index": i, "image_id": source[i].image_id} for i in range(args.batch)]
+    samples = [source.sample(i) for i in range(args.batch)]
 
     with tempfile.TemporaryDirectory() as tmp:
         from typer.testing import CliRunner

@@ -285,7 +285,7 @@ def test_transform_end_to_end_on_real_coco(tiny_coco):
     detcon = Detcon(_spec({"name": "detcon", "variant": "B", "dim": 16, "hidden_dim": 32, "masks": {"kind": "gt"}},
                           image_size=96, root=str(tiny_coco)))
     transform = pickle.loads(pickle.dumps(detcon.transform()))
-    samples = [transform({"image": source.load(i), "index": i, "image_id": source[i].image_id}) for i in range(4)]
+    samples = [transform(source.sample(i)) for i in range(4)]
     batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
     assert batch["views"].shape == (4, 2, 3, 96, 96) and batch["masks"].shape == (4, 2, 3, 3)
     label_ids = {int(x) for i in range(4) for x in np.unique(detcon.transform().masks.label_map(

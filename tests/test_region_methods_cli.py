@@ -108,6 +108,6 @@ def test_soco_transform_reads_the_store_and_collates(dataset):
     samples = []
     for i in range(3):
         torch.manual_seed(i)
-        samples.append(transform({"image": source.load(i), "index": i, "image_id": source[i].image_id}))
+        samples.append(transform(source.sample(i)))
     batch = default_collate(samples)
     assert batch["boxes"].shape == (3, 3, 5, 4) and batch["view3"].shape == (3, 3, 32, 32)

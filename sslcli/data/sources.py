@@ -46,6 +46,10 @@ class ImageSource:
     def load(self, index: int) -> np.ndarray:
         return load_image(self.records[index].path)
 
+    def sample(self, index: int) -> dict:
+        """The sample dict every method's transform takes (`sslcli.methods.base`): image, index, image id."""
+        return {"image": self.load(index), "index": index, "image_id": self.records[index].image_id}
+
 
 @dataclass
 class Instance:

@@ -98,13 +98,12 @@ class TrainDataset(Dataset):
         for offset in range(len(self.source)):
             i = (index + offset) % len(self.source)
             try:
-                image = self.source.load(i)
+                sample = self.source.sample(i)
                 break
             except CorruptImageError as exc:
                 skipped.append(str(exc))
         else:
             raise SslcliError(f"{self.source.root}: no image of the data set could be decoded")
-        sample = {"image": image, "index": i, "image_id": self.source[i].image_id}
         with seeded_rng(derive_seed(self.seed, epoch, index)):
             out = self.transform(sample)
         out[SKIPPED_KEY] = skipped
