@@ -282,14 +282,38 @@ def _check_out(out: Path, force: bool) -> None:
                 shutil.rmtree(out / split)
 
 
-def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int, size: int = 160, force: bool = False,
-             on_image=None) -> dict:
+PRESETS = ("default", "planted")
+
+
+def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int, size: int | None = None,
+             force: bool = False, on_image=None, preset: str = "default", rules=None) -> dict:
     """Write ``n_train`` + ``n_val`` scenes to ``out`` in COCO layout and return summary statistics.
 
-    ``on_image`` (optional) wraps the iterator of (split, index) jobs, e.g. to show progress. The annotation files
-    are written last, so a run that was killed is never mistaken for a complete one.
+    ``preset`` "default" (this module's scenes; ``size`` defaults to 160) or "planted" (sslcli.data.planted:
+    colour-free classes, ``rules`` planted in train, none in val; ``size`` defaults to 224; ``rules`` None = the
+    preset's DEFAULT_RULES). ``on_image`` (optional) wraps the iterator of (split, index) jobs, e.g. to show
+    progress. The annotation files are written last, so a run that was killed is never mistaken for a complete one.
     """
     out = Path(out)
+    if preset not in PRESETS:
+        raise InputError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    if preset == "default" and rules is not None:
+        raise InputError("planted rules (--pair, --region, --rules) need --preset planted")
+    if preset == "planted":
+        from sslcli.data import planted
+
+        rules = planted.DEFAULT_RULES if rules is None else rules
+        size = planted.DEFAULT_SIZE if size is None else size
+        classes = planted.planted_categories()
+
+        def render(rng, split):
+            return planted.render_planted_scene(rng, size, rules if split == SPLITS[0] else None)
+    else:
+        size = 160 if size is None else size
+        classes = categories()
+
+        def render(rng, split):
+            return render_scene(rng, size)
     if n_train < 1:
         raise InputError(f"--images {n_train}: expected at least 1 training image")
     if n_val < 0:
@@ -306,7 +330,7 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int, size: 
     occluded = 0
     for split, i in (on_image(jobs) if on_image else jobs):
         split_index = SPLITS.index(split)
-        scene = render_scene(np.random.default_rng([seed, split_index, i]), size)
+        scene = render(np.random.default_rng([seed, split_index, i]), split)
         image_id = split_index * IMAGE_ID_STRIDE + i + 1
         file_name = f"{image_id:012d}.jpg"
         _write_jpeg(out / split / file_name, scene.image)
@@ -320,8 +344,11 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int, size: 
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)  # an empty val split is still a valid COCO split
         info = {"description": "sslcli synthetic multi-object scenes", "seed": seed, "size": size, "split": split}
+        if preset == "planted":  # the default preset's files stay byte-identical to what they always were
+            info["preset"] = preset
+            info["planted"] = rules.to_info() if split == SPLITS[0] else "none"
         write_json_atomic(out / "annotations" / f"instances_{split}.json",
-                          {"info": info, "licenses": [], "categories": categories(), **datasets[split]})
+                          {"info": info, "licenses": [], "categories": classes, **datasets[split]})
 
     anns = [a for split in SPLITS for a in datasets[split]["annotations"]]
     n_images = n_train + n_val
@@ -331,8 +358,10 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int, size: 
         "objects": len(anns),
         "objects_per_image": round(len(anns) / n_images, 3),
         "occluded_objects": occluded,
-        "classes": len(CLASSES),
+        "classes": len(classes),
         "classes_used": len({a["category_id"] for a in anns}),
         "size": size,
         "seed": seed,
+        "preset": preset,
+        **({"planted": rules.to_info()} if preset == "planted" else {}),
     }
