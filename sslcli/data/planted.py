@@ -28,7 +28,8 @@ from sslcli.data.synthetic import Scene, SceneObject, _background, _shape_mask, 
 from sslcli.errors import InputError
 
 OBJECTS_PER_IMAGE = (3, 6)  # inclusive range of objects drawn per scene (a fired pair rule on the last draw adds one)
-RADIUS_FRACTION = (0.10, 0.22)  # radius of the disc of equal area, as a fraction of the short side (log-uniform)
+RADIUS_FRACTION = (0.14, 0.26)  # radius of the disc of equal area, as a fraction of the short side (log-uniform);
+# large enough that selective search + the SoCo filter (boxes >= 0.3 of the image scale) finds >= 4 boxes per object
 DEFAULT_SIZE = 224  # long side: large enough for selective search to find several proposals per object
 MIN_GAP = 6  # pixels between objects that no pair rule joins
 TOUCH = 2  # two masks "touch" when one, dilated by this many pixels, meets the other (pairs are placed <= 1 px apart)
