@@ -15,8 +15,11 @@ counted in ``undefined`` and left out of the statistics.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,11 +28,12 @@ from torch.nn.functional import cosine_similarity
 
 from sslcli.analysis.objects import ObjectRef, cut_out, eligible_objects, fit_longer_side, require_coco
 from sslcli.analysis.roi import box_features
-from sslcli.data.sources import ImageSource
+from sslcli.data.sources import CocoSource, ImageSource
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.models.backbone import STAGES
 
 EPS = 1e-6
+PAIR_GROUPS = ("planted", "unplanted")  # --pair-classes besides "all"
 
 
 @dataclass
@@ -58,15 +62,67 @@ def compose_pair(crop_a: np.ndarray, crop_b: np.ndarray, cell: int = 128, gap: i
     return PairScene(i1, i2, (ax, ay, ax + wa, ay + ha), (bx, by, bx + wb, by + hb), {})
 
 
+def planted_class_pairs(root: str | os.PathLike, train_split: str = "train2017") -> set[frozenset[int]]:
+    """The class pairs (category ids, either order) declared in ``info.planted.pairs`` of the train split's
+    annotation file (written by ``sslcli prepare synthetic --preset planted``; format in docs/synthetic.md)."""
+    path = Path(root) / "annotations" / f"instances_{train_split}.json"
+    try:
+        info = json.loads(path.read_text()).get("info") or {}
+    except FileNotFoundError:
+        raise InputError(f"{path}: annotation file not found (the planted rules are read from the train split)") \
+            from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise InputError(f"{path}: not a readable COCO annotation file ({exc})") from None
+    planted = info.get("planted") if isinstance(info, dict) else None
+    if planted in (None, "none"):
+        raise InputError(f"{path}: no planted rules (info.planted); --pair-classes planted|unplanted and --groups "
+                         f"need a data set made by `sslcli prepare synthetic --preset planted`")
+    try:
+        return {frozenset((int(p["a"]), int(p["b"]))) for p in planted["pairs"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: info.planted.pairs is malformed ({exc!r}); expected a list of {{a, b, ...}} "
+                         f"with class ids") from None
+
+
+def allowed_label_pairs(source: CocoSource, group: str, planted: set[frozenset[int]]) -> set[frozenset[int]]:
+    """Label pairs (contiguous labels of ``source``) of a group: ``planted`` = the declared pairs, ``unplanted`` =
+    every other pair of two different classes."""
+    if group not in PAIR_GROUPS:
+        raise InputError(f"--pair-classes {group!r}: expected all, {' or '.join(PAIR_GROUPS)}")
+    ids = source.category_ids
+    unknown = sorted(i for pair in planted for i in pair if i not in ids)
+    if unknown:
+        raise InputError(f"{source.root}: info.planted names class id(s) {unknown} that the split's categories "
+                         f"do not have")
+    everything = {frozenset((i, j)) for i in range(len(ids)) for j in range(i + 1, len(ids))}
+    declared = {frozenset(ids.index(c) for c in pair) for pair in planted}
+    return declared if group == "planted" else everything - declared
+
+
 def sample_pairs(source: ImageSource, n_pairs: int, seed: int = 0, min_size: float = 32, cell: int = 128,
-                 gap: int = 0, masked: bool = True, skipped: list[str] | None = None) -> list[PairScene]:
-    """``n_pairs`` scenes from random pairs of qualifying objects of different classes (seeded)."""
+                 gap: int = 0, masked: bool = True, skipped: list[str] | None = None,
+                 allowed: set[frozenset[int]] | None = None) -> list[PairScene]:
+    """``n_pairs`` scenes from random pairs of qualifying objects of different classes (seeded); with ``allowed``
+    (label pairs, either order), only pairs of classes in it."""
     coco = require_coco(source, "analyze coupling")
     objects = eligible_objects(coco, min_size)
     if len({o.label for o in objects}) < 2:
         raise InputError(f"{source.root}: coupling needs objects of at least two classes with boxes ≥ {min_size} px; "
                          f"found {len(objects)} object(s) of {len({o.label for o in objects})} class(es)")
     labels = np.array([o.label for o in objects])
+    n_labels = len(coco.category_ids)
+    partners = ~np.eye(n_labels, dtype=bool)  # partners[x, y]: an A of class x may be paired with a B of class y
+    if allowed is not None:
+        partners = np.zeros((n_labels, n_labels), bool)
+        for pair in allowed:
+            x, y = tuple(pair)
+            partners[x, y] = partners[y, x] = True
+    present = np.zeros(n_labels, bool)
+    present[labels] = True
+    pool = np.flatnonzero((partners & present[None, :]).any(1)[labels])  # objects that have some partner
+    if not len(pool):
+        raise InputError(f"{source.root}: no two qualifying objects (boxes ≥ {min_size} px) form an allowed class "
+                         f"pair")
     rng = np.random.default_rng(seed)
     scenes: list[PairScene] = []
     bad: set[int] = set()
@@ -75,8 +131,8 @@ def sample_pairs(source: ImageSource, n_pairs: int, seed: int = 0, min_size: flo
         attempts += 1
         if attempts > 10 * n_pairs + 100:
             raise InputError(f"{source.root}: could not build {n_pairs} pairs (too many unreadable images)")
-        a = objects[rng.integers(len(objects))]
-        others = np.flatnonzero(labels != a.label)
+        a = objects[pool[rng.integers(len(pool))]]  # without ``allowed`` the pool is every object (as always)
+        others = np.flatnonzero(partners[a.label, labels])
         b = objects[others[rng.integers(len(others))]]
         if a.image_index in bad or b.image_index in bad:
             continue

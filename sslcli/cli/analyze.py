@@ -101,6 +101,11 @@ def analyze_coupling(
     cell: int = typer.Option(128, "--cell", min=16, help="Each object is scaled so its longer side is this (px)."),
     gap: int = typer.Option(0, "--gap", min=0, help="Pixels between A's right edge and B's left edge."),
     masked: bool = typer.Option(True, "--masked/--box", help="Cut objects out with their GT masks (else the box)."),
+    pair_classes: str = typer.Option("all", "--pair-classes", help="all: any two different classes. planted / "
+                                     "unplanted: only class pairs declared / never declared together in the "
+                                     "train split's info.planted (data from `prepare synthetic --preset planted`)."),
+    groups: bool = typer.Option(False, "--groups", help="Report planted and unplanted pairs in one run (--pairs "
+                                "of each), under groups.planted / groups.unplanted of every checkpoint."),
     out: Path = OUT, arch: str | None = ARCH, width: int | None = WIDTH, trust_checkpoint: bool = TRUST,
     device: str = DEVICE, batch_size: int = BATCH, seed: int = SEED, min_size: float = MIN_SIZE, roi_size: int = ROI,
 ):
@@ -111,30 +116,68 @@ def analyze_coupling(
     apart) on a black cell x (2 cell + gap) canvas; the second image holds A alone at the same place. Features:
     RoIAlign (aligned, --roi-size) of each object's box on the layer, average-pooled. Reports mean, std, median
     and quartiles of CR per layer (1 = no coupling). Pairs whose denominator is ~0 are counted as undefined.
+    On a planted data set (docs/synthetic.md), --pair-classes / --groups compare pairs of classes that co-occur in
+    training with pairs that never do; the objects still come from --split (val: placed independently).
 
     Example: sslcli analyze coupling moco.pth soco.pth --data coco/ --pairs 500 --out results/
+    Example: sslcli analyze coupling soco.pth --data planted/ --groups --pairs 200 --out results/
     """
-    from sslcli.analysis.coupling import coupling_rates, sample_pairs, summarize
+    from sslcli.analysis.coupling import (
+        PAIR_GROUPS,
+        allowed_label_pairs,
+        coupling_rates,
+        planted_class_pairs,
+        sample_pairs,
+        summarize,
+    )
+    from sslcli.analysis.objects import require_coco
     from sslcli.analysis.plots import plot_against_depth
     from sslcli.data.sources import open_source
     from sslcli.eval.features import resolve_device
     from sslcli.models.backbone import STAGES
 
+    if pair_classes not in ("all", *PAIR_GROUPS):
+        raise InputError(f"--pair-classes {pair_classes!r}: expected all, {' or '.join(PAIR_GROUPS)}")
+    if groups and pair_classes != "all":
+        raise InputError(f"--groups reports planted and unplanted pairs together; drop --pair-classes {pair_classes}")
     dev = resolve_device(device)
     check_paths(checkpoints)
     check_out_dir(out)
     skipped: list[str] = []
-    scenes = sample_pairs(open_source(data, split), pairs, seed, min_size, cell, gap, masked, skipped)
+    source = open_source(data, split)
+    wanted = PAIR_GROUPS if groups else (pair_classes,)
+    planted = planted_class_pairs(data) if wanted != ("all",) else set()
+    scenes, group_of = [], []  # group_of[k]: the group of scenes[k]
+    for group in wanted:
+        allowed = None if group == "all" else allowed_label_pairs(require_coco(source, "analyze coupling"), group,
+                                                                  planted)
+        drawn = sample_pairs(source, pairs, seed, min_size, cell, gap, masked, skipped, allowed)
+        for scene in drawn:
+            if group != "all":
+                scene.meta["group"] = group
+        scenes += drawn
+        group_of += [group] * len(drawn)
     settings = {"data": str(data), "split": split, "pairs": pairs, "cell": cell, "gap": gap, "masked": masked,
-                "min_size": min_size, "roi_size": roi_size, "seed": seed}
+                "min_size": min_size, "roi_size": roi_size, "seed": seed, "pair_classes": pair_classes,
+                "groups": groups}
     results, curves = [], {}
     for label, backbone, report in load_all(checkpoints, arch, width, trust_checkpoint, dev):
         rates = coupling_rates(backbone, scenes, STAGES, roi_size, batch_size=batch_size, device=dev)
         layers = {s: summarize(r) for s, r in rates.items()}
         _log_layers(f"{label} CR", layers)
-        curves[label] = layers
-        results.append({"label": label, "checkpoint": report, "layers": layers,
-                        "per_pair": {s: _finite(r) for s, r in rates.items()}})
+        entry = {"label": label, "checkpoint": report, "layers": layers,
+                 "per_pair": {s: _finite(r) for s, r in rates.items()}}
+        if groups:
+            entry["groups"] = {}
+            for group in PAIR_GROUPS:
+                pick = [k for k, g in enumerate(group_of) if g == group]
+                group_layers = {s: summarize(r[pick]) for s, r in rates.items()}
+                _log_layers(f"{label} CR {group}", group_layers)
+                entry["groups"][group] = {"pairs": len(pick), "layers": group_layers}
+                curves[f"{label} ({group})"] = group_layers
+        else:
+            curves[label] = layers
+        results.append(entry)
     plot_against_depth(curves, out / "coupling.png", "coupling rate (CR)", "Object coupling (1 = none)")
     result = {"analysis": "coupling", "settings": settings, "pairs": [s.meta for s in scenes],
               "checkpoints": results, "skipped_images": skipped}
