@@ -11,6 +11,9 @@ so that the longer side of the box is ``cell`` pixels, and placed in two cells o
 canvas: A right-aligned in the left cell, B left-aligned in the right cell, both vertically centred, so they touch
 across ``gap`` pixels (default 0: "next to each other"). Pairs whose denominator is ≤ 1e-6 (no defined ratio) are
 counted in ``undefined`` and left out of the statistics.
+
+On a data set with planted priors (``prepare synthetic --preset planted``) the pairs can be restricted to the class
+pairs declared in the train split's ``info.planted`` or to those never declared together (``allowed_label_pairs``).
 """
 
 from __future__ import annotations

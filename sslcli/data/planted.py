@@ -258,19 +258,6 @@ def load_rules_file(path: str | Path) -> PlantedRules:
     return make_rules(lists["pairs"], lists["regions"], where=f"--rules {path}")
 
 
-def rules_from_info(info: dict, where: str) -> PlantedRules | None:
-    """The rules written into an annotation file's ``info.planted`` (None when it has none)."""
-    planted = (info or {}).get("planted")
-    if planted in (None, "none"):
-        return None
-    try:
-        return make_rules([(p["a"], p["b"], p["strength"]) for p in planted["pairs"]],
-                          [(r["category_id"], r["box"], r["strength"]) for r in planted["regions"]], where)
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"{where}: info.planted is malformed (missing {exc}); expected the format of "
-                         "docs/synthetic.md") from None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Scenes.
 
