@@ -148,6 +148,9 @@ class DetconSpec(Strict):
     dim: int | None = Field(None, description="Default 128 (S) / 256 (B).")
     hidden_dim: int | None = Field(None, description="Default 2048 (S) / 4096 (B).")
     base_momentum: float = Field(0.996, ge=0.0, le=1.0, description="DetCon_B only: 0.996 (1000 ep) / 0.99 (300 ep).")
+    crop_sampler: Literal["authors", "torchvision"] = Field(
+        "authors", description="authors: DetCon's crop (one draw of area and aspect ratio, window clipped to the "
+                               "image); torchvision: RandomResizedCrop (rejects and retries: smaller crops).")
 
 
 class SocoSpec(Strict):
