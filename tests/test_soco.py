@@ -243,3 +243,38 @@ def test_padded_image_loss_is_the_authors_correspondence(recipe):
                 + numpy_authors_direction(p[b].numpy(), z[a].numpy(), *(np.tile(np.arange(k), (2, 1)),) * 2)
                 for a, b in set_pairs(recipe, "soco"))
     assert abs(slots - want) > 1e-4 * abs(want)
+
+
+@pytest.mark.parametrize("recipe", ["c4-code", "fpn-code"])
+def test_code_recipes_train_and_log_their_pairs(recipe):
+    from sslcli.data.region_views import RegionViews
+    from sslcli.methods.soco import Soco
+
+    views = RegionViews(64, boxes_per_image=3, recipe=recipe, padding="authors")
+    image, rects, _ = _two_proposal_image()
+    samples = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        samples.append(views(image, rects))
+    batch = default_collate(samples)
+    torch.manual_seed(0)
+    soco = Soco(_spec({"recipe": recipe, "boxes_per_image": 3}))
+    optimiser = torch.optim.SGD([p for p in soco.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(4):
+        out = soco(batch, _info(step))
+        want = {"loss", "loss_v1v2"} | ({"loss_v1v3"} if recipe == "fpn-code" else set())
+        assert set(out) == want and torch.isfinite(out["loss"])
+        optimiser.zero_grad()
+        out["loss"].backward()
+        optimiser.step()
+        soco.after_step(_info(step))
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0]
+
+
+def test_all_view_pairs_need_the_paper_recipe():
+    from sslcli.spec import SpecError
+
+    with pytest.raises(SpecError, match="method.view_pairs"):
+        _spec({"recipe": "c4-code", "view_pairs": "all"})
