@@ -287,6 +287,9 @@ def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
         problems.append(f"method.queue_size: must be divisible by the global batch size {spec.batch_size}")
     if isinstance(method, D3sslSpec) and method.bank_size % spec.batch_size:
         problems.append(f"method.bank_size: must be divisible by the global batch size {spec.batch_size}")
+    if isinstance(method, SocoSpec) and not 0.0 <= method.cutout_scale[0] <= method.cutout_scale[1] <= 1.0:
+        problems.append(f"method.cutout_scale: {list(method.cutout_scale)} is not a range of box-area fractions "
+                        "in [0, 1]")
     if isinstance(method, SocoSpec) and method.view_pairs == "all" and method.recipe != "paper":
         problems.append(f"method.view_pairs: 'all' (V2↔V3) needs recipe 'paper'; the {method.recipe} recipe "
                         "pairs V1 with each other view only")
@@ -317,8 +320,6 @@ def _ranges(spec: RunSpec):
         yield "method.multi_crop.small_scale", method.multi_crop.small_scale
     if isinstance(method, (SocoSpec, D3sslSpec)):
         yield "method.crop_scale", method.crop_scale
-    if isinstance(method, SocoSpec):
-        yield "method.cutout_scale", method.cutout_scale
     if isinstance(method, D3sslSpec):
         yield "method.prc.side_fraction", method.prc.side_fraction
         yield "method.prm.scale", method.prm.scale

@@ -278,3 +278,12 @@ def test_all_view_pairs_need_the_paper_recipe():
 
     with pytest.raises(SpecError, match="method.view_pairs"):
         _spec({"recipe": "c4-code", "view_pairs": "all"})
+
+
+def test_cutout_scale_must_be_a_range_of_area_fractions():
+    from sslcli.spec import SpecError
+
+    with pytest.raises(SpecError, match="method.cutout_scale"):
+        _spec({"recipe": "c4-code", "cutout_scale": [0.3, 1.5]})
+    with pytest.raises(SpecError, match="method.cutout_scale"):
+        _spec({"recipe": "c4-code", "cutout_scale": [0.3, 0.1]})
