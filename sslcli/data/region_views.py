@@ -154,7 +154,11 @@ def cutout_in_boxes(view: torch.Tensor, boxes: torch.Tensor, p: float, scale: tu
 
 @dataclass
 class Drawn:
-    """One draw of a recipe: uint8 views (3, s, s), box sets (P, K, 4) in their views' pixels, ids (P, K)."""
+    """One draw of a recipe: uint8 views (3, s, s), box sets (P, K, 4) in their views' pixels, ids (P, K).
+
+    An id is the index of a slot's proposal among those chosen for its V1–Vx pair: comparable within a pair (fpn-code
+    chooses separately for V1–V2 and V1–V3).
+    """
 
     views: list[torch.Tensor]
     boxes: torch.Tensor
