@@ -148,6 +148,9 @@ class DetconSpec(Strict):
     dim: int | None = Field(None, description="Default 128 (S) / 256 (B).")
     hidden_dim: int | None = Field(None, description="Default 2048 (S) / 4096 (B).")
     base_momentum: float = Field(0.996, ge=0.0, le=1.0, description="DetCon_B only: 0.996 (1000 ep) / 0.99 (300 ep).")
+    crop_sampler: Literal["authors", "torchvision"] = Field(
+        "authors", description="authors: DetCon's crop (one draw of area and aspect ratio, window clipped to the "
+                               "image); torchvision: RandomResizedCrop (rejects and retries: smaller crops).")
 
 
 class SocoSpec(Strict):
@@ -161,6 +164,16 @@ class SocoSpec(Strict):
     jitter_p: float = Field(0.5, ge=0.0, le=1.0)
     jitter_scale: float = Field(0.1, ge=0.0)
     crop_scale: tuple[float, float] = (0.6, 1.0)
+    recipe: Literal["paper", "c4-code", "fpn-code"] = Field(
+        "paper", description="Views (docs/soco.md): paper (SoCo's text: V3 = V2 downsampled, centre jitter on V1), "
+                             "c4-code (the released C4 recipe: V1, V2, cutout in V2's boxes, no jitter), fpn-code "
+                             "(the released FPN recipe: V3 its own S/2 crop, boxes per pair, corner jitter, cutout).")
+    padding: Literal["authors", "slots"] = Field(
+        "authors", description="Fewer than K boxes: authors (each view pads with its own copies; every copy of a "
+                               "box is a positive of every copy in the other view) or slots (one padding, slot k "
+                               "pairs with slot k).")
+    cutout_p: float = Field(0.5, ge=0.0, le=1.0, description="Code recipes: cutout probability per box.")
+    cutout_scale: tuple[float, float] = Field((0.1, 0.3), description="Code recipes: cutout area / box area.")
     dim: int = 256
     hidden_dim: int = 4096
     base_momentum: float = Field(0.99, ge=0.0, le=1.0)
@@ -274,6 +287,12 @@ def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
         problems.append(f"method.queue_size: must be divisible by the global batch size {spec.batch_size}")
     if isinstance(method, D3sslSpec) and method.bank_size % spec.batch_size:
         problems.append(f"method.bank_size: must be divisible by the global batch size {spec.batch_size}")
+    if isinstance(method, SocoSpec) and not 0.0 <= method.cutout_scale[0] <= method.cutout_scale[1] <= 1.0:
+        problems.append(f"method.cutout_scale: {list(method.cutout_scale)} is not a range of box-area fractions "
+                        "in [0, 1]")
+    if isinstance(method, SocoSpec) and method.view_pairs == "all" and method.recipe != "paper":
+        problems.append(f"method.view_pairs: 'all' (V2↔V3) needs recipe 'paper'; the {method.recipe} recipe "
+                        "pairs V1 with each other view only")
     if isinstance(method, MocoSpec) and method.constrained.enabled and not method.multi_crop.enabled:
         problems.append("method.constrained.enabled: constrained multi-crop needs method.multi_crop.enabled: true")
     if isinstance(method, MocoSpec):  # crop areas as fractions of the image (a negative one failed in the workers)

@@ -389,3 +389,65 @@ def test_loss_stays_in_float32_under_bf16_autocast():
         got = detcon_loss(z1.bfloat16(), z2.bfloat16(), z1.bfloat16(), z2.bfloat16(), ids, ids)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(want.item(), rel=2e-2)  # only the inputs were rounded to bf16
+
+
+# ---------------------------------------------------------------------------------------------------- crop windows
+def authors_mean_crop_area(height: int, width: int, draws: int = 1_000_000, seed: int = 0) -> float:
+    """DetCon's crop (`get_random_crop_window` in the authors' tf_image_ops.py), re-derived from its description:
+    area U[0.08, 1]·H·W and aspect ratio exp(U[log 3/4, log 4/3]) drawn once, w = round(√(area·r)),
+    h = round(√(area/r)) (round half to even, as tf.round), clipped to W and H; no retry. Mean of w·h / (H·W)."""
+    rng = np.random.default_rng(seed)
+    area = rng.uniform(0.08, 1.0, draws) * height * width
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), draws))
+    w = np.minimum(np.rint(np.sqrt(area * ratio)), width)
+    h = np.minimum(np.rint(np.sqrt(area / ratio)), height)
+    return float((w * h).mean() / (height * width))
+
+
+@pytest.mark.parametrize("height, width", [(480, 640), (640, 427), (224, 224)])
+def test_detcon_crops_follow_the_authors_single_draw_and_clip(height, width):
+    # 20,000 windows drawn by the crop step of the method's own transform, against the authors' procedure.
+    from sslcli.methods import build_method
+
+    spec = _spec({"name": "detcon", "variant": "S", "dim": 16, "hidden_dim": 32, "masks": {"kind": "grid"}},
+                 image_size=16)
+    crop = build_method(spec).transform().views.geometry.transforms[0]
+    image = torch.zeros(1, height, width)
+    torch.manual_seed(0)
+    windows = [crop.make_params([image]) for _ in range(20_000)]
+    areas = np.array([w["width"] * w["height"] for w in windows]) / (height * width)
+    assert all(0 <= w["left"] <= width - w["width"] and 0 <= w["top"] <= height - w["height"] for w in windows)
+    assert areas.mean() == pytest.approx(authors_mean_crop_area(height, width), abs=0.01)
+
+
+def test_detcon_views_apply_the_drawn_window_to_image_and_mask():
+    # The geometry crops by the window its crop step draws: a mask whose id spells each pixel's position comes out as
+    # that window resized (nearest) and maybe mirrored, on a 480×640 image where clipping is frequent.
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from sslcli.methods import build_method
+
+    height, width, size = 480, 640, 16
+    spec = _spec({"name": "detcon", "variant": "S", "dim": 16, "hidden_dim": 32, "masks": {"kind": "grid"}},
+                 image_size=size)
+    geometry = build_method(spec).transform().views.geometry
+    positions = tv_tensors.Mask(torch.arange(height * width, dtype=torch.int64).view(height, width))
+    for seed in range(50):
+        torch.manual_seed(seed)
+        window = geometry.transforms[0].make_params([positions])
+        torch.manual_seed(seed)
+        view = geometry(positions).as_subclass(torch.Tensor)
+        want = v2.functional.resized_crop(positions, **window, size=[size, size]).as_subclass(torch.Tensor)
+        assert torch.equal(view, want) or torch.equal(view, want.flip(-1))
+
+
+def test_torchvision_crop_sampler_is_still_available():
+    from torchvision.transforms import v2
+
+    from sslcli.methods import build_method
+
+    spec = _spec({"name": "detcon", "variant": "S", "dim": 16, "hidden_dim": 32, "masks": {"kind": "grid"},
+                  "crop_sampler": "torchvision"}, image_size=16)
+    crop = build_method(spec).transform().views.geometry.transforms[0]
+    assert type(crop) is v2.RandomResizedCrop

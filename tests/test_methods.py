@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -235,23 +236,40 @@ def test_knn_moco_warmup_and_weight():
     assert torch.equal(method.queue_backbone[:, :BATCH], features.T)
 
 
-def test_knn_moco_bank_first_uses_the_updated_bank_from_epoch_0():
-    from sslcli.losses.contrastive import knn_moco_loss
-    from sslcli.methods.moco import enqueue_, queue_slots
+def numpy_knn_bank_first(queries, query_features, queue_before, feature_bank_after, k, temperature):
+    """The authors' bank-first kNN loss (Revisiting, builder_ours.py), from its description: logits q·queue / T with the
+    key queue *before* this step's enqueue, neighbours = top-k of the query's backbone feature against the backbone
+    bank *after* it; −mean over rows of the mean over the k neighbours of the log-softmax over the queue."""
+    logits = queries.astype(np.float64) @ queue_before.astype(np.float64) / temperature
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
+    neighbours = np.argsort(-(query_features @ feature_bank_after), axis=1)[:, :k]
+    return float(-np.take_along_axis(log_p, neighbours, 1).mean(1).mean()), neighbours
 
+
+def test_knn_moco_bank_first_scores_neighbours_with_the_logits_before_the_enqueue():
     torch.manual_seed(0)
     method = build_method(moco_spec(knn={"enabled": True, "k": 2, "bank_first": True, "warmup_epochs": 5}))
     method.queue_ptr[0] = 12  # the update wraps around the end of the queue
+    queue_before = method.queue.clone().numpy()
+    bank = method.queue_backbone.clone().numpy()
     batch = make_batch()
-    out = method(batch, step_info(epoch=0))
+    out = method(batch, step_info(epoch=0))  # active from epoch 0
     keys, features = method._pending
-    queue, feature_queue = method.queue.clone(), method.queue_backbone.clone()
-    enqueue_(queue, queue_slots(12, BATCH, 16), keys)
-    enqueue_(feature_queue, queue_slots(12, BATCH, 16), features)
+    newest = [(12 + i) % 16 for i in range(BATCH)]
+    bank[:, newest] = features.numpy().T  # the backbone bank after the enqueue, column by column
     queries, query_features = method._queries(batch)
-    expected = knn_moco_loss(queries.reshape(BATCH, -1), query_features.reshape(BATCH, -1), queue, feature_queue, 2,
-                             0.2)
-    assert out["loss_nn"].item() == pytest.approx(expected.item(), rel=1e-5)
+    want, neighbours = numpy_knn_bank_first(queries.reshape(BATCH, -1).detach().numpy(),
+                                            query_features.reshape(BATCH, -1).numpy(), queue_before, bank, 2, 0.2)
+    assert out["loss_nn"].item() == pytest.approx(want, rel=1e-5)
+    # The case that matters: some neighbours are among the newest columns (a query's own key is usually its nearest),
+    # where the logit is the replaced key's, not the new key's: scoring with the updated queue gives another value.
+    assert np.isin(neighbours, newest).any()
+    queue_after = queue_before.copy()
+    queue_after[:, newest] = keys.numpy().T
+    updated, _ = numpy_knn_bank_first(queries.reshape(BATCH, -1).detach().numpy(),
+                                      query_features.reshape(BATCH, -1).numpy(), queue_after, bank, 2, 0.2)
+    assert abs(updated - want) > 1e-4 * abs(want)
 
 
 def test_single_process_shuffle_bn_encodes_in_groups_and_unshuffles():

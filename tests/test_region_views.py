@@ -185,3 +185,100 @@ def test_jitter_moves_v1_boxes_only_and_within_bounds():
         assert (((a[:, 2:] - a[:, :2]) / wh - 1).abs() <= 0.1 + 1e-5).all()
         moved += int(not torch.allclose(a, b))
     assert moved == 20
+
+
+# ----------------------------------------------------------------------------------------------- the code recipes
+@pytest.mark.parametrize("recipe, sets, has_v3", [("paper", 3, True), ("c4-code", 2, False), ("fpn-code", 4, True)])
+def test_recipes_have_fixed_shapes_and_collate(recipe, sets, has_v3):
+    views = RegionViews(64, boxes_per_image=4, recipe=recipe, padding="authors")
+    samples = []
+    for seed, n in enumerate((0, 1, 4, 9)):
+        torch.manual_seed(seed)
+        rects = np.array((RECTS * 3)[:n], np.float32).reshape(-1, 4)
+        samples.append(views(painted_image(), rects))
+    batch = default_collate(samples)
+    assert batch["boxes"].shape == (4, sets, 4, 4) and batch["box_ids"].shape == (4, sets, 4)
+    assert ("view3" in batch) == has_v3
+    if has_v3:
+        assert batch["view3"].shape == (4, 3, 32, 32)
+
+
+def test_c4_code_never_jitters_and_boxes_follow_pixels():
+    views = RegionViews(64, boxes_per_image=4, crop_scale=(0.3, 1.0), jitter_p=1.0, recipe="c4-code")
+    image, checked = painted_image(), 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        drawn = views.draw(image, np.array(RECTS, np.float32))
+        view1, view2 = drawn.views
+        for k in range(4):
+            # V1 is the whole image, unjittered: box k is its proposal's rectangle scaled (mirrored when flipped).
+            x0, y0, x1, y1 = (drawn.boxes[0, k] * torch.tensor([WIDTH, HEIGHT, WIDTH, HEIGHT]) / 64).tolist()
+            source = colour_of(view1, drawn.boxes[0, k])
+            rx0, ry0, rx1, ry1 = RECTS[source]
+            assert np.allclose([y0, y1], [ry0, ry1], atol=1e-3)
+            assert np.allclose([x0, x1], [rx0, rx1], atol=1e-3) or np.allclose([x0, x1], [WIDTH - rx1, WIDTH - rx0],
+                                                                                 atol=1e-3)
+            found = colour_of(view2, drawn.boxes[1, k])
+            if found is not None:
+                assert found == source
+                checked += 1
+    assert checked > 40
+
+
+def test_fpn_code_v3_is_its_own_crop_with_its_own_boxes():
+    views = RegionViews(64, boxes_per_image=4, crop_scale=(0.3, 1.0), jitter_p=0.0, recipe="fpn-code")
+    image, checked, different = painted_image(), 0, 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        drawn = views.draw(image, np.array(RECTS, np.float32))
+        view1, view2, view3 = drawn.views
+        assert view3.shape == (3, 32, 32)
+        different += int(not torch.equal(view3, downsample(view2, 32)))
+        for v1_set, other_set, view in ((0, 1, view2), (2, 3, view3)):  # each pair: V1's box k ↔ the view's box k
+            for k in range(4):
+                source = colour_of(view1, drawn.boxes[v1_set, k])
+                found = colour_of(view, drawn.boxes[other_set, k], margin=1.0)
+                if found is not None and drawn.ids[v1_set, k] == drawn.ids[other_set, k]:
+                    assert found == source
+                    checked += 1
+    assert different == 20 and checked > 40
+
+
+def test_corner_jitter_is_anchored_at_the_corner():
+    from sslcli.data.region_views import jitter_corners
+
+    torch.manual_seed(0)
+    xy = torch.rand(4000, 2) * 100
+    wh = torch.rand(4000, 2) * 50 + 1
+    boxes = torch.cat([xy, xy + wh], 1)
+    out = jitter_corners(boxes, p=1.0, scale=0.1)
+    corner_shift = (out[:, :2] - boxes[:, :2]) / wh
+    new_wh = (out[:, 2:] - out[:, :2]) / wh
+    assert (corner_shift.abs() <= 0.1 + 1e-5).all() and ((new_wh - 1).abs() <= 0.1 + 1e-5).all()
+    assert corner_shift.abs().max() > 0.09 and (new_wh - 1).abs().max() > 0.09
+    # Anchored at the corner, the centre moves by the corner shift plus half the size change: up to 0.15·w.
+    centre_shift = ((out[:, :2] + out[:, 2:]) - (boxes[:, :2] + boxes[:, 2:])).abs() / 2 / wh
+    assert centre_shift.max() > 0.11
+    changed = (jitter_corners(boxes, p=0.5, scale=0.1) != boxes).any(1).float().mean()
+    assert 0.45 < changed < 0.55
+
+
+def test_cutout_removes_a_square_of_the_drawn_share_of_each_box():
+    from sslcli.data.region_views import cutout_in_boxes
+
+    torch.manual_seed(0)
+    view = torch.ones(3, 64, 64)
+    box = torch.tensor([[20.0, 20.0, 44.0, 44.0]])  # 24×24, far enough from the borders for any cut (≤ 13 px) to fit
+    shares = []
+    for _ in range(400):
+        out = cutout_in_boxes(view, box, p=1.0, scale=(0.1, 0.3))
+        cut = out[0] == 0
+        assert torch.equal(out[1] == 0, cut) and cut.any()
+        rows, cols = cut.any(1).nonzero(), cut.any(0).nonzero()
+        assert len(rows) == len(cols)  # a square
+        cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+        assert 20 <= cx < 44 and 20 <= cy < 44  # centred inside the box
+        shares.append(cut.sum().item() / 576)
+    # Side 2·⌊round(√(U·area))/2⌋ + 1: the share stays within [0.1, 0.3] up to about one pixel of side.
+    assert 0.08 < min(shares) and max(shares) < 0.33 and 0.17 < np.mean(shares) < 0.23
+    assert torch.equal(cutout_in_boxes(view, box, p=0.0, scale=(0.1, 0.3)), view)

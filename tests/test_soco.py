@@ -161,3 +161,129 @@ def test_soco_needs_a_c4_model():
 
     with pytest.raises(InputError, match="model.c4"):
         Soco(_spec(c4=False))
+
+
+# --------------------------------------------------------------------------------- padding: the authors' correspondence
+def _two_proposal_image() -> tuple[np.ndarray, np.ndarray, list]:
+    """A 96×128 image with two flat proposals (red, green) on grey: a box's colour names its proposal."""
+    image = np.full((96, 128, 3), 90, np.uint8)
+    rects = [(10, 12, 60, 70), (70, 20, 120, 90)]
+    colours = [(255, 0, 0), (0, 255, 0)]
+    for (x0, y0, x1, y1), colour in zip(rects, colours):
+        image[y0:y1, x0:x1] = colour
+    return image, np.array(rects, np.float32), colours
+
+
+def _proposal_of(view: torch.Tensor, box: torch.Tensor, colours: list) -> int:
+    """Which proposal a box shows: the palette colour at its centre pixel (boxes are never smaller than 2 px here)."""
+    x, y = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+    pixel = view[:, y, x].int()
+    return next(i for i, c in enumerate(colours) if (pixel - torch.tensor(c)).abs().max() <= 40)
+
+
+def numpy_authors_direction(p: np.ndarray, z: np.ndarray, owners_p: np.ndarray, owners_z: np.ndarray) -> float:
+    """SoCo's ``regression_loss_bboxs`` from its description, + 2: per image −2·Σ_ij C_ij p̂_i·ẑ_j / ΣC with
+    C_ij = [box i and box j show the same proposal]; averaged over images. p, z: (B, K, D); owners: (B, K)."""
+    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    corr = (owners_p[:, :, None] == owners_z[:, None, :]).astype(np.float64)
+    return float(np.mean(2 - 2 * (np.einsum("bid,bjd->bij", p, z) * corr).sum((1, 2)) / corr.sum((1, 2))))
+
+
+@pytest.mark.parametrize("recipe", ["paper", "c4-code"])
+def test_padded_image_loss_is_the_authors_correspondence(recipe):
+    # Two proposals, K = 4: each view pads its two free slots with its own random copies. Which proposal a slot holds
+    # is read from the pixels (not from the transform's ids); the loss must equal the numpy formula on those owners.
+    from torchvision.transforms import v2
+
+    from sslcli.data.region_views import RegionViews, downsample
+    from sslcli.methods.soco import SET_VIEWS, Soco, roi_features, set_pairs
+
+    image, rects, colours = _two_proposal_image()
+    k, size = 4, 64
+    views = RegionViews(size, boxes_per_image=k, crop_scale=(0.9, 1.0), jitter_p=0.0, recipe=recipe,
+                        padding="authors")
+    drawn = []
+    for seed in range(2):
+        torch.manual_seed(seed + 10)
+        d = views.draw(image, rects)
+        drawn.append(d)
+    owners = np.array([[[_proposal_of(d.views[0 if v == 0 else 1], box, colours) for box in d.boxes[s]]
+                        for s, v in enumerate(SET_VIEWS[recipe]) if v < 2] for d in drawn])    # (B, sets, K)
+    # Both proposals in every view's first slots; at least one image whose two views padded differently.
+    assert all(set(o[:2]) == {0, 1} for image_owners in owners for o in image_owners)
+    uneven = sum(int(sorted(o[0]) != sorted(o[1])) for o in owners)
+    assert uneven >= 1
+
+    def as_float(x):
+        return v2.functional.normalize(v2.functional.to_dtype(x, torch.float32, scale=True),
+                                       [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+    batch = {"view1": torch.stack([as_float(d.views[0]) for d in drawn]),
+             "view2": torch.stack([as_float(d.views[1]) for d in drawn]),
+             "boxes": torch.stack([d.boxes for d in drawn]), "box_ids": torch.stack([d.ids for d in drawn])}
+    if recipe == "paper":
+        batch["view3"] = downsample(batch["view2"], size // 2)
+        owners = np.concatenate([owners, owners[:, 1:2]], axis=1)  # V3 = V2 downsampled: V2's slots
+    torch.manual_seed(0)
+    soco = Soco(_spec({"recipe": recipe, "boxes_per_image": k})).eval()  # eval: BN does not couple the boxes
+    with torch.no_grad():
+        loss = soco(batch, _info(0))["loss"].item()
+        p, z = [], []
+        for s, v in enumerate(SET_VIEWS[recipe]):
+            key, boxes = ("view1", "view2", "view3")[v], batch["boxes"][:, s]
+            p.append(soco.predictor(soco.projector(roi_features(soco.encoder, batch[key], boxes, 14))).view(2, k, -1))
+            z.append(soco.target_projector(roi_features(soco.target_encoder, batch[key], boxes, 14)).view(2, k, -1))
+    want = sum(numpy_authors_direction(p[a].numpy(), z[b].numpy(), owners[:, a], owners[:, b])
+               + numpy_authors_direction(p[b].numpy(), z[a].numpy(), owners[:, b], owners[:, a])
+               for a, b in set_pairs(recipe, "soco"))
+    assert loss == pytest.approx(want, rel=1e-5)
+    # The correspondence matters here: pairing slot k with slot k only gives another value.
+    slots = sum(numpy_authors_direction(p[a].numpy(), z[b].numpy(), *(np.tile(np.arange(k), (2, 1)),) * 2)
+                + numpy_authors_direction(p[b].numpy(), z[a].numpy(), *(np.tile(np.arange(k), (2, 1)),) * 2)
+                for a, b in set_pairs(recipe, "soco"))
+    assert abs(slots - want) > 1e-4 * abs(want)
+
+
+@pytest.mark.parametrize("recipe", ["c4-code", "fpn-code"])
+def test_code_recipes_train_and_log_their_pairs(recipe):
+    from sslcli.data.region_views import RegionViews
+    from sslcli.methods.soco import Soco
+
+    views = RegionViews(64, boxes_per_image=3, recipe=recipe, padding="authors")
+    image, rects, _ = _two_proposal_image()
+    samples = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        samples.append(views(image, rects))
+    batch = default_collate(samples)
+    torch.manual_seed(0)
+    soco = Soco(_spec({"recipe": recipe, "boxes_per_image": 3}))
+    optimiser = torch.optim.SGD([p for p in soco.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(4):
+        out = soco(batch, _info(step))
+        want = {"loss", "loss_v1v2"} | ({"loss_v1v3"} if recipe == "fpn-code" else set())
+        assert set(out) == want and torch.isfinite(out["loss"])
+        optimiser.zero_grad()
+        out["loss"].backward()
+        optimiser.step()
+        soco.after_step(_info(step))
+        losses.append(out["loss"].item())
+    assert losses[-1] < losses[0]
+
+
+def test_all_view_pairs_need_the_paper_recipe():
+    from sslcli.spec import SpecError
+
+    with pytest.raises(SpecError, match="method.view_pairs"):
+        _spec({"recipe": "c4-code", "view_pairs": "all"})
+
+
+def test_cutout_scale_must_be_a_range_of_area_fractions():
+    from sslcli.spec import SpecError
+
+    with pytest.raises(SpecError, match="method.cutout_scale"):
+        _spec({"recipe": "c4-code", "cutout_scale": [0.3, 1.5]})
+    with pytest.raises(SpecError, match="method.cutout_scale"):
+        _spec({"recipe": "c4-code", "cutout_scale": [0.3, 0.1]})

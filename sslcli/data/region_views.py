@@ -1,4 +1,10 @@
-"""Views that carry boxes, for SoCo (METHODS.md §4): three views of an image and K proposal boxes mapped into each.
+"""Views that carry boxes, for SoCo (METHODS.md §4): views of an image and K proposal boxes mapped into each.
+
+Three recipes (``recipe``; docs/soco.md): ``paper`` (SoCo's text, described below), ``c4-code`` (the authors'
+released C4 recipe, ``ImageAsymBboxCutout``: V1 and V2 only, no box jitter, cutout in V2's boxes) and ``fpn-code``
+(the released FPN recipe, ``ImageAsymBboxAwareMultiJitter1Cutout``: V3 its own S/2 crop; boxes chosen and jittered
+separately for the V1–V2 and V1–V3 pairs, jitter anchored at the box corner; cutout in V2's and V3's boxes).
+The ``paper`` recipe:
 
 - V1: the whole image resized to S×S (aspect ratio not kept); V2: RandomResizedCrop(S, area ``crop_scale``, aspect
   ratio 3/4–4/3); V3: V2 resized to S/2 (the same pixels, downsampled: SoCo's scale-invariance view). V1 and V2 are
@@ -14,9 +20,14 @@
   independently per box with probability ``jitter_p``: shift the centre by U(±s)·(w, h) and scale w and h by
   1 + U(±s) (s = ``jitter_scale``, w, h the box's size in V1); then every box is clipped to its view. A jitter that
   would leave no area inside V1 is not applied to that box.
-- Correspondence is by index: box k of every view comes from the same proposal.
+- Padding (``padding``): ``authors`` (SoCo's ``bboxs_utils.py``): the n < K chosen proposals fill the first n slots
+  of every view and each view pads its remaining slots separately with random copies of them; ``ids`` name the
+  proposal in every slot, and every copy of a proposal is a positive of every copy of it in the other view (the
+  correspondence matrix C_ij = [id_i = id_j]). ``slots`` (D3SSL, and SoCo before): one padding shared by all views
+  and slot k corresponds to slot k only (ids = slot numbers).
 
-Colour (BYOL's two presets, `sslcli.data.color`) is applied to V1 and V2 after the geometry; it never moves pixels.
+Colour (BYOL's two presets, `sslcli.data.color`) is applied to V1 and V2 (and the code recipes' V3, with V2's preset)
+after the geometry; it never moves pixels. The code recipes' cutout follows colour and normalisation, as the authors'.
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from sslcli.data.color import BYOL, ColorAug, color_transform
 from sslcli.data.transforms import crop_resize, image_to_tensor, sample_crop_box
 
 CROP_RATIO = (3 / 4, 4 / 3)  # V2's RandomResizedCrop aspect-ratio range
+RECIPES = ("paper", "c4-code", "fpn-code")
+PADDINGS = ("authors", "slots")
 
 
 def sanitize_boxes(boxes: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -47,6 +60,11 @@ def overlapping(boxes: torch.Tensor, crop: tuple[int, int, int, int]) -> torch.T
     width = boxes[:, 2].clamp(max=x1) - boxes[:, 0].clamp(min=x0)
     height = boxes[:, 3].clamp(max=y1) - boxes[:, 1].clamp(min=y0)
     return (width > 0) & (height > 0)
+
+
+def pad_indices(n: int, k: int) -> torch.Tensor:
+    """k slots over n ≥ 1 unique boxes: 0..n−1 then k − n random copies (none when n ≥ k)."""
+    return torch.cat([torch.arange(min(n, k)), torch.randint(n, (max(k - n, 0),))])
 
 
 def sample_indices(n: int, k: int) -> torch.Tensor:
@@ -86,15 +104,28 @@ def jitter_boxes(boxes: torch.Tensor, p: float, scale: float) -> torch.Tensor:
     return torch.where(apply[:, None], jittered, boxes)
 
 
-def place_boxes(boxes: torch.Tensor, size: int, jitter_p: float, jitter_scale: float) -> torch.Tensor:
-    """Boxes in a view's coordinates → jittered (where drawn) and clipped to the size×size view.
+def jitter_corners(boxes: torch.Tensor, p: float, scale: float) -> torch.Tensor:
+    """The authors' FPN jitter (``jitter_props``), each box with probability p: the top-left corner moves by
+    U(±scale)·(w, h) and w and h are multiplied by 1 + U(±scale), the new box starting at the moved corner."""
+    k = len(boxes)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    u = (torch.rand(k, 4) * 2 - 1) * scale
+    apply = torch.rand(k) < p
+    x0, y0 = boxes[:, 0] + u[:, 0] * w, boxes[:, 1] + u[:, 1] * h
+    jittered = torch.stack([x0, y0, x0 + w * (1 + u[:, 2]), y0 + h * (1 + u[:, 3])], dim=1)
+    return torch.where(apply[:, None], jittered, boxes)
+
+
+def place_boxes(boxes: torch.Tensor, size: int, jitter_p: float, jitter_scale: float,
+                jitter=jitter_boxes) -> torch.Tensor:
+    """Boxes in a view's coordinates → jittered (where drawn, by ``jitter``) and clipped to the size×size view.
 
     A jittered box left without area inside the view falls back to its un-jittered, clipped self.
     """
     plain = clip_boxes(boxes, size)
     if jitter_p <= 0 or jitter_scale <= 0:
         return plain
-    jittered = clip_boxes(jitter_boxes(boxes, jitter_p, jitter_scale), size)
+    jittered = clip_boxes(jitter(boxes, jitter_p, jitter_scale), size)
     empty = (jittered[:, 2] <= jittered[:, 0]) | (jittered[:, 3] <= jittered[:, 1])
     return torch.where(empty[:, None], plain, jittered)
 
@@ -104,13 +135,45 @@ def downsample(view: torch.Tensor, size: int) -> torch.Tensor:
     return v2.functional.resize(view, [size, size], antialias=True)
 
 
+def cutout_in_boxes(view: torch.Tensor, boxes: torch.Tensor, p: float, scale: tuple[float, float]) -> torch.Tensor:
+    """SoCo's ``RandomCutoutInBbox`` on a normalised (3, s, s) view: for each box with probability p, a square of
+    area U(scale)·(box area), centred on a uniform pixel of the box and clipped to the view, set to 0 (the mean
+    colour after normalisation). Every slot draws, copies included, as in the authors' loop."""
+    out = view.clone()
+    side = view.shape[-1]
+    for x0, y0, x1, y1 in boxes.tolist():
+        if float(torch.rand(())) >= p:
+            continue
+        area = float(torch.empty(()).uniform_(*scale)) * (x1 - x0) * (y1 - y0)
+        half = round(area ** 0.5) // 2
+        cx = int(x0 + float(torch.rand(())) * (x1 - x0))
+        cy = int(y0 + float(torch.rand(())) * (y1 - y0))
+        out[:, max(cy - half, 0):min(cy + half + 1, side), max(cx - half, 0):min(cx + half + 1, side)] = 0.0
+    return out
+
+
+@dataclass
+class Drawn:
+    """One draw of a recipe: uint8 views (3, s, s), box sets (P, K, 4) in their views' pixels, ids (P, K).
+
+    An id is the index of a slot's proposal among those chosen for its V1–Vx pair: comparable within a pair (fpn-code
+    chooses separately for V1–V2 and V1–V3).
+    """
+
+    views: list[torch.Tensor]
+    boxes: torch.Tensor
+    ids: torch.Tensor
+
+
 @dataclass
 class RegionViews:
-    """SoCo's three views with K boxes each (see the module docstring); picklable.
+    """SoCo's views with K boxes each (see the module docstring); picklable.
 
     Calling it on (image (H, W, 3) uint8 RGB, boxes (M, 4) x0, y0, x1, y1 in image pixels) returns a dict:
-    "view1", "view2": (3, S, S) and "view3": (3, S/2, S/2) float32, colour-augmented and normalised; "boxes":
-    (3, K, 4) float32, row v in view v's pixels. Fixed shapes, so `default_collate` stacks them.
+    "view1", "view2": (3, S, S) float32 (and "view3": (3, S/2, S/2) except for ``c4-code``), colour-augmented and
+    normalised; "boxes": (P, K, 4) float32, the box sets in their views' pixels, and "box_ids": (P, K) int64 (the
+    proposal of each slot, see ``padding``). Box sets (set → view: `sslcli.methods.soco.SET_VIEWS`): paper V1, V2, V3;
+    c4-code V1, V2; fpn-code V1 (for V2), V2, V1 (for V3), V3. Fixed shapes, so `default_collate` stacks them.
     """
 
     size: int
@@ -119,43 +182,98 @@ class RegionViews:
     jitter_p: float = 0.5
     jitter_scale: float = 0.1
     colors: tuple[ColorAug, ColorAug] = BYOL
+    recipe: str = "paper"
+    padding: str = "slots"
+    cutout_p: float = 0.5
+    cutout_scale: tuple[float, float] = (0.1, 0.3)
 
     def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding {self.padding!r}: expected one of {', '.join(PADDINGS)}")
         self._colors = tuple(color_transform(aug, self.size) for aug in self.colors)
+        self._small_color = color_transform(self.colors[1], self.small_size)
 
     @property
     def small_size(self) -> int:
         return self.size // 2
 
-    def geometry(self, image: np.ndarray, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(V1, V2) as (3, S, S) uint8 and the boxes (3, K, 4) of V1, V2, V3; V3's pixels are `downsample`(V2)."""
+    def _pair(self, candidates: torch.Tensor, crop: tuple[int, int, int, int], side: int, flip: bool,
+              to_view1, jitter) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Boxes for V1 and the view cut at ``crop`` (side px, flipped or not): ((V1 boxes, ids), (view boxes, ids)).
+
+        Up to K proposals seeing the crop are chosen, jittered in V1 (``jitter``: a jitter function or None),
+        clipped, and padded to K slots (per view with ``authors`` padding, shared with ``slots``).
+        """
+        k = self.boxes_per_image
+        seen = candidates[overlapping(candidates, crop)]
+        if len(seen) == 0:  # no proposal both views see: the region they share
+            seen = torch.tensor([crop], dtype=torch.float32)
+        unique = seen[torch.randperm(len(seen))[:k]]
+        n = len(unique)
+        ids1 = pad_indices(n, k)
+        ids2 = pad_indices(n, k) if self.padding == "authors" else ids1
+        x0, y0, x1, y1 = crop
+        in_view = clip_boxes(map_boxes(unique, (x0, y0), (side / (x1 - x0), side / (y1 - y0)), side, flip), side)
+        in_view = in_view[ids2]
+        in_view1 = to_view1(unique)
+        if jitter is None:
+            in_view1 = clip_boxes(in_view1, self.size)[ids1]
+        elif self.padding == "authors":  # jitter the proposals, then copy them (the authors' order)
+            in_view1 = place_boxes(in_view1, self.size, self.jitter_p, self.jitter_scale, jitter)[ids1]
+        else:  # slots: every slot jitters on its own, copies included
+            in_view1 = place_boxes(in_view1[ids1], self.size, self.jitter_p, self.jitter_scale, jitter)
+        if self.padding == "slots":
+            ids1 = ids2 = torch.arange(k)
+        return (in_view1, ids1), (in_view, ids2)
+
+    def draw(self, image: np.ndarray, boxes: np.ndarray) -> Drawn:
+        """The recipe's geometry: uint8 views, box sets and ids (paper: V3's pixels are `downsample`(V2), added
+        after colour)."""
         pixels = image_to_tensor(image)
         height, width = image.shape[:2]
         s = self.size
-        crop = sample_crop_box(height, width, tuple(self.crop_scale), CROP_RATIO)
+        crop2 = sample_crop_box(height, width, tuple(self.crop_scale), CROP_RATIO)
         flip1, flip2 = bool(torch.rand(()) < 0.5), bool(torch.rand(()) < 0.5)
         view1 = crop_resize(pixels, (0, 0, width, height), s, flip1)
-        view2 = crop_resize(pixels, crop, s, flip2)
-
+        view2 = crop_resize(pixels, crop2, s, flip2)
         candidates = sanitize_boxes(boxes, height, width)
-        candidates = candidates[overlapping(candidates, crop)]
-        if len(candidates) == 0:  # no proposal both views see: the region they share
-            candidates = torch.tensor([crop], dtype=torch.float32)
-        chosen = candidates[sample_indices(len(candidates), self.boxes_per_image)]
 
-        x0, y0, x1, y1 = crop
-        in_view1 = map_boxes(chosen, (0, 0), (s / width, s / height), s, flip1)
-        in_view2 = map_boxes(chosen, (x0, y0), (s / (x1 - x0), s / (y1 - y0)), s, flip2)
-        half = self.small_size / s
-        in_view3 = map_boxes(in_view2, (0, 0), (half, half), self.small_size, False)
-        # Jitter on V1's boxes only, as the authors' code: V2 and V3 keep the exact proposals.
-        placed = [place_boxes(in_view1, s, self.jitter_p, self.jitter_scale),
-                  clip_boxes(in_view2, s), clip_boxes(in_view3, self.small_size)]
-        return view1, view2, torch.stack(placed)
+        def to_view1(b):
+            return map_boxes(b, (0, 0), (s / width, s / height), s, flip1)
+
+        if self.recipe == "paper":
+            (b1, i1), (b2, i2) = self._pair(candidates, crop2, s, flip2, to_view1, jitter_boxes)
+            b3 = clip_boxes(map_boxes(b2, (0, 0), (self.small_size / s,) * 2, self.small_size, False), self.small_size)
+            return Drawn([view1, view2], torch.stack([b1, b2, b3]), torch.stack([i1, i2, i2]))
+        if self.recipe == "c4-code":
+            (b1, i1), (b2, i2) = self._pair(candidates, crop2, s, flip2, to_view1, None)
+            return Drawn([view1, view2], torch.stack([b1, b2]), torch.stack([i1, i2]))
+        crop3 = sample_crop_box(height, width, tuple(self.crop_scale), CROP_RATIO)
+        flip3 = bool(torch.rand(()) < 0.5)
+        view3 = crop_resize(pixels, crop3, self.small_size, flip3)
+        (b12, i12), (b2, i2) = self._pair(candidates, crop2, s, flip2, to_view1, jitter_corners)
+        (b13, i13), (b3, i3) = self._pair(candidates, crop3, self.small_size, flip3, to_view1, jitter_corners)
+        return Drawn([view1, view2, view3], torch.stack([b12, b2, b13, b3]), torch.stack([i12, i2, i13, i3]))
+
+    def geometry(self, image: np.ndarray, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(V1, V2) as (3, S, S) uint8 and the box sets (`draw` without the ids and the code recipes' V3)."""
+        drawn = self.draw(image, boxes)
+        return drawn.views[0], drawn.views[1], drawn.boxes
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> dict[str, torch.Tensor]:
-        view1, view2, placed = self.geometry(image, boxes)
+        drawn = self.draw(image, boxes)
         color1, color2 = self._colors
-        view1 = color1(v2.functional.to_dtype(view1, torch.float32, scale=True))
-        view2 = color2(v2.functional.to_dtype(view2, torch.float32, scale=True))
-        return {"view1": view1, "view2": view2, "view3": downsample(view2, self.small_size), "boxes": placed}
+        as_float = [v2.functional.to_dtype(v, torch.float32, scale=True) for v in drawn.views]
+        out = {"view1": color1(as_float[0]), "view2": color2(as_float[1])}
+        if self.recipe == "paper":
+            out["view3"] = downsample(out["view2"], self.small_size)
+        elif self.recipe == "fpn-code":
+            out["view3"] = self._small_color(as_float[2])
+        if self.recipe != "paper":  # cutout in V2's boxes (and V3's), after colour, as the authors
+            out["view2"] = cutout_in_boxes(out["view2"], drawn.boxes[1], self.cutout_p, tuple(self.cutout_scale))
+            if self.recipe == "fpn-code":
+                out["view3"] = cutout_in_boxes(out["view3"], drawn.boxes[3], self.cutout_p,
+                                               tuple(self.cutout_scale))
+        return out | {"boxes": drawn.boxes, "box_ids": drawn.ids}

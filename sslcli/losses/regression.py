@@ -32,3 +32,27 @@ def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Te
         z1, z2: (B, D) target projections of views 1 and 2 (no gradient).
     """
     return normalized_regression(p1, z2).mean() + normalized_regression(p2, z1).mean()
+
+
+@in_float32
+def corresponding_regression(prediction: torch.Tensor, target: torch.Tensor, prediction_ids: torch.Tensor,
+                             target_ids: torch.Tensor) -> torch.Tensor:
+    """SoCo's box loss with its correspondence matrix (the authors' ``regression_loss_bboxs``), plus 2.
+
+    Per image, C_ij = [id of prediction box i = id of target box j] and the loss is
+    2 − 2·Σ_ij C_ij cos(p_i, z_j) / Σ_ij C_ij: every copy of a box is a positive of every copy of it in the other
+    view. With distinct ids in the same order (C = I) it is the mean of `normalized_regression` over the boxes.
+
+    Args:
+        prediction: (B·K, D) online predictions, image-major. target: (B·K, D) target projections (detached).
+        prediction_ids, target_ids: (B, K) integer ids of the boxes.
+
+    Returns:
+        Scalar: the mean over the B images.
+    """
+    batch, k = prediction_ids.shape
+    p = F.normalize(prediction, dim=-1).view(batch, k, -1)
+    z = F.normalize(target.detach(), dim=-1).view(batch, k, -1)
+    corr = (prediction_ids[:, :, None] == target_ids[:, None, :]).to(p.dtype)       # (B, K, K)
+    similarity = (p @ z.transpose(1, 2) * corr).sum((1, 2)) / corr.sum((1, 2))   # Σ C ≥ 1: both views hold every id
+    return (2 - 2 * similarity).mean()

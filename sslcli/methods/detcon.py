@@ -1,7 +1,8 @@
 """DetCon_S and DetCon_B (contrastive detection; DetCon paper §3, App. A; METHODS.md §3).
 
 Per sample (in DataLoader workers, `DetconTransform`): the image's label map comes from a `MaskSource` (store,
-grid or COCO ground truth); two views get the same crop and flip as their label maps (`MaskViewPair`); each view's
+grid or COCO ground truth); two views get the same crop and flip as their label maps (`MaskViewPair`; the crop
+window is drawn as the authors' code does, ``method.crop_sampler``); each view's
 label map is then brought onto the res5 grid (7×7 at 224 px) by average-pooling its one-hot masks and taking the
 argmax per cell (`label_grid`), so each cell owns exactly one id. Only these small id grids travel to the model.
 
@@ -121,7 +122,8 @@ class Detcon(Method):
 
     def transform(self) -> DetconTransform:
         masks = MaskSource.from_spec(self.spec.method.masks, self.spec.data)
-        return DetconTransform(masks, MaskViewPair(self.spec.data.image_size, self.variant))
+        views = MaskViewPair(self.spec.data.image_size, self.variant, crop_sampler=self.spec.method.crop_sampler)
+        return DetconTransform(masks, views)
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """``batch["views"]``: (B, 2, 3, S, S); ``batch["masks"]``: (B, 2, n, n) ids on the res5 grid."""

@@ -143,14 +143,16 @@ class MoCo(Method):
         out = {"loss_moco": loss_moco}
         loss = loss_moco
         if self.knn_active(step):
-            queue, feature_queue = self.queue, self.queue_backbone
+            feature_queue = self.queue_backbone
             if m.knn.bank_first:
-                # The bank as it will be after this step's enqueue, built out of place (the buffers change in after_step).
+                # The authors' order (builder_ours.py): neighbours are mined on the backbone bank as it will be after
+                # this step's enqueue (built out of place; the buffers change in after_step), but scored with the
+                # logits q·queue computed before the enqueue, so a neighbour among the newest columns gets the logit
+                # of the key it replaces.
                 slots = queue_slots(self.queue_ptr, keys_all.shape[0], m.queue_size)
-                queue = queue.index_copy(1, slots, keys_all.T.to(queue.dtype))
                 feature_queue = feature_queue.index_copy(1, slots, features_all.T.to(feature_queue.dtype))  # type: ignore[union-attr]
             rows = queries.shape[0] * queries.shape[1]
-            loss_nn = knn_moco_loss(queries.reshape(rows, -1), query_features.reshape(rows, -1), queue,
+            loss_nn = knn_moco_loss(queries.reshape(rows, -1), query_features.reshape(rows, -1), self.queue,
                                     feature_queue, m.knn.k, m.temperature)
             out["loss_nn"] = loss_nn
             loss = loss + m.knn.weight * loss_nn
