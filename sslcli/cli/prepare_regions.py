@@ -44,7 +44,8 @@ def prepare_masks(
     root: Path = typer.Argument(..., help="Data-set root (COCO, ImageFolder, a folder of images or a manifest)."),
     method: str = typer.Option("fh", "--method", help="fh | grid | gt | mcg"),
     split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
-    out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/<method>-<params>.h5)."),
+    out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/<method>-<params>.h5; "
+                                    "docs/regions.md lists the names)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
     scales: str = typer.Option("500,1000,1500", "--scales", help="fh: FH scales; min size = scale."),
     sigma: float = typer.Option(0.8, "--sigma", help="fh: Gaussian pre-smoothing."),
@@ -113,7 +114,8 @@ def prepare_boxes(
         None, "--strategies", help="vectorized: diverse (default: SoCo's similarity + 3 of Uijlings' "
         "diversifications; higher recall) | soco (colour+texture+size+fill only, as SoCo). Other backends: soco."),
     split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
-    out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/ss-<filter>.h5)."),
+    out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/ss-<filter>[-<backend>]"
+                                    "[-soco-strategies].h5; docs/regions.md lists the names)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
     flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe checkpoint shard."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
