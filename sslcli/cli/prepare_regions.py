@@ -51,7 +51,7 @@ def prepare_masks(
     sigma: float = typer.Option(0.8, "--sigma", help="fh: Gaussian pre-smoothing."),
     grid: int = typer.Option(5, "--grid", help="grid: n for n×n cells."),
     mcg_dir: Path | None = typer.Option(None, "--mcg-dir", help="mcg: folder of per-image MCG .mat files."),
-    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe checkpoint shard."),
+    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
 ):
@@ -117,7 +117,7 @@ def prepare_boxes(
     out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/ss-<filter>[-<backend>]"
                                     "[-soco-strategies].h5; docs/regions.md lists the names)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
-    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe checkpoint shard."),
+    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
 ):

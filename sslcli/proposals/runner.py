@@ -78,8 +78,8 @@ class Plan:
     attrs: dict[str, Any]
 
 
-def plan_job(source: ImageSource, out: Path, job: Job, shard: Shard | None = None) -> Plan:
-    """Check the output, hash the inputs and build the attributes of the store (or of the shard's part)."""
+def check_writable(out: Path) -> None:
+    """Fail before any work when ``out`` cannot be created (a one-line input error)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = out.parent / f".{out.name}.probe"
@@ -87,6 +87,11 @@ def plan_job(source: ImageSource, out: Path, job: Job, shard: Shard | None = Non
         probe.unlink()
     except OSError as exc:
         raise InputError(f"{out}: output is not writable ({exc.strerror})") from None
+
+
+def plan_job(source: ImageSource, out: Path, job: Job, shard: Shard | None = None) -> Plan:
+    """Check the output, hash the inputs and build the attributes of the store (or of the shard's part)."""
+    check_writable(out)
     n = len(source)
     indices = range(*shard.range(n)) if shard is not None else range(n)
     digests = content_digests(source, indices)

@@ -122,11 +122,13 @@ def merge_parts(paths: list[str | os.PathLike], out: str | os.PathLike, overwrit
 
     from sslcli.data.store import RegionStore, read_encoded, write_store
     from sslcli.proposals.inputs import input_hash
+    from sslcli.proposals.runner import check_writable
 
     out = Path(out)
     parts = _check_parts([Path(p) for p in paths])
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
+    check_writable(out)
     files = [h5py.File(path, "r") for path, _ in parts]
     try:
         digests = np.concatenate([f["input_digests"][:] for f in files])
