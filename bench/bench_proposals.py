@@ -1,12 +1,17 @@
 """Benchmark region proposals, everything measured side by side in one run on the same images and cores.
 
-(a) selective search: our backends (vectorized: default; with --strategies diverse; OpenCV's) vs the `selectivesearch` package (SoCo's reference):
-    seconds per image, speed ratio, and box recall@0.5 / ABO against the COCO GT boxes (raw and SoCo-filtered).
-(b) `prepare masks --method fh` (the full runner: decode, FH per scale, compression, shards, final store) vs bare
+(a) selective search: the `prepare boxes` default (vectorized backend, diverse grouping), the vectorized backend with
+    SoCo's single grouping, OpenCV's, and the `selectivesearch` package SoCo runs (the `reference` backend): seconds
+    per image, speed ratio, and box recall@0.5 / ABO against the COCO GT boxes (raw and after SoCo's filter).
+(b) `prepare masks --method fh` (the full runner: decode, FH per scale, compression, blocks, final store) vs bare
     `load_image` + `skimage.segmentation.felzenszwalb` calls on the same images: overhead in %.
 (c) the same `prepare masks --method fh` run with --workers 1 vs 2: speed-up.
 
-Usage: .venv/bin/python bench/bench_proposals.py [--data ../shared/data/tiny-coco] [--images 8] [--repeats 2]
+The images are the first --images of the --splits, in order (tiny-COCO: 50 train2017 + 50 val2017 = 100).
+The last line sums up (a): `boxes: default <x>x reference speed, recall raw <a> vs <b>, filtered <c> vs <d>`.
+
+Usage: .venv/bin/python bench/bench_proposals.py [--data ../shared/data/tiny-coco] [--images 100] [--repeats 1]
+       [--skip masks]
 Timings take the best of --repeats (other jobs share this machine's cores).
 """
 
@@ -50,39 +55,48 @@ def interleaved_best(repeats: int, jobs: dict) -> dict[str, float]:
     return best
 
 
-def bench_boxes(source, indices, repeats):
-    print("(a) selective search, one process, per image")
-    images = {i: source.load(i) for i in indices}
-    gt = {i: np.array([x.box for x in source.instances(i) if not x.iscrowd], np.float64).reshape(-1, 4)
-          for i in indices}
-    variants = {"vectorized": ("vectorized", "soco"), "vectorized-diverse": ("vectorized", "diverse"),
-                "opencv": ("opencv", "soco"), "reference": ("reference", "soco")}
-    outputs: dict[str, dict[int, np.ndarray]] = {}
+# name -> (backend, strategies); the first is `prepare boxes`' default, "reference" is SoCo's package.
+BOX_VARIANTS = {"default (vectorized, diverse)": ("vectorized", "diverse"),
+                "vectorized, soco grouping": ("vectorized", "soco"),
+                "opencv": ("opencv", "soco"),
+                "reference (package)": ("reference", "soco")}
+
+
+def bench_boxes(images: list, repeats: int) -> str:
+    """(a): one line per variant; returns the summary line (default against the package)."""
+    print(f"(a) selective search, one process, per image ({len(images)} images)")
+    gt = [np.array([x.box for x in source.instances(i) if not x.iscrowd and x.box[2] > x.box[0]
+                    and x.box[3] > x.box[1]], np.float64).reshape(-1, 4) for source, i in images]
+    pixels = [source.load(i) for source, i in images]
+    outputs: dict[str, list[np.ndarray]] = {}
 
     def run(name: str) -> None:
-        outputs[name] = {i: selective_search(images[i], *variants[name]) for i in indices}
+        outputs[name] = [selective_search(image, *BOX_VARIANTS[name]) for image in pixels]
 
-    seconds = interleaved_best(repeats, {name: (lambda name=name: run(name)) for name in variants})
-    for backend in variants:
-        raw = outputs[backend]
-        filtered = {i: soco_filter(raw[i], *images[i].shape[:2]) for i in indices}
-        q_raw = summarize_overlaps(np.concatenate([boxes_best_overlaps(gt[i], raw[i]) for i in indices]))
-        q_soco = summarize_overlaps(np.concatenate([boxes_best_overlaps(gt[i], filtered[i]) for i in indices]))
-        print(f"  {backend:18s} {seconds[backend] / len(indices):6.3f} s/image  boxes/image raw "
-              f"{np.mean([len(r) for r in raw.values()]):6.1f} soco {np.mean([len(r) for r in filtered.values()]):5.1f}"
-              f"  recall@0.5 raw {q_raw['recall@0.5']:.3f} soco {q_soco['recall@0.5']:.3f}  ABO raw "
-              f"{q_raw['abo']:.3f} soco {q_soco['abo']:.3f} ({q_raw['instances']} GT boxes)")
-    for backend in list(variants)[:3]:
-        print(f"  speed ratio reference/{backend}: {seconds['reference'] / seconds[backend]:.1f}x")
+    seconds = interleaved_best(repeats, {name: (lambda name=name: run(name)) for name in BOX_VARIANTS})
+    figures = {}
+    for name in BOX_VARIANTS:
+        raw = outputs[name]
+        filtered = [soco_filter(boxes, *image.shape[:2]) for boxes, image in zip(raw, pixels)]
+        q_raw = summarize_overlaps(np.concatenate([boxes_best_overlaps(g, b) for g, b in zip(gt, raw)]))
+        q_soco = summarize_overlaps(np.concatenate([boxes_best_overlaps(g, b) for g, b in zip(gt, filtered)]))
+        figures[name] = (seconds[name] / len(images), q_raw["recall@0.5"], q_soco["recall@0.5"])
+        print(f"  {name:30s} {figures[name][0]:6.3f} s/image  boxes/image raw {np.mean([len(r) for r in raw]):6.1f} "
+              f"filtered {np.mean([len(r) for r in filtered]):5.1f}  recall@0.5 raw {q_raw['recall@0.5']:.3f} "
+              f"filtered {q_soco['recall@0.5']:.3f}  ABO raw {q_raw['abo']:.3f} filtered {q_soco['abo']:.3f} "
+              f"({q_raw['instances']} GT boxes)")
+    default, package = figures[next(iter(BOX_VARIANTS))], figures["reference (package)"]
+    return (f"boxes: default {package[0] / default[0]:.1f}x reference speed, recall raw {default[1]:.3f} vs "
+            f"{package[1]:.3f}, filtered {default[2]:.3f} vs {package[2]:.3f}")
 
 
-def bench_masks(source, indices, repeats, scales):
+def bench_masks(images: list, repeats: int, scales: list[int]):
     print(f"(b, c) FH masks, scales {scales}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-proposals-"))
     try:
         manifest = tmp / "images.json"
-        write_manifest(manifest, source.root, [str(Path(source.records[i].path).relative_to(source.root))
-                                               for i in indices])
+        root = images[0][0].root
+        write_manifest(manifest, root, [str(Path(source.records[i].path).relative_to(root)) for source, i in images])
         subset = open_source(manifest)
         job = Job("masks", "fh", {"scales": scales, "min_sizes": scales, "sigma": fh.DEFAULT_SIGMA})
 
@@ -100,7 +114,7 @@ def bench_masks(source, indices, repeats, scales):
 
         best = interleaved_best(repeats, {"bare": bare, "w1": lambda: ours(1), "w2": lambda: ours(2)})
         t_bare, t_ours1, t_ours2 = best["bare"], best["w1"], best["w2"]
-        n = len(indices)
+        n = len(images)
         print(f"  bare load_image + felzenszwalb: {n / t_bare:6.2f} images/s")
         print(f"  prepare masks --workers 1:      {n / t_ours1:6.2f} images/s  overhead "
               f"{100 * (t_ours1 / t_bare - 1):+.1f} %")
@@ -124,19 +138,21 @@ def bench_masks(source, indices, repeats, scales):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "tiny-coco"))
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--splits", default="train2017,val2017", help="COCO splits, comma-separated, in order")
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--scales", default="500,1000,1500")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: boxes, masks")
     args = parser.parse_args()
     common._CURRENT = common.Output(quiet=True)
-    source = open_source(args.data, "train2017")
-    indices = list(range(min(args.images, len(source))))
-    print(f"{len(indices)} images from {args.data}; {os.cpu_count()} CPU cores visible (shared with other jobs)")
-    if "boxes" not in args.skip:
-        bench_boxes(source, indices, args.repeats)
+    images = [(source, i) for source in (open_source(args.data, split) for split in args.splits.split(","))
+              for i in range(len(source))][:args.images]
+    print(f"{len(images)} images from {args.data} ({args.splits}); {os.cpu_count()} CPU cores visible "
+          f"(shared with other jobs); load average {os.getloadavg()[0]:.1f} at start")
     if "masks" not in args.skip:
-        bench_masks(source, indices, args.repeats, [int(s) for s in args.scales.split(",")])
+        bench_masks(images, args.repeats, [int(s) for s in args.scales.split(",")])
+    if "boxes" not in args.skip:
+        print(bench_boxes(images, args.repeats))  # the summary is the last line
 
 
 if __name__ == "__main__":

@@ -228,11 +228,12 @@ def test_prepare_boxes_store(tiny_coco, tmp_path, cli):
     assert code == 0
     result = json.loads(stdout)
     assert result["store"] == str(images / "sslcli" / "ss-soco.h5") and result["images"] == 2
+    assert result["parameters"]["strategies"] == "diverse"
     store = RegionStore(result["store"])
     for name in TINY_IMAGES[:2]:
         image = load_image(images / name)
         h, w = image.shape[:2]
-        expected = soco_filter(selective_search(image, "vectorized"), h, w)
+        expected = soco_filter(selective_search(image, "vectorized", "diverse"), h, w)  # the default grouping
         assert np.array_equal(store.boxes(name), expected)
         side = np.sqrt((expected[:, 2] - expected[:, 0]) * (expected[:, 3] - expected[:, 1]) / (h * w))
         assert ((side >= 0.3) & (side <= 0.8)).all()
@@ -263,3 +264,17 @@ def test_diverse_strategies_add_to_the_soco_hierarchy(tiny_coco):
     assert soco < diverse  # a union of hierarchies on the same segmentation, the SoCo one included
     with pytest.raises(ValueError, match="vectorized"):
         selective_search(image, "opencv", "diverse")
+
+
+def test_prepare_boxes_soco_strategies_reproduce_socos_grouping(tiny_coco, tmp_path, cli):
+    images = link_images(tiny_coco, tmp_path / "imgs", TINY_IMAGES[:1])
+    code, stdout, err = cli(["prepare", "boxes", images, "--strategies", "soco", "--json", "-q"])
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["store"] == str(images / "sslcli" / "ss-soco-soco-strategies.h5")
+    assert result["parameters"]["strategies"] == "soco"
+    image = load_image(images / TINY_IMAGES[0])
+    expected = soco_filter(selective_search(image, "vectorized", "soco"), *image.shape[:2])
+    assert np.array_equal(RegionStore(result["store"]).boxes(TINY_IMAGES[0]), expected)
+    code, _, err = cli(["prepare", "boxes", images, "--backend", "opencv", "--strategies", "diverse"])
+    assert code == 2 and "only the vectorized backend" in err

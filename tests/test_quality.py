@@ -133,8 +133,14 @@ def test_inspect_summary_render_and_bad_input(tiny_coco, tmp_path, cli):
     code, stdout, err = cli(["prepare", "inspect", store, "--json", "-q", "--gt", tiny_coco,
                              "--render", tmp_path / "png", "--render-count", 2])
     assert code == 0, err
-    report = json.loads(stdout)  # all 50 images, some without any instance
-    assert report["images"] == 50 and report["images_with_gt"] == 50 and report["regions_per_image"] == {"mean": 9.0, "min": 9, "max": 9}
+    report = json.loads(stdout)  # all 50 images, some without any instance: counted apart
+    coco = _coco(tiny_coco)
+    with_instances = sum(any(not a["iscrowd"] and coco.annToMask(a).any()
+                             for a in coco.loadAnns(coco.getAnnIds(imgIds=[i]))) for i in coco.imgs)
+    assert 0 < with_instances < 50
+    assert report["images"] == 50 and report["images_with_gt"] == with_instances
+    assert report["images_without_gt"] == 50 - with_instances and report["stale_images"] == 0
+    assert report["regions_per_image"] == {"mean": 9.0, "min": 9, "max": 9}
     assert report["parameters"] == {"grid": 3} and len(report["rendered"]) == 2
     assert all((tmp_path / "png" / p.split("/")[-1]).stat().st_size > 1000 for p in report["rendered"])
     code, _, err = cli(["prepare", "inspect", store, "--gt", tmp_path])

@@ -146,14 +146,14 @@ def test_kill_minus_9_then_resume_gives_a_byte_identical_store(tmp_path, cli):
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        if len(list(partial.glob("shard-*.npz"))) >= 3:
+        if len(list(partial.glob("block-*.npz"))) >= 3:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group we started, workers included
             break
         time.sleep(0.002)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not out.exists(), "a killed run must not leave a store under the final name"
-    done_before = len(list(partial.glob("shard-*.npz")))
+    done_before = len(list(partial.glob("block-*.npz")))
     assert 3 <= done_before < 12
 
     code, stdout, _ = cli([*args, "--out", out, "--json"])

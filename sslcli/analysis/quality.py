@@ -90,13 +90,17 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
     """Summary of a region store and, given a COCO root, its quality against the GT instances.
 
     Masks: ABO and recall@0.5 per label map (dicts keyed by FH scale; one figure for one map or MCG's mask set).
-    Boxes: recall@0.5 and ABO. The figures are top-level keys: gt, split, images_with_gt, instances, abo, recall@0.5.
-    ``limit`` evaluates the first ``limit`` stored images only.
+    Boxes: recall@0.5 and ABO. The figures are top-level keys: gt, split, images_with_gt (images with at least one
+    instance counted), images_without_gt (in the annotation file, but no instance counted), instances, abo,
+    recall@0.5, and stale_images: how many evaluated images differ in content from those the store was computed from
+    (a warning is printed; None for stores without input digests). ``limit`` evaluates the first ``limit`` stored
+    images only.
     """
-    from sslcli.cli.common import progress
+    from sslcli.cli.common import current, progress
     from sslcli.data.sources import CocoSource, open_source
     from sslcli.data.store import RegionStore
     from sslcli.errors import InputError
+    from sslcli.proposals.inputs import stale_images
 
     store = RegionStore(store_path)
     ids = store.image_ids[:limit] if limit is not None else store.image_ids
@@ -122,7 +126,13 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
     if not matched:
         raise InputError(f"--gt {gt_root}: none of the store's image ids are in instances_{split}.json "
                          "(wrong --split or data set?)")
+    stale = stale_images(store.input_digests(), source, [index_of[image_id] for image_id in matched])
+    if stale:
+        current().warn(f"{store_path}: {stale} of the {len(matched)} evaluated images in {gt_root} differ from the "
+                       "images the store was computed from (content hash): its figures are not this data set's; "
+                       "rebuild the store with prepare masks|boxes")
     best: list[list[np.ndarray]] = [[] for _ in range(n_maps)]
+    with_gt = 0
     for image_id in progress(matched, description="measuring overlap with ground truth"):
         i = index_of[image_id]
         if store.kind == "boxes":
@@ -130,10 +140,12 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
                            if not inst.iscrowd and inst.box[2] > inst.box[0] and inst.box[3] > inst.box[1]],
                           np.float64).reshape(-1, 4)
             best[0].append(boxes_best_overlaps(gt, store.boxes(image_id)))
+            with_gt += len(gt) > 0
             continue
         gt_masks, instances = source.instance_masks(i)
         keep = np.array([not inst.iscrowd for inst in instances], bool) & gt_masks.any(axis=(1, 2))
         gt_masks = gt_masks[keep]
+        with_gt += len(gt_masks) > 0
         masks = store.masks(image_id)
         if gt_masks.shape[1:] != masks.shape[1:]:
             raise InputError(f"{store_path}: image {image_id} regions are {masks.shape[2]}x{masks.shape[1]} "
@@ -144,8 +156,9 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
             for k, label_map in enumerate(masks):
                 best[k].append(label_map_best_overlaps(gt_masks, label_map))
     pooled = [summarize_overlaps(np.concatenate(b) if b else np.zeros(0)) for b in best]
-    report.update({"gt": str(gt_root), "split": split, "images_with_gt": len(matched),
-                   "instances": pooled[0]["instances"]})
+    report.update({"gt": str(gt_root), "split": split, "images_with_gt": with_gt,
+                   "images_without_gt": len(matched) - with_gt, "instances": pooled[0]["instances"],
+                   "stale_images": stale})
     if len(pooled) == 1:
         report.update({"abo": pooled[0]["abo"], "recall@0.5": pooled[0]["recall@0.5"]})
     else:  # one figure per label map, keyed by FH scale (or map index)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # the readers (OpenCV, numpy) load when a command runs, not a
     from sslcli.data.sources import ImageSource
 
 MASK_METHODS = ("fh", "grid", "gt", "mcg")
+SHARD_HELP = ("Compute only part I of N (0 <= I < N) into <store>.shard-IIII-of-NNNN.h5; join the N parts with "
+              "`prepare merge`.")
 
 
 def parse_scales(text: str) -> list[int]:
@@ -42,14 +44,16 @@ def prepare_masks(
     root: Path = typer.Argument(..., help="Data-set root (COCO, ImageFolder, a folder of images or a manifest)."),
     method: str = typer.Option("fh", "--method", help="fh | grid | gt | mcg"),
     split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
-    out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/<method>-<params>.h5)."),
+    out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/<method>-<params>.h5; "
+                                    "docs/regions.md lists the names)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
     scales: str = typer.Option("500,1000,1500", "--scales", help="fh: FH scales; min size = scale."),
     sigma: float = typer.Option(0.8, "--sigma", help="fh: Gaussian pre-smoothing."),
     grid: int = typer.Option(5, "--grid", help="grid: n for n×n cells."),
     mcg_dir: Path | None = typer.Option(None, "--mcg-dir", help="mcg: folder of per-image MCG .mat files."),
-    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe checkpoint shard."),
+    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
+    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
 ):
     """Precompute region masks into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
@@ -60,6 +64,7 @@ def prepare_masks(
     from sslcli.proposals import grid as grid_masks
     from sslcli.proposals.runner import Job, run_job
 
+    part = _parse_shard(shard)
     if method not in MASK_METHODS:
         raise InputError(f"--method {method!r}: expected one of {', '.join(MASK_METHODS)}")
     source = open_source(root, split)
@@ -78,7 +83,8 @@ def prepare_masks(
     elif method == "gt":
         if not isinstance(source, CocoSource):
             raise InputError(f"{root}: --method gt needs a COCO root with annotations/instances_{split}.json")
-        job = Job("masks", "gt", {"paint_order": "largest_first"}, region_values_name="iscrowd")
+        job = Job("masks", "gt", {"paint_order": "largest_first"}, region_values_name="iscrowd",
+                  needs_annotations=True)
         compute, name = gt.compute_gt, "gt"
     else:
         if mcg_dir is None:
@@ -87,7 +93,14 @@ def prepare_masks(
         job = Job("masks", "mcg", {"top_k": mcg.TOP_K}, region_values_name="score")
         compute, name = functools.partial(mcg.compute_mcg, mcg_index=index), "mcg"
     path = out if out is not None else default_store_path(root, source, name, split)
-    return run_job(source, path, job, compute, workers=workers, flush_every=flush_every, overwrite=overwrite)
+    return run_job(source, path if part is None else part.part_path(path), job, compute, workers=workers,
+                   flush_every=flush_every, overwrite=overwrite, shard=part)
+
+
+def _parse_shard(text: str | None):
+    from sslcli.proposals.shards import Shard
+
+    return None if text is None else Shard.parse(text)
 
 
 @command(prepare_app, "boxes")
@@ -97,13 +110,16 @@ def prepare_boxes(
     box_filter: str = typer.Option("soco", "--filter", help="soco | none"),
     backend: str = typer.Option("vectorized", "--backend",
                                 help="vectorized (fast) | opencv (ximgproc) | reference (the selectivesearch package)"),
-    strategies: str = typer.Option("soco", "--strategies",
-                                   help="vectorized: soco (colour+texture+size+fill, as SoCo) | diverse (+3 more)"),
+    strategies: str | None = typer.Option(
+        None, "--strategies", help="vectorized: diverse (default: SoCo's similarity + 3 of Uijlings' "
+        "diversifications; higher recall) | soco (colour+texture+size+fill only, as SoCo). Other backends: soco."),
     split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
-    out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/ss-<filter>.h5)."),
+    out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/ss-<filter>[-<backend>]"
+                                    "[-soco-strategies].h5; docs/regions.md lists the names)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
-    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe checkpoint shard."),
+    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
+    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
 ):
     """Precompute box proposals into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
@@ -113,12 +129,15 @@ def prepare_boxes(
     from sslcli.proposals import selective_search as ss
     from sslcli.proposals.runner import Job, run_job
 
+    part = _parse_shard(shard)
     if method != "selective-search":
         raise InputError(f"--method {method!r}: expected selective-search")
     if box_filter not in ("soco", "none"):
         raise InputError(f"--filter {box_filter!r}: expected soco or none")
     if backend not in ss.BACKENDS:
         raise InputError(f"--backend {backend!r}: expected one of {', '.join(ss.BACKENDS)}")
+    if strategies is None:
+        strategies = ss.default_strategies(backend)
     if strategies not in ss.STRATEGIES:
         raise InputError(f"--strategies {strategies!r}: expected one of {', '.join(ss.STRATEGIES)}")
     if strategies != "soco" and backend != "vectorized":
@@ -127,10 +146,27 @@ def prepare_boxes(
     job = Job("boxes", "selective-search", {"scale": ss.SCALE, "sigma": ss.SIGMA, "min_size": ss.MIN_SIZE,
                                             "backend": backend, "filter": box_filter, "strategies": strategies})
     compute = functools.partial(ss.compute_boxes, backend=backend, box_filter=box_filter, strategies=strategies)
-    name = (f"ss-{box_filter}" + ("" if backend == ss.DEFAULT_BACKEND else f"-{backend}")
-            + ("" if strategies == "soco" else f"-{strategies}"))
+    name = f"ss-{box_filter}" + ("" if backend == ss.DEFAULT_BACKEND else f"-{backend}")
+    if backend == "vectorized" and strategies != ss.DEFAULT_STRATEGIES:
+        name += f"-{strategies}-strategies"
     path = out if out is not None else default_store_path(root, source, name, split)
-    return run_job(source, path, job, compute, workers=workers, flush_every=flush_every, overwrite=overwrite)
+    return run_job(source, path if part is None else part.part_path(path), job, compute, workers=workers,
+                   flush_every=flush_every, overwrite=overwrite, shard=part)
+
+
+@command(prepare_app, "merge")
+def prepare_merge(
+    parts: list[Path] = typer.Argument(..., help="Every part of one sharded run (<store>.shard-IIII-of-NNNN.h5)."),
+    out: Path = typer.Option(..., "--out", help="The store to write (what one unsharded run would have written)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
+):
+    """Join the parts of a `--shard I/N` run into one store, the same value for value as an unsharded run.
+
+    Example: sslcli prepare merge coco/sslcli/fh-s1000.shard-*-of-0016.h5 --out coco/sslcli/fh-s1000.h5
+    """
+    from sslcli.proposals.shards import merge_parts
+
+    return merge_parts(parts, out, overwrite=overwrite)
 
 
 @command(prepare_app, "inspect")
@@ -139,7 +175,8 @@ def prepare_inspect(
     gt: Path | None = typer.Option(None, "--gt", help="COCO root: measure ABO / recall against its instances."),
     split: str = typer.Option("train2017", "--split", help="COCO split of the ground truth."),
     limit: int | None = typer.Option(None, "--limit", help="Only the first N stored images."),
-    render: Path | None = typer.Option(None, "--render", help="Write PNGs of a few images with their regions here."),
+    render: Path | None = typer.Option(None, "--render", help="Write PNGs of a few images with their regions here "
+                                       "(needs --gt ROOT: the images are read from the data set)."),
     render_count: int = typer.Option(4, "--render-count", help="How many images --render draws."),
 ):
     """Summarise a region store and measure its quality against ground truth.
@@ -152,9 +189,9 @@ def prepare_inspect(
         raise InputError(f"--limit {limit}: expected a positive number of images")
     if render is not None and render_count < 1:  # a negative count would slice "all but the last" images
         raise InputError(f"--render-count {render_count}: expected a positive number of images")
+    if render is not None and gt is None:
+        raise InputError("--render needs --gt ROOT (the data set, to read the images)")
     report = store_report(store, gt, split, limit)
     if render is not None:
-        if gt is None:
-            raise InputError("--render needs --gt ROOT (the data set, to read the images)")
         report["rendered"] = render_regions(store, gt, render, render_count, split)
     return report

@@ -14,9 +14,13 @@ Layout (flat arrays indexed by per-image offsets; no group per image, so million
 - optional per-region values (GT: ``iscrowd``; MCG: ``score``): ``region_values`` (R,) float32 with
   ``region_offsets`` (N+1,) int64 and the attribute ``region_values_name``.
 
+- ``input_digests`` (n_inputs, 32) uint8: sha256 of each input image file's bytes, in source order (skipped images
+  included; an unreadable file has 32 zero bytes), so a store can be checked against the images it is used with.
+
 Root attributes: ``format``, ``format_version``, ``kind`` ("masks"/"boxes"), ``method``, ``parameters`` (JSON),
-``input_hash``, ``n_inputs``, ``sslcli_version``, ``skipped`` (JSON list of images that could not be decoded) and
-``complete``. A file is only ever created under a temporary name and renamed into place once ``complete`` is set
+``list_hash`` (ids and paths), ``input_hash`` (ids, paths and image bytes), ``n_inputs``, ``sslcli_version``,
+``skipped`` (JSON list of images that could not be decoded) and ``complete``; a part written by ``--shard I/N``
+adds ``shard``, ``shard_start`` and ``shard_stop``. A file is only ever created under a temporary name and renamed into place once ``complete`` is set
 (see `write_store`); `RegionStore` refuses any file without ``complete=True``.
 
 The writer is a pure function of its inputs: fixed chunk shapes, no timestamps (``track_times=False``), fixed HDF5
@@ -163,12 +167,14 @@ def _dataset(f, name: str, shape: tuple[int, ...], dtype, chunk_rows: int | None
 
 
 def write_store(path: str | os.PathLike, kind: str, attrs: dict[str, Any],
-                results: Iterable[EncodedResult], totals: dict[str, int]) -> dict[str, Any]:
+                results: Iterable[EncodedResult], totals: dict[str, int],
+                input_digests: np.ndarray | None = None) -> dict[str, Any]:
     """Write a complete store atomically (temporary file, fsync, rename); return the final attributes.
 
     ``results`` are the images in source order (skipped ones carry ``error``); ``totals`` gives the sizes to allocate:
     ``images`` (stored ones), ``payload`` (blob bytes or box rows), ``values``. The ``complete`` attribute is set last,
-    and the file only appears under ``path`` after it is closed and synced.
+    and the file only appears under ``path`` after it is closed and synced. ``input_digests``: (n_inputs, 32) uint8
+    sha256 of every input image's bytes (see `sslcli.proposals.inputs`).
     """
     import h5py
 
@@ -224,12 +230,33 @@ def write_store(path: str | os.PathLike, kind: str, attrs: dict[str, Any],
                 f.create_dataset("dtypes", data=codes, track_times=False)
             else:
                 f.create_dataset("image_sizes", data=shapes[:, 1:], track_times=False)
+            if input_digests is not None:
+                f.create_dataset("input_digests", data=np.asarray(input_digests, np.uint8).reshape(-1, 32),
+                                 track_times=False)
             final = {**attrs, "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
                      "n_images": n, "skipped": json.dumps(skipped)}
             for key in sorted(final):
                 f.attrs[key] = final[key]
             f.attrs["complete"] = True  # last: a file without it is never trusted
     return final
+
+
+def read_encoded(f, kind: str) -> Iterator[EncodedResult]:
+    """The stored images of an open store file ``f`` (h5py) back in their encoded form, in order; then its skipped
+    images as error results. Feeding them to `write_store` rebuilds the same datasets (used to merge shard parts)."""
+    offsets, value_offsets = f["offsets"][:], f["region_offsets"][:]
+    counts = f["region_counts"][:]
+    ids = [s.decode("utf-8") for s in f["image_ids"][:]]
+    payload, values = f["blobs" if kind == "masks" else "boxes"], f["region_values"]
+    sizes = f["shapes"][:] if kind == "masks" else f["image_sizes"][:]
+    codes = f["dtypes"][:] if kind == "masks" else np.zeros(len(ids), np.uint8)
+    for i, image_id in enumerate(ids):
+        rows = payload[offsets[i]:offsets[i + 1]]
+        shape = tuple(int(s) for s in sizes[i]) if kind == "masks" else (len(rows), *(int(s) for s in sizes[i]))
+        yield EncodedResult(image_id, rows.tobytes(), shape, int(codes[i]),
+                            values[value_offsets[i]:value_offsets[i + 1]], None, tuple(int(c) for c in counts[i]))
+    for entry in json.loads(f.attrs["skipped"]):
+        yield EncodedResult(entry["image_id"], error=entry["error"])
 
 
 class RegionStore:
@@ -394,6 +421,11 @@ class RegionStore:
     def region_counts(self) -> np.ndarray:
         """(N, S) int32 regions per image and label map (boxes: S = 1), in ``image_ids`` order; no decoding."""
         return self._h5()["region_counts"][:]
+
+    def input_digests(self) -> np.ndarray | None:
+        """(n_inputs, 32) uint8 sha256 of every input image's bytes, in source order; None in older stores."""
+        f = self._h5()
+        return f["input_digests"][:] if "input_digests" in f else None
 
     def region_values(self, image_id: int | str) -> np.ndarray:
         """Per-region floats named by ``attrs['region_values_name']`` (GT: iscrowd per instance id; MCG: score)."""

@@ -2,9 +2,10 @@
 size + fill similarities), through one of three backends:
 
 - ``vectorized`` (default, fast): our vectorised hierarchical grouping on OpenCV's FH segmentation; see
-  `sslcli.proposals.ss_vectorized` for the algorithm and how it differs from the package. ``strategies="soco"``
-  (default) groups once with colour + texture + size + fill as SoCo; ``"diverse"`` adds Uijlings' diversification
-  on the same segmentation (texture + size + fill, fill only, size only): more boxes, higher recall, ~10 % slower.
+  `sslcli.proposals.ss_vectorized` for the algorithm and how it differs from the package. ``strategies="diverse"``
+  (default) pools SoCo's grouping (colour + texture + size + fill) with Uijlings' diversification on the same
+  segmentation (texture + size + fill, fill only, size only): more boxes and higher recall than the reference, raw
+  and after SoCo's filter, at > 5x its speed (docs/regions.md); ``"soco"`` groups once, as SoCo.
 - ``opencv``: OpenCV ximgproc's C++ selective search, configured like SoCo: one graph segmentation
   (k 300, sigma 0.9, min size 100) and one strategy combining colour, texture, size and fill with equal weights.
   Differences from SoCo's package: the segmentation and the colour histograms use the HSV image (OpenCV's single
@@ -28,6 +29,9 @@ from sslcli.proposals.ss_vectorized import DIVERSE_STRATEGIES, SOCO_STRATEGY, se
 SCALE, SIGMA, MIN_SIZE = 300, 0.9, 100
 BACKENDS = ("vectorized", "opencv", "reference")
 DEFAULT_BACKEND = "vectorized"
+# `prepare boxes`' default grouping: higher recall than SoCo's single similarity at >= 5x the reference's speed
+# (docs/regions.md, Performance); "soco" reproduces SoCo's grouping.
+DEFAULT_STRATEGIES = "diverse"
 STRATEGIES = {"soco": (SOCO_STRATEGY,), "diverse": DIVERSE_STRATEGIES}  # vectorized backend only
 
 
@@ -69,8 +73,14 @@ def selective_search_reference(image: np.ndarray, scale: float = SCALE, sigma: f
     return _unique_boxes(rects)
 
 
-def selective_search(image: np.ndarray, backend: str = DEFAULT_BACKEND, strategies: str = "soco") -> np.ndarray:
-    """(H, W, 3) uint8 RGB → (M, 4) float32 unique boxes x0, y0, x1, y1 with SoCo's parameters."""
+def default_strategies(backend: str) -> str:
+    """The grouping a backend runs when none is named: ``diverse`` for ours, SoCo's single one for the others."""
+    return DEFAULT_STRATEGIES if backend == "vectorized" else "soco"
+
+
+def selective_search(image: np.ndarray, backend: str = DEFAULT_BACKEND, strategies: str | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB → (M, 4) float32 unique boxes x0, y0, x1, y1 with SoCo's segmentation parameters."""
+    strategies = default_strategies(backend) if strategies is None else strategies
     if strategies != "soco" and backend != "vectorized":
         raise ValueError(f"strategies {strategies!r} needs the vectorized backend")
     if backend == "vectorized":
@@ -83,7 +93,7 @@ def selective_search(image: np.ndarray, backend: str = DEFAULT_BACKEND, strategi
 
 
 def compute_boxes(source: ImageSource, index: int, backend: str, box_filter: str,
-                  strategies: str = "soco") -> ImageResult:
+                  strategies: str | None = None) -> ImageResult:
     image = source.load(index)
     h, w = image.shape[:2]
     boxes = selective_search(image, backend, strategies)
