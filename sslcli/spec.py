@@ -30,6 +30,8 @@ class DataSpec(Strict):
     split: str = Field("train2017", description="COCO split name (train2017, val2017, ...).")
     image_size: int = Field(224, ge=16, le=1024, description="Side of the (large) training crops in pixels.")
     workers: int = Field(4, ge=0, le=256, description="DataLoader worker processes per rank.")
+    threads: int | None = Field(None, ge=1, le=1024, description="Compute threads per rank. None: OMP_NUM_THREADS "
+                                "if set, else the node's cores / ranks − workers, at least 1 (docs/pretrain.md).")
     pin_memory: bool = True
 
 

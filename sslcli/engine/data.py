@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sslcli.data.sources import ImageSource, open_source
+from sslcli.engine.threads import worker_threads
 from sslcli.errors import CorruptImageError, InputError, SslcliError
 from sslcli.spec import RunSpec
 
@@ -119,13 +120,14 @@ def collate(samples: list[dict]) -> dict:
 
 
 class _WorkerInit:
-    """Seeds each DataLoader worker from (seed, epoch, rank, worker); the per-sample seeding makes views independent
-    of it, this only keeps any stray randomness in a worker reproducible too."""
+    """Gives each DataLoader worker one compute thread and seeds it from (seed, epoch, rank, worker); the per-sample
+    seeding makes views independent of it, this only keeps any stray randomness in a worker reproducible too."""
 
     def __init__(self, seed: int, epoch: int, rank: int):
         self.seed, self.epoch, self.rank = seed, epoch, rank
 
     def __call__(self, worker_id: int) -> None:
+        worker_threads()
         s = derive_seed(self.seed, self.epoch, self.rank, worker_id)
         random.seed(s)
         np.random.seed(s)
