@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from sslcli.data.images import EncodedImage
 from sslcli.data.sources import ImageSource, open_source
 from sslcli.engine.threads import worker_threads
 from sslcli.errors import CorruptImageError, InputError, SslcliError
@@ -93,20 +94,27 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    def _sample(self, i: int) -> dict:
+        if not getattr(self.transform, "accepts_encoded", False):
+            return self.source.sample(i)
+        # The transform decodes itself (at reduced size when its crops allow): hand it the bytes and header size.
+        record = self.source.records[i]
+        return {"image": EncodedImage.read(record.path), "index": i, "image_id": record.image_id}
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         skipped = []
         for offset in range(len(self.source)):
             i = (index + offset) % len(self.source)
-            try:
-                sample = self.source.sample(i)
+            try:  # a transform that decodes raises CorruptImageError itself: the next image replaces it too
+                sample = self._sample(i)
+                with seeded_rng(derive_seed(self.seed, epoch, index)):
+                    out = self.transform(sample)
                 break
             except CorruptImageError as exc:
                 skipped.append(str(exc))
         else:
             raise SslcliError(f"{self.source.root}: no image of the data set could be decoded")
-        with seeded_rng(derive_seed(self.seed, epoch, index)):
-            out = self.transform(sample)
         out[SKIPPED_KEY] = skipped
         return out
 
