@@ -55,7 +55,8 @@ class EncodedImage:
 
     Transforms that sample their crops before decoding (`sslcli.data.transforms.CropViews`) use it to decode a JPEG at
     1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling) when every crop still gets at least its output size in pixels.
-    ``height``/``width`` are those `load_image` returns (EXIF orientation applied).
+    ``height``/``width`` are those `load_image` returns (EXIF orientation applied); ``orientation`` is the EXIF tag
+    (1 = none) for decoders that do not apply it.
     """
 
     path: Path
@@ -63,6 +64,7 @@ class EncodedImage:
     height: int
     width: int
     is_jpeg: bool
+    orientation: int = 1
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> EncodedImage:
@@ -79,11 +81,12 @@ class EncodedImage:
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
                 is_jpeg = im.format == "JPEG"
-                if im.getexif().get(0x0112) in _TRANSPOSED_ORIENTATIONS:
+                orientation = int(im.getexif().get(0x0112, 1))
+                if orientation in _TRANSPOSED_ORIENTATIONS:
                     width, height = height, width
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise CorruptImageError(path, f"cannot read image header ({exc})") from None
-        return cls(path, data, height, width, is_jpeg)
+        return cls(path, data, height, width, is_jpeg, orientation if 1 <= orientation <= 8 else 1)
 
     def reduced_size(self, reduction: int) -> tuple[int, int]:
         """(height, width) of a decode at 1/``reduction`` (libjpeg rounds up)."""

@@ -194,6 +194,7 @@ class CropViews:
         self.max_iou, self.iou_tries = max_iou, iou_tries
         self.cc_min_overlap, self.cc_tries = cc_min_overlap, cc_tries
         self.aplus_p, self.interpolation = aplus_p, interpolation
+        self.colors = tuple(colors)
         self.large_colors = (color_transform(colors[0], large_size), color_transform(colors[1], large_size))
         self.small_color = color_transform(colors[0], small_size) if n_small else None
         self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET) if aplus_p > 0 else None

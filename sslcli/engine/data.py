@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from sslcli.data.device_views import LIST_KEYS, DeviceViews
 from sslcli.data.images import EncodedImage
 from sslcli.data.sources import ImageSource, open_source
 from sslcli.engine.threads import worker_threads
@@ -120,11 +121,36 @@ class TrainDataset(Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    """`default_collate` over the samples, with the corrupt-image messages gathered into one flat list."""
+    """`default_collate` over the samples, with the corrupt-image messages gathered into one flat list and the
+    variable-size entries of the device pipeline (`LIST_KEYS`: file bytes, paths) kept as lists."""
     skipped = [msg for s in samples for msg in s.pop(SKIPPED_KEY, [])]
+    lists = {k: [s.pop(k) for s in samples] for k in LIST_KEYS if k in samples[0]}
     batch = default_collate(samples)
+    batch.update(lists)
     batch[SKIPPED_KEY] = skipped
     return batch
+
+
+class DeviceLoader:
+    """Iterates a DataLoader of `DeviceViews` parameter batches and yields the views computed on ``device``
+    (``data.pipeline: gpu``); the corrupt-image messages pass through."""
+
+    def __init__(self, loader: DataLoader, views: DeviceViews, device: torch.device):
+        self.loader, self.views, self.device = loader, views, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            out = self.views.apply(batch, self.device)
+            out[SKIPPED_KEY] = batch[SKIPPED_KEY]
+            yield out
+
+
+def training_device() -> torch.device:
+    """The device `sslcli.engine.launch` gives this rank: the current CUDA device if there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 class _WorkerInit:
@@ -144,9 +170,14 @@ class _WorkerInit:
 
 def build_loader(spec: RunSpec, transform: Callable[[dict], dict], rank: int, world_size: int, start_epoch: int,
                  pin_memory: bool) -> tuple[DataLoader, EpochBatchSampler]:
-    """The training DataLoader of this rank (workers, pinned memory, persistent workers) and its batch sampler."""
+    """The training DataLoader of this rank (workers, pinned memory, persistent workers) and its batch sampler.
+
+    With ``data.pipeline: gpu`` the workers only sample parameters and read bytes (`DeviceViews`); the returned
+    loader decodes and augments each batch on this rank's device.
+    """
     source = open_source(spec.data.root, spec.data.split, spec.data.format)
-    dataset = TrainDataset(source, transform, spec.seed)
+    device_views = DeviceViews(transform) if spec.data.pipeline == "gpu" else None  # type: ignore[arg-type]
+    dataset = TrainDataset(source, device_views or transform, spec.seed)
     sampler = EpochBatchSampler(len(source), spec.batch_size, rank, world_size, spec.seed)
     workers = spec.data.workers
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
@@ -155,4 +186,6 @@ def build_loader(spec: RunSpec, transform: Callable[[dict], dict], rank: int, wo
                         prefetch_factor=4 if workers else None,
                         # A private generator: the loader must not draw from the training loop's global RNG.
                         generator=torch.Generator().manual_seed(spec.seed))
+    if device_views is not None:
+        return DeviceLoader(loader, device_views, training_device()), sampler  # type: ignore[return-value]
     return loader, sampler
