@@ -13,8 +13,8 @@ The last line is ``pipeline: cpu <new> img/s/core vs <old> img/s/core = <ratio>x
 
     python bench/bench_pipeline.py                    # CPU per core only (~1 min)
     python bench/bench_pipeline.py --device cuda      # + device pipeline, ceiling, engine: MoCo-v2 R50 224 bf16 b256
-    python bench/bench_pipeline.py --device cpu --engine --size 64 --arch resnet18 --width 8 --batch 8 --steps 2 \\
-        --seconds 0.5 --rounds 1                      # the cuda mode's code, tiny, on CPU (what the tests run)
+    python bench/bench_pipeline.py --device cpu --engine --size 32 --arch resnet18 --width 8 --batch 4 --steps 1 \\
+        --seconds 0 --rounds 1 --images 4 --workers 1 # the cuda mode's code, tiny, on CPU (tests/test_bench_pipeline.py)
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ def engine_rate(spec, out: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=TINY_COCO)
+    parser.add_argument("--images", type=int, default=None, help="use the first N JPEGs only (smoke runs)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="also measure the device pipeline")
     parser.add_argument("--engine", action="store_true", help="with --device cpu: run the device/engine part too")
     parser.add_argument("--seconds", type=float, default=2.0, help="per CPU measurement")
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores − 2, ≤ 12)")
     args = parser.parse_args()
 
-    paths = sorted((args.data / "train2017").glob("*.jpg"))
+    paths = sorted((args.data / "train2017").glob("*.jpg"))[:args.images]
     if not paths:
         sys.exit(f"{args.data}: no train2017/*.jpg (tiny-COCO expected)")
     print(f"{len(paths)} JPEGs from {args.data}; {os.cpu_count()} cores, load average "
