@@ -1,8 +1,10 @@
 """Data-pipeline throughput on real JPEGs (tiny-COCO): the CPU path per core, old vs new, and the device pipeline.
 
-1. CPU, one thread (= one DataLoader worker), measured alternately in one run so load changes hit all of them:
-   - old: full decode (OpenCV) + the method's views (`CropViews` on the decoded array), as before reduced decoding;
-   - new: `EncodedImage` + `CropViews`, which decodes at 1/2, 1/4, 1/8 when every crop keeps its output size;
+1. CPU, one thread (= one DataLoader worker), img per CPU second, measured alternately in one run:
+   - old: the CPU path before issue 14: full decode (OpenCV) + `CropViews` on the decoded array with torchvision's
+     ColorJitter (its tensor hue);
+   - new: `EncodedImage` + `CropViews`, which decodes at 1/2, 1/4, 1/8 when every crop keeps its output size, with
+     `sslcli.data.color.ColorJitter` (hue through OpenCV's float HSV, equal within 1e-6);
    - gpu-pipeline worker: what a worker does with ``data.pipeline: gpu`` (read bytes, header, sample parameters).
    For MoCo-v2 (2 × 224 px) and MoCo-v2 + multi-crop (2 × 160 + 4 × 96).
 2. With ``--device`` (cuda, or cpu with ``--engine`` to run the same code at a tiny size):
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from torchvision.transforms import v2
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
@@ -35,6 +38,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from bench_engine import ceiling, sync  # noqa: E402
 from common import TINY_COCO  # noqa: E402
 
+import sslcli.data.color as color  # noqa: E402
 from sslcli.cli import common as cli_common  # noqa: E402
 from sslcli.data.device_views import DeviceViews, decode_batch  # noqa: E402
 from sslcli.data.images import EncodedImage, load_image  # noqa: E402
@@ -49,13 +53,15 @@ VIEW_SPECS = {"MoCo-v2": "moco-v2_r50_b256_200ep_coco", "MoCo-v2 MC": "moco-v2-m
 
 
 def rate(step, items: list, seconds: float) -> float:
-    """Items per second of ``step(item)`` over ``items`` (cycled), for about ``seconds`` after one warm-up item."""
+    """Items per CPU second of ``step(item)`` over ``items`` (cycled) for about ``seconds`` of wall time, after one
+    warm-up item. CPU time (one thread) is the cost per core; wall time would also measure how much of a core a shared
+    machine's other jobs left this process."""
     step(items[0])
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
     while n < len(items) or time.perf_counter() - start < seconds:
         step(items[n % len(items)])
         n += 1
-    return n / (time.perf_counter() - start)
+    return n / max(time.process_time() - cpu, 1e-9)
 
 
 def cpu_per_core(paths: list[Path], args) -> dict[str, dict[str, float]]:
@@ -66,8 +72,13 @@ def cpu_per_core(paths: list[Path], args) -> dict[str, dict[str, float]]:
         spec = load_spec(EXAMPLES / f"{name}.yaml", ["data.root=.", f"data.image_size={args.size}"])
         views = moco_views(spec)
         worker = DeviceViews(views)
+        fast_jitter, color.ColorJitter = color.ColorJitter, v2.ColorJitter  # the old pipeline's jitter
+        try:
+            old_views = moco_views(spec)
+        finally:
+            color.ColorJitter = fast_jitter
         variants = {
-            "old": lambda p, v=views: v({"image": load_image(p), "index": 0}),
+            "old": lambda p, v=old_views: v({"image": load_image(p), "index": 0}),
             "new": lambda p, v=views: v({"image": EncodedImage.read(p), "index": 0}),
             "gpu-worker": lambda p, w=worker: w({"image": EncodedImage.read(p), "index": 0}),
         }
