@@ -7,8 +7,9 @@ Split of the work:
   ColorJitter / RandomGrayscale / GaussianBlur / RandomSolarize as `sslcli.data.color` configures them). Cheap, and the
   views stay a function of (seed, epoch, index) only, as on the CPU path;
 - on the device (`DeviceViews.apply`, per batch): nvJPEG batch decode (torchvision ``decode_jpeg(device="cuda")``; on
-  a CPU device the same call decodes with libjpeg), crop + antialiased resize per image (torchvision's resize), then
-  flips, colour jitter, grayscale, blur, solarize and normalisation as batched tensor ops with per-sample parameters.
+  a CPU device the same call decodes with libjpeg), crop + antialiased resize + flip of every image as two batched
+  matmuls with torch's antialiasing weights (`resized_crops`), then colour jitter, grayscale, blur, solarize and
+  normalisation as batched tensor ops with per-sample parameters.
 
 Why not kornia: its colour jitter is not torchvision's (other hue/saturation maths), it draws parameters on the device
 in the training process (so views would depend on batch composition, not on (seed, epoch, index)), and its batched
@@ -26,10 +27,11 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import InterpolationMode
 
 from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, ColorAug, blur_kernel_size
 from sslcli.data.images import EncodedImage
-from sslcli.data.transforms import CropViews, crop_resize
+from sslcli.data.transforms import CropViews
 from sslcli.errors import CorruptImageError, InputError
 
 # Columns of the per-crop colour parameter rows (one float row per crop, so batches collate into one tensor).
@@ -167,6 +169,68 @@ def apply_colour(x: torch.Tensor, params: torch.Tensor, kernel_size: int, normal
     return x
 
 
+# ------------------------------------------------------------------------------------------- batched resized crops
+PAD_BUDGET = 2 ** 26  # pixels per padded chunk (B·H·W): 256 COCO images (≤ 640²) in 1 GiB of float32 per channel set
+
+
+def _aa_filter(x: torch.Tensor, bicubic: bool) -> torch.Tensor:
+    """torch's antialiasing interpolation filters: triangle (bilinear) or Keys cubic with a = −0.5 (bicubic)."""
+    x = x.abs()
+    if not bicubic:
+        return (1 - x).clamp_(min=0)
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def resize_weights(start: torch.Tensor, length: torch.Tensor, out_size: int, in_size: int,
+                   bicubic: bool) -> torch.Tensor:
+    """(N, out_size, in_size) matrices W with ``W[n] @ v`` = the antialiased resize of ``v[start:start+length]`` to
+    ``out_size`` samples, as torch's ``interpolate(..., antialias=True)`` computes it (PIL's algorithm: centre
+    ``scale·(i + 0.5)``, support ``interp/2 · max(scale, 1)``, filter argument scaled by ``1/max(scale, 1)``,
+    taps truncated to the input and renormalised)."""
+    dev = start.device
+    scale = (length.double() / out_size)[:, None]  # (N, 1)
+    support = torch.where(scale >= 1, scale, torch.ones_like(scale)) * (2.0 if bicubic else 1.0)
+    invscale = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
+    center = scale * (torch.arange(out_size, device=dev, dtype=torch.float64) + 0.5)  # (N, out), crop coordinates
+    xmin = (center - support + 0.5).trunc().clamp(min=0)
+    xmax = torch.minimum((center + support + 0.5).trunc(), length.double()[:, None])
+    j = torch.arange(in_size, device=dev, dtype=torch.float64)[None, None, :] - start.double()[:, None, None]
+    w = _aa_filter((j - center[..., None] + 0.5) * invscale[..., None], bicubic)
+    w = w * ((j >= xmin[..., None]) & (j < xmax[..., None]))
+    return (w / w.sum(dim=2, keepdim=True)).float()
+
+
+def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: int, flips: torch.Tensor,
+                  bicubic: bool) -> torch.Tensor:
+    """(N, 3, size, size) uint8-valued float crops: box ``boxes[n]`` of ``images[n]`` resized with antialiasing (as
+    `sslcli.data.transforms.crop_resize`), mirrored where ``flips[n]``. Two batched matmuls per chunk of images padded
+    to a common size replace one resize call per crop (hundreds of kernel launches per batch)."""
+    out, start = [], 0
+    while start < len(images):  # chunks whose padded size fits PAD_BUDGET
+        stop, h, w = start, 0, 0
+        while stop < len(images):
+            nh, nw = max(h, images[stop].shape[1]), max(w, images[stop].shape[2])
+            if stop > start and (stop + 1 - start) * nh * nw > PAD_BUDGET:
+                break
+            stop, h, w = stop + 1, nh, nw
+        chunk = images[start:stop]
+        padded = torch.zeros(len(chunk), 3, h, w, dtype=torch.uint8, device=chunk[0].device)
+        for i, img in enumerate(chunk):
+            padded[i, :, :img.shape[1], :img.shape[2]] = img
+        b = boxes[start:stop].to(padded.device)
+        wy = resize_weights(b[:, 1], b[:, 3] - b[:, 1], size, h, bicubic)  # (n, size, h)
+        wx = resize_weights(b[:, 0], b[:, 2] - b[:, 0], size, w, bicubic)  # (n, size, w)
+        flip = flips[start:stop].to(padded.device)[:, None, None]
+        wx = torch.where(flip, wx.flip(1), wx)
+        crops = wy[:, None] @ padded.float() @ wx[:, None].transpose(-1, -2)  # (n, 3, size, size)
+        out.append(crops.clamp_(0, 255).round_())  # as torchvision's resize of a uint8 image
+        start = stop
+    return torch.cat(out)
+
+
 # ------------------------------------------------------------------------------------------------------ decoding
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """Apply an EXIF orientation (1–8) to a (C, H, W) image, as OpenCV's and PIL's decoders do (PIL's
@@ -262,12 +326,11 @@ class DeviceViews:
         """A collated batch of `__call__` outputs → ``{"views", "boxes", "index"[, "small"]}`` on ``device``."""
         images = decode_batch(batch["encoded"], batch["jpeg"].tolist(), batch["orientation"].tolist(),
                               batch["path"], [tuple(s) for s in batch["size"].tolist()], device)
-        boxes, flips = batch["boxes"].long().tolist(), batch["flips"].tolist()
+        bicubic = self.views.interpolation == InterpolationMode.BICUBIC
         crops = []
         for j, size in enumerate(self.sizes):
-            pixels = torch.stack([crop_resize(img, tuple(boxes[i][j]), size, flips[i][j], self.views.interpolation)
-                                  for i, img in enumerate(images)])
-            crops.append(apply_colour(pixels.float() / 255, batch["colour"][:, j], blur_kernel_size(size)))
+            pixels = resized_crops(images, batch["boxes"][:, j].long(), size, batch["flips"][:, j], bicubic)
+            crops.append(apply_colour(pixels / 255, batch["colour"][:, j], blur_kernel_size(size)))
         out = {"views": torch.stack(crops[:2], dim=1), "boxes": batch["boxes"].to(device),
                "index": batch["index"].to(device)}
         if len(crops) > 2:
