@@ -170,7 +170,9 @@ def apply_colour(x: torch.Tensor, params: torch.Tensor, kernel_size: int, normal
 
 
 # ------------------------------------------------------------------------------------------- batched resized crops
-PAD_BUDGET = 2 ** 26  # pixels per padded chunk (B·H·W): 256 COCO images (≤ 640²) in 1 GiB of float32 per channel set
+# Pixels per padded chunk (n·H·W): ~0.8 GB of float32 RGB; a batch of 256 COCO images (640×480) takes two chunks,
+# and one very large image cannot make the whole batch pad to its size.
+PAD_BUDGET = 2 ** 26
 
 
 def _aa_filter(x: torch.Tensor, bicubic: bool) -> torch.Tensor:
