@@ -166,14 +166,23 @@ def main() -> None:
                     f"data.pin_memory={device.type == 'cuda'}"]
             spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", sets)
             gpu_spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", [*sets, "data.pipeline=gpu"])
-            decode, views = device_pipeline(paths, spec, device, batches=max(2, args.steps // 4))
-            print(f"device pipeline on {name}: decode {decode:.1f} img/s, decode + MoCo-v2 views {views:.1f} img/s",
-                  flush=True)
+            # Each section reports its own failure and the next one still runs: one GPU session gets every figure
+            # that can be measured.
+            try:
+                decode, views = device_pipeline(paths, spec, device, batches=max(2, args.steps // 4))
+                print(f"device pipeline on {name}: decode {decode:.1f} img/s, decode + MoCo-v2 views {views:.1f} "
+                      "img/s", flush=True)
+            except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                print(f"device pipeline FAILED: {type(exc).__name__}: {exc}", flush=True)
             ceil = ceiling(spec, device, args.steps)
             print(f"backbone ceiling ({args.arch} w{args.width}, {args.size} px, {spec.precision}, batch "
                   f"{args.batch}) on {name}: {ceil:.1f} img/s", flush=True)
             for label, s in (("cpu", spec), ("gpu", gpu_spec)):
-                engine = engine_rate(s, tmp / "run")
+                try:
+                    engine = engine_rate(s, tmp / "run")
+                except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                    print(f"engine, data.pipeline: {label} FAILED: {type(exc).__name__}: {exc}", flush=True)
+                    continue
                 print(f"engine, data.pipeline: {label}, {workers} workers: {engine:.1f} img/s = "
                       f"{engine / ceil:.2f} of the ceiling", flush=True)
 

@@ -22,6 +22,7 @@ def test_bench_pipeline_runs_every_section(tiny_coco):
                                                                                   "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
+    assert "FAILED" not in out, out
     for section in ("MoCo-v2      one thread", "MoCo-v2 MC   one thread", "device pipeline on cpu",
                     "backbone ceiling", "engine, data.pipeline: cpu", "engine, data.pipeline: gpu"):
         assert section in out, out

@@ -252,3 +252,55 @@ def test_reference_sampler_has_the_cpu_paths_ranges():
     """The ranges given to the reference sampler above are those of the CPU path's v2.ColorJitter(0.4, 0.4, 0.4, 0.1)."""
     cj = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)
     assert cj.brightness == (0.6, 1.4) and cj.hue == (-0.1, 0.1)
+
+
+def test_cuda_loader_prepares_the_next_batch_on_a_side_stream(monkeypatch):
+    """The CUDA branch of DeviceLoader with torch.cuda's stream API faked (no GPU here): batch k+1 is computed on the
+    side stream before batch k is handed over, and the training stream waits for each batch's own event first."""
+    import contextlib
+
+    from sslcli.engine import data as engine_data
+
+    log = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_event(self, event):
+            log.append(("wait", self.name, event.batch))
+
+    class Event:
+        def record(self, stream):
+            self.batch = current["batch"]
+            log.append(("record", stream.name, self.batch))
+
+    current = {"stream": None, "batch": None}
+
+    @contextlib.contextmanager
+    def use(stream):
+        current["stream"] = stream.name
+        yield
+        current["stream"] = None
+
+    class Views:
+        def apply(self, batch, device):
+            current["batch"] = batch["k"]
+            log.append(("apply", current["stream"], batch["k"]))
+            return {"views": torch.zeros(1), "k": batch["k"]}
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: Stream("side"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: Stream("main"))
+    monkeypatch.setattr(torch.cuda, "stream", use)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    batches = [{"k": k, "_skipped": []} for k in range(3)]
+    loader = engine_data.DeviceLoader(batches, Views(), torch.device("cuda", 0))
+    got = []
+    for out in loader:
+        got.append(out["k"])
+        log.append(("step", "main", out["k"]))
+    assert got == [0, 1, 2]
+    assert log == [("apply", "side", 0), ("record", "side", 0),
+                   ("apply", "side", 1), ("record", "side", 1), ("wait", "main", 0), ("step", "main", 0),
+                   ("apply", "side", 2), ("record", "side", 2), ("wait", "main", 1), ("step", "main", 1),
+                   ("wait", "main", 2), ("step", "main", 2)]

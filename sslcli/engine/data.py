@@ -133,7 +133,13 @@ def collate(samples: list[dict]) -> dict:
 
 class DeviceLoader:
     """Iterates a DataLoader of `DeviceViews` parameter batches and yields the views computed on ``device``
-    (``data.pipeline: gpu``); the corrupt-image messages pass through."""
+    (``data.pipeline: gpu``); the corrupt-image messages pass through.
+
+    On CUDA, batch k+1 is decoded and augmented on a side stream while the training step of batch k runs on the
+    current stream: nvJPEG's hardware decoder and the augmentation kernels overlap the training kernels instead of
+    running between steps. The current stream waits for a batch's event before using it, and its tensors are recorded
+    on that stream so the allocator does not reuse their memory early.
+    """
 
     def __init__(self, loader: DataLoader, views: DeviceViews, device: torch.device):
         self.loader, self.views, self.device = loader, views, device
@@ -141,11 +147,38 @@ class DeviceLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def _apply(self, batch: dict) -> dict:
+        out = self.views.apply(batch, self.device)
+        out[SKIPPED_KEY] = batch[SKIPPED_KEY]
+        return out
+
     def __iter__(self) -> Iterator[dict]:
+        if self.device.type != "cuda":
+            for batch in self.loader:
+                yield self._apply(batch)
+            return
+        side = torch.cuda.Stream(device=self.device)
+        main = torch.cuda.current_stream(self.device)
+        pending = None
         for batch in self.loader:
-            out = self.views.apply(batch, self.device)
-            out[SKIPPED_KEY] = batch[SKIPPED_KEY]
-            yield out
+            with torch.cuda.stream(side):
+                out = self._apply(batch)
+                done = torch.cuda.Event()
+                done.record(side)
+            if pending is not None:
+                yield _hand_over(*pending, main)
+            pending = (out, done)
+        if pending is not None:
+            yield _hand_over(*pending, main)
+
+
+def _hand_over(out: dict, done: torch.cuda.Event, stream: torch.cuda.Stream) -> dict:
+    """Make ``stream`` wait for a side-stream batch and tie its tensors' memory to ``stream``."""
+    stream.wait_event(done)
+    for value in out.values():
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            value.record_stream(stream)
+    return out
 
 
 def training_device() -> torch.device:
