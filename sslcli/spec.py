@@ -30,7 +30,12 @@ class DataSpec(Strict):
     split: str = Field("train2017", description="COCO split name (train2017, val2017, ...).")
     image_size: int = Field(224, ge=16, le=1024, description="Side of the (large) training crops in pixels.")
     workers: int = Field(4, ge=0, le=256, description="DataLoader worker processes per rank.")
+    threads: int | None = Field(None, ge=1, le=1024, description="Compute threads per rank. None: OMP_NUM_THREADS "
+                                "if set, else the node's cores / ranks − workers, at least 1 (docs/pretrain.md).")
     pin_memory: bool = True
+    pipeline: Literal["cpu", "gpu"] = Field("cpu", description="Where views are decoded and augmented: cpu (in the "
+                                            "DataLoader workers) or gpu (batched on the training device; workers "
+                                            "only read bytes and sample parameters). gpu: moco (no A+), simclr, byol.")
 
 
 class ModelSpec(Strict):
@@ -219,6 +224,7 @@ class D3sslSpec(Strict):
 MethodSpec = Annotated[MocoSpec | SimclrSpec | ByolSpec | DetconSpec | SocoSpec | D3sslSpec,
                        Field(discriminator="name")]
 METHOD_NAMES = ("moco", "simclr", "byol", "detcon", "soco", "d3ssl")
+GPU_PIPELINE_METHODS = ("moco", "simclr", "byol")  # image-level views (`sslcli.data.device_views`)
 
 
 # ----------------------------------------------------------------------------------------------- optimiser, schedule
@@ -300,6 +306,13 @@ def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
             lo, hi = getattr(method.multi_crop, name)
             if not (0.0 < lo and 0.0 < hi <= 1.0):
                 problems.append(f"method.multi_crop.{name}: [{lo}, {hi}] is not a range of area fractions in (0, 1]")
+    if spec.data.pipeline == "gpu":
+        if method.name not in GPU_PIPELINE_METHODS:
+            problems.append(f"data.pipeline: 'gpu' runs the views of {', '.join(GPU_PIPELINE_METHODS)}; method "
+                            f"{method.name} needs data.pipeline: cpu")
+        elif isinstance(method, MocoSpec) and method.aplus.enabled:
+            problems.append("data.pipeline: 'gpu' does not run A+ (AutoAugment); set method.aplus.enabled: false or "
+                            "data.pipeline: cpu")
     for path, pair in _ranges(spec):
         lo, hi = pair
         if lo > hi:

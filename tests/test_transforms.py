@@ -316,3 +316,29 @@ def test_multi_crop_scales_outside_area_fractions_are_spec_errors(scale):
             "name": "moco", "queue_size": 64, "multi_crop": {"enabled": True, "small_scale": scale}}})
     assert info.value.exit_code == 2
     assert any(p.startswith("method.multi_crop.small_scale: ") and "(0, 1]" in p for p in info.value.problems)
+
+
+# ------------------------------------------------------------------------------------------ hue through OpenCV
+@pytest.mark.parametrize("factor", [-0.5, -0.1, 0.0, 0.03, 0.27, 0.5])
+def test_opencv_hue_equals_torchvision(factor):
+    from sslcli.data.color import adjust_hue_opencv
+
+    x = torch.rand(3, 31, 37, generator=_gen(1))
+    x[:, 0, :] = 0.4  # grey row: no hue
+    x[:, 1, :5] = torch.tensor([[1.0, 0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0]])
+    expected = v2.functional.adjust_hue(x, factor)
+    assert torch.allclose(adjust_hue_opencv(x, factor), expected, atol=1e-5, rtol=0)
+
+
+def test_colour_jitter_draws_and_pixels_match_torchvision():
+    from sslcli.data.color import ColorJitter
+
+    x = torch.rand(3, 24, 24, generator=_gen(2))
+    for seed in range(10):
+        torch.manual_seed(seed)
+        ours = ColorJitter(0.4, 0.4, 0.4, 0.1)(x)
+        after = torch.rand(1)
+        torch.manual_seed(seed)
+        ref = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)(x)
+        assert torch.equal(torch.rand(1), after)  # the same parameter draws
+        assert torch.allclose(ours, ref, atol=1e-5, rtol=0)

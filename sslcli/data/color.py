@@ -66,11 +66,35 @@ class GaussianBlur(torch.nn.Module):
         return torch.from_numpy(out.reshape(hwc.shape)).permute(2, 0, 1)
 
 
+def adjust_hue_opencv(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
+    """torchvision's ``adjust_hue`` (RGB → HSV, hue + factor turns, → RGB) for a float (3, H, W) CPU image in
+    [0, 1], through OpenCV's float HSV conversions: ~6x faster than torchvision's tensor version (the most expensive
+    step of the CPU views, ~25 ms of a 224² crop) and equal to it within 1e-6 (tests/test_transforms.py)."""
+    import cv2
+
+    hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy(), dtype=np.float32)
+    hsv = cv2.cvtColor(hwc, cv2.COLOR_RGB2HSV)  # float input: H in degrees [0, 360), S and V in [0, 1]
+    hsv[..., 0] = np.mod(hsv[..., 0] + 360.0 * hue_factor, 360.0)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return torch.from_numpy(np.clip(rgb, 0.0, 1.0, out=rgb)).permute(2, 0, 1)
+
+
+class ColorJitter(v2.ColorJitter):
+    """torchvision's ``v2.ColorJitter`` (same parameters, same random draws) with the hue step run by
+    `adjust_hue_opencv` on plain float CPU images; other inputs take torchvision's kernels."""
+
+    def _call_kernel(self, functional, inpt, *args, **kwargs):
+        if (functional is v2.functional.adjust_hue and type(inpt) is torch.Tensor and inpt.device.type == "cpu"
+                and inpt.dtype == torch.float32 and inpt.ndim == 3 and inpt.shape[0] == 3):
+            return adjust_hue_opencv(inpt, **kwargs)
+        return super()._call_kernel(functional, inpt, *args, **kwargs)
+
+
 def color_transform(aug: ColorAug, image_size: int, normalize: bool = True) -> v2.Compose:
     """The torchvision v2 pipeline for ``aug``; input float (C, H, W) in [0, 1]."""
     steps: list[torch.nn.Module] = []
     if aug.jitter_p > 0:
-        steps.append(v2.RandomApply([v2.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
+        steps.append(v2.RandomApply([ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
                                     p=aug.jitter_p))
     if aug.gray_p > 0:
         steps.append(v2.RandomGrayscale(p=aug.gray_p))

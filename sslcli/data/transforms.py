@@ -21,6 +21,7 @@ import torch
 from torchvision.transforms import v2
 
 from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, ColorAug, color_transform
+from sslcli.data.images import DCT_REDUCTIONS, EncodedImage
 
 Box = tuple[int, int, int, int]
 
@@ -119,6 +120,29 @@ def sample_constrained_box(height: int, width: int, key: Box, scale: tuple[float
     return box, overlap_fraction(box, key) >= min_overlap
 
 
+# ------------------------------------------------------------------------------------------ reduced-size decoding
+def draft_reduction(image: EncodedImage, boxes: list[Box], sizes: list[int]) -> int:
+    """The largest DCT reduction (8, 4, 2, else 1) at which every crop box keeps ≥ its output size in pixels.
+
+    The boxes are sampled on the full-size image first, so reducing never changes which crops are drawn, and no crop
+    is upsampled from fewer pixels than a full decode would give it.
+    """
+    if not image.is_jpeg:
+        return 1
+    for reduction in DCT_REDUCTIONS:
+        rh, rw = image.reduced_size(reduction)
+        sy, sx = rh / image.height, rw / image.width
+        if all(min((b[2] - b[0]) * sx, (b[3] - b[1]) * sy) >= size for b, size in zip(boxes, sizes, strict=True)):
+            return reduction
+    return 1
+
+
+def scale_box(box: Box, sx: float, sy: float, height: int, width: int) -> Box:
+    """``box`` mapped into an image resized by (sx, sy), edges rounded to the nearest pixel, ≥ 1 pixel wide."""
+    x0, y0 = min(round(box[0] * sx), width - 1), min(round(box[1] * sy), height - 1)
+    return (x0, y0, max(x0 + 1, min(round(box[2] * sx), width)), max(y0 + 1, min(round(box[3] * sy), height)))
+
+
 # ------------------------------------------------------------------------------------------------------ pixel views
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 array → (3, H, W) uint8 tensor."""
@@ -150,9 +174,14 @@ class CropViews:
         interpolation: resize of every crop: bilinear (MoCo-v2, torchvision's RandomResizedCrop default) or bicubic
             (SimCLR, BYOL and DetCon).
 
+    ``sample["image"]`` is an (H, W, 3) uint8 array or an `EncodedImage` (``accepts_encoded``): then the boxes are
+    sampled on the header's size and the JPEG is decoded at the largest reduction that leaves every crop ≥ its output
+    size (`draft_reduction`); the random draws are the same as for the decoded array.
     Calling it on ``{"image": (H, W, 3) uint8, "index": i}`` returns ``{"views": (2, 3, L, L) float,
     "boxes": (2 + n_small, 4) float, "index": i}`` plus ``"small": (n_small, 3, S, S)`` when n_small > 0.
     """
+
+    accepts_encoded = True  # the engine passes EncodedImage samples (reduced-size decoding)
 
     def __init__(self, large_size: int, large_scale: tuple[float, float], colors: tuple[ColorAug, ColorAug],
                  small_size: int = 96, small_scale: tuple[float, float] = (0.05, 0.14), n_small: int = 0,
@@ -165,6 +194,7 @@ class CropViews:
         self.max_iou, self.iou_tries = max_iou, iou_tries
         self.cc_min_overlap, self.cc_tries = cc_min_overlap, cc_tries
         self.aplus_p, self.interpolation = aplus_p, interpolation
+        self.colors = tuple(colors)
         self.large_colors = (color_transform(colors[0], large_size), color_transform(colors[1], large_size))
         self.small_color = color_transform(colors[0], small_size) if n_small else None
         self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET) if aplus_p > 0 else None
@@ -196,14 +226,23 @@ class CropViews:
         pipeline = self.large_colors[index] if index < 2 else self.small_color
         return pipeline(crop.float() / 255)  # type: ignore[misc]
 
+    def sizes(self) -> list[int]:
+        """Output side of each crop, in `sample_boxes` order."""
+        return [self.large_size] * 2 + [self.small_size] * self.n_small
+
     def __call__(self, sample: dict) -> dict:
-        image = image_to_tensor(sample["image"])
-        height, width = image.shape[1:]
-        boxes = self.sample_boxes(height, width)
+        image, sizes = sample["image"], self.sizes()
+        if isinstance(image, EncodedImage):
+            boxes = self.sample_boxes(image.height, image.width)
+            pixels = image_to_tensor(image.decode(draft_reduction(image, boxes, sizes)))
+            rh, rw = pixels.shape[1:]
+            cut = [scale_box(b, rw / image.width, rh / image.height, rh, rw) for b in boxes]
+        else:
+            pixels = image_to_tensor(image)
+            boxes = cut = self.sample_boxes(*pixels.shape[1:])
         crops = []
-        for i, box in enumerate(boxes):
-            size = self.large_size if i < 2 else self.small_size
-            crop = crop_resize(image, box, size, float(torch.rand(1)) < self.flip_p, self.interpolation)
+        for i, (box, size) in enumerate(zip(cut, sizes, strict=True)):
+            crop = crop_resize(pixels, box, size, float(torch.rand(1)) < self.flip_p, self.interpolation)
             crops.append(self._colour(crop, i))
         out = {"views": torch.stack(crops[:2]), "boxes": torch.tensor(boxes, dtype=torch.float32),
                "index": sample["index"]}

@@ -22,7 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from sslcli.data.device_views import LIST_KEYS, DeviceViews
+from sslcli.data.images import EncodedImage
 from sslcli.data.sources import ImageSource, open_source
+from sslcli.engine.threads import worker_threads
 from sslcli.errors import CorruptImageError, InputError, SslcliError
 from sslcli.spec import RunSpec
 
@@ -92,40 +95,106 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    def _sample(self, i: int) -> dict:
+        if not getattr(self.transform, "accepts_encoded", False):
+            return self.source.sample(i)
+        # The transform decodes itself (at reduced size when its crops allow): hand it the bytes and header size.
+        record = self.source.records[i]
+        return {"image": EncodedImage.read(record.path), "index": i, "image_id": record.image_id}
+
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, index = key
         skipped = []
         for offset in range(len(self.source)):
             i = (index + offset) % len(self.source)
-            try:
-                sample = self.source.sample(i)
+            try:  # a transform that decodes raises CorruptImageError itself: the next image replaces it too
+                sample = self._sample(i)
+                with seeded_rng(derive_seed(self.seed, epoch, index)):
+                    out = self.transform(sample)
                 break
             except CorruptImageError as exc:
                 skipped.append(str(exc))
         else:
             raise SslcliError(f"{self.source.root}: no image of the data set could be decoded")
-        with seeded_rng(derive_seed(self.seed, epoch, index)):
-            out = self.transform(sample)
         out[SKIPPED_KEY] = skipped
         return out
 
 
 def collate(samples: list[dict]) -> dict:
-    """`default_collate` over the samples, with the corrupt-image messages gathered into one flat list."""
+    """`default_collate` over the samples, with the corrupt-image messages gathered into one flat list and the
+    variable-size entries of the device pipeline (`LIST_KEYS`: file bytes, paths) kept as lists."""
     skipped = [msg for s in samples for msg in s.pop(SKIPPED_KEY, [])]
+    lists = {k: [s.pop(k) for s in samples] for k in LIST_KEYS if k in samples[0]}
     batch = default_collate(samples)
+    batch.update(lists)
     batch[SKIPPED_KEY] = skipped
     return batch
 
 
+class DeviceLoader:
+    """Iterates a DataLoader of `DeviceViews` parameter batches and yields the views computed on ``device``
+    (``data.pipeline: gpu``); the corrupt-image messages pass through.
+
+    On CUDA, batch k+1 is decoded and augmented on a side stream while the training step of batch k runs on the
+    current stream: nvJPEG's hardware decoder and the augmentation kernels overlap the training kernels instead of
+    running between steps. The current stream waits for a batch's event before using it, and its tensors are recorded
+    on that stream so the allocator does not reuse their memory early.
+    """
+
+    def __init__(self, loader: DataLoader, views: DeviceViews, device: torch.device):
+        self.loader, self.views, self.device = loader, views, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _apply(self, batch: dict) -> dict:
+        out = self.views.apply(batch, self.device)
+        out[SKIPPED_KEY] = batch[SKIPPED_KEY]
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        if self.device.type != "cuda":
+            for batch in self.loader:
+                yield self._apply(batch)
+            return
+        side = torch.cuda.Stream(device=self.device)
+        main = torch.cuda.current_stream(self.device)
+        pending = None
+        for batch in self.loader:
+            with torch.cuda.stream(side):
+                out = self._apply(batch)
+                done = torch.cuda.Event()
+                done.record(side)
+            if pending is not None:
+                yield _hand_over(*pending, main)
+            pending = (out, done)
+        if pending is not None:
+            yield _hand_over(*pending, main)
+
+
+def _hand_over(out: dict, done: torch.cuda.Event, stream: torch.cuda.Stream) -> dict:
+    """Make ``stream`` wait for a side-stream batch and tie its tensors' memory to ``stream``."""
+    stream.wait_event(done)
+    for value in out.values():
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            value.record_stream(stream)
+    return out
+
+
+def training_device() -> torch.device:
+    """The device `sslcli.engine.launch` gives this rank: the current CUDA device if there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 class _WorkerInit:
-    """Seeds each DataLoader worker from (seed, epoch, rank, worker); the per-sample seeding makes views independent
-    of it, this only keeps any stray randomness in a worker reproducible too."""
+    """Gives each DataLoader worker one compute thread and seeds it from (seed, epoch, rank, worker); the per-sample
+    seeding makes views independent of it, this only keeps any stray randomness in a worker reproducible too."""
 
     def __init__(self, seed: int, epoch: int, rank: int):
         self.seed, self.epoch, self.rank = seed, epoch, rank
 
     def __call__(self, worker_id: int) -> None:
+        worker_threads()
         s = derive_seed(self.seed, self.epoch, self.rank, worker_id)
         random.seed(s)
         np.random.seed(s)
@@ -134,9 +203,14 @@ class _WorkerInit:
 
 def build_loader(spec: RunSpec, transform: Callable[[dict], dict], rank: int, world_size: int, start_epoch: int,
                  pin_memory: bool) -> tuple[DataLoader, EpochBatchSampler]:
-    """The training DataLoader of this rank (workers, pinned memory, persistent workers) and its batch sampler."""
+    """The training DataLoader of this rank (workers, pinned memory, persistent workers) and its batch sampler.
+
+    With ``data.pipeline: gpu`` the workers only sample parameters and read bytes (`DeviceViews`); the returned
+    loader decodes and augments each batch on this rank's device.
+    """
     source = open_source(spec.data.root, spec.data.split, spec.data.format)
-    dataset = TrainDataset(source, transform, spec.seed)
+    device_views = DeviceViews(transform) if spec.data.pipeline == "gpu" else None  # type: ignore[arg-type]
+    dataset = TrainDataset(source, device_views or transform, spec.seed)
     sampler = EpochBatchSampler(len(source), spec.batch_size, rank, world_size, spec.seed)
     workers = spec.data.workers
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
@@ -145,4 +219,6 @@ def build_loader(spec: RunSpec, transform: Callable[[dict], dict], rank: int, wo
                         prefetch_factor=4 if workers else None,
                         # A private generator: the loader must not draw from the training loop's global RNG.
                         generator=torch.Generator().manual_seed(spec.seed))
+    if device_views is not None:
+        return DeviceLoader(loader, device_views, training_device()), sampler  # type: ignore[return-value]
     return loader, sampler

@@ -96,8 +96,10 @@ def _check_spec(spec: RunSpec, world: int) -> None:
 
 
 def _run_rank(local_rank: int, spec: RunSpec, resume: str | None, distributed: bool) -> dict:
+    from sslcli.engine.threads import configure_threads
     from sslcli.engine.trainer import train
 
+    configure_threads(spec, local_rank)
     device = _device(local_rank)
     if distributed:
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",

@@ -1,0 +1,194 @@
+"""Data-pipeline throughput on real JPEGs (tiny-COCO): the CPU path per core, old vs new, and the device pipeline.
+
+1. CPU, one thread (= one DataLoader worker), img per CPU second, measured alternately in one run:
+   - old: the CPU path before issue 14: full decode (OpenCV) + `CropViews` on the decoded array with torchvision's
+     ColorJitter (its tensor hue);
+   - new: `EncodedImage` + `CropViews`, which decodes at 1/2, 1/4, 1/8 when every crop keeps its output size, with
+     `sslcli.data.color.ColorJitter` (hue through OpenCV's float HSV, equal within 1e-6);
+   - gpu-pipeline worker: what a worker does with ``data.pipeline: gpu`` (read bytes, header, sample parameters).
+   For MoCo-v2 (2 × 224 px) and MoCo-v2 + multi-crop (2 × 160 + 4 × 96).
+2. With ``--device`` (cuda, or cpu with ``--engine`` to run the same code at a tiny size):
+   - device pipeline: batched decode alone, and decode + views (`DeviceViews.apply`), img/s on the device;
+   - the backbone ceiling (bench_engine.ceiling: forward + backward + step on one batch already on the device) and
+     the engine's img/s (`launch`, the real loop reading the JPEGs) with ``data.pipeline: cpu`` and ``gpu``.
+The last line is ``pipeline: cpu <new> img/s/core vs <old> img/s/core = <ratio>x`` (MoCo-v2).
+
+    python bench/bench_pipeline.py                    # CPU per core only (~1 min)
+    python bench/bench_pipeline.py --device cuda      # + device pipeline, ceiling, engine: MoCo-v2 R50 224 bf16 b256
+    python bench/bench_pipeline.py --device cpu --engine --size 32 --arch resnet18 --width 8 --batch 4 --steps 1 \\
+        --seconds 0 --rounds 1 --images 4 --workers 1 # the cuda mode's code, tiny, on CPU (tests/test_bench_pipeline.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torchvision.transforms import v2
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from bench_engine import ceiling, sync  # noqa: E402
+from common import TINY_COCO  # noqa: E402
+
+import sslcli.data.color as color  # noqa: E402
+from sslcli.cli import common as cli_common  # noqa: E402
+from sslcli.data.device_views import DeviceViews, decode_batch  # noqa: E402
+from sslcli.data.images import EncodedImage, load_image  # noqa: E402
+from sslcli.data.sources import write_manifest  # noqa: E402
+from sslcli.engine.data import collate  # noqa: E402
+from sslcli.engine.launch import launch  # noqa: E402
+from sslcli.methods.moco import moco_views  # noqa: E402
+from sslcli.spec import load_spec  # noqa: E402
+
+EXAMPLES = REPO / "examples"
+VIEW_SPECS = {"MoCo-v2": "moco-v2_r50_b256_200ep_coco", "MoCo-v2 MC": "moco-v2-mc_r50_b256_200ep_coco"}
+
+
+def rate(step, items: list, seconds: float) -> float:
+    """Items per CPU second of ``step(item)`` over ``items`` (cycled) for about ``seconds`` of wall time, after one
+    warm-up item. CPU time (one thread) is the cost per core; wall time would also measure how much of a core a shared
+    machine's other jobs left this process."""
+    step(items[0])
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
+    while n < len(items) or time.perf_counter() - start < seconds:
+        step(items[n % len(items)])
+        n += 1
+    return n / max(time.process_time() - cpu, 1e-9)
+
+
+def cpu_per_core(paths: list[Path], args) -> dict[str, dict[str, float]]:
+    """img/s in one thread for old / new / gpu-worker, per view spec; best of ``rounds`` alternating rounds."""
+    torch.set_num_threads(1)
+    results = {}
+    for label, name in VIEW_SPECS.items():
+        spec = load_spec(EXAMPLES / f"{name}.yaml", ["data.root=.", f"data.image_size={args.size}"])
+        views = moco_views(spec)
+        worker = DeviceViews(views)
+        fast_jitter, color.ColorJitter = color.ColorJitter, v2.ColorJitter  # the old pipeline's jitter
+        try:
+            old_views = moco_views(spec)
+        finally:
+            color.ColorJitter = fast_jitter
+        variants = {
+            "old": lambda p, v=old_views: v({"image": load_image(p), "index": 0}),
+            "new": lambda p, v=views: v({"image": EncodedImage.read(p), "index": 0}),
+            "gpu-worker": lambda p, w=worker: w({"image": EncodedImage.read(p), "index": 0}),
+        }
+        best = dict.fromkeys(variants, 0.0)
+        for _ in range(args.rounds):
+            for key, fn in variants.items():
+                best[key] = max(best[key], rate(fn, paths, args.seconds))
+        results[label] = best
+        print(f"{label:12s} one thread: old {best['old']:7.1f}  new {best['new']:7.1f}  "
+              f"gpu-pipeline worker {best['gpu-worker']:7.1f} img/s/core", flush=True)
+    return results
+
+
+def device_pipeline(paths: list[Path], spec, device: torch.device, batches: int) -> tuple[float, float]:
+    """(decode alone, decode + views) img/s of `DeviceViews.apply` on ``device``, batches sampled beforehand."""
+    dv = DeviceViews(moco_views(spec))
+    b = spec.batch_size
+    torch.manual_seed(0)
+    samples = [dv({"image": EncodedImage.read(paths[i % len(paths)]), "index": i}) for i in range(b)]
+    batch = collate(samples)
+
+    def decode_only():
+        decode_batch(batch["encoded"], batch["jpeg"].tolist(), batch["orientation"].tolist(), batch["path"],
+                     [tuple(s) for s in batch["size"].tolist()], device)
+
+    rates = []
+    for fn in (decode_only, lambda: dv.apply(batch, device)):
+        fn()  # warm-up (nvJPEG handles, cuDNN/conv kernels)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(batches):
+            fn()
+        sync(device)
+        rates.append(batches * b / (time.perf_counter() - start))
+    return rates[0], rates[1]
+
+
+def engine_rate(spec, out: Path) -> float:
+    if out.exists():
+        shutil.rmtree(out)
+    return launch(spec.model_copy(update={"output_dir": str(out)}))["images_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=TINY_COCO)
+    parser.add_argument("--images", type=int, default=None, help="use the first N JPEGs only (smoke runs)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="also measure the device pipeline")
+    parser.add_argument("--engine", action="store_true", help="with --device cpu: run the device/engine part too")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per CPU measurement")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps (ceiling and engine)")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores − 2, ≤ 12)")
+    args = parser.parse_args()
+
+    paths = sorted((args.data / "train2017").glob("*.jpg"))[:args.images]
+    if not paths:
+        sys.exit(f"{args.data}: no train2017/*.jpg (tiny-COCO expected)")
+    print(f"{len(paths)} JPEGs from {args.data}; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at start", flush=True)
+    cpu = cpu_per_core(paths, args)
+
+    if args.device == "cuda" or (args.device == "cpu" and args.engine):
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            sys.exit("--device cuda: no GPU visible")
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        workers = args.workers if args.workers is not None else max(1, min(12, (os.cpu_count() or 2) - 2))
+        cli_common._CURRENT = cli_common.Output(quiet=True)
+        with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+            tmp = Path(tmp)
+            # A manifest repeating the real JPEGs so that every step reads a full batch from disk.
+            n = args.batch * (args.steps + 3)
+            manifest = tmp / "images.json"
+            write_manifest(manifest, paths[0].parent, [paths[i % len(paths)].name for i in range(n)])
+            sets = [f"data.root={manifest}", "data.format=manifest", f"data.image_size={args.size}",
+                    f"data.workers={workers}", f"model.arch={args.arch}", f"model.width={args.width}",
+                    f"batch_size={args.batch}", "epochs=2",
+                    f"max_steps={args.steps + 1}", "schedule.warmup_epochs=0", f"output_dir={tmp / 'run'}",
+                    f"precision={'bf16' if device.type == 'cuda' else 'fp32'}",
+                    f"data.pin_memory={device.type == 'cuda'}"]
+            spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", sets)
+            gpu_spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", [*sets, "data.pipeline=gpu"])
+            # Each section reports its own failure and the next one still runs: one GPU session gets every figure
+            # that can be measured.
+            try:
+                decode, views = device_pipeline(paths, spec, device, batches=max(2, args.steps // 4))
+                print(f"device pipeline on {name}: decode {decode:.1f} img/s, decode + MoCo-v2 views {views:.1f} "
+                      "img/s", flush=True)
+            except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                print(f"device pipeline FAILED: {type(exc).__name__}: {exc}", flush=True)
+            ceil = ceiling(spec, device, args.steps)
+            print(f"backbone ceiling ({args.arch} w{args.width}, {args.size} px, {spec.precision}, batch "
+                  f"{args.batch}) on {name}: {ceil:.1f} img/s", flush=True)
+            for label, s in (("cpu", spec), ("gpu", gpu_spec)):
+                try:
+                    engine = engine_rate(s, tmp / "run")
+                except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                    print(f"engine, data.pipeline: {label} FAILED: {type(exc).__name__}: {exc}", flush=True)
+                    continue
+                print(f"engine, data.pipeline: {label}, {workers} workers: {engine:.1f} img/s = "
+                      f"{engine / ceil:.2f} of the ceiling", flush=True)
+
+    old, new = cpu["MoCo-v2"]["old"], cpu["MoCo-v2"]["new"]
+    print(f"pipeline: cpu {new:.1f} img/s/core vs {old:.1f} img/s/core = {new / old:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""The ``data.pipeline: gpu`` path: workers sample the view parameters, the training device decodes and augments.
+
+Split of the work:
+- in DataLoader workers (`DeviceViews.__call__`, per sample, under the engine's per-sample seeded RNG): read the file's
+  bytes and header size, draw the crop boxes with the CPU path's own samplers (`CropViews.sample_boxes`: RandomResizedCrop,
+  IoU-constrained pairs, multi-crop, CC), the flips and every colour parameter (the distributions of torchvision's
+  ColorJitter / RandomGrayscale / GaussianBlur / RandomSolarize as `sslcli.data.color` configures them). Cheap, and the
+  views stay a function of (seed, epoch, index) only, as on the CPU path;
+- on the device (`DeviceViews.apply`, per batch): nvJPEG batch decode (torchvision ``decode_jpeg(device="cuda")``; on
+  a CPU device the same call decodes with libjpeg), crop + antialiased resize + flip of every image as two batched
+  matmuls with torch's antialiasing weights (`resized_crops`), then colour jitter, grayscale, blur, solarize and
+  normalisation as batched tensor ops with per-sample parameters.
+
+Why not kornia: its colour jitter is not torchvision's (other hue/saturation maths), it draws parameters on the device
+in the training process (so views would depend on batch composition, not on (seed, epoch, index)), and its batched
+RandomResizedCrop needs equal-size inputs, while decoded images differ in size. The ops here are ~100 lines of torch
+and equal torchvision's functional ops within float rounding (tests/test_device_views.py).
+
+Supported: the image-level views of moco (two crops, multi-crop, CC, IoU-constrained pairs), simclr and byol. A+
+(AutoAugment) and the region-level methods (masks, boxes) need ``data.pipeline: cpu`` (checked at spec validation).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import InterpolationMode
+
+from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, ColorAug, blur_kernel_size
+from sslcli.data.images import EncodedImage
+from sslcli.data.transforms import CropViews
+from sslcli.errors import CorruptImageError, InputError
+
+# Columns of the per-crop colour parameter rows (one float row per crop, so batches collate into one tensor).
+JITTER_ON, ORDER, FACTORS, GRAY, BLUR_ON, SIGMA, SOLARIZE = 0, slice(1, 5), slice(5, 9), 9, 10, 11, 12
+N_COLOUR_PARAMS = 13
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision ColorJitter's fn_idx numbering
+LIST_KEYS = ("encoded", "path")  # kept as per-sample lists by the engine's collate (variable-size bytes)
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return float(torch.empty(1).uniform_(lo, hi))
+
+
+def sample_colour_params(aug: ColorAug) -> torch.Tensor:
+    """One crop's colour parameters, drawn as torchvision's transforms draw them (RandomApply p, ColorJitter.get_params:
+    a random order of the four adjustments, factors U[max(0, 1−x), 1+x] and hue U[−h, h]; grayscale p; blur p with
+    σ ~ U(sigma); solarize p). A step with p = 0 is not drawn at all (the CPU pipeline leaves it out)."""
+    p = torch.zeros(N_COLOUR_PARAMS)
+    p[ORDER] = torch.arange(4, dtype=torch.float32)
+    p[FACTORS] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    if aug.jitter_p > 0 and float(torch.rand(1)) < aug.jitter_p:
+        p[JITTER_ON] = 1
+        p[ORDER] = torch.randperm(4).float()
+        p[FACTORS] = torch.tensor([_uniform(max(0.0, 1 - x), 1 + x) if x > 0 else 1.0
+                                   for x in (aug.brightness, aug.contrast, aug.saturation)]
+                                  + [_uniform(-aug.hue, aug.hue) if aug.hue > 0 else 0.0])
+    if aug.gray_p > 0:
+        p[GRAY] = float(float(torch.rand(1)) < aug.gray_p)
+    if aug.blur_p > 0 and float(torch.rand(1)) < aug.blur_p:
+        p[BLUR_ON], p[SIGMA] = 1, _uniform(*aug.blur_sigma)
+    if aug.solarize_p > 0:
+        p[SOLARIZE] = float(float(torch.rand(1)) < aug.solarize_p)
+    return p
+
+
+# ------------------------------------------------------------------------------------------- batched colour ops
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) → (N, 1, H, W) luma with torchvision's weights."""
+    return (x[:, 0] * 0.2989 + x[:, 1] * 0.587 + x[:, 2] * 0.114).unsqueeze(1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    f = f.view(-1, 1, 1, 1)
+    return (x * f + other * (1 - f)).clamp_(0, 1)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of (N, 3, H, W) images in [0, 1] by ``shift`` (N,) turns (RGB → HSV → RGB, as torchvision)."""
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    delta = maxc - minc
+    flat = delta == 0
+    s = delta / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
+    d = torch.where(flat, torch.ones_like(delta), delta)
+    r, g, b = x.unbind(1)
+    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(flat, torch.zeros_like(h), h)
+    h = (h / 6.0 + 1.0 + shift.view(-1, 1, 1)).remainder(1.0)
+    # HSV → RGB: sector i of the hue circle picks (v, p, q, t) per channel.
+    h6 = h * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long().remainder(6)
+    v = maxc
+    p = (v * (1 - s)).clamp(0, 1)
+    q = (v * (1 - s * f)).clamp(0, 1)
+    t = (v * (1 - s * (1 - f))).clamp(0, 1)
+    vpqt = torch.stack((v, p, q, t), dim=1)
+    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device)
+    return vpqt.gather(1, select[:, i].permute(1, 0, 2, 3))
+
+
+def _brightness(x, f):
+    return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def _contrast(x, f):
+    return _blend(x, grayscale(x).mean(dim=(1, 2, 3), keepdim=True), f)
+
+
+def _saturation(x, f):
+    return _blend(x, grayscale(x), f)
+
+
+_JITTER_OPS = {BRIGHTNESS: _brightness, CONTRAST: _contrast, SATURATION: _saturation, HUE: adjust_hue}
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur each image of (N, C, H, W) with its own σ: separable Gaussian, reflect border (torchvision's kernel)."""
+    n, c, h, w = x.shape
+    half = (kernel_size - 1) / 2
+    pos = torch.linspace(-half, half, kernel_size, device=x.device)
+    kernel = torch.exp(-0.5 * (pos[None, :] / sigma[:, None]) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (N·C, k)
+    pad = kernel_size // 2
+    y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, kernel.view(n * c, 1, kernel_size, 1), groups=n * c)
+    y = F.conv2d(y, kernel.view(n * c, 1, 1, kernel_size), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def _rows(mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """Indices (on ``device``) of the True entries of a CPU mask; None when there are none (no device sync)."""
+    idx = torch.nonzero(mask).flatten()
+    return idx.to(device, non_blocking=True) if len(idx) else None
+
+
+def apply_colour(x: torch.Tensor, params: torch.Tensor, kernel_size: int, normalize: bool = True) -> torch.Tensor:
+    """The photometric pipeline of `sslcli.data.color.color_transform` on (N, 3, S, S) float [0, 1] images with one
+    parameter row per image (``params`` on the CPU, from `sample_colour_params`)."""
+    x = x.clone()
+    dev = x.device
+    on = params[:, JITTER_ON] > 0.5
+    order = params[:, ORDER].long()
+    factors = params[:, FACTORS].to(dev)
+    for position in range(4):
+        for op, fn in _JITTER_OPS.items():
+            rows = _rows(on & (order[:, position] == op), dev)
+            if rows is not None:
+                x[rows] = fn(x[rows], factors[rows, op])
+    rows = _rows(params[:, GRAY] > 0.5, dev)
+    if rows is not None:
+        x[rows] = grayscale(x[rows]).expand(-1, 3, -1, -1)
+    rows = _rows(params[:, BLUR_ON] > 0.5, dev)
+    if rows is not None:
+        x[rows] = gaussian_blur(x[rows], params[:, SIGMA].to(dev)[rows], kernel_size)
+    rows = _rows(params[:, SOLARIZE] > 0.5, dev)
+    if rows is not None:
+        x[rows] = torch.where(x[rows] >= 0.5, 1.0 - x[rows], x[rows])
+    if normalize:
+        mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    return x
+
+
+# ------------------------------------------------------------------------------------------- batched resized crops
+# Pixels per padded chunk (n·H·W): ~0.8 GB of float32 RGB; a batch of 256 COCO images (640×480) takes two chunks,
+# and one very large image cannot make the whole batch pad to its size.
+PAD_BUDGET = 2 ** 26
+
+
+def _aa_filter(x: torch.Tensor, bicubic: bool) -> torch.Tensor:
+    """torch's antialiasing interpolation filters: triangle (bilinear) or Keys cubic with a = −0.5 (bicubic)."""
+    x = x.abs()
+    if not bicubic:
+        return (1 - x).clamp_(min=0)
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def resize_weights(start: torch.Tensor, length: torch.Tensor, out_size: int, in_size: int,
+                   bicubic: bool) -> torch.Tensor:
+    """(N, out_size, in_size) matrices W with ``W[n] @ v`` = the antialiased resize of ``v[start:start+length]`` to
+    ``out_size`` samples, as torch's ``interpolate(..., antialias=True)`` computes it (PIL's algorithm: centre
+    ``scale·(i + 0.5)``, support ``interp/2 · max(scale, 1)``, filter argument scaled by ``1/max(scale, 1)``,
+    taps truncated to the input and renormalised)."""
+    dev = start.device
+    scale = (length.double() / out_size)[:, None]  # (N, 1)
+    support = torch.where(scale >= 1, scale, torch.ones_like(scale)) * (2.0 if bicubic else 1.0)
+    invscale = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
+    center = scale * (torch.arange(out_size, device=dev, dtype=torch.float64) + 0.5)  # (N, out), crop coordinates
+    xmin = (center - support + 0.5).trunc().clamp(min=0)
+    xmax = torch.minimum((center + support + 0.5).trunc(), length.double()[:, None])
+    j = torch.arange(in_size, device=dev, dtype=torch.float64)[None, None, :] - start.double()[:, None, None]
+    w = _aa_filter((j - center[..., None] + 0.5) * invscale[..., None], bicubic)
+    w = w * ((j >= xmin[..., None]) & (j < xmax[..., None]))
+    return (w / w.sum(dim=2, keepdim=True)).float()
+
+
+def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: int, flips: torch.Tensor,
+                  bicubic: bool) -> torch.Tensor:
+    """(N, 3, size, size) uint8-valued float crops: box ``boxes[n]`` of ``images[n]`` resized with antialiasing (as
+    `sslcli.data.transforms.crop_resize`), mirrored where ``flips[n]``. Two batched matmuls per chunk of images padded
+    to a common size replace one resize call per crop (hundreds of kernel launches per batch)."""
+    out, start = [], 0
+    while start < len(images):  # chunks whose padded size fits PAD_BUDGET
+        stop, h, w = start, 0, 0
+        while stop < len(images):
+            nh, nw = max(h, images[stop].shape[1]), max(w, images[stop].shape[2])
+            if stop > start and (stop + 1 - start) * nh * nw > PAD_BUDGET:
+                break
+            stop, h, w = stop + 1, nh, nw
+        chunk = images[start:stop]
+        padded = torch.zeros(len(chunk), 3, h, w, dtype=torch.uint8, device=chunk[0].device)
+        for i, img in enumerate(chunk):
+            padded[i, :, :img.shape[1], :img.shape[2]] = img
+        b = boxes[start:stop].to(padded.device)
+        wy = resize_weights(b[:, 1], b[:, 3] - b[:, 1], size, h, bicubic)  # (n, size, h)
+        wx = resize_weights(b[:, 0], b[:, 2] - b[:, 0], size, w, bicubic)  # (n, size, w)
+        flip = flips[start:stop].to(padded.device)[:, None, None]
+        wx = torch.where(flip, wx.flip(1), wx)
+        crops = wy[:, None] @ padded.float() @ wx[:, None].transpose(-1, -2)  # (n, 3, size, size)
+        out.append(crops.clamp_(0, 255).round_())  # as torchvision's resize of a uint8 image
+        start = stop
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------------------------------ decoding
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation (1–8) to a (C, H, W) image, as OpenCV's and PIL's decoders do (PIL's
+    exif_transpose: 2 mirror, 3 rotate 180°, 4 flip, 5 transpose, 6 rotate 90° clockwise, 7 transverse, 8 rotate 90°
+    counter-clockwise)."""
+    if orientation in (5, 6, 7, 8):
+        image = image.transpose(-1, -2)
+    flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation, ())
+    return image.flip(flips) if flips else image
+
+
+def decode_batch(encoded: list[torch.Tensor], is_jpeg: list[bool], orientation: list[int], paths: list[str],
+                 sizes: list[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
+    """(3, H, W) uint8 RGB images on ``device``: JPEGs in one batched call (nvJPEG on CUDA), other formats on the CPU.
+
+    An image the batched decoder rejects is decoded alone with OpenCV (the CPU path's decoder, which tolerates
+    truncated files as the CPU path does); one that fails there too raises CorruptImageError naming its path.
+    """
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    jpegs = [i for i, j in enumerate(is_jpeg) if j]
+    with warnings.catch_warnings():  # torchvision ≥ 0.29 flags its decoders as moving to TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if jpegs:
+            try:
+                for i, img in zip(jpegs, decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB,
+                                                     device=device), strict=True):
+                    out[i] = img
+            except RuntimeError:
+                pass  # found below, image by image
+        for i in range(len(encoded)):
+            if out[i] is None:
+                out[i] = _decode_one(encoded[i], paths[i], is_jpeg[i], decode_image, decode_jpeg, device)
+    images = []
+    for i, img in enumerate(out):
+        img = orient(img, orientation[i])  # type: ignore[arg-type]
+        if tuple(img.shape[1:]) != tuple(sizes[i]):
+            raise CorruptImageError(paths[i], f"decoded {img.shape[2]}x{img.shape[1]}, header says "
+                                              f"{sizes[i][1]}x{sizes[i][0]}")
+        images.append(img)
+    return images
+
+
+def _decode_one(data, path, is_jpeg, decode_image, decode_jpeg, device) -> torch.Tensor:
+    from torchvision.io import ImageReadMode
+
+    try:
+        if is_jpeg:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return decode_image(data, mode=ImageReadMode.RGB).to(device)
+    except RuntimeError:
+        import cv2
+
+        image = cv2.imdecode(data.numpy(), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if image is None:
+            raise CorruptImageError(path, "cannot decode image") from None
+        rgb = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return torch.from_numpy(rgb).permute(2, 0, 1).to(device)
+
+
+# ------------------------------------------------------------------------------------------------- the views
+class DeviceViews:
+    """The views of a `CropViews` computed on the training device: ``__call__`` runs in the workers (parameters),
+    ``apply`` in the training process (pixels). The batch ``apply`` returns has the CPU path's keys and shapes."""
+
+    accepts_encoded = True  # the engine hands the workers EncodedImage samples (bytes + header size)
+
+    def __init__(self, views: CropViews):
+        if not isinstance(views, CropViews):
+            raise InputError(f"data.pipeline: 'gpu' supports the image-level views (moco, simclr, byol); this "
+                             f"method's transform is {type(views).__name__}: use data.pipeline: cpu")
+        if views.aplus_p > 0:
+            raise InputError("data.pipeline: 'gpu' does not run A+ (AutoAugment); set method.aplus.enabled: false "
+                             "or data.pipeline: cpu")
+        self.views = views
+        self.sizes = views.sizes()
+        self.crop_colours = [views.colors[i] if i < 2 else views.colors[0] for i in range(len(self.sizes))]
+
+    # --------------------------------------------------------------------------------------- worker side
+    def __call__(self, sample: dict) -> dict:
+        image: EncodedImage = sample["image"]
+        boxes = self.views.sample_boxes(image.height, image.width)
+        flips = torch.tensor([float(torch.rand(1)) < self.views.flip_p for _ in boxes])
+        colour = torch.stack([sample_colour_params(aug) for aug in self.crop_colours])
+        return {"encoded": torch.from_numpy(np.frombuffer(image.data, np.uint8).copy()), "path": str(image.path),
+                "jpeg": image.is_jpeg, "orientation": image.orientation,
+                "size": torch.tensor([image.height, image.width]), "boxes": torch.tensor(boxes, dtype=torch.float32),
+                "flips": flips, "colour": colour, "index": sample["index"]}
+
+    # --------------------------------------------------------------------------------------- device side
+    def apply(self, batch: dict, device: torch.device) -> dict:
+        """A collated batch of `__call__` outputs → ``{"views", "boxes", "index"[, "small"]}`` on ``device``."""
+        images = decode_batch(batch["encoded"], batch["jpeg"].tolist(), batch["orientation"].tolist(),
+                              batch["path"], [tuple(s) for s in batch["size"].tolist()], device)
+        bicubic = self.views.interpolation == InterpolationMode.BICUBIC
+        crops = []
+        for j, size in enumerate(self.sizes):
+            pixels = resized_crops(images, batch["boxes"][:, j].long(), size, batch["flips"][:, j], bicubic)
+            crops.append(apply_colour(pixels / 255, batch["colour"][:, j], blur_kernel_size(size)))
+        out = {"views": torch.stack(crops[:2], dim=1), "boxes": batch["boxes"].to(device),
+               "index": batch["index"].to(device)}
+        if len(crops) > 2:
+            out["small"] = torch.stack(crops[2:], dim=1)
+        return out

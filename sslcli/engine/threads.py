@@ -1,0 +1,93 @@
+"""How many compute threads each training process uses.
+
+torch defaults to one intra-op thread per physical core in every process. With several ranks on a node, or DataLoader
+workers decoding in parallel, the processes then fight for the same cores: a 2-core CPU run with torch's default ran
+9x slower than with one thread (issue 14). The policy: split the cores evenly between the ranks of the node, and give
+each DataLoader worker of a rank one of its cores (workers run one thread each, see `worker_threads`); the rank's
+compute gets what is left, at least one thread. Cores kept busy by other programs do not count: on a shared machine
+an OpenMP thread that waits for a core stalls all of its siblings at every barrier (measured: 2 threads on a 2-core
+machine running other jobs trained 40x slower than 1 thread). "Busy" is the 1-minute load average at start-up, so
+the choice can differ between runs on a machine whose load changes; set ``data.threads`` where the thread count must
+stay fixed (e.g. bit-identical resumes of large CPU models, whose float reductions depend on it).
+
+Overrides, strongest first: the spec field ``data.threads``, then ``OMP_NUM_THREADS`` when set in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+WORKER_THREADS = 1  # DataLoader workers decode and augment single images: one thread each
+
+
+def compute_threads(cores: int, ranks_per_node: int, workers: int) -> int:
+    """Intra-op threads for one rank: its share of the node's cores minus one core per DataLoader worker, ≥ 1."""
+    if cores < 1 or ranks_per_node < 1 or workers < 0:
+        raise ValueError(f"compute_threads: cores={cores}, ranks_per_node={ranks_per_node}, workers={workers}: "
+                         "expected cores ≥ 1, ranks_per_node ≥ 1, workers ≥ 0")
+    return max(1, cores // ranks_per_node - workers)
+
+
+def free_cores(cores: int, load: float) -> int:
+    """Cores not kept busy by other programs: ``cores`` minus the load average rounded to the nearest core, ≥ 1."""
+    return max(1, cores - int(load + 0.5))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which taskset, cpusets and SLURM restrict), else cpu_count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def choose_threads(spec_threads: int | None, ranks_per_node: int, workers: int,
+                   env: dict[str, str] | None = None, cores: int | None = None, load: float | None = None
+                   ) -> tuple[int, str]:
+    """The thread count for this rank and where it came from (for the log line)."""
+    env = os.environ if env is None else env
+    if spec_threads is not None:
+        return spec_threads, "data.threads"
+    omp = env.get("OMP_NUM_THREADS", "").strip()
+    if omp:
+        if not omp.isdigit() or int(omp) < 1:
+            from sslcli.errors import InputError
+
+            raise InputError(f"OMP_NUM_THREADS={omp!r}: expected a positive integer")
+        return int(omp), "OMP_NUM_THREADS"
+    cores = available_cores() if cores is None else cores
+    load = os.getloadavg()[0] if load is None else load
+    free = free_cores(cores, load)
+    return (compute_threads(free, ranks_per_node, workers),
+            f"{free} of {cores} cores free (load average {load:.1f}) / {ranks_per_node} rank(s) on this node − "
+            f"{workers} DataLoader worker(s)")
+
+
+def configure_threads(spec, local_rank: int) -> int:
+    """Set this rank's intra-op (and inter-op) thread counts from the policy; local rank 0 logs the choice."""
+    from sslcli.cli.common import current
+
+    ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads, why = choose_threads(spec.data.threads, ranks_per_node, spec.data.workers)
+    torch.set_num_threads(threads)
+    # The inter-op pool only serves TorchScript forks and a few async ops; no larger than the compute budget. torch
+    # fixes it once any inter-op work has run in this process, so a second run in one process keeps the first value.
+    interop = min(threads, torch.get_num_interop_threads())
+    try:
+        torch.set_num_interop_threads(interop)
+    except RuntimeError:
+        interop = torch.get_num_interop_threads()
+    if local_rank == 0:
+        current().info(f"threads: {threads} compute thread(s) per rank ({why}), {interop} inter-op, "
+                       f"{WORKER_THREADS} per DataLoader worker; set data.threads or OMP_NUM_THREADS to change")
+    return threads
+
+
+def worker_threads() -> None:
+    """Called in each DataLoader worker: one compute thread (torch and OpenCV)."""
+    import cv2
+
+    torch.set_num_threads(WORKER_THREADS)
+    cv2.setNumThreads(WORKER_THREADS)
