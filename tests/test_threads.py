@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sslcli.engine.data import _WorkerInit
-from sslcli.engine.threads import choose_threads, compute_threads, configure_threads, free_cores
+from sslcli.engine.threads import choose_threads, compute_threads, configure_threads
 from sslcli.errors import InputError
 from sslcli.spec import parse_spec
 
@@ -30,18 +30,12 @@ def test_compute_threads_refuses_impossible_input():
         compute_threads(0, 1, 0)
 
 
-@pytest.mark.parametrize("cores, load, expected", [
-    (2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 2.2, 1), (2, 9.0, 1), (16, 3.5, 12), (16, 0.2, 16)])
-def test_free_cores_subtracts_the_load_of_other_programs(cores, load, expected):
-    assert free_cores(cores, load) == expected
-
-
 def test_overrides_take_precedence_in_order():
-    assert choose_threads(3, 1, 0, env={"OMP_NUM_THREADS": "5"}, cores=8, load=0)[0] == 3  # the spec field first
-    assert choose_threads(None, 1, 0, env={"OMP_NUM_THREADS": "5"}, cores=8, load=0) == (5, "OMP_NUM_THREADS")
-    threads, why = choose_threads(None, 2, 1, env={}, cores=8, load=0)
-    assert threads == 3 and "8 of 8 cores" in why and "2 rank(s)" in why and "1 DataLoader worker" in why
-    assert choose_threads(None, 2, 1, env={}, cores=8, load=2.0)[0] == 2  # (8 − 2) / 2 − 1
+    assert choose_threads(3, 1, 0, env={"OMP_NUM_THREADS": "5"}, cores=8)[0] == 3  # the spec field first
+    assert choose_threads(None, 1, 0, env={"OMP_NUM_THREADS": "5"}, cores=8) == (5, "OMP_NUM_THREADS")
+    threads, why = choose_threads(None, 2, 1, env={}, cores=8)
+    assert threads == 3 and "8 core(s)" in why and "2 rank(s)" in why and "1 DataLoader worker" in why
+    assert choose_threads(None, 2, 1, env={}, cores=6)[0] == 2  # 6 / 2 − 1
     with pytest.raises(InputError, match="OMP_NUM_THREADS='x'"):
         choose_threads(None, 1, 0, env={"OMP_NUM_THREADS": "x"}, cores=8)
 

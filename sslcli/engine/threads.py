@@ -4,11 +4,11 @@ torch defaults to one intra-op thread per physical core in every process. With s
 workers decoding in parallel, the processes then fight for the same cores: a 2-core CPU run with torch's default ran
 9x slower than with one thread (issue 14). The policy: split the cores evenly between the ranks of the node, and give
 each DataLoader worker of a rank one of its cores (workers run one thread each, see `worker_threads`); the rank's
-compute gets what is left, at least one thread. Cores kept busy by other programs do not count: on a shared machine
-an OpenMP thread that waits for a core stalls all of its siblings at every barrier (measured: 2 threads on a 2-core
-machine running other jobs trained 40x slower than 1 thread). "Busy" is the 1-minute load average at start-up, so
-the choice can differ between runs on a machine whose load changes; set ``data.threads`` where the thread count must
-stay fixed (e.g. bit-identical resumes of large CPU models, whose float reductions depend on it).
+compute gets what is left, at least one thread. The choice depends only on the cores this process may use, never on
+the machine's momentary load, so the same spec on the same machine always computes with the same thread count (CPU
+float reductions depend on it, and studies compare runs number for number). On a machine shared with other jobs an
+OpenMP thread that waits for a core stalls its siblings at every barrier (measured: 2 threads on a 2-core machine
+running other jobs trained up to 40x slower than 1 thread): there, set ``data.threads: 1`` or ``OMP_NUM_THREADS=1``.
 
 Overrides, strongest first: the spec field ``data.threads``, then ``OMP_NUM_THREADS`` when set in the environment.
 """
@@ -30,11 +30,6 @@ def compute_threads(cores: int, ranks_per_node: int, workers: int) -> int:
     return max(1, cores // ranks_per_node - workers)
 
 
-def free_cores(cores: int, load: float) -> int:
-    """Cores not kept busy by other programs: ``cores`` minus the load average rounded to the nearest core, ≥ 1."""
-    return max(1, cores - int(load + 0.5))
-
-
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity, which taskset, cpusets and SLURM restrict), else cpu_count."""
     try:
@@ -44,8 +39,7 @@ def available_cores() -> int:
 
 
 def choose_threads(spec_threads: int | None, ranks_per_node: int, workers: int,
-                   env: dict[str, str] | None = None, cores: int | None = None, load: float | None = None
-                   ) -> tuple[int, str]:
+                   env: dict[str, str] | None = None, cores: int | None = None) -> tuple[int, str]:
     """The thread count for this rank and where it came from (for the log line)."""
     env = os.environ if env is None else env
     if spec_threads is not None:
@@ -58,11 +52,8 @@ def choose_threads(spec_threads: int | None, ranks_per_node: int, workers: int,
             raise InputError(f"OMP_NUM_THREADS={omp!r}: expected a positive integer")
         return int(omp), "OMP_NUM_THREADS"
     cores = available_cores() if cores is None else cores
-    load = os.getloadavg()[0] if load is None else load
-    free = free_cores(cores, load)
-    return (compute_threads(free, ranks_per_node, workers),
-            f"{free} of {cores} cores free (load average {load:.1f}) / {ranks_per_node} rank(s) on this node − "
-            f"{workers} DataLoader worker(s)")
+    return (compute_threads(cores, ranks_per_node, workers),
+            f"{cores} core(s) / {ranks_per_node} rank(s) on this node − {workers} DataLoader worker(s)")
 
 
 def configure_threads(spec, local_rank: int) -> int:
