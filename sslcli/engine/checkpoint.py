@@ -45,8 +45,9 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated files, other formats: one line naming the file
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
-            from None
+        from sslcli.checkpoints import load_error_reason
+
+        raise InputError(f"{path}: not a readable checkpoint ({load_error_reason(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not an sslcli training checkpoint (expected \"format\": \"{FORMAT}\")")
     if state.get("version") != VERSION:
