@@ -50,17 +50,23 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 
 
 def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
-    """Create the folder ``path`` if needed and check that a file can be created in it, before any slow work starts.
+    """Check, before any slow work starts, that the folder ``path`` exists or can be created and that files can be
+    written in it (probed with a temporary file, which also catches read-only mounts where root ignores modes).
 
-    ``what`` names the option or field (e.g. "--out", "output_dir") for the one-line InputError otherwise.
+    Creates nothing that stays. ``what`` names the option or field (e.g. "--out", "output_dir") for the one-line
+    InputError otherwise.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{what} {path}: is a file; expected a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, which is a file"
+        raise InputError(f"{what} {path}: {where}; expected a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise InputError(f"{what} {path}: not a writable folder ({exc.strerror or type(exc).__name__})") from None
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"{what} {path}: not writable ({existing}: {reason})") from None
     return path

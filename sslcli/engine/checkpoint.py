@@ -4,7 +4,8 @@ Format (a dict saved with `torch.save`; every value loads with ``torch.load(...,
 ``format`` "sslcli-checkpoint", ``version`` 1, ``spec`` (the resolved run spec as JSON data), ``arch``, ``width``,
 ``backbone`` (the pretrained ResNet's state dict, torchvision names, no prefix), ``method`` (the whole method's
 state: encoders, heads, queues), ``optimizer``, ``scaler``, ``epoch`` (epochs completed), ``step`` (steps
-completed), ``steps_per_epoch``, ``world_size``, ``rng`` ({"ranks": [one state per rank]}), ``sslcli_version``.
+completed), ``steps_per_epoch``, ``world_size``, ``rng`` ({"ranks": [one state per rank]}), ``epoch_stats``
+({"loss_sum", "steps"} of the epoch in progress when the run stopped mid-epoch, else zeros), ``sslcli_version``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write atomically: a kill mid-write leaves the previous file intact."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed run left in ``folder`` (``.<name>.*.tmp``, see
+    `sslcli.io.atomic_path`). Only for a folder this process holds (`sslcli.process.FolderLock`)."""
+    stale = sorted(folder.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path) -> dict:
