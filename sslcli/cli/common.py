@@ -104,7 +104,7 @@ _GLOBAL_OPTIONS = [
     inspect.Parameter("json_output", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")),
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--quiet", "-q", help="No progress or log lines.")),
+                      default=typer.Option(False, "--quiet", "-q", help="No progress or log lines (the result is still printed).")),
     inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--debug", help="Show tracebacks on errors.")),
 ]
@@ -203,7 +203,7 @@ def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[Callable[..
                 return
             if out.json:
                 print(json.dumps(result, default=str))
-            elif not out.quiet:
+            else:  # the result is what was asked for: --quiet silences progress and log lines, never this
                 _print_human(result)
 
         wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *_GLOBAL_OPTIONS])  # type: ignore[attr-defined]
