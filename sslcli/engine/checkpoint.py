@@ -10,6 +10,7 @@ completed), ``steps_per_epoch``, ``world_size``, ``rng`` ({"ranks": [one state p
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -115,6 +116,10 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
+# Spec fields that name files: equal when they resolve to the same file (``demo-data`` and its absolute path).
+PATH_FIELDS = ("data.root", "method.masks.path", "method.boxes")
+
+
 def spec_differences(saved: dict, current: dict) -> list[str]:
     """Dotted paths of fields that differ between two spec dicts, ignoring `RESUMABLE_CHANGES`."""
     a, b = _flatten(saved), _flatten(current)
@@ -122,10 +127,12 @@ def spec_differences(saved: dict, current: dict) -> list[str]:
     def allowed(path: str) -> bool:
         return any(path == p or path.startswith(p + ".") for p in RESUMABLE_CHANGES)
 
-    return sorted(p for p in set(a) | set(b) if not allowed(p) and _norm(a.get(p)) != _norm(b.get(p)))
+    return sorted(p for p in set(a) | set(b) if not allowed(p) and _norm(p, a.get(p)) != _norm(p, b.get(p)))
 
 
-def _norm(value):
+def _norm(path: str, value):
+    if path in PATH_FIELDS and isinstance(value, str):
+        return os.path.realpath(value)  # relative paths resolve against this run's working folder
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -31,6 +31,7 @@ from sslcli.data.sources import CocoSource
 from sslcli.errors import InputError
 from sslcli.eval.features import (
     Preprocess,
+    announce_cache,
     cache_path,
     default_cache_dir,
     iter_image_batches,
@@ -131,6 +132,8 @@ def _regions_cached(backbone, sha, source, pre, clusters, seed, batch_size, devi
     rows = LabeledSet(source, np.arange(len(source)), np.zeros(len(source), dtype=np.int64), [], False)
     extra = {"kind": "segment-retrieval", "clusters": clusters, "seed": seed, "dilate_res5": True}
     path = cache_path(cache_dir, sha, rows, pre, extra) if cache_dir else None
+    if path is not None:
+        announce_cache(cache_dir)
     if path is not None and path.is_file():
         cached = read_arrays(path, ("desc", "image", "maps"))
         if cached is not None and len(cached["maps"]) == len(source):
