@@ -49,7 +49,7 @@ def plot_against_depth(curves: Mapping[str, Mapping[str, dict]], path: str | os.
     return fig
 
 
-def _wrap(label: str, width: int = 14) -> str:
+def _wrap(label: str, width: int = 12) -> str:
     """A tick label on lines of at most ``width`` characters, broken after "/" or "-" where possible."""
     lines = textwrap.wrap(label.replace("/", "/ "), width, break_on_hyphens=True, break_long_words=True)
     return "\n".join(line.replace("/ ", "/") for line in lines)
@@ -58,8 +58,8 @@ def _wrap(label: str, width: int = 14) -> str:
 def plot_oknn(results: Mapping[str, Mapping[str, dict]], path: str | os.PathLike) -> Figure:
     """Grouped bars: per checkpoint, top-1 and top-5 (percent) of each variant ("clean", "disturbed")."""
     labels = list(results)
-    # One group per checkpoint: the figure widens with their number and long run names wrap (at "/" and "-") and
-    # tilt, so 7+ labels like "moco-v2-mc-cc-m/epoch_0200" stay apart.
+    # One group per checkpoint: the figure widens with their number (an inch each) and long run names wrap at "/"
+    # and "-" to that width, so 7+ labels like "moco-v2-mc-cc-m/epoch_0200" stay apart.
     fig = Figure(figsize=(max(5.5, 1.0 * len(labels) + 1.5), 3.6))
     ax = fig.add_subplot(1, 1, 1)
     series = [(variant, metric) for variant in ("clean", "disturbed") for metric in ("top1", "top5")
@@ -70,12 +70,10 @@ def plot_oknn(results: Mapping[str, Mapping[str, dict]], path: str | os.PathLike
         bars = ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(labels))], values, width,
                       label=f"{variant} {metric.replace('top', 'top-')}")
         ax.bar_label(bars, fmt="%.1f", fontsize="x-small")
-    tilt = len(labels) > 4
-    ax.set_xticks(list(range(len(labels))), [_wrap(label) for label in labels], fontsize="small",
-                  rotation=30 if tilt else 0, ha="right" if tilt else "center", rotation_mode="anchor")
+    ax.set_xticks(list(range(len(labels))), [_wrap(label) for label in labels], fontsize="small")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Object-level kNN")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
     _save(fig, path)
     return fig

@@ -13,7 +13,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import typer
@@ -33,6 +33,7 @@ class Output:
     json: bool = False
     quiet: bool = False
     debug: bool = False
+    said: set[str] = field(default_factory=set)  # messages `info_once` already printed in this command
 
     @property
     def interactive(self) -> bool:
@@ -41,6 +42,12 @@ class Output:
     def info(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+    def info_once(self, message: str) -> None:
+        """`info`, but at most once per command (e.g. a location several steps use)."""
+        if message not in self.said:
+            self.said.add(message)
+            self.info(message)
 
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)

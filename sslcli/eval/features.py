@@ -155,14 +155,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SSLCLI_CACHE", Path.home() / ".cache" / "sslcli" / "features"))
 
 
-_ANNOUNCED: set[str] = set()
-
-
 def announce_cache(cache_dir: str | os.PathLike) -> None:
-    """Say once per process where cached features go: the default is outside the working folder and grows."""
-    if str(cache_dir) not in _ANNOUNCED:
-        _ANNOUNCED.add(str(cache_dir))
-        current().info(f"feature cache: {cache_dir} (move it with --cache DIR or $SSLCLI_CACHE; --no-cache skips it)")
+    """Say once per command where cached features go: the default is outside the working folder and grows."""
+    current().info_once(f"feature cache: {cache_dir} (move it with --cache DIR or $SSLCLI_CACHE; --no-cache skips it)")
 
 
 def cache_path(cache_dir: str | os.PathLike, checkpoint_sha256: str, rows: LabeledSet, pre: Preprocess,
