@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from sslcli.errors import InputError
-from sslcli.io import atomic_path
+from sslcli.io import atomic_path, check_writable_dir
 from sslcli.models.backbone import ResNetBackbone, build_backbone
 
 SSLCLI_FORMAT = "sslcli-checkpoint"
@@ -141,21 +141,28 @@ def _read_torch(path: Path, trust: bool):
         # Only a pickle that names a Python global is "objects that need trust"; anything else is not a checkpoint.
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:
-            raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from None
+            raise InputError(f"{path}: not a readable torch checkpoint ({load_error_reason(exc)})") from None
         if not trust:
             raise InputError(f"{path}: the checkpoint stores pickled Python objects ({found.group(1)}) (SoCo "
                              f"checkpoints store their options as argparse.Namespace); {TRUST_HINT}") from None
     except unreadable as exc:  # truncated or foreign files (torch's unpickler raises IndexError on some)
-        raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable torch checkpoint ({load_error_reason(exc)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user's explicit flag
     except (pickle.UnpicklingError, ImportError, *unreadable) as exc:
-        raise InputError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable torch checkpoint ({load_error_reason(exc)})") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+def load_error_reason(exc: BaseException) -> str:
+    """What went wrong in torch's words, without its paragraphs of advice (which for a file that is no checkpoint at
+    all suggests weights_only=False, i.e. running code from it)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # the unpickler's own finding follows torch's advice
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0].split('. ')[0].rstrip('.')}"
 
 
 def read_checkpoint_file(path: str | os.PathLike, trust: bool = False):
@@ -460,6 +467,7 @@ def export_backbone(path: str | os.PathLike, out: str | os.PathLike, to: str = "
         raise InputError(f"--to {to!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     if Path(out).is_dir():
         raise InputError(f"--out {out}: is a directory; expected a file name (e.g. {Path(out) / 'backbone.pkl'})")
+    check_writable_dir(Path(out).parent, f"--out {out}: folder")
     backbone, report = load_backbone(path, trust=trust, prefix=prefix)
     state = backbone.state_dict()
     with atomic_path(out) as tmp:

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sslcli.errors import InputError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -45,3 +47,26 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Check, before any slow work starts, that the folder ``path`` exists or can be created and that files can be
+    written in it (probed with a temporary file, which also catches read-only mounts where root ignores modes).
+
+    Creates nothing that stays. ``what`` names the option or field (e.g. "--out", "output_dir") for the one-line
+    InputError otherwise.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, which is a file"
+        raise InputError(f"{what} {path}: {where}; expected a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"{what} {path}: not writable ({existing}: {reason})") from None
+    return path

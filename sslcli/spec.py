@@ -20,7 +20,8 @@ SPEC_VERSION = 1
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are never a meaningful setting (a `base_lr: inf` trained to NaN); pydantic accepts them by default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------------- data, model
@@ -345,8 +346,10 @@ class SpecError(InputError):
 
     def __init__(self, source: str, problems: list[str]):
         self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s) in the run spec\n{lines}")
+        if len(problems) == 1:
+            super().__init__(f"{source}: {problems[0]}")
+        else:  # still one line: scripts and logs read errors line by line
+            super().__init__(f"{source}: {len(problems)} problems in the run spec: {'; '.join(problems)}")
 
 
 def _format_pydantic(exc: ValidationError) -> list[str]:
@@ -408,7 +411,11 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, world
         raise InputError(f"{path}: cannot read spec ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_spec(apply_overrides(data or {}, overrides or []), str(path), world_size)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise SpecError(str(path), [f"(spec): expected a mapping of spec fields at the top level, got a YAML "
+                                    f"{type(data).__name__}"])
+    return parse_spec(apply_overrides(data, overrides or []), str(path), world_size)
 
 
 def spec_schema() -> dict:

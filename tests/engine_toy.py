@@ -134,3 +134,42 @@ def main_slow() -> None:
     from sslcli.cli import main
 
     main()
+
+
+def main_killed_writing(name: str) -> None:
+    """The CLI with the toy, SIGKILLed by the kernel while ``name`` (e.g. epoch_0001.pt) is half written."""
+    import os
+    import signal
+
+    import sslcli.engine.trainer as trainer
+    from sslcli.io import atomic_path
+
+    _import_all()
+    METHODS["simclr"] = ToyMethod
+    save = trainer.save_checkpoint
+
+    def save_or_die(path, state):
+        if path.name == name:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(b"half a checkpoint")
+                os.kill(os.getpid(), signal.SIGKILL)
+        save(path, state)
+
+    trainer.save_checkpoint = save_or_die
+    from sslcli.cli import main
+
+    main()
+
+
+class FailingToy(ToyMethod):
+    """The toy whose rank 1 raises at its 2nd step while rank 0 waits in the all-reduce."""
+
+    def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:
+        if step.step == 1 and dist.rank() == 1:
+            raise RuntimeError("rank 1 broke on purpose")
+        return super().forward(batch, step)
+
+
+def install_failing() -> None:
+    _import_all()
+    METHODS["simclr"] = FailingToy

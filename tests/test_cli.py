@@ -53,7 +53,8 @@ def test_unknown_option_is_a_usage_error(cli):
 @pytest.fixture
 def good_spec(tmp_path):
     path = tmp_path / "spec.yaml"
-    path.write_text("data: {root: data/}\nmethod: {name: moco, queue_size: 512}\nbatch_size: 64\n")
+    (tmp_path / "data").mkdir()  # --dry-run checks that the data root exists
+    path.write_text(f"data: {{root: {tmp_path / 'data'}}}\nmethod: {{name: moco, queue_size: 512}}\nbatch_size: 64\n")
     return path
 
 

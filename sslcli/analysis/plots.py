@@ -7,6 +7,7 @@ written atomically.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -48,11 +49,19 @@ def plot_against_depth(curves: Mapping[str, Mapping[str, dict]], path: str | os.
     return fig
 
 
+def _wrap(label: str, width: int = 12) -> str:
+    """A tick label on lines of at most ``width`` characters, broken after "/" or "-" where possible."""
+    lines = textwrap.wrap(label.replace("/", "/ "), width, break_on_hyphens=True, break_long_words=True)
+    return "\n".join(line.replace("/ ", "/") for line in lines)
+
+
 def plot_oknn(results: Mapping[str, Mapping[str, dict]], path: str | os.PathLike) -> Figure:
     """Grouped bars: per checkpoint, top-1 and top-5 (percent) of each variant ("clean", "disturbed")."""
-    fig = Figure(figsize=(5.5, 3.6))
-    ax = fig.add_subplot(1, 1, 1)
     labels = list(results)
+    # One group per checkpoint: the figure widens with their number (an inch each) and long run names wrap at "/"
+    # and "-" to that width, so 7+ labels like "moco-v2-mc-cc-m/epoch_0200" stay apart.
+    fig = Figure(figsize=(max(5.5, 1.0 * len(labels) + 1.5), 3.6))
+    ax = fig.add_subplot(1, 1, 1)
     series = [(variant, metric) for variant in ("clean", "disturbed") for metric in ("top1", "top5")
               if any(variant in r for r in results.values())]
     width = 0.8 / max(1, len(series))
@@ -61,10 +70,10 @@ def plot_oknn(results: Mapping[str, Mapping[str, dict]], path: str | os.PathLike
         bars = ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(labels))], values, width,
                       label=f"{variant} {metric.replace('top', 'top-')}")
         ax.bar_label(bars, fmt="%.1f", fontsize="x-small")
-    ax.set_xticks(list(range(len(labels))), labels)
+    ax.set_xticks(list(range(len(labels))), [_wrap(label) for label in labels], fontsize="small")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Object-level kNN")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
     _save(fig, path)
     return fig

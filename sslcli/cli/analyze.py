@@ -18,7 +18,7 @@ import typer
 from sslcli.cli.apps import analyze_app
 from sslcli.cli.common import command, current
 from sslcli.errors import InputError
-from sslcli.io import write_json_atomic
+from sslcli.io import check_writable_dir, write_json_atomic
 
 if TYPE_CHECKING:  # torch and the models load only when a command runs, so `sslcli --help` stays fast
     import torch
@@ -62,9 +62,8 @@ def check_paths(paths: list[Path]) -> None:
 
 
 def check_out_dir(out: Path) -> None:
-    """Fail before any slow work when --out names an existing file (the results go into a folder)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file; expected a folder for the JSON result and the PNG plot")
+    """Fail before any slow work when --out is not a writable folder (a file, a read-only place)."""
+    check_writable_dir(out, "--out")
 
 
 def load_all(paths: list[Path], arch: str | None, width: int | None, trust: bool, device: torch.device) -> Iterator:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from sslcli.cli.common import OneLineErrorsGroup
+
 HELP = """sslcli: self-supervised visual pretraining on complex, multi-object images.
 
 Stages: prepare data and region proposals, pretrain with one shared engine, probe the features, analyze what they
@@ -12,7 +14,7 @@ encode. Every command takes --json (one JSON object on stdout), --quiet and --de
 Example: sslcli prepare synthetic demo-data --images 64 && sslcli demo
 """
 
-app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(help=HELP, cls=OneLineErrorsGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 prepare_app = typer.Typer(help="Prepare data: subsets, the synthetic demo set, region masks and boxes (HDF5 stores).",
                           no_args_is_help=True)

@@ -12,11 +12,14 @@ import inspect
 import json
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer.core import TyperGroup
+from typer.exceptions import Abort
 
 from sslcli.errors import SslcliError
 
@@ -30,6 +33,7 @@ class Output:
     json: bool = False
     quiet: bool = False
     debug: bool = False
+    said: set[str] = field(default_factory=set)  # messages `info_once` already printed in this command
 
     @property
     def interactive(self) -> bool:
@@ -38,6 +42,12 @@ class Output:
     def info(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+    def info_once(self, message: str) -> None:
+        """`info`, but at most once per command (e.g. a location several steps use)."""
+        if message not in self.said:
+            self.said.add(message)
+            self.info(message)
 
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
@@ -101,7 +111,7 @@ _GLOBAL_OPTIONS = [
     inspect.Parameter("json_output", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")),
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--quiet", "-q", help="No progress or log lines.")),
+                      default=typer.Option(False, "--quiet", "-q", help="No progress or log lines (the result is still printed).")),
     inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--debug", help="Show tracebacks on errors.")),
 ]
@@ -117,6 +127,22 @@ def _message(exc: BaseException) -> str:
     return text
 
 
+def report_error(message: str, exit_code: int, as_json: bool) -> None:
+    """The one error report every failure gets: one line on stderr and, under --json, one JSON object on stdout."""
+    message = " ".join(message.split())  # one line, whatever the message held
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if as_json:
+        print(json.dumps({"error": message, "exit_code": exit_code}), flush=True)
+
+
+def _os_error_message(exc: OSError) -> str:
+    """An operating-system error as 'path: reason' (the file it names first), e.g. an unwritable output folder."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}" + (f" ({exc.filename2})" if exc.filename2 else "")
+    return reason
+
+
 def run_guarded(fn: Callable[[], Any], out: Output) -> Any:
     """Run ``fn`` mapping errors to one-line messages and exit codes (shared by commands and tests)."""
     try:
@@ -126,16 +152,46 @@ def run_guarded(fn: Callable[[], Any], out: Output) -> Any:
     except SslcliError as exc:
         if out.debug:
             traceback.print_exc()
-        print(f"error: {_message(exc)}", file=sys.stderr)
+        report_error(_message(exc), exc.exit_code, out.json)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        report_error("interrupted", 130, out.json)
         raise typer.Exit(130) from None
+    except OSError as exc:  # permissions, a full disk, a folder where a file should be: the path and the reason
+        if out.debug:
+            traceback.print_exc()
+        report_error(_os_error_message(exc), 1, out.json)
+        raise typer.Exit(1) from None
     except Exception as exc:  # a bug or an unexpected environment problem: still one line unless --debug
         if out.debug:
             traceback.print_exc()
-        print(f"error: {type(exc).__name__}: {_message(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
+        report_error(f"{type(exc).__name__}: {_message(exc)} (rerun with --debug for the traceback)", 1, out.json)
         raise typer.Exit(1) from None
+
+
+class OneLineErrorsGroup(TyperGroup):
+    """The root command group: usage errors (unknown option, bad value, missing argument) as one line naming the
+    command, the option and the value, instead of click's usage box; a JSON object on stdout under --json."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "sslcli"
+            hint = f" (see '{where} --help')" if getattr(exc, "ctx", None) else ""
+            report_error(f"{where}: {exc.format_message()}{hint}", exc.exit_code, "--json" in args)
+            code = exc.exit_code
+        except Abort:
+            report_error("aborted", 1, "--json" in args)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -154,7 +210,7 @@ def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[Callable[..
                 return
             if out.json:
                 print(json.dumps(result, default=str))
-            elif not out.quiet:
+            else:  # the result is what was asked for: --quiet silences progress and log lines, never this
                 _print_human(result)
 
         wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *_GLOBAL_OPTIONS])  # type: ignore[attr-defined]

@@ -43,6 +43,9 @@ def pretrain(
     world = max(gpus, 1) * nodes
     spec = load_spec(spec_path, overrides, world_size=world)
     if dry_run:
+        from sslcli.data.sources import check_data_root
+
+        check_data_root(spec.data.root, spec.data.split, spec.data.format)
         if current().json:
             return {"valid": True, "lr": spec.lr, "spec": spec.model_dump(mode="json")}
         print(dump_spec(spec), end="")

@@ -13,6 +13,7 @@ from sslcli.cli.apps import probe_app
 from sslcli.cli.common import command, current
 from sslcli.cli.export import TRUST_HELP
 from sslcli.errors import InputError
+from sslcli.eval.overlap import ALLOW_HELP
 from sslcli.io import write_json_atomic
 
 DATA_HELP = "Data set root: COCO layout, ImageFolder (ROOT/train/<class>/, ROOT/val/<class>/) or a manifest JSON."
@@ -44,6 +45,7 @@ class _Options:
     trust: bool
     val_split: str | None = None
     prefix: str | None = None
+    allow_overlap: bool = False
 
 
 def _concat(a, b):
@@ -62,6 +64,7 @@ def _features(opts: _Options):
     from sslcli.checkpoints import load_backbone
     from sslcli.eval.features import Preprocess, default_cache_dir, extract_features
     from sslcli.eval.labels import check_same_classes, default_splits, labeled_set, open_split
+    from sslcli.eval.overlap import check_disjoint
 
     train_split, test_split = default_splits(opts.data)
     train_split, test_split = opts.train_split or train_split, opts.test_split or test_split
@@ -76,6 +79,7 @@ def _features(opts: _Options):
         check_same_classes(train, val)
         n_train_only = len(train)
         train = _concat(train, val)
+    overlap = check_disjoint(_paths(train), _paths(test), opts.allow_overlap)
     if opts.image_size is None:
         opts.image_size = 224 if opts.labels == "image" else OBJECT_IMAGE_SIZE
     pre = Preprocess(opts.image_size, "center-crop" if opts.labels == "image" else "square")
@@ -94,8 +98,13 @@ def _features(opts: _Options):
     meta = {"checkpoint": report.to_dict(), "data": str(opts.data), "train_split": train_split,
             "test_split": test_split, "labels": opts.labels, "multilabel": train.multilabel,
             "num_classes": len(train.classes), "train_rows": len(train), "test_rows": len(test),
-            "image_size": opts.image_size, "val_split": opts.val_split}
+            "image_size": opts.image_size, "val_split": opts.val_split, "overlapping_images": overlap}
     return train, train_x, test, test_x, meta, val_rows
+
+
+def _paths(rows) -> list[Path]:
+    """The image files behind a LabeledSet's rows."""
+    return [rows.source.records[i].path for i in np.unique(rows.image_index)]
 
 
 def _check_out(out: Path | None) -> None:
@@ -132,6 +141,7 @@ TRUST = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP)
 PREFIX = typer.Option(None, "--prefix", help="Take the backbone from keys under this exact prefix (e.g. online_ for "
                      "BYOL-style haiku files holding online and target networks).")
 OUT = typer.Option(None, "--out", help="Also write the result JSON to this file (atomically).")
+ALLOW_OVERLAP = typer.Option(False, "--allow-overlap", help=ALLOW_HELP)
 
 
 @command(probe_app, "linear")
@@ -150,7 +160,7 @@ def probe_linear(
     seed: int = typer.Option(0, "--seed", help="Seed of the 20 % validation split."),
     val_split: str = typer.Option(None, "--val-split", help="Predefined validation split of --data used to choose C "
                                   "(default: a seeded 20 % of the training split)."),
-    out: Path = OUT,
+    allow_overlap: bool = ALLOW_OVERLAP, out: Path = OUT,
 ):
     """Linear probe (L-BFGS logistic regression on frozen features).
 
@@ -165,7 +175,7 @@ def probe_linear(
     _check_out(out)
     opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
                    workers, device, cache, no_cache, trust_checkpoint)
-    opts.prefix = prefix
+    opts.prefix, opts.allow_overlap = prefix, allow_overlap
     opts.val_split = val_split
     train, train_x, test, test_x, meta, val_rows = _features(opts)
     current().info(f"linear probe: searching {c_grid} C values on {len(train)} training rows")
@@ -187,7 +197,7 @@ def probe_knn(
     no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
     k: str = typer.Option("10,20,100,200", "--k", help="Comma-separated neighbour counts."),
     temperature: float = typer.Option(0.07, "--temperature", min=1e-6, help="Vote weight exp(cosine / T)."),
-    out: Path = OUT,
+    allow_overlap: bool = ALLOW_OVERLAP, out: Path = OUT,
 ):
     """Weighted k-nearest-neighbour probe.
 
@@ -203,7 +213,7 @@ def probe_knn(
     _check_out(out)
     opts = _common(checkpoint, data, test_data, train_split, test_split, labels, min_size, image_size, batch_size,
                    workers, device, cache, no_cache, trust_checkpoint)
-    opts.prefix = prefix
+    opts.prefix, opts.allow_overlap = prefix, allow_overlap
     train, train_x, test, test_x, meta, _ = _features(opts)
     result = knn_probe(train_x, train.targets, test_x, test.targets, ks, len(train.classes), train.multilabel,
                        temperature, device=resolve_device(device))
@@ -222,7 +232,7 @@ def probe_segment_retrieval(
     train_images: int = typer.Option(None, "--train-images", help="Use a seeded subset of this many training images "
                                      "(the region bank holds clusters x images descriptors; default: all)."),
     test_images: int = typer.Option(None, "--test-images", help="Use a seeded subset of this many test images."),
-    out: Path = OUT,
+    allow_overlap: bool = ALLOW_OVERLAP, out: Path = OUT,
 ):
     """Semantic segment retrieval (dilated res5, K-means regions, nearest train region, mIoU).
 
@@ -235,5 +245,5 @@ def probe_segment_retrieval(
                                image_size=image_size, clusters=clusters, batch_size=batch_size, workers=workers,
                                device=device, cache_dir=None if no_cache else cache, use_cache=not no_cache,
                                trust=trust_checkpoint, seed=seed, prefix=prefix, train_images=train_images,
-                               test_images=test_images)
+                               test_images=test_images, allow_overlap=allow_overlap)
     return _finish({"probe": "segment-retrieval", **result}, out)

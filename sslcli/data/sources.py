@@ -88,6 +88,9 @@ class CocoSource(ImageSource):
         rec = self.records[index]
         masks = np.zeros((len(anns), rec.height or 0, rec.width or 0), dtype=bool)
         for i, ann in enumerate(anns):
+            if "segmentation" not in ann:
+                raise InputError(f"annotation {ann['id']} of image {image_id}: no \"segmentation\" (instance masks "
+                                 "need polygons or RLE)")
             masks[i] = self.coco.annToMask(ann).astype(bool)  # type: ignore[attr-defined]
         return masks, self.instances(index)
 
@@ -99,10 +102,14 @@ def _load_coco(root: Path, split: str) -> CocoSource:
     if not ann_file.is_file():
         raise InputError(f"{ann_file}: annotation file not found (COCO layout expects annotations/instances_{split}.json)")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on stdout
-            coco = COCO(str(ann_file))
-    except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as exc:
-        raise InputError(f"{ann_file}: not a valid COCO annotation file ({exc})") from None
+        dataset = json.loads(ann_file.read_bytes())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{ann_file}: not valid JSON ({exc})") from None
+    check_coco(dataset, ann_file)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on stdout
+        coco = COCO()
+        coco.dataset = dataset
+        coco.createIndex()
     image_dir = root / split
     records = []
     for image_id in sorted(coco.imgs):
@@ -111,6 +118,53 @@ def _load_coco(root: Path, split: str) -> CocoSource:
     category_ids = sorted(coco.cats)
     classes = [coco.cats[c]["name"] for c in category_ids]
     return CocoSource(root=root, kind="coco", records=records, classes=classes, coco=coco, category_ids=category_ids)
+
+
+def check_coco(data: object, path: Path) -> None:
+    """Check the fields sslcli reads from a COCO annotation file; InputError naming the file, entry and field.
+
+    Done once at load so that a bad entry fails here with its index, not as a KeyError or TypeError deep inside a
+    job (or, worse, as an empty data set that trains on nothing).
+    """
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object with \"images\", \"annotations\" and \"categories\", "
+                         f"got a {type(data).__name__}")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise InputError(f"{path}: no \"{key}\" list (not a COCO annotation file)")
+    categories = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or "name" not in cat:
+            raise InputError(f"{path}: categories[{i}]: expected an object with an integer \"id\" and a \"name\"")
+        categories.add(cat["id"])
+    image_ids = set()
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict):
+            raise InputError(f"{path}: images[{i}]: expected an object, got {image!r:.40}")
+        for key, kind, expected in (("id", int, "an integer"), ("file_name", str, "a string")):
+            if key not in image:
+                raise InputError(f"{path}: images[{i}] has no \"{key}\"")
+            if not isinstance(image[key], kind):
+                raise InputError(f"{path}: images[{i}].{key}: expected {expected}, got {image[key]!r:.40}")
+        image_ids.add(image["id"])
+    for i, ann in enumerate(data.get("annotations") or []):
+        where = f"{path}: annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise InputError(f"{where}: expected an object, got {ann!r:.40}")
+        for key in ("id", "image_id", "category_id", "bbox"):
+            if key not in ann:
+                raise InputError(f"{where} has no \"{key}\"")
+        if ann["image_id"] not in image_ids:
+            raise InputError(f"{where}.image_id: {ann['image_id']!r:.40} is not the id of any image")
+        if ann["category_id"] not in categories:
+            raise InputError(f"{where}.category_id: {ann['category_id']!r:.40} is not the id of any category")
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)
+                and bbox[2] >= 0 and bbox[3] >= 0):
+            raise InputError(f"{where}.bbox: expected [x, y, width, height] with width, height ≥ 0, got {bbox!r:.40}")
+        if "segmentation" in ann and not isinstance(ann["segmentation"], (list, dict)):
+            raise InputError(f"{where}.segmentation: expected polygons (a list) or RLE (an object), got "
+                             f"{json.dumps(ann['segmentation'])[:40]}")
 
 
 def _load_image_folder(class_root: Path, root: Path) -> ImageSource:
@@ -159,20 +213,40 @@ def _load_manifest(path: Path) -> ImageSource:
     return ImageSource(root=root, kind="manifest", records=records, classes=data.get("classes"))
 
 
+def detect_format(root: Path, fmt: str = "auto") -> str:
+    """The layout of ``root`` (cheap: looks at folder names only); InputError if ``root`` does not exist."""
+    if not root.exists():
+        raise InputError(f"{root}: no such file or directory")
+    if fmt != "auto":
+        return fmt
+    if root.is_file():
+        return "manifest"
+    if (root / "annotations").is_dir():
+        return "coco"
+    if (root / "train").is_dir() and any(d.is_dir() for d in (root / "train").iterdir()):
+        return "imagefolder"
+    return "folder"
+
+
+def check_data_root(root: str | os.PathLike, split: str = "train2017", fmt: str = "auto", field: str = "data.root"
+                    ) -> None:
+    """The checks of `open_source` that need no reading (for --dry-run): the root exists, a COCO split's annotation
+    file is there. InputError naming ``field``."""
+    root = Path(root)
+    try:
+        fmt = detect_format(root, fmt)
+    except InputError:
+        raise InputError(f"{field}: {root}: no such file or directory") from None
+    ann_file = root / "annotations" / f"instances_{split}.json"
+    if fmt == "coco" and not ann_file.is_file():
+        raise InputError(f"{field}: {ann_file}: annotation file not found (COCO layout expects "
+                         f"annotations/instances_{split}.json)")
+
+
 def open_source(root: str | os.PathLike, split: str = "train2017", fmt: str = "auto") -> ImageSource:
     """Open a data set. ``fmt``: auto | coco | imagefolder | folder | manifest."""
     root = Path(root)
-    if not root.exists():
-        raise InputError(f"{root}: no such file or directory")
-    if fmt == "auto":
-        if root.is_file():
-            fmt = "manifest"
-        elif (root / "annotations").is_dir():
-            fmt = "coco"
-        elif (root / "train").is_dir() and any(d.is_dir() for d in (root / "train").iterdir()):
-            fmt = "imagefolder"
-        else:
-            fmt = "folder"
+    fmt = detect_format(root, fmt)
     if fmt == "coco":
         return _load_coco(root, split)
     if fmt == "imagefolder":

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from sslcli.errors import InputError
-from sslcli.io import atomic_path, write_json_atomic
+from sslcli.io import atomic_path, check_writable_dir, write_json_atomic
 
 SPLITS = ("train2017", "val2017")
 JPEG_QUALITY = 90
@@ -272,7 +272,7 @@ def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder (expected an output folder)")
     if out.is_dir() and any(out.iterdir()):
-        if not force:
+        if not force and not _killed_run(out):
             raise InputError(f"{out}: output folder is not empty (pass --force to overwrite it)")
         # Remove the annotation files first: until the new ones are written, OUT must not look complete.
         for split in SPLITS:
@@ -280,6 +280,15 @@ def _check_out(out: Path, force: bool) -> None:
         for split in SPLITS:
             if (out / split).is_dir():
                 shutil.rmtree(out / split)
+    check_writable_dir(out, "OUT")
+
+
+def _killed_run(out: Path) -> bool:
+    """A run of this generator that was stopped before its last step: only its folders, no annotation file yet (they
+    are written last). Rerunning it starts over, as --force would, so the result is the same as one clean run."""
+    names = {p.name for p in out.iterdir()}
+    return names <= {"annotations", *SPLITS} and not any(
+        (out / "annotations" / f"instances_{split}.json").exists() for split in SPLITS)
 
 
 PRESETS = ("default", "planted")

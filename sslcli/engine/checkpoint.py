@@ -4,11 +4,13 @@ Format (a dict saved with `torch.save`; every value loads with ``torch.load(...,
 ``format`` "sslcli-checkpoint", ``version`` 1, ``spec`` (the resolved run spec as JSON data), ``arch``, ``width``,
 ``backbone`` (the pretrained ResNet's state dict, torchvision names, no prefix), ``method`` (the whole method's
 state: encoders, heads, queues), ``optimizer``, ``scaler``, ``epoch`` (epochs completed), ``step`` (steps
-completed), ``steps_per_epoch``, ``world_size``, ``rng`` ({"ranks": [one state per rank]}), ``sslcli_version``.
+completed), ``steps_per_epoch``, ``world_size``, ``rng`` ({"ranks": [one state per rank]}), ``epoch_stats``
+({"loss_sum", "steps"} of the epoch in progress when the run stopped mid-epoch, else zeros), ``sslcli_version``.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -37,6 +39,15 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed run left in ``folder`` (``.<name>.*.tmp``, see
+    `sslcli.io.atomic_path`). Only for a folder this process holds (`sslcli.process.FolderLock`)."""
+    stale = sorted(folder.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load an sslcli checkpoint on the CPU; InputError naming the file if it is missing or not one of ours."""
     path = Path(path)
@@ -45,8 +56,9 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated files, other formats: one line naming the file
-        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
-            from None
+        from sslcli.checkpoints import load_error_reason
+
+        raise InputError(f"{path}: not a readable checkpoint ({load_error_reason(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not an sslcli training checkpoint (expected \"format\": \"{FORMAT}\")")
     if state.get("version") != VERSION:
@@ -104,6 +116,10 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
+# Spec fields that name files: equal when they resolve to the same file (``demo-data`` and its absolute path).
+PATH_FIELDS = ("data.root", "method.masks.path", "method.boxes")
+
+
 def spec_differences(saved: dict, current: dict) -> list[str]:
     """Dotted paths of fields that differ between two spec dicts, ignoring `RESUMABLE_CHANGES`."""
     a, b = _flatten(saved), _flatten(current)
@@ -111,10 +127,12 @@ def spec_differences(saved: dict, current: dict) -> list[str]:
     def allowed(path: str) -> bool:
         return any(path == p or path.startswith(p + ".") for p in RESUMABLE_CHANGES)
 
-    return sorted(p for p in set(a) | set(b) if not allowed(p) and _norm(a.get(p)) != _norm(b.get(p)))
+    return sorted(p for p in set(a) | set(b) if not allowed(p) and _norm(p, a.get(p)) != _norm(p, b.get(p)))
 
 
-def _norm(value):
+def _norm(path: str, value):
+    if path in PATH_FIELDS and isinstance(value, str):
+        return os.path.realpath(value)  # relative paths resolve against this run's working folder
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -11,6 +11,8 @@ Errors in any rank come back as one line (the first rank to report); the other r
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import traceback
@@ -23,6 +25,8 @@ import torch.multiprocessing as mp
 
 from sslcli.cli import common
 from sslcli.errors import InputError, SslcliError
+from sslcli.io import check_writable_dir
+from sslcli.process import FolderLock, die_with_parent
 from sslcli.spec import RunSpec, consistency_problems
 
 # A rank that dies leaves the others blocked in a collective; the parent stops them, this is only the backstop.
@@ -54,18 +58,29 @@ def launch(spec: RunSpec, resume: str | None = None, gpus: int = 0, nodes: int =
     if _under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         _check_spec(spec, world)
-        return _run_rank(int(os.environ["LOCAL_RANK"]), spec, resume, world > 1)
+        with _output_lock(spec, int(os.environ["RANK"]) == 0):
+            return _run_rank(int(os.environ["LOCAL_RANK"]), spec, resume, world > 1)
     if torch.cuda.is_available() and gpus > torch.cuda.device_count():
         raise InputError(f"--gpus {gpus}: this machine has {torch.cuda.device_count()} GPU(s)")
     procs = max(gpus, 1)
     world = procs * nodes
     _check_spec(spec, world)
-    if world == 1:
-        if init_hook is not None:
-            init_hook()
-        return _run_rank(0, spec, resume, distributed=False)
-    _preflight(spec, resume, init_hook)
-    return _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init_hook)
+    with _output_lock(spec, node_rank == 0):
+        if world == 1:
+            if init_hook is not None:
+                init_hook()
+            return _run_rank(0, spec, resume, distributed=False)
+        _preflight(spec, resume, init_hook)
+        return _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init_hook)
+
+
+def _output_lock(spec: RunSpec, holder: bool):
+    """One run per output folder, held by the process that writes it (node 0's launcher, or torchrun's rank 0) for
+    the whole run: two `--resume auto` runs on one folder would otherwise both train into it."""
+    if not holder:
+        return contextlib.nullcontext()
+    check_writable_dir(spec.output_dir, "output_dir")
+    return FolderLock(spec.output_dir, "output_dir")
 
 
 def _preflight(spec: RunSpec, resume: str | None, init_hook: Callable[[], None] | None) -> None:
@@ -116,14 +131,22 @@ def _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init
     reports = ctx.SimpleQueue()
     out = common.current()
     args = (procs, nodes, node_rank, master_addr, master_port, spec, resume, init_hook, reports,
-            (out.json, out.quiet, out.debug))
+            (out.json, out.quiet, out.debug), os.getpid())
     processes = mp.start_processes(_child, args=args, nprocs=procs, join=False, start_method="spawn")
     failure = None
+    # When one rank fails torch stops the others with a logged "Terminating process … via signal SIGTERM": that is
+    # the expected clean-up, the user gets the failing rank's one-line error instead (and the log with --debug).
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+    level = spawn_log.level
+    if not out.debug:
+        spawn_log.setLevel(logging.ERROR)
     try:
         while not processes.join():
             pass
     except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
         failure = exc
+    finally:
+        spawn_log.setLevel(level)
     results, errors = [], []
     while not reports.empty():
         kind, rank, *rest = reports.get()
@@ -136,8 +159,10 @@ def _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init
     return results[0][1] if results else {"node_rank": node_rank, "world_size": procs * nodes}
 
 
-def _child(local_rank, procs, nodes, node_rank, master_addr, master_port, spec, resume, init_hook, reports, flags):
+def _child(local_rank, procs, nodes, node_rank, master_addr, master_port, spec, resume, init_hook, reports, flags,
+           parent_pid):
     """One spawned rank: set torchrun's environment, train, report the result or the error on ``reports``."""
+    die_with_parent(parent_pid)  # a killed launcher takes its ranks with it (they would train on, unseen)
     common._CURRENT = common.Output(*flags)
     rank = node_rank * procs + local_rank
     os.environ.update({"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "RANK": str(rank),

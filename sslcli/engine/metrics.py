@@ -2,7 +2,8 @@
 
 Each line is one record: ``{"type": "step", "step": completed steps, "epoch", "loss", <other losses>, "lr",
 "images_per_s", "time"}`` every ``logging.every_steps`` steps and ``{"type": "epoch", ...}`` at each epoch end.
-On resume, records after the checkpoint's step are dropped first, so the file reads as one uninterrupted run.
+On resume, records after the checkpoint's step are dropped first (and the row of a stop off the ``every_steps``
+grid), so the file reads as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ METRICS_FILE = "metrics.jsonl"
 class MetricsLog:
     """Appends records to metrics.jsonl (and TensorBoard scalars when enabled). Only rank 0 creates one."""
 
-    def __init__(self, output_dir: str | Path, tensorboard: bool, resume_step: int | None = None):
+    def __init__(self, output_dir: str | Path, tensorboard: bool, resume_step: int | None = None,
+                 every_steps: int = 1):
         self.path = Path(output_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if _step_of(line) <= resume_step]
+            kept = [line for line in self.path.read_text().splitlines()
+                    if _step_of(line) <= resume_step and not _stop_row(line, resume_step, every_steps)]
             write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None:
             write_text_atomic(self.path, "")
@@ -52,6 +55,18 @@ class MetricsLog:
         self.file.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _stop_row(line: str, resume_step: int, every_steps: int) -> bool:
+    """The step row a run stopped off the logging grid wrote at its last step (``max_steps``): an uninterrupted run
+    has no such row, so a resumed one drops it."""
+    if resume_step % every_steps == 0:
+        return False
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return record.get("type") == "step" and record.get("step") == resume_step
 
 
 def _step_of(line: str) -> float:

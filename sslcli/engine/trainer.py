@@ -38,6 +38,7 @@ from sslcli.engine.checkpoint import (
     check_resumable,
     epoch_name,
     load_checkpoint,
+    remove_stale_temporaries,
     resolve_resume,
     restore_rng,
     save_checkpoint,
@@ -151,8 +152,9 @@ class Trainer:
         return StepResult(logged, lr)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
-    def state(self, epoch: int, step: int, steps_per_epoch: int) -> dict:
-        """The checkpoint dict (call on every rank: the RNG states are gathered to all)."""
+    def state(self, epoch: int, step: int, steps_per_epoch: int, epoch_stats: dict | None = None) -> dict:
+        """The checkpoint dict (call on every rank: the RNG states are gathered to all). ``epoch_stats`` holds the
+        running sums of the epoch in progress (a run stopped mid-epoch logs the whole epoch's mean when resumed)."""
         rng = capture_rng()
         ranks = [rng]
         if dist.is_distributed():
@@ -163,7 +165,8 @@ class Trainer:
                 "backbone": _cpu(self.method.backbone().state_dict()), "method": _cpu(self.method.state_dict()),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch, "world_size": dist.world_size(),
-                "rng": {"ranks": ranks}, "sslcli_version": sslcli.__version__}
+                "rng": {"ranks": ranks}, "epoch_stats": epoch_stats or {"loss_sum": 0.0, "steps": 0},
+                "sslcli_version": sslcli.__version__}
 
     def load_state(self, state: dict) -> None:
         self.method.load_state_dict(state["method"])
@@ -203,10 +206,13 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dic
     spe = sampler.steps_per_epoch
     total_steps = spec.epochs * spe
     done = 0
+    epoch_stats = {"loss_sum": 0.0, "steps": 0}  # of the epoch in progress
     if state is not None:
         check_resumable(state, spec.model_dump(mode="json"), resume_path, spe)
         trainer.load_state(state)
         done = state["step"]
+        if done % spe:  # stopped mid-epoch: the epoch's mean goes on from the steps before the stop
+            epoch_stats = dict(state.get("epoch_stats") or epoch_stats)
         if done >= total_steps:
             raise InputError(f"{resume_path}: already trained {done} steps of {total_steps}; raise epochs to continue")
         ranks = state["rng"]["ranks"]
@@ -226,9 +232,10 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dic
     is_main = rank == 0
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(output_dir)
         write_text_atomic(output_dir / "spec.yaml", dump_spec(spec))
-    log = MetricsLog(output_dir, spec.logging.tensorboard, resume_step=done if resume_path else None) if is_main \
-        else None
+    log = MetricsLog(output_dir, spec.logging.tensorboard, resume_step=done if resume_path else None,
+                     every_steps=spec.logging.every_steps) if is_main else None
     stop_at = min(total_steps, spec.max_steps) if spec.max_steps else total_steps
     bar = TrainProgress(stop_at, done, spec.logging.every_steps, enabled=is_main)
     corrupt: set[str] = set()
@@ -239,7 +246,6 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dic
             if done >= stop_at:
                 break
             sampler.set_epoch(epoch, skip=done - epoch * spe)
-            epoch_losses: list[float] = []
             tick = time.perf_counter()
             for batch in loader:
                 for msg in batch.pop(SKIPPED_KEY):
@@ -256,7 +262,8 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dic
                     timed_images += spec.batch_size
                     timed_seconds += step_seconds
                 last_loss = result.losses["loss"]
-                epoch_losses.append(last_loss)
+                epoch_stats["loss_sum"] += last_loss
+                epoch_stats["steps"] += 1
                 if log is not None and (done % spec.logging.every_steps == 0 or done == stop_at):
                     log.write({"type": "step", "step": done, "epoch": epoch, **result.losses, "lr": result.lr,
                                "images_per_s": images_per_s, "time": time.time()})
@@ -264,16 +271,21 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dic
                 if done >= stop_at:
                     break
             epoch_done = done % spe == 0
-            if epoch_done or done >= stop_at:
-                state = trainer.state(done // spe, done, spe)
-                if is_main:
-                    save_checkpoint(checkpoint, state)
-                    if epoch_done and (done // spe) % spec.checkpoint_every == 0:
-                        save_checkpoint(output_dir / epoch_name(done // spe), state)
-                del state
             if log is not None and epoch_done:
                 log.write({"type": "epoch", "step": done, "epoch": epoch,
-                           "loss": sum(epoch_losses) / max(len(epoch_losses), 1), "time": time.time()})
+                           "loss": epoch_stats["loss_sum"] / max(epoch_stats["steps"], 1), "time": time.time()})
+            if epoch_done or done >= stop_at:
+                # last.pt is written last: it is what a resume starts from, so a run killed before it is complete
+                # redoes the epoch and writes its metrics line and epoch checkpoint again (the log is cut back to
+                # last.pt's step on resume).
+                state = trainer.state(done // spe, done, spe, None if epoch_done else epoch_stats)
+                if is_main:
+                    if epoch_done and (done // spe) % spec.checkpoint_every == 0:
+                        save_checkpoint(output_dir / epoch_name(done // spe), state)
+                    save_checkpoint(checkpoint, state)
+                del state
+            if epoch_done:
+                epoch_stats = {"loss_sum": 0.0, "steps": 0}
     finally:
         bar.close()
         if log is not None:

@@ -155,6 +155,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SSLCLI_CACHE", Path.home() / ".cache" / "sslcli" / "features"))
 
 
+def announce_cache(cache_dir: str | os.PathLike) -> None:
+    """Say once per command where cached features go: the default is outside the working folder and grows."""
+    current().info_once(f"feature cache: {cache_dir} (move it with --cache DIR or $SSLCLI_CACHE; --no-cache skips it)")
+
+
 def cache_path(cache_dir: str | os.PathLike, checkpoint_sha256: str, rows: LabeledSet, pre: Preprocess,
                extra: dict | None = None) -> Path:
     """The cache file for these inputs; ``extra`` holds any other setting the cached arrays depend on."""
@@ -195,6 +200,8 @@ def extract_features(backbone: nn.Module, rows: LabeledSet, pre: Preprocess, *, 
     With ``cache_dir`` and ``checkpoint_sha256`` the result is read from / written to an HDF5 file keyed by both.
     """
     path = cache_path(cache_dir, checkpoint_sha256, rows, pre) if cache_dir and checkpoint_sha256 else None
+    if path is not None:
+        announce_cache(cache_dir)
     if path is not None and path.is_file():
         cached = read_arrays(path, ("features", "ok"))
         if cached is not None and len(cached["features"]) == len(rows):

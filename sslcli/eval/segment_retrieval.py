@@ -31,6 +31,7 @@ from sslcli.data.sources import CocoSource
 from sslcli.errors import InputError
 from sslcli.eval.features import (
     Preprocess,
+    announce_cache,
     cache_path,
     default_cache_dir,
     iter_image_batches,
@@ -39,6 +40,7 @@ from sslcli.eval.features import (
     write_arrays,
 )
 from sslcli.eval.labels import LabeledSet, default_splits, open_split
+from sslcli.eval.overlap import check_disjoint
 
 IGNORE = 255
 NO_REGION = 255  # region-map value of images that could not be decoded
@@ -130,6 +132,8 @@ def _regions_cached(backbone, sha, source, pre, clusters, seed, batch_size, devi
     rows = LabeledSet(source, np.arange(len(source)), np.zeros(len(source), dtype=np.int64), [], False)
     extra = {"kind": "segment-retrieval", "clusters": clusters, "seed": seed, "dilate_res5": True}
     path = cache_path(cache_dir, sha, rows, pre, extra) if cache_dir else None
+    if path is not None:
+        announce_cache(cache_dir)
     if path is not None and path.is_file():
         cached = read_arrays(path, ("desc", "image", "maps"))
         if cached is not None and len(cached["maps"]) == len(source):
@@ -212,7 +216,7 @@ def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *,
                       test_split=None, image_size: int = 224, clusters: int = 15, batch_size: int = 32, workers: int = 0,
                       device: str = "auto", cache_dir=None, use_cache: bool = True, trust: bool = False,
                       seed: int = 0, prefix: str | None = None, train_images: int | None = None,
-                      test_images: int | None = None) -> dict:
+                      test_images: int | None = None, allow_overlap: bool = False) -> dict:
     """Run the whole probe; returns {"mIoU", "pixel_accuracy", "per_class_iou", ...}."""
     from sslcli.checkpoints import load_backbone
 
@@ -229,6 +233,7 @@ def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *,
     train_src, test_src = _sample(sources[0], train_images, seed), _sample(sources[1], test_images, seed)
     if train_src.classes != test_src.classes:
         raise InputError(f"{test_src.root}: test classes differ from the training classes")
+    overlap = check_disjoint([r.path for r in train_src.records], [r.path for r in test_src.records], allow_overlap)
     backbone, report = load_backbone(checkpoint, trust=trust, prefix=prefix)
     dilate_res5(backbone)
     current().info(report.summary())
@@ -249,7 +254,7 @@ def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *,
     return {"checkpoint": report.to_dict(), "data": str(data), "train_split": train_split, "test_split": test_split,
             "image_size": image_size, "clusters": clusters, "train_images": len(train_src),
             "test_images": len(test_src), "train_regions": int(keep.sum()),
-            "test_regions": len(test["desc"]), "mIoU": float(iou[present].mean() * 100),
+            "test_regions": len(test["desc"]), "overlapping_images": overlap, "mIoU": float(iou[present].mean() * 100),
             "pixel_accuracy": float(np.trace(confusion) / max(confusion.sum(), 1) * 100),
             "classes_scored": int(present.sum()),
             "per_class_iou": {names[c]: float(iou[c] * 100) for c in np.flatnonzero(present)}}
