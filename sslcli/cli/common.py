@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+try:  # typer >= 0.22 vendors click; older releases use the click package
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, NoArgsIsHelpError
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 

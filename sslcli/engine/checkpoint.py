@@ -26,7 +26,8 @@ LAST = "last.pt"
 
 # Spec fields a resumed run may change: they do not alter the numbers the run computes. The data order and the
 # augmentations are seeded per sample (engine/data.py), so the worker count does not change them either.
-RESUMABLE_CHANGES = ("epochs", "output_dir", "logging", "max_steps", "data.workers", "data.pin_memory")
+RESUMABLE_CHANGES = ("epochs", "output_dir", "logging", "max_steps", "data.workers", "data.pin_memory",
+                     "data.threads")
 
 
 def epoch_name(epoch: int) -> str:
@@ -130,7 +131,13 @@ def spec_differences(saved: dict, current: dict) -> list[str]:
     return sorted(p for p in set(a) | set(b) if not allowed(p) and _norm(p, a.get(p)) != _norm(p, b.get(p)))
 
 
+# Fields added after checkpoints were first written: a saved spec without them had their default.
+ADDED_DEFAULTS = {"data.pipeline": "cpu"}
+
+
 def _norm(path: str, value):
+    if value is None and path in ADDED_DEFAULTS:
+        return ADDED_DEFAULTS[path]
     if path in PATH_FIELDS and isinstance(value, str):
         return os.path.realpath(value)  # relative paths resolve against this run's working folder
     return list(value) if isinstance(value, tuple) else value
@@ -140,7 +147,7 @@ def check_resumable(state: dict, current_spec: dict, path: Path, steps_per_epoch
     diffs = spec_differences(state["spec"], current_spec)
     if diffs:
         raise InputError(f"{path}: the checkpoint's spec differs in {', '.join(diffs)} (only epochs, output_dir, "
-                         f"logging, max_steps and data.workers/pin_memory may change on resume)")
+                         f"logging, max_steps and data.workers/pin_memory/threads may change on resume)")
     if state.get("steps_per_epoch") != steps_per_epoch:
         raise InputError(f"{path}: saved with {state.get('steps_per_epoch')} steps per epoch, the data now gives "
                          f"{steps_per_epoch} (did the data set change?)")

@@ -168,8 +168,6 @@ def _child(local_rank, procs, nodes, node_rank, master_addr, master_port, spec, 
     os.environ.update({"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "RANK": str(rank),
                        "WORLD_SIZE": str(procs * nodes), "LOCAL_RANK": str(local_rank),
                        "LOCAL_WORLD_SIZE": str(procs)})
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs))
     try:
         if init_hook is not None:
             init_hook()

@@ -76,6 +76,13 @@ def configure_threads(spec, local_rank: int) -> int:
     return threads
 
 
+def keep_thread_count(saved: int | None, spec_threads: int | None) -> None:
+    """On resume, compute with the thread count the checkpoint was written with (CPU float reductions depend on it,
+    so this keeps a resume bit-identical when e.g. ``data.workers`` changed), unless the count was set explicitly."""
+    if saved and spec_threads is None and not os.environ.get("OMP_NUM_THREADS", "").strip():
+        torch.set_num_threads(int(saved))
+
+
 def worker_threads() -> None:
     """Called in each DataLoader worker: one compute thread (torch and OpenCV)."""
     import cv2

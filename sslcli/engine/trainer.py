@@ -47,6 +47,7 @@ from sslcli.engine.data import SKIPPED_KEY, build_loader, derive_seed
 from sslcli.engine.metrics import MetricsLog, TrainProgress
 from sslcli.engine.optim import build_optimizer, set_lr
 from sslcli.engine.schedules import lr_at
+from sslcli.engine.threads import keep_thread_count
 from sslcli.errors import InputError, SslcliError
 from sslcli.io import write_text_atomic
 from sslcli.methods import build_method
@@ -166,6 +167,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch, "world_size": dist.world_size(),
                 "rng": {"ranks": ranks}, "epoch_stats": epoch_stats or {"loss_sum": 0.0, "steps": 0},
+                "threads": torch.get_num_threads(),
                 "sslcli_version": sslcli.__version__}
 
     def load_state(self, state: dict) -> None:
@@ -210,6 +212,7 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dic
     if state is not None:
         check_resumable(state, spec.model_dump(mode="json"), resume_path, spe)
         trainer.load_state(state)
+        keep_thread_count(state.get("threads"), spec.data.threads)
         done = state["step"]
         if done % spe:  # stopped mid-epoch: the epoch's mean goes on from the steps before the stop
             epoch_stats = dict(state.get("epoch_stats") or epoch_stats)
