@@ -2,8 +2,8 @@
 
 Assumption: training images per second of a ResNet-50 at 224 px on ONE A100/H100-class GPU with mixed precision,
 per method (both views forward, the online branch backward), from the papers' reported training times scaled to
-one GPU. Other sizes scale by pixels (image_size / 224)^2, by FLOPs for other depths, by (width / 64)^2 for other
-widths, and multi-crop by the extra pixels of the small crops. A study can replace any of these numbers with
+one GPU. Other sizes scale by the pixels of all crops of an image (2 x image_size^2, or multi-crop's 2 large + n small
+crops) against 2 x 224^2, by FLOPs for other depths and by (width / 64)^2 for other widths. A study can replace any of these numbers with
 `estimate.images_per_s: {arm or method: value}`.
 """
 
@@ -22,7 +22,7 @@ ARCH_FLOPS_VS_R50 = {"resnet18": 1.8 / 4.1, "resnet34": 3.6 / 4.1, "resnet50": 1
                      "resnet152": 11.5 / 4.1}
 ASSUMPTION = ("estimate only: assumed images/s of each method for a ResNet-50 at 224 px on one A100/H100-class GPU "
               "with mixed precision (moco 420, simclr 380, byol 360, detcon 330, soco 230, d3ssl 220), scaled by "
-              "image size, depth, width and multi-crop pixels; divide by the GPUs you use")
+              "pixels per image (all crops), depth and width; divide by the GPUs you use")
 
 
 def images_per_s(run: PlannedRun, overrides: dict[str, float]) -> float:
@@ -31,10 +31,11 @@ def images_per_s(run: PlannedRun, overrides: dict[str, float]) -> float:
     if run.arm in overrides:
         return overrides[run.arm]
     base = overrides.get(method.name, ASSUMED_IMAGES_PER_S[method.name])
-    cost = (spec.data.image_size / 224) ** 2 * ARCH_FLOPS_VS_R50[spec.model.arch] * (spec.model.width / 64) ** 2
+    pixels = 2 * spec.data.image_size ** 2  # two views per image
     multi_crop = getattr(method, "multi_crop", None)
-    if multi_crop is not None and multi_crop.enabled:
-        cost *= 1 + multi_crop.n_small * (multi_crop.small_size / multi_crop.large_size) ** 2 / 2
+    if multi_crop is not None and multi_crop.enabled:  # two large crops and n small ones replace the two views
+        pixels = 2 * multi_crop.large_size ** 2 + multi_crop.n_small * multi_crop.small_size ** 2
+    cost = pixels / (2 * 224 ** 2) * ARCH_FLOPS_VS_R50[spec.model.arch] * (spec.model.width / 64) ** 2
     return base / cost
 
 
