@@ -250,3 +250,35 @@ def test_paper_study_arms_are_the_example_specs(tmp_path):
                 for key in ("name", "output_dir", "seed"):
                     spec.pop(key)
             assert got == want, (study_name, arm)
+
+
+def test_report_tables_verdicts_and_plots_from_hand_made_results(tmp_path):
+    from sslcli.study.report import write_report
+
+    plan = {"study": "fake", "file": str(tmp_path / "fake.yaml"), "out": str(tmp_path), "arms": ["a", "b", "random-init"],
+            "seeds": [0, 1, 2], "runs": [], "prepare": [], "evaluate": [],
+            "expect": [{"metric": "knn.k.20.top1", "higher": "a", "than": "b", "rule": "all-seeds",
+                        "paper": {"a": 71.5, "b": 70.0}}]}
+    (tmp_path / "study.json").write_text(json.dumps(plan))
+    rows = []
+    for arm, top1, cr in (("a", (10.0, 12.0, 14.0), (1.0, 1.1, 1.2)), ("b", (5.0, 6.0, 7.0), (1.3, 1.3, 1.3)),
+                          ("random-init", (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))):
+        for seed in range(3):
+            rows.append({"arm": arm, "seed": seed, "metric": "knn.k.20.top1", "value": top1[seed]})
+            for layer in ("res2", "res5"):
+                rows.append({"arm": arm, "seed": seed, "metric": f"coupling.{layer}.mean", "value": cr[seed]})
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    # a: mean 12, sample std 2; b: mean 6, std 1. Differences 5, 6, 7: t = 6 / (1 / sqrt 3), 2 degrees of freedom,
+    # p = 1 - t / sqrt(t^2 + 2).
+    assert "| a | 12 | 2 | 3 | 10 | 12 | 14 |" in md and "| b | 6 | 1 | 3 | 5 | 6 | 7 |" in md
+    t = 6 * math.sqrt(3)
+    assert f"| {1 - t / math.sqrt(t * t + 2):.3g} |" in md
+    assert "HOLDS" in md and "a: 71.5; b: 70" in md
+    # Per-layer metrics side by side: a's res5 mean 1.1 with std 0.1.
+    assert "| arm | res2 | res5 |" in md and "1.1 ± 0.1 (n=3)" in md
+    assert result["expectations"][0]["verdict"] == "holds"
+    for png in ("knn.k.20.top1.png", "coupling.layers.mean.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 1000
+    assert 'src="plots/knn.k.20.top1.png"' in (tmp_path / "report.html").read_text()

@@ -269,7 +269,7 @@ CHECK_HEADER = ["expectation", "verdict", "why", "means", "seeds", "paired-t p",
 
 
 def _env_lines(env: dict) -> list[str]:
-    keys = ("python", "torch", "torchvision", "numpy", "sslcli", "platform")
+    keys = ("python", "torch", "torchvision", "numpy", "sslcli", "platform", "cpu_count", "OMP_NUM_THREADS")
     lines = [f"{k}: {env[k]}" for k in keys if env.get(k)]
     lines.append(f"training device(s): {', '.join(env.get('devices') or []) or 'n/a'}")
     return lines

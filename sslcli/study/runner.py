@@ -81,7 +81,7 @@ def plan_summary(study: Study) -> dict:
         runs.append({"arm": run.arm, "seed": run.seed, "hash": run.hash, "random_init": run.random_init,
                      "done": run_done(run), "method": run.spec.method.name, "output_dir": run.spec.output_dir,
                      "spec": spec})
-    return {"study": study.file.name, "file": str(study.path), "out": str(study.out),
+    return {"study": study.file.name, "file": str(study.path.resolve()), "out": str(study.out),
             "arms": study.arm_names, "seeds": study.file.seeds, "runs": runs,
             "prepare": study.file.prepare,
             "evaluate": [e.model_dump() for e in study.file.evaluate],
@@ -261,6 +261,7 @@ def _evaluate(study: Study, runs: list[PlannedRun], option_args: OptionArgs, log
                                    "seed": run.seed, "command": cmd, "wall_s": round(seconds / len(batch), 3),
                                    "result": part})
                 counts["evaluated"] += 1
+            write_results(study)  # results.jsonl always reflects every finished evaluation
         if runs:  # the names are known now: an expectation naming another one is an error in the study file
             names = set(flatten(json.loads(eval_path(study, runs[0], index).read_text())["result"], ev.prefix))
             _check_metric_names(study, ev.prefix, names)
@@ -312,8 +313,10 @@ def environment(devices: list[str]) -> dict:
         except PackageNotFoundError:
             return None
 
+    # CPU float sums depend on the thread count: identical results need the same OMP_NUM_THREADS.
     return {"python": platform.python_version(), "platform": platform.platform(), "sslcli": sslcli.__version__,
-            "torch": v("torch"), "torchvision": v("torchvision"), "numpy": v("numpy"), "devices": devices}
+            "torch": v("torch"), "torchvision": v("torchvision"), "numpy": v("numpy"), "devices": devices,
+            "cpu_count": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
 def dump_plan_yaml(study: Study) -> str:
