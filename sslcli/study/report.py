@@ -325,7 +325,7 @@ def _html(plan, env, sections, checks, loss_png, cmds, n_rows) -> str:
         parts.append("<p>(none)</p>")
     parts.append("<h2>Metrics</h2><p>Mean ± std over seeds (n = seeds with a value).</p>")
     for title, header, body, png in sections:
-        parts.append(f'<div class="metric"><h3>{e(title)}</h3>{table(header, body)}')
+        parts.append(f'<h3>{e(title)}</h3><div class="metric">{table(header, body)}')
         if png:
             parts.append(f'<img src="{e(png)}" alt="{e(title)}">')
         parts.append("</div>")
@@ -333,9 +333,10 @@ def _html(plan, env, sections, checks, loss_png, cmds, n_rows) -> str:
         parts.append(f'<h2>Training loss</h2><img src="{e(loss_png)}" alt="training loss">')
     parts.append("<h2>Commands</h2><pre>" + e("\n".join(cmds)) + "</pre>")
     parts.append("<h2>Software</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in _env_lines(env)) + "</ul>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    style = ("body{font-family:sans-serif;max-width:1250px;margin:2em auto;color:#222}"
+             ".metric{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}"
              "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
-             "font-size:13px;text-align:left}th{background:#eee}img{max-width:520px;display:block;margin:.5em 0}"
+             "font-size:13px;text-align:left}th{background:#eee}img{max-width:420px;display:block;margin:.5em 0}"
              ".v-holds{background:#cfc}.v-does-not-hold{background:#fcc}.v-inconclusive{background:#ffc}"
              "pre{background:#f6f6f6;padding:.5em;font-size:12px;white-space:pre-wrap}")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Study {e(plan['study'])}</title>"
