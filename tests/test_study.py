@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from sslcli.study.expect import FAILS, HOLDS, INCONCLUSIVE, judge
+from sslcli.study.spec import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "studies" / "tiny.yaml"
@@ -195,7 +196,7 @@ def test_tiny_study_deterministic_resumable_and_reported(tmp_path):
 
     # An independent run, killed (kill -9, whole process group) once the first arm is trained.
     second = tmp_path / "second"
-    runs = {(r["arm"], r["seed"]): Path(r["output_dir"]) for r in _plan_dry(second)["runs"]}
+    runs = {(r.arm, r.seed): Path(r.spec.output_dir) for r in load_study(TINY, second).runs}
     first_arm = [runs[("moco", 0)], runs[("moco", 1)]]
     proc2 = subprocess.Popen([sys.executable, "-m", "sslcli", "study", "run", str(TINY), "--out", str(second)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
@@ -223,18 +224,10 @@ def test_tiny_study_deterministic_resumable_and_reported(tmp_path):
     assert _values(second) == values
 
 
-def _plan_dry(out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "sslcli", "study", "run", str(TINY), "--out", str(out),
-                           "--dry-run", "--json"], capture_output=True, text=True, env=_env())
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def test_paper_study_arms_are_the_example_specs(tmp_path):
     """The paper studies reuse the example specs: each arm resolves to its examples/*.yaml (up to name, seed and
     output folder), so a study row and a single `sslcli pretrain examples/...` run train the same thing."""
     from sslcli.spec import load_spec
-    from sslcli.study.spec import load_study
 
     same = {"revisiting-table4": {"moco": "moco-v2", "mc": "moco-v2-mc", "mc-cc": "moco-v2-mc-cc",
                                   "mc-cc-m": "moco-v2-mc-cc-m", "mc-cc-m-aplus": "moco-v2-mc-cc-m-aplus",

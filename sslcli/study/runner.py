@@ -186,7 +186,7 @@ def _random_init(study: Study, run: PlannedRun, log: Log, counts: dict) -> None:
     result = write_random_init(run.spec, ckpt)
     cmd = f"sslcli export --random-init {shlex.quote(str(spec_path))} --out {shlex.quote(str(ckpt))}"
     write_json_atomic(Path(run.spec.output_dir) / RUN_MARKER,
-                      {"arm": run.arm, "seed": run.seed, "hash": run.hash, "command": cmd + "  (same function)",
+                      {"arm": run.arm, "seed": run.seed, "hash": run.hash, "command": cmd + "  # run in-process: the function behind this command",
                        "wall_s": round(time.perf_counter() - start, 3), "result": result})
     counts["trained"] += 1
 
