@@ -260,6 +260,7 @@ def test_report_tables_verdicts_and_plots_from_hand_made_results(tmp_path):
             rows.append({"arm": arm, "seed": seed, "metric": "knn.k.20.top1", "value": top1[seed]})
             for layer in ("res2", "res5"):
                 rows.append({"arm": arm, "seed": seed, "metric": f"coupling.{layer}.mean", "value": cr[seed]})
+            rows.append({"arm": arm, "seed": seed, "metric": "segment-retrieval.per_class_iou.red-disc", "value": 50.0})
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = write_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
@@ -275,3 +276,6 @@ def test_report_tables_verdicts_and_plots_from_hand_made_results(tmp_path):
     for png in ("knn.k.20.top1.png", "coupling.layers.mean.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
     assert 'src="plots/knn.k.20.top1.png"' in (tmp_path / "report.html").read_text()
+    # Per-class breakdowns: one table with a row per class, no plot per class.
+    assert "| per_class_iou | a | b | random-init |" in md and "| red-disc | 50 ± 0 (n=3) |" in md
+    assert not list((tmp_path / "plots").glob("*per_class*"))

@@ -21,6 +21,8 @@ from sslcli.study.expect import judge
 
 LAYERS = ("res2", "res3", "res4", "res5")
 LAYER_RE = re.compile(r"^(?P<pre>.+?)\.(?P<layer>res[2-5])(?:\.(?P<post>.+))?$")
+# Per-item breakdowns (segment retrieval's per_class_iou.<class>): one table, items as rows, no plot per item.
+PER_ITEM_RE = re.compile(r"^(?P<family>.+\.per_[A-Za-z_]+)\.(?P<item>.+)$")
 
 
 # ------------------------------------------------------------------------------------------------------ loading
@@ -219,6 +221,12 @@ def write_report(folder: str | Path) -> dict:
     arms = plan["arms"]
     by_metric = values_by_metric(rows)
     grouped, scalar = families(sorted(by_metric))
+    per_item: dict[str, list[str]] = {}
+    for metric in list(scalar):
+        m = PER_ITEM_RE.match(metric)
+        if m:
+            per_item.setdefault(m["family"], []).append(metric)
+            scalar.remove(metric)
     plots = folder / "plots"
     plots.mkdir(exist_ok=True)
     sections: list[tuple[str, list[str], list[list[str]], str | None]] = []  # title, header, rows, plot
@@ -239,6 +247,9 @@ def write_report(folder: str | Path) -> dict:
             table.append([arm, _fmt(mean), _fmt(std), str(n),
                           *(_fmt(by_metric[metric].get(arm, {}).get(s)) for s in seeds)])
         sections.append((metric, ["arm", "mean", "std", "n", *(f"seed {s}" for s in seeds)], table, png))
+    for family, names in per_item.items():
+        table = [[name[len(family) + 1:], *(_cell(by_metric[name].get(arm, {})) for arm in arms)] for name in names]
+        sections.append((f"{family}.*", [family.rsplit(".", 1)[-1], *arms], table, None))
     curves = loss_curves(plan)
     loss_png = None
     if any(points for runs in curves.values() for _, points in runs):
