@@ -18,6 +18,7 @@ from sslcli.cli import (  # noqa: E402,F401  (imported for registration)
     prepare_synthetic,
     pretrain,
     probe,
+    study,
 )
 from sslcli.cli.apps import app
 

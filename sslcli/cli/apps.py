@@ -21,7 +21,10 @@ prepare_app = typer.Typer(help="Prepare data: subsets, the synthetic demo set, r
 probe_app = typer.Typer(help="Probe frozen features: linear, knn, segment-retrieval.", no_args_is_help=True)
 analyze_app = typer.Typer(help="Measure what features encode: coupling, positional, oknn, crop-iou, abo.",
                           no_args_is_help=True)
+study_app = typer.Typer(help="Studies: arms x seeds of runs, evaluations, expected orderings, a report "
+                        "(docs/study.md).", no_args_is_help=True)
 
 app.add_typer(prepare_app, name="prepare")
 app.add_typer(probe_app, name="probe")
 app.add_typer(analyze_app, name="analyze")
+app.add_typer(study_app, name="study")

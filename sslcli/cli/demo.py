@@ -73,6 +73,21 @@ def _oknn(r: dict) -> str:
     return "; ".join(f"{c['label']} " + _keys("top1", "top5")(c["clean"]) for c in r.get("checkpoints", []))
 
 
+def _study(r: dict) -> str:
+    verdicts = r.get("report", {}).get("expectations", [])
+    return f"{r.get('rows', 0)} result rows; " + "; ".join(
+        f"{v['metric']} {v['arm']} {v['direction']} than {v['than']}: {v['verdict']}" for v in verdicts)
+
+
+def tiny_study_file() -> Path:
+    """studies/tiny.yaml of the repository this sslcli runs from (the studies are not part of the wheel)."""
+    path = Path(__file__).resolve().parents[2] / "studies" / "tiny.yaml"
+    if not path.is_file():
+        raise SslcliError(f"{path}: the tiny study is not here (it ships with the repository, not the package); "
+                          "run the demo from a checkout of the repository")
+    return path
+
+
 def _stages(out: Path, images: int, steps: int) -> list[Stage]:
     data = out / "data"
     fh = out / "stores" / "fh.h5"
@@ -117,6 +132,8 @@ def _stages(out: Path, images: int, steps: int) -> list[Stage]:
               _oknn),
         Stage("export to detectron2", ["export", moco_ckpt, "--to", "detectron2", "--out", str(out / "moco.pkl")],
               _keys("keys", "out")),
+        Stage("study (studies/tiny.yaml: 2 arms x 2 seeds)", ["study", "run", str(tiny_study_file()), "--out",
+                                                             str(out / "study")], _study),
     ]
 
 
@@ -139,7 +156,7 @@ def demo(
     steps: int = typer.Option(20, "--steps", help="Training steps per pretraining run."),
 ):
     """Run every stage on generated data: synthetic scenes, masks and boxes, MoCo-v2, DetCon, SoCo and D3SSL pretraining,
-    probes, analyses and export — each through the real CLI.
+    probes, analyses, export and a tiny study with its report — each through the real CLI.
 
     Example: sslcli demo --out demo-out --images 64 --steps 20
     """

@@ -1,4 +1,4 @@
-"""`sslcli export`: convert a checkpoint's backbone to torchvision or detectron2 format."""
+"""`sslcli export`: convert a checkpoint's backbone to torchvision or detectron2 format, or write an untrained one."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 
 from sslcli.cli.apps import app
 from sslcli.cli.common import command, current
+from sslcli.errors import InputError
 
 TRUST_HELP = ("Allow full unpickling (torch.load weights_only=False). Needed for SoCo checkpoints, whose argparse "
               "Namespace cannot be read otherwise; unpickling can execute code, so use it only for files you trust.")
@@ -15,19 +16,40 @@ TRUST_HELP = ("Allow full unpickling (torch.load weights_only=False). Needed for
 
 @command(app, "export")
 def export(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint to convert (sslcli, torchvision, MoCo, SoCo, DetCon .npy)."),
+    checkpoint: Path = typer.Argument(None, help="Checkpoint to convert (sslcli, torchvision, MoCo, SoCo, DetCon .npy)."),
     to: str = typer.Option("torchvision", "--to", help="torchvision | detectron2"),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (.pth for torchvision, .pkl for detectron2)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
     prefix: str = typer.Option(None, "--prefix", help="Take the backbone from keys under this exact prefix."),
+    random_init: Path = typer.Option(None, "--random-init", metavar="SPEC",
+                                     help="Instead of converting: write the untrained backbone of this run spec, "
+                                          "built as the engine builds it (spec seed), as an sslcli checkpoint."),
+    seed: int = typer.Option(None, "--seed", help="With --random-init: use this seed instead of the spec's."),
 ):
     """Export a backbone for downstream fine-tuning.
 
     torchvision: a state dict of the backbone (no fc; load with strict=False). detectron2: a pickled
     {"model": numpy arrays with detectron2 names, "__author__", "matching_heuristics": True}.
 
+    --random-init SPEC writes the backbone as `sslcli pretrain SPEC` has it before its first step (same seed, same
+    construction), in the sslcli checkpoint format every probe and analysis reads: the untrained reference.
+
     Example: sslcli export runs/moco/last.pt --to detectron2 --out moco.pkl
+    Example: sslcli export --random-init examples/moco-v2-tiny.yaml --out random.pt
     """
+    if random_init is not None:
+        if checkpoint is not None:
+            raise InputError(f"{checkpoint}: give either a CHECKPOINT to convert or --random-init SPEC, not both")
+        from sslcli.spec import load_spec
+        from sslcli.study.random_init import write_random_init
+
+        spec = load_spec(random_init, [f"seed={seed}"] if seed is not None else [])
+        result = write_random_init(spec, out)
+        current().info(f"{out}: untrained {spec.model.arch} width {spec.model.width} ({spec.method.name}, "
+                       f"seed {spec.seed})")
+        return result
+    if checkpoint is None:
+        raise InputError("CHECKPOINT: a checkpoint to convert is required (or --random-init SPEC)")
     from sslcli.checkpoints import export_backbone  # torch is imported only when a command runs
 
     report, written = export_backbone(checkpoint, out, to=to, trust=trust_checkpoint, prefix=prefix)

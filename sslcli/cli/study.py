@@ -1,0 +1,141 @@
+"""`sslcli study run|report`: compare arms (spec overrides) over seeds, evaluate, and test the papers' orderings.
+
+The work happens in `sslcli.study`; this module wires it to the CLI: it turns an evaluation's options mapping into
+the options of the real `sslcli probe|analyze KIND` command (checked against that command's parameters, so a
+typo fails before any training) and prints progress through the command's output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sslcli.cli.apps import study_app
+from sslcli.cli.common import command, current
+from sslcli.errors import InputError
+
+# Options the study sets itself on every evaluation command.
+RESERVED = {"out", "json", "quiet", "debug", "help"}
+
+
+def _click_command(kind: str):
+    """The click command typer builds for `sslcli probe|analyze KIND` (its parameters are the truth)."""
+    import typer.main
+
+    from sslcli.cli.apps import analyze_app, probe_app
+    from sslcli.study.metrics import EVAL_KINDS
+
+    group = typer.main.get_command(probe_app if EVAL_KINDS[kind] == "probe" else analyze_app)
+    return group.commands[kind]  # type: ignore[attr-defined]
+
+
+def option_args(kind: str, options: dict[str, Any]) -> list[str]:
+    """``{"max-images": 100, "disturbed": true}`` -> ``["--max-images", "100", "--disturbed"]`` for `KIND`'s
+    command; bool options use the command's own on/off flags (e.g. --masked/--box)."""
+    cmd = _click_command(kind)
+    by_flag = {}
+    for param in cmd.params:
+        if param.param_type_name == "option":
+            for flag in [*param.opts, *param.secondary_opts]:
+                by_flag[flag] = param
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + str(key).replace("_", "-")
+        if str(key) in RESERVED:
+            raise InputError(f"{key}: set by the study itself; remove it")
+        param = by_flag.get(flag)
+        if param is None:
+            known = sorted(f[2:] for f in by_flag if f.startswith("--") and f[2:] not in RESERVED)
+            raise InputError(f"{key}: not an option of `sslcli {_group(kind)} {kind}` (options: {', '.join(known)})")
+        if param.is_flag:
+            if not isinstance(value, bool):
+                raise InputError(f"{key}: {value!r} is not true or false")
+            if value:
+                args.append(param.opts[0])
+            elif param.secondary_opts:
+                args.append(param.secondary_opts[0])
+            elif param.default not in (False, None):
+                raise InputError(f"{key}: cannot be switched off")
+        elif isinstance(value, (dict, list)) or value is None:
+            raise InputError(f"{key}: expected a single value, found {value!r}")
+        else:
+            args += [param.opts[0], str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+def _group(kind: str) -> str:
+    from sslcli.study.metrics import EVAL_KINDS
+
+    return EVAL_KINDS[kind]
+
+
+@command(study_app, "run")
+def study_run(
+    study_file: Path = typer.Argument(..., metavar="STUDY.yaml", help="Study file (see studies/, docs/study.md)."),
+    out: Path = typer.Option(None, "--out", help="Study folder (default: studies-out/<study name>)."),
+    gpus: int = typer.Option(0, "--gpus", min=0, help="Passed to every `sslcli pretrain` (processes per run)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate; list the runs, their spec hashes and the "
+                                                          "estimated GPU-hours; run nothing."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Forward every command's log lines."),
+):
+    """Run a study: every arm x seed trained, every evaluation run, results.jsonl and the report written.
+
+    Each run and evaluation is a real `sslcli pretrain|probe|analyze ... --json` subprocess, content-addressed in
+    the study folder: a rerun (also after a kill) redoes only what is missing or changed.
+
+    Example: sslcli study run studies/tiny.yaml --out tiny-study
+    """
+    from sslcli.study.runner import check_options, plan_summary, run_study
+    from sslcli.study.spec import load_study
+
+    out_ctx = current()
+    study = load_study(study_file, out, world_size=max(gpus, 1))
+    check_options(study, option_args)
+    if dry_run:
+        plan = plan_summary(study)
+        if out_ctx.json:
+            return {"valid": True, **plan}
+        _print_plan(plan)
+        return None
+    summary = run_study(study, option_args, out_ctx.info, gpus=gpus, verbose=verbose)
+    from sslcli.study.report import write_report
+
+    summary["report"] = write_report(study.out)
+    out_ctx.info(f"[study] report: {summary['report']['html']}")
+    return summary
+
+
+def _print_plan(plan: dict) -> None:
+    est = plan["estimate"]
+    print(f"study {plan['study']} ({plan['file']}): {len(plan['runs'])} runs -> {plan['out']}")
+    for run in plan["runs"]:
+        hours = est["per_run"].get(f"{run['arm']} seed {run['seed']}")
+        extra = "untrained reference" if run["random_init"] else (
+            f"{run['method']}, {run['spec']['epochs']} epochs, batch {run['spec']['batch_size']}, "
+            f"~{hours:.1f} GPU-h" if hours is not None else f"{run['method']}, GPU-h unknown")
+        print(f"  {run['arm']:<24} seed {run['seed']:<4} {run['hash']}  {'done' if run['done'] else 'to do':<6} "
+              f"{extra}")
+    print(f"evaluations: {', '.join(e['name'] or e['kind'] for e in plan['evaluate']) or 'none'}; "
+          f"expectations: {len(plan['expect'])}")
+    total = est["gpu_hours"]
+    print(f"estimated GPU-hours: {total if total is not None else 'unknown'} ({est['assumption']})")
+    if est["note"]:
+        print(f"  {est['note']}: {', '.join(est['unknown'])}")
+    print("resolved specs: sslcli study run ... --dry-run --json prints each run's full spec")
+
+
+@command(study_app, "report")
+def study_report(
+    folder: Path = typer.Argument(..., metavar="DIR", help="A study folder written by `sslcli study run`."),
+):
+    """Write DIR/report.md and DIR/report.html (tables, expectation verdicts, PNG plots, commands, versions).
+
+    Example: sslcli study report tiny-study
+    """
+    from sslcli.study.report import write_report
+
+    if not (folder / "study.json").is_file():
+        raise InputError(f"{folder}: not a study folder (no study.json; run `sslcli study run` first)")
+    return write_report(folder)

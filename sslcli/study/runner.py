@@ -1,0 +1,323 @@
+"""Execute a study: prepare steps, random-init references, training runs and evaluations, each as a real
+`python -m sslcli ... --json` subprocess, each content-addressed so a rerun (also after kill -9) redoes only what is
+missing or changed.
+
+Layout of the study folder DIR:
+  study.json                 the resolved plan (arms, seeds, run hashes and specs, evaluations, expectations)
+  prepare/<hash>.json        one marker per finished prepare step (its command)
+  specs/<run hash>.yaml      the spec each run was started with
+  runs/<run hash>/           the engine's output_dir (last.pt, metrics.jsonl, ...) and study-run.json once done
+  evals/<eval hash>.json     one evaluation of one checkpoint: command, wall time, the command's JSON for it
+  results.jsonl              one row per arm x seed x metric, rebuilt from the files above after every run
+  environment.json           software versions and the training device
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from sslcli.errors import InputError, SslcliError
+from sslcli.io import write_json_atomic, write_text_atomic
+from sslcli.spec import dump_spec
+from sslcli.study.estimate import estimate_gpu_hours
+from sslcli.study.metrics import EVAL_KINDS, flatten, per_checkpoint
+from sslcli.study.spec import PlannedRun, Study, content_hash, substitute, tokenise
+
+Log = Callable[[str], None]
+# (kind, options) -> the command-line options of `sslcli probe|analyze KIND`; raises InputError on unknown ones.
+OptionArgs = Callable[[str, dict], list[str]]
+
+RUN_MARKER = "study-run.json"
+RANDOM_INIT_CKPT = "random-init.pt"
+CHECKPOINT = "last.pt"
+
+
+# ------------------------------------------------------------------------------------------------------- planning
+def checkpoint_of(study: Study, run: PlannedRun) -> Path:
+    return Path(run.spec.output_dir) / (RANDOM_INIT_CKPT if run.random_init else CHECKPOINT)
+
+
+def eval_hash(study: Study, run: PlannedRun, index: int) -> str:
+    ev = study.file.evaluate[index]
+    return content_hash({"checkpoint": run.hash, "kind": ev.kind,
+                         "options": tokenise(substitute(ev.options, str(study.out)), str(study.out))})
+
+
+def eval_path(study: Study, run: PlannedRun, index: int) -> Path:
+    return study.out / "evals" / f"{eval_hash(study, run, index)}.json"
+
+
+def run_done(run: PlannedRun) -> bool:
+    out = Path(run.spec.output_dir)
+    return (out / RUN_MARKER).is_file() and (out / (RANDOM_INIT_CKPT if run.random_init else CHECKPOINT)).is_file()
+
+
+def check_options(study: Study, option_args: OptionArgs) -> None:
+    """Turn every evaluation's options into CLI arguments now, so a bad option fails before any training."""
+    for i, ev in enumerate(study.file.evaluate):
+        try:
+            option_args(ev.kind, substitute(ev.options, str(study.out)))
+        except InputError as exc:
+            raise InputError(f"{study.path}: evaluate.{i}.options: {exc}") from None
+
+
+def plan_summary(study: Study) -> dict:
+    """What `--dry-run` shows and `study.json` records: every run with its hash, status and resolved spec."""
+    runs = []
+    for run in study.runs:
+        spec = run.spec.model_dump(mode="json")
+        runs.append({"arm": run.arm, "seed": run.seed, "hash": run.hash, "random_init": run.random_init,
+                     "done": run_done(run), "method": run.spec.method.name, "output_dir": run.spec.output_dir,
+                     "spec": spec})
+    return {"study": study.file.name, "file": str(study.path.resolve()), "out": str(study.out),
+            "arms": study.arm_names, "seeds": study.file.seeds, "runs": runs,
+            "prepare": study.file.prepare,
+            "evaluate": [e.model_dump() for e in study.file.evaluate],
+            "expect": [e.model_dump() for e in study.file.expect],
+            "estimate": estimate_gpu_hours(study)}
+
+
+# ------------------------------------------------------------------------------------------------------ execution
+def sslcli_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "sslcli", *args, "--json"]
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as the user would type it."""
+    return "sslcli " + shlex.join(cmd[3:]) if cmd[1:3] == ["-m", "sslcli"] else shlex.join(cmd)
+
+
+def call(args: list[str], log: Log, verbose: bool) -> tuple[dict, float, str]:
+    """Run ``sslcli ARGS --json``; return (its JSON result, wall seconds, the command line). stderr is forwarded
+    line by line when ``verbose``; a failure raises with the child's last error line and its exit code class."""
+    cmd = sslcli_command(args)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
+        tail: list[str] = []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            tail = [*tail[-19:], line]
+            if verbose:
+                log(f"    {line}")
+        code = proc.wait()
+        stdout.seek(0)
+        text = stdout.read()
+    seconds = time.perf_counter() - start
+    if code != 0:
+        last = next((t for t in reversed(tail) if t.strip()), "(no message)")
+        error = InputError if code == 2 else SslcliError
+        raise error(f"{last.removeprefix('error: ')} [from: {shown(cmd)}]")
+    lines = text.strip().splitlines()
+    try:
+        return json.loads(lines[-1]), seconds, shown(cmd)
+    except (IndexError, json.JSONDecodeError):
+        raise SslcliError(f"{shown(cmd)}: printed no JSON result") from None
+
+
+def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, verbose: bool = False) -> dict:
+    """Run everything that is missing; return a summary (counts of done/skipped work and the results path)."""
+    check_options(study, option_args)
+    out = study.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "study.json", plan_summary(study))
+    write_text_atomic(out / "study.yaml", study.path.read_text())
+    counts = {"prepared": 0, "trained": 0, "evaluated": 0, "skipped": 0}
+    _prepare(study, log, verbose, counts)
+    for run in study.references:
+        _random_init(study, run, log, counts)
+    devices = set()
+    for run in study.trained:
+        devices.add(_train(study, run, log, verbose, gpus, counts))
+    # One pass over every checkpoint at the end: an analysis builds its inputs once for all of them.
+    _evaluate(study, study.runs, option_args, log, verbose, counts)
+    rows = write_results(study)
+    write_json_atomic(out / "environment.json", environment(sorted(d for d in devices if d)))
+    return {"out": str(out), "results": str(out / "results.jsonl"), "rows": rows, **counts}
+
+
+def _prepare(study: Study, log: Log, verbose: bool, counts: dict) -> None:
+    for i, step in enumerate(study.file.prepare):
+        marker = study.out / "prepare" / f"{content_hash(step)}.json"
+        if marker.is_file():
+            log(f"[study] prepare {i + 1}/{len(study.file.prepare)}: skipped (done): {step}")
+            counts["skipped"] += 1
+            continue
+        args = shlex.split(substitute(step, str(study.out)))
+        log(f"[study] prepare {i + 1}/{len(study.file.prepare)}: sslcli prepare {shlex.join(args)}")
+        result, seconds, cmd = call(["prepare", *args], log, verbose)
+        write_json_atomic(marker, {"step": step, "command": cmd, "wall_s": round(seconds, 3), "result": result})
+        counts["prepared"] += 1
+
+
+def _write_spec(study: Study, run: PlannedRun) -> Path:
+    path = study.out / "specs" / f"{run.hash}.yaml"
+    write_text_atomic(path, dump_spec(run.spec))
+    return path
+
+
+def _random_init(study: Study, run: PlannedRun, log: Log, counts: dict) -> None:
+    """The untrained reference, written in this process by the function behind `sslcli export --random-init`
+    (a subprocess per seed would cost more than the tiny study's training)."""
+    if run_done(run):
+        log(f"[study] {run.key} ({run.hash}): skipped (done)")
+        counts["skipped"] += 1
+        return
+    from sslcli.study.random_init import write_random_init
+
+    spec_path = _write_spec(study, run)
+    ckpt = checkpoint_of(study, run)
+    log(f"[study] {run.key} ({run.hash}): writing the untrained backbone")
+    start = time.perf_counter()
+    result = write_random_init(run.spec, ckpt)
+    cmd = f"sslcli export --random-init {shlex.quote(str(spec_path))} --out {shlex.quote(str(ckpt))}"
+    write_json_atomic(Path(run.spec.output_dir) / RUN_MARKER,
+                      {"arm": run.arm, "seed": run.seed, "hash": run.hash, "command": cmd + "  # run in-process: the function behind this command",
+                       "wall_s": round(time.perf_counter() - start, 3), "result": result})
+    counts["trained"] += 1
+
+
+def _train(study: Study, run: PlannedRun, log: Log, verbose: bool, gpus: int, counts: dict) -> str | None:
+    out = Path(run.spec.output_dir)
+    marker = out / RUN_MARKER
+    if run_done(run):
+        log(f"[study] {run.key} ({run.hash}): skipped (done)")
+        counts["skipped"] += 1
+        return json.loads(marker.read_text()).get("result", {}).get("device")
+    spec_path = _write_spec(study, run)
+    resuming = (out / CHECKPOINT).is_file()
+    finished = _finished_steps(run) if resuming else None
+    if finished is not None:  # killed after the last checkpoint but before the marker: nothing left to train
+        log(f"[study] {run.key} ({run.hash}): training had finished ({finished} steps); recording it")
+        result, seconds, cmd = {"steps": finished, "checkpoint": str(out / CHECKPOINT), "recovered": True}, 0.0, ""
+    else:
+        log(f"[study] {run.key} ({run.hash}): {'resuming' if resuming else 'training'} "
+            f"({run.spec.method.name}, {run.spec.max_steps or run.spec.epochs} "
+            f"{'steps' if run.spec.max_steps else 'epochs'})")
+        args = ["pretrain", str(spec_path), "--resume", "auto"] + (["--gpus", str(gpus)] if gpus else [])
+        result, seconds, cmd = call(args, log, verbose)
+    write_json_atomic(marker, {"arm": run.arm, "seed": run.seed, "hash": run.hash, "command": cmd,
+                               "wall_s": round(seconds, 3), "resumed": resuming, "result": result})
+    counts["trained"] += 1
+    return result.get("device")
+
+
+def _finished_steps(run: PlannedRun) -> int | None:
+    """The step count of last.pt when it already holds the whole run, else None (then `--resume auto` continues)."""
+    import torch  # only on this rare path: the study process itself stays light
+
+    state = torch.load(Path(run.spec.output_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
+    spe = state["steps_per_epoch"]
+    total = run.spec.epochs * spe
+    stop = min(total, run.spec.max_steps) if run.spec.max_steps else total
+    return int(state["step"]) if state["step"] >= stop else None
+
+
+def _evaluate(study: Study, runs: list[PlannedRun], option_args: OptionArgs, log: Log, verbose: bool,
+              counts: dict) -> None:
+    out = str(study.out)
+    for index, ev in enumerate(study.file.evaluate):
+        options = substitute(ev.options, out)
+        pending = []
+        for run in runs:
+            if eval_path(study, run, index).is_file():
+                counts["skipped"] += 1
+                log(f"[study] {ev.prefix} on {run.key}: skipped (done)")
+            else:
+                pending.append(run)
+        group = EVAL_KINDS[ev.kind]
+        # Analyses take several checkpoints in one call (inputs are built once); probes take one.
+        batches = [pending] if group == "analyze" and pending else [[r] for r in pending]
+        for batch in batches:
+            ckpts = [str(checkpoint_of(study, r)) for r in batch]
+            args = [group, ev.kind, *ckpts, *option_args(ev.kind, options)]
+            if group == "analyze":
+                args += ["--out", str(study.out / "evals" / "analyses" / f"{ev.kind}-{content_hash(ckpts, 8)}")]
+            elif ev.kind in ("knn", "linear", "segment-retrieval") and not {"cache", "no-cache"} & set(ev.options):
+                args += ["--cache", str(study.out / "cache")]
+            log(f"[study] {ev.prefix} on {', '.join(r.key for r in batch)}")
+            result, seconds, cmd = call(args, log, verbose)
+            try:
+                parts = per_checkpoint(ev.kind, result, len(batch))
+            except ValueError as exc:
+                raise SslcliError(f"{cmd}: {exc}") from None
+            for run, part in zip(batch, parts):
+                write_json_atomic(eval_path(study, run, index),
+                                  {"kind": ev.kind, "options": ev.options, "run": run.hash, "arm": run.arm,
+                                   "seed": run.seed, "command": cmd, "wall_s": round(seconds / len(batch), 3),
+                                   "result": part})
+                counts["evaluated"] += 1
+            write_results(study)  # results.jsonl always reflects every finished evaluation
+        if runs:  # the names are known now: an expectation naming another one is an error in the study file
+            names = set(flatten(json.loads(eval_path(study, runs[0], index).read_text())["result"], ev.prefix))
+            _check_metric_names(study, ev.prefix, names)
+
+
+def _check_metric_names(study: Study, prefix: str, names: set[str]) -> None:
+    for i, exp in enumerate(study.file.expect):
+        if exp.metric.split(".", 1)[0] == prefix and exp.metric not in names:
+            shown_names = ", ".join(sorted(names)[:12]) + (" ..." if len(names) > 12 else "")
+            raise InputError(f"{study.path}: expect.{i}.metric: {exp.metric!r} is not among the metrics "
+                             f"{prefix} yielded ({shown_names})")
+
+
+# --------------------------------------------------------------------------------------------------------- results
+def result_rows(study: Study) -> list[dict]:
+    """One row per arm x seed x metric, in plan order (arms, seeds, evaluations, sorted metric names)."""
+    rows = []
+    for run in study.runs:
+        marker = Path(run.spec.output_dir) / RUN_MARKER
+        train_wall = json.loads(marker.read_text()).get("wall_s") if marker.is_file() else None
+        for index, ev in enumerate(study.file.evaluate):
+            path = eval_path(study, run, index)
+            if not path.is_file():
+                continue
+            record = json.loads(path.read_text())
+            metrics = flatten(record["result"], ev.prefix)
+            for name in sorted(metrics):
+                value = metrics[name]
+                rows.append({"study": study.file.name, "arm": run.arm, "seed": run.seed, "metric": name,
+                             "value": None if math.isnan(value) else value, "spec_hash": run.hash,
+                             "eval_hash": path.stem, "train_wall_s": train_wall, "eval_wall_s": record.get("wall_s")})
+    return rows
+
+
+def write_results(study: Study) -> int:
+    rows = result_rows(study)
+    write_text_atomic(study.out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
+
+
+def environment(devices: list[str]) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import sslcli
+
+    def v(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    # CPU float sums depend on the thread count: identical results need the same OMP_NUM_THREADS.
+    return {"python": platform.python_version(), "platform": platform.platform(), "sslcli": sslcli.__version__,
+            "torch": v("torch"), "torchvision": v("torchvision"), "numpy": v("numpy"), "devices": devices,
+            "cpu_count": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+
+
+def dump_plan_yaml(study: Study) -> str:
+    return yaml.safe_dump(plan_summary(study), sort_keys=False)

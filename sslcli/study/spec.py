@@ -1,0 +1,271 @@
+"""Study files: pydantic models, loading, and the resolution of arms x seeds into validated run specs.
+
+A study names a base run spec, arms (dotted overrides of it, the semantics of `pretrain --set`), seeds, optional
+`prepare` steps, evaluations and expectations. Everything is validated before any training: every arm x seed spec
+with `sslcli.spec.parse_spec`, every expectation's arms and (as far as the evaluation kinds declare them) metrics.
+Errors are one line naming the study file and the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sslcli.errors import InputError
+from sslcli.spec import RunSpec, SpecError, apply_overrides, parse_spec
+from sslcli.study.metrics import EVAL_KINDS, declared_metric_ok
+
+RANDOM_INIT = "random-init"
+OUT_TOKEN = "{out}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Evaluation(_Strict):
+    kind: Literal["knn", "linear", "segment-retrieval", "coupling", "positional", "oknn"]
+    name: str | None = Field(None, description="Metric prefix (default: the kind); needed when a kind repeats.")
+    options: dict[str, Any] = Field(default_factory=dict, description="CLI options of `sslcli probe|analyze KIND`.")
+
+    @property
+    def prefix(self) -> str:
+        return self.name or self.kind
+
+
+class Expectation(_Strict):
+    metric: str
+    lower: str | None = None
+    higher: str | None = None
+    than: str
+    rule: Literal["all-seeds", "paired-t"] = "all-seeds"
+    paper: str | dict[str, Any] | None = Field(None, description="The paper's numbers, shown in the report.")
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> Expectation:
+        if (self.lower is None) == (self.higher is None):
+            raise ValueError("give exactly one of 'lower' or 'higher' (the arm expected below/above 'than')")
+        return self
+
+    @property
+    def arm(self) -> str:
+        return self.lower if self.lower is not None else self.higher  # type: ignore[return-value]
+
+    @property
+    def direction(self) -> str:
+        return "lower" if self.lower is not None else "higher"
+
+
+class Estimate(_Strict):
+    """Inputs of the GPU-hours estimate of `study run --dry-run` (an estimate, not a measurement)."""
+
+    images_per_s: dict[str, float] = Field(default_factory=dict, description="Assumed training images/s on one "
+                                           "GPU per arm or per method name (overrides the built-in table).")
+    dataset_images: int | None = Field(None, ge=1, description="Training images per epoch when the data root "
+                                       "cannot be read here.")
+
+
+class StudyFile(_Strict):
+    name: str
+    description: str | None = None
+    base: str | dict[str, Any]
+    arms: dict[str, dict[str, Any] | list[str]]
+    seeds: list[int] = Field(..., min_length=1)
+    prepare: list[str] = Field(default_factory=list)
+    evaluate: list[Evaluation] = Field(default_factory=list)
+    random_init: bool = False
+    expect: list[Expectation] = Field(default_factory=list)
+    estimate: Estimate = Estimate()
+
+
+@dataclass
+class PlannedRun:
+    arm: str
+    seed: int
+    spec: RunSpec
+    hash: str
+    random_init: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm} seed {self.seed}"
+
+
+@dataclass
+class Study:
+    path: Path
+    file: StudyFile
+    out: Path
+    runs: list[PlannedRun]
+    prepare_hash: str
+    arm_names: list[str] = field(default_factory=list)
+
+    @property
+    def trained(self) -> list[PlannedRun]:
+        return [r for r in self.runs if not r.random_init]
+
+    @property
+    def references(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.random_init]
+
+
+def _one_line(source: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(study)"
+    msg = "unknown key (not part of a study file)" if err["type"] == "extra_forbidden" else err["msg"]
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def substitute(value: Any, out: str) -> Any:
+    """Replace ``{out}`` in every string of a nested structure."""
+    if isinstance(value, str):
+        return value.replace(OUT_TOKEN, out)
+    if isinstance(value, dict):
+        return {k: substitute(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, out) for v in value]
+    return value
+
+
+def tokenise(value: Any, out: str) -> Any:
+    """The inverse of `substitute` for hashing: a study moved to another folder keeps its hashes."""
+    if isinstance(value, str):
+        return value.replace(out, OUT_TOKEN)
+    if isinstance(value, dict):
+        return {k: tokenise(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [tokenise(v, out) for v in value]
+    return value
+
+
+def content_hash(obj: Any, length: int = 16) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def arm_overrides(arm: str, value: dict[str, Any] | list[str]) -> list[str]:
+    """An arm as `--set` strings: a mapping's values are JSON, which YAML (and so apply_overrides) reads back."""
+    if isinstance(value, list):
+        return value
+    return [f"{key}={json.dumps(v)}" for key, v in value.items()]
+
+
+def load_study(path: str | Path, out: str | Path | None = None, world_size: int = 1) -> Study:
+    """Read and validate a study file; resolve every arm x seed into a RunSpec under ``out``/runs/<hash>."""
+    path = Path(path)
+    raw = read_yaml(path, "study file")
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level (name, base, arms, seeds, ...)")
+    try:
+        study = StudyFile.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(_one_line(str(path), exc)) from None
+    out_dir = Path(out) if out is not None else Path("studies-out") / study.name
+    out_dir = out_dir.resolve()
+    out_str = str(out_dir)
+    base = _base_spec(path, study)
+    if RANDOM_INIT in study.arms:
+        raise InputError(f"{path}: arms.{RANDOM_INIT}: reserved for the untrained reference (random_init: true)")
+    if len(set(study.seeds)) != len(study.seeds):
+        raise InputError(f"{path}: seeds: {study.seeds} repeats a seed")
+    _check_evaluations(path, study)
+    prepare_hash = content_hash(study.prepare)
+    runs: list[PlannedRun] = []
+    for arm, value in study.arms.items():
+        for seed in study.seeds:
+            runs.append(_resolve(path, arm, value, seed, base, out_str, prepare_hash, world_size, trained=True))
+    if study.random_init:
+        for seed in study.seeds:  # the base spec's architecture, built as the engine builds it for this seed
+            runs.append(_resolve(path, RANDOM_INIT, {}, seed, base, out_str, prepare_hash, world_size,
+                                 trained=False))
+    arm_names = [*study.arms, *([RANDOM_INIT] if study.random_init else [])]
+    _check_expectations(path, study, arm_names)
+    return Study(path, study, out_dir, runs, prepare_hash, arm_names)
+
+
+def _base_spec(path: Path, study: StudyFile) -> dict:
+    if isinstance(study.base, dict):
+        return study.base
+    base_path = (path.parent / study.base)
+    if not base_path.is_file():
+        raise InputError(f"{path}: base: {study.base} not found (relative to the study file: {base_path})")
+    data = read_yaml(base_path, "base run spec")
+    if not isinstance(data, dict):
+        raise InputError(f"{base_path}: expected a run spec mapping")
+    return data
+
+
+def _resolve(path: Path, arm: str, value, seed: int, base: dict, out: str, prepare_hash: str, world_size: int,
+             trained: bool) -> PlannedRun:
+    data = copy.deepcopy(base)
+    try:
+        data = apply_overrides(data, arm_overrides(arm, value))
+    except InputError as exc:
+        raise InputError(f"{path}: arms.{arm}: {exc}") from None
+    data["seed"] = seed
+    data = substitute(data, out)
+    data["output_dir"] = "(set per run)"
+    try:
+        spec = parse_spec(data, f"arms.{arm}", world_size)
+    except SpecError as exc:
+        where = "base" if not value else f"arms.{arm}"
+        raise InputError(f"{path}: {where}: resolved run spec (seed {seed}) is invalid: "
+                         + "; ".join(exc.problems)) from None
+    resolved = spec.model_dump(mode="json")
+    resolved.pop("output_dir")
+    run_hash = content_hash({"spec": tokenise(resolved, out), "prepare": prepare_hash,
+                             "kind": "train" if trained else RANDOM_INIT})
+    spec.output_dir = str(Path(out) / "runs" / run_hash)
+    return PlannedRun(arm, seed, spec, run_hash, random_init=not trained)
+
+
+def _check_evaluations(path: Path, study: StudyFile) -> None:
+    prefixes = [e.prefix for e in study.evaluate]
+    for i, ev in enumerate(study.evaluate):
+        if prefixes.count(ev.prefix) > 1:
+            raise InputError(f"{path}: evaluate.{i}.name: {ev.prefix!r} is used by several evaluations; give each "
+                             "its own name (the metric prefix)")
+        if "." in ev.prefix:
+            raise InputError(f"{path}: evaluate.{i}.name: {ev.prefix!r} may not contain a dot")
+
+
+def _check_expectations(path: Path, study: StudyFile, arm_names: list[str]) -> None:
+    kinds = {e.prefix: e for e in study.evaluate}
+    for i, exp in enumerate(study.expect):
+        for role, arm in ((exp.direction, exp.arm), ("than", exp.than)):
+            if arm not in arm_names:
+                hint = " (set random_init: true to get it)" if arm == RANDOM_INIT else ""
+                raise InputError(f"{path}: expect.{i}.{role}: unknown arm {arm!r}; the arms are "
+                                 f"{', '.join(arm_names)}{hint}")
+        if exp.arm == exp.than:
+            raise InputError(f"{path}: expect.{i}: compares arm {exp.arm!r} with itself")
+        prefix = exp.metric.split(".", 1)[0]
+        if prefix not in kinds:
+            raise InputError(f"{path}: expect.{i}.metric: {exp.metric!r} names no evaluation of this study "
+                             f"(evaluations: {', '.join(kinds) or 'none'})")
+        ev = kinds[prefix]
+        ok, known = declared_metric_ok(ev.kind, exp.metric[len(prefix) + 1:], ev.options)
+        if not ok:
+            raise InputError(f"{path}: expect.{i}.metric: {exp.metric!r} is not a metric that {ev.kind} yields "
+                             f"(it yields {prefix}.{known})")
+
+
+__all__ = ["EVAL_KINDS", "RANDOM_INIT", "Study", "StudyFile", "PlannedRun", "load_study", "content_hash",
+           "substitute"]
