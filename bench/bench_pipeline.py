@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores − 2, ≤ 12)")
     args = parser.parse_args()
 
+    args.data = args.data.resolve()  # the engine runs from a scratch folder: a relative root would not be found
     paths = sorted((args.data / "train2017").glob("*.jpg"))[:args.images]
     if not paths:
         sys.exit(f"{args.data}: no train2017/*.jpg (tiny-COCO expected)")
