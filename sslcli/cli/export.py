@@ -49,7 +49,7 @@ def export(
                        f"seed {spec.seed})")
         return result
     if checkpoint is None:
-        raise InputError("CHECKPOINT: a checkpoint to convert is required (or --random-init SPEC)")
+        raise InputError("sslcli export: missing argument CHECKPOINT (a checkpoint to convert, or --random-init SPEC)")
     from sslcli.checkpoints import export_backbone  # torch is imported only when a command runs
 
     report, written = export_backbone(checkpoint, out, to=to, trust=trust_checkpoint, prefix=prefix)
