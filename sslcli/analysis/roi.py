@@ -70,7 +70,7 @@ def box_features(backbone: nn.Module, items: Iterable[tuple[np.ndarray, np.ndarr
     Images wait in per-size buckets until a bucket holds ``batch_size`` of them (or more than 4·batch_size images
     wait in all), so batches never need padding and memory stays bounded.
     """
-    from sslcli.cli.common import progress
+    from sslcli.console import progress
 
     backbone.eval()  # BatchNorm must use its running statistics: features of one image never depend on the batch
     strides = stage_strides(backbone)

@@ -58,7 +58,7 @@ def choose_threads(spec_threads: int | None, ranks_per_node: int, workers: int,
 
 def configure_threads(spec, local_rank: int) -> int:
     """Set this rank's intra-op (and inter-op) thread counts from the policy; local rank 0 logs the choice."""
-    from sslcli.cli.common import current
+    from sslcli.console import current
 
     ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads, why = choose_threads(spec.data.threads, ranks_per_node, spec.data.workers)

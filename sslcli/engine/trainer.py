@@ -28,7 +28,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 import sslcli
-from sslcli.cli.common import current
+from sslcli.console import current
 from sslcli.engine import dist
 from sslcli.engine.checkpoint import (
     FORMAT,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from sslcli.analysis.roi import pooled_roi_features, stage_strides, to_input
-from sslcli.cli.common import current, progress
+from sslcli.console import current, progress
 from sslcli.data.sources import ImageSource
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.eval.labels import LabeledSet

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.analysis.roi import to_input
-from sslcli.cli.common import current, progress
+from sslcli.console import current, progress
 from sslcli.data.sources import CocoSource
 from sslcli.errors import InputError
 from sslcli.eval.features import (
