@@ -28,8 +28,8 @@ import torch.distributed as torch_dist
 from torch import nn
 
 import sslcli
+from sslcli import distributed as dist
 from sslcli.console import current
-from sslcli.engine import dist
 from sslcli.engine.checkpoint import (
     FORMAT,
     LAST,
@@ -190,7 +190,7 @@ def checkpoint_to_resume(resume: str | None, output_dir: Path) -> Path | None:
 
 
 def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dict:
-    """Train ``spec`` in this process (rank and world from `sslcli.engine.dist`); returns the run's result dict."""
+    """Train ``spec`` in this process (rank and world from `sslcli.distributed`); returns the run's result dict."""
     out = current()
     rank, world = dist.rank(), dist.world_size()
     output_dir = Path(spec.output_dir)

@@ -36,13 +36,14 @@ from sslcli.data.region_aug import (
 )
 from sslcli.data.region_views import RegionViews, downsample
 from sslcli.errors import InputError
-from sslcli.losses.region_nce import RegionBank, region_nce
+from sslcli.losses.region_nce import region_nce
 from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
 from sslcli.methods.soco import SocoTransform, open_box_store, roi_features
 from sslcli.models.backbone import build_backbone
 from sslcli.models.ema import cosine_momentum, ema_update, momentum_copy
 from sslcli.models.heads import mlp
+from sslcli.models.queue import RegionBank
 
 
 def d3ssl_loss(s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, bank: torch.Tensor,

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sslcli import distributed as dist
 from sslcli.data.mask_views import MaskViewPair
-from sslcli.engine import dist
 from sslcli.errors import InputError
 from sslcli.losses.detcon import detcon_loss
 from sslcli.methods import register

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from sslcli import distributed as dist
 from sslcli.data.color import SIMCLR
 from sslcli.data.transforms import CropViews
-from sslcli.engine import dist
 from sslcli.losses.contrastive import nt_xent
 from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
