@@ -1,8 +1,9 @@
 """Box features on a named stage: RoIAlign, then average pooling (D3SSL §3, §5.3; Mask R-CNN's aligned RoIAlign).
 
-Shared by the coupling, positional-bias and O-KNN analyses. Images go in as uint8 RGB arrays, are normalised with
-the ImageNet statistics every supported checkpoint was trained with, and are batched only with images of the same
-size (no padding), so a result never depends on the batch size or on which other images share a batch.
+Shared by the probes' feature extraction and the coupling, positional-bias and O-KNN analyses. Images go in as uint8
+RGB arrays, are normalised with the ImageNet statistics every supported checkpoint was trained with, and are batched
+only with images of the same size (no padding), so a result never depends on the batch size or on which other images
+share a batch.
 """
 
 from __future__ import annotations
