@@ -114,13 +114,13 @@ def _run_rank(local_rank: int, spec: RunSpec, resume: str | None, distributed: b
     from sslcli.engine.threads import configure_threads
     from sslcli.engine.trainer import train
 
-    configure_threads(spec, local_rank)
+    threads_note = configure_threads(spec)  # every rank sets its threads; rank 0 logs the line once checks pass
     device = _device(local_rank)
     if distributed:
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
                                       timeout=COLLECTIVE_TIMEOUT)
     try:
-        return train(spec, device, resume)
+        return train(spec, device, resume, threads_note=threads_note)
     finally:
         if distributed:
             torch_dist.destroy_process_group()
