@@ -280,3 +280,18 @@ def test_depositioning_rejects_boxes_outside_the_image():
     image, background = _images(0)
     with pytest.raises(ValueError, match="inside"):
         depositioning_composite(image, np.array([[50.0, 5.0, 70.0, 15.0]]), background, np.random.default_rng(0))
+
+
+def test_depositioning_with_a_sliver_box_at_the_edge_pastes_only_pixels_it_has():
+    # A box 0.1 px wide on the right edge (a proposal cut to a sliver by the view crop) still covers one pixel; after
+    # a shift to the left that pixel's source would be column 64 of a 64-wide image (an IndexError in training).
+    image = np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)
+    background = np.zeros_like(image)
+    boxes = np.array([[63.9, 10.0, 64.0, 20.0], [2.0, 2.0, 30.0, 30.0]])
+    for seed in range(20):
+        comp = depositioning_composite(image, boxes, background, np.random.default_rng(seed))
+        tx, ty = comp.shift
+        ys, xs = np.nonzero(comp.mask)
+        assert ((xs - tx >= 0) & (xs - tx < 64) & (ys - ty >= 0) & (ys - ty < 64)).all()
+        assert (comp.image[ys, xs] == image[ys - ty, xs - tx]).all()
+        assert (comp.image[~comp.mask] == 0).all()

@@ -281,7 +281,12 @@ def depositioning_composite(image: np.ndarray, boxes, background: np.ndarray, rn
         moved |= box_mask(b, height, width)
     cutouts = sample_prc_cutouts(shifted, height, width, rng, side_fraction, max_cover)
     moved &= ~cutouts.mask
-    out = background.copy()
+    # A box with no area at the image's edge still covers one pixel (pixel_boxes), whose source may lie outside the
+    # image after the shift: such pixels have nothing to paste and keep the background.
     ys, xs = np.nonzero(moved)
+    inside = (ys - ty >= 0) & (ys - ty < height) & (xs - tx >= 0) & (xs - tx < width)
+    moved[ys[~inside], xs[~inside]] = False
+    ys, xs = ys[inside], xs[inside]
+    out = background.copy()
     out[ys, xs] = image[ys - ty, xs - tx]
     return Composite(image=out, boxes=shifted, shift=(tx, ty), mask=moved, cutouts=cutouts)
