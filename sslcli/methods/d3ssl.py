@@ -37,7 +37,6 @@ from sslcli.data.region_aug import (
 from sslcli.data.region_views import RegionViews, downsample
 from sslcli.errors import InputError
 from sslcli.losses.region_nce import region_nce
-from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
 from sslcli.methods.soco import SocoTransform, open_box_store, roi_features
 from sslcli.models.backbone import build_backbone
@@ -151,7 +150,6 @@ def compose_views(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return x1, x2s, x3
 
 
-@register("d3ssl")
 class D3ssl(Method):
     """D3SSL on ResNet-C4 (``model.c4: true``): student encoder + projector, EMA teacher, region memory bank."""
 

@@ -22,7 +22,6 @@ from sslcli import distributed as dist
 from sslcli.data.color import MOCO_V2
 from sslcli.data.transforms import CropViews
 from sslcli.losses.contrastive import knn_moco_loss, moco_infonce
-from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
 from sslcli.models.backbone import build_backbone
 from sslcli.models.ema import ema_update, momentum_copy
@@ -52,7 +51,6 @@ def moco_views(spec) -> CropViews:
         aplus_p=m.aplus.p if m.aplus.enabled else 0.0)
 
 
-@register("moco")
 class MoCo(Method):
     def __init__(self, spec):
         super().__init__(spec)

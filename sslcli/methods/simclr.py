@@ -10,7 +10,6 @@ from sslcli import distributed as dist
 from sslcli.data.color import SIMCLR
 from sslcli.data.transforms import CropViews
 from sslcli.losses.contrastive import nt_xent
-from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
 from sslcli.models.backbone import build_backbone
 from sslcli.models.heads import mlp
@@ -31,7 +30,6 @@ def simclr_views(spec) -> CropViews:
                      interpolation=v2.InterpolationMode.BICUBIC)
 
 
-@register("simclr")
 class SimCLR(Method):
     """Backbone + projector; views from `CropViews` with the SIMCLR colour presets (blur on view 1 only)."""
 
