@@ -14,8 +14,8 @@ import time
 import numpy as np
 import torch
 
-from sslcli.analysis.roi import box_features
 from sslcli.cli.common import current
+from sslcli.eval.roi import box_features
 from sslcli.models.backbone import build_backbone
 
 

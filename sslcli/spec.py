@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from sslcli.errors import InputError
+from sslcli.method_registry import (
+    REGISTRY,
+    gpu_pipeline_methods,
+    load_plugins,
+    method_names,
+    register_method,
+    spec_classes,
+)
 
 SPEC_VERSION = 1
 
@@ -222,10 +230,59 @@ class D3sslSpec(Strict):
     base_momentum: float = Field(0.99, ge=0.0, le=1.0)
 
 
-MethodSpec = Annotated[MocoSpec | SimclrSpec | ByolSpec | DetconSpec | SocoSpec | D3sslSpec,
-                       Field(discriminator="name")]
-METHOD_NAMES = ("moco", "simclr", "byol", "detcon", "soco", "d3ssl")
-GPU_PIPELINE_METHODS = ("moco", "simclr", "byol")  # image-level views (`sslcli.data.device_views`)
+def _moco_problems(spec) -> list[str]:
+    method, problems = spec.method, []
+    if method.queue_size % spec.batch_size:
+        problems.append(f"method.queue_size: must be divisible by the global batch size {spec.batch_size}")
+    if method.constrained.enabled and not method.multi_crop.enabled:
+        problems.append("method.constrained.enabled: constrained multi-crop needs method.multi_crop.enabled: true")
+    for name in ("large_scale", "small_scale"):  # crop areas as fractions of the image (a negative one failed in
+        lo, hi = getattr(method.multi_crop, name)  # the workers)
+        if not (0.0 < lo and 0.0 < hi <= 1.0):
+            problems.append(f"method.multi_crop.{name}: [{lo}, {hi}] is not a range of area fractions in (0, 1]")
+    if spec.data.pipeline == "gpu" and method.aplus.enabled:
+        problems.append("data.pipeline: 'gpu' does not run A+ (AutoAugment); set method.aplus.enabled: false or "
+                        "data.pipeline: cpu")
+    return problems
+
+
+def _moco_ranges(method: MocoSpec) -> dict[str, tuple[float, float]]:
+    return {"method.multi_crop.large_scale": method.multi_crop.large_scale,
+            "method.multi_crop.small_scale": method.multi_crop.small_scale}
+
+
+def _soco_problems(spec) -> list[str]:
+    method, problems = spec.method, []
+    if not 0.0 <= method.cutout_scale[0] <= method.cutout_scale[1] <= 1.0:
+        problems.append(f"method.cutout_scale: {list(method.cutout_scale)} is not a range of box-area fractions "
+                        "in [0, 1]")
+    if method.view_pairs == "all" and method.recipe != "paper":
+        problems.append(f"method.view_pairs: 'all' (V2↔V3) needs recipe 'paper'; the {method.recipe} recipe "
+                        "pairs V1 with each other view only")
+    return problems
+
+
+def _d3ssl_problems(spec) -> list[str]:
+    method, problems = spec.method, []
+    if method.bank_size % spec.batch_size:
+        problems.append(f"method.bank_size: must be divisible by the global batch size {spec.batch_size}")
+    return problems
+
+
+def _d3ssl_ranges(method: D3sslSpec) -> dict[str, tuple[float, float]]:
+    return {"method.crop_scale": method.crop_scale, "method.prc.side_fraction": method.prc.side_fraction,
+            "method.prm.scale": method.prm.scale, "method.rbj.scale": method.rbj.scale}
+
+
+# The built-in methods, in the order `--schema` and the error messages list them. A method from another package
+# registers the same way (docs/add-a-method.md); the run spec's method union is built from this registry.
+register_method("moco", MocoSpec, "sslcli.methods.moco:MoCo", _moco_problems, _moco_ranges, gpu_pipeline=True)
+register_method("simclr", SimclrSpec, "sslcli.methods.simclr:SimCLR", gpu_pipeline=True)
+register_method("byol", ByolSpec, "sslcli.methods.byol:BYOL", gpu_pipeline=True)
+register_method("detcon", DetconSpec, "sslcli.methods.detcon:Detcon")
+register_method("soco", SocoSpec, "sslcli.methods.soco:Soco", _soco_problems,
+                lambda method: {"method.crop_scale": method.crop_scale})
+register_method("d3ssl", D3sslSpec, "sslcli.methods.d3ssl:D3ssl", _d3ssl_problems, _d3ssl_ranges)
 
 
 # ----------------------------------------------------------------------------------------------- optimiser, schedule
@@ -259,11 +316,13 @@ class LoggingSpec(Strict):
 
 # ---------------------------------------------------------------------------------------------------------- the spec
 class RunSpec(Strict):
+    # `method` is any registered method's spec: `run_spec_model` derives the model that validates it (the union of
+    # the registered spec classes, discriminated by `name`); every validated spec is an instance of that subclass.
     spec_version: Literal[1] = SPEC_VERSION
     name: str = Field("run", description="Short run name, used in logs.")
     data: DataSpec
     model: ModelSpec = ModelSpec()
-    method: MethodSpec
+    method: BaseModel
     optimizer: OptimizerSpec = OptimizerSpec()
     schedule: ScheduleSpec = ScheduleSpec()
     batch_size: int = Field(256, ge=1, description="Global batch size, over all ranks.")
@@ -283,6 +342,28 @@ class RunSpec(Strict):
             return self.optimizer.base_lr * self.batch_size / 256
         return self.optimizer.base_lr
 
+    def __reduce__(self):  # the derived class is not importable by name: a spawned rank rebuilds it from the fields
+        return _restore_spec, (self.model_dump(),)
+
+
+_RUN_SPEC_MODELS: dict[tuple[type, ...], type[RunSpec]] = {}
+
+
+def run_spec_model() -> type[RunSpec]:
+    """The RunSpec model whose ``method`` is the union of the registered methods' spec classes (plugins loaded)."""
+    load_plugins()
+    classes = spec_classes()
+    model = _RUN_SPEC_MODELS.get(classes)
+    if model is None:
+        method = classes[0] if len(classes) == 1 else Annotated[Union[classes], Field(discriminator="name")]  # noqa: UP007
+        model = create_model("RunSpec", __base__=RunSpec, __module__=__name__, method=(method, ...))
+        _RUN_SPEC_MODELS[classes] = model
+    return model
+
+
+def _restore_spec(data: dict) -> RunSpec:
+    return run_spec_model().model_validate(data)
+
 
 def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
     """Cross-field rules pydantic cannot check field by field, as ``path: message`` lines."""
@@ -290,32 +371,13 @@ def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
     method = spec.method
     if spec.batch_size % world_size:
         problems.append(f"batch_size: must be divisible by the number of processes {world_size}")
-    if isinstance(method, MocoSpec) and method.queue_size % spec.batch_size:
-        problems.append(f"method.queue_size: must be divisible by the global batch size {spec.batch_size}")
-    if isinstance(method, D3sslSpec) and method.bank_size % spec.batch_size:
-        problems.append(f"method.bank_size: must be divisible by the global batch size {spec.batch_size}")
-    if isinstance(method, SocoSpec) and not 0.0 <= method.cutout_scale[0] <= method.cutout_scale[1] <= 1.0:
-        problems.append(f"method.cutout_scale: {list(method.cutout_scale)} is not a range of box-area fractions "
-                        "in [0, 1]")
-    if isinstance(method, SocoSpec) and method.view_pairs == "all" and method.recipe != "paper":
-        problems.append(f"method.view_pairs: 'all' (V2↔V3) needs recipe 'paper'; the {method.recipe} recipe "
-                        "pairs V1 with each other view only")
-    if isinstance(method, MocoSpec) and method.constrained.enabled and not method.multi_crop.enabled:
-        problems.append("method.constrained.enabled: constrained multi-crop needs method.multi_crop.enabled: true")
-    if isinstance(method, MocoSpec):  # crop areas as fractions of the image (a negative one failed in the workers)
-        for name in ("large_scale", "small_scale"):
-            lo, hi = getattr(method.multi_crop, name)
-            if not (0.0 < lo and 0.0 < hi <= 1.0):
-                problems.append(f"method.multi_crop.{name}: [{lo}, {hi}] is not a range of area fractions in (0, 1]")
-    if spec.data.pipeline == "gpu":
-        if method.name not in GPU_PIPELINE_METHODS:
-            problems.append(f"data.pipeline: 'gpu' runs the views of {', '.join(GPU_PIPELINE_METHODS)}; method "
-                            f"{method.name} needs data.pipeline: cpu")
-        elif isinstance(method, MocoSpec) and method.aplus.enabled:
-            problems.append("data.pipeline: 'gpu' does not run A+ (AutoAugment); set method.aplus.enabled: false or "
-                            "data.pipeline: cpu")
-    for path, pair in _ranges(spec):
-        lo, hi = pair
+    entry = REGISTRY[method.name]
+    if entry.problems is not None:  # the method's own rules (registered with it)
+        problems.extend(entry.problems(spec))
+    if spec.data.pipeline == "gpu" and method.name not in gpu_pipeline_methods():
+        gpu = ", ".join(gpu_pipeline_methods())
+        problems.append(f"data.pipeline: 'gpu' runs the views of {gpu}; method {method.name} needs data.pipeline: cpu")
+    for path, (lo, hi) in (entry.ranges(method) if entry.ranges is not None else {}).items():
         if lo > hi:
             problems.append(f"{path}: lower bound {lo} is above upper bound {hi}")
     if spec.schedule.name in ("step", "piecewise"):
@@ -325,19 +387,6 @@ def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
     if spec.schedule.warmup_epochs >= spec.epochs and spec.max_steps is None:
         problems.append(f"schedule.warmup_epochs: must be below epochs ({spec.epochs})")
     return problems
-
-
-def _ranges(spec: RunSpec):
-    method = spec.method
-    if isinstance(method, MocoSpec):
-        yield "method.multi_crop.large_scale", method.multi_crop.large_scale
-        yield "method.multi_crop.small_scale", method.multi_crop.small_scale
-    if isinstance(method, (SocoSpec, D3sslSpec)):
-        yield "method.crop_scale", method.crop_scale
-    if isinstance(method, D3sslSpec):
-        yield "method.prc.side_fraction", method.prc.side_fraction
-        yield "method.prm.scale", method.prm.scale
-        yield "method.rbj.scale", method.rbj.scale
 
 
 # ----------------------------------------------------------------------------------------------------- load, report
@@ -357,16 +406,16 @@ def _format_pydantic(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         # Drop the discriminator tag pydantic inserts into union paths (method.moco.queue_size -> method.queue_size).
         loc = [str(p) for p in err["loc"]]
-        if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_NAMES:
+        if len(loc) >= 2 and loc[0] == "method" and loc[1] in REGISTRY:
             loc = [loc[0], *loc[2:]]
         path = ".".join(loc) or "(spec)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not part of the spec; check spelling)"
         elif err["type"] == "union_tag_invalid":
-            msg = f"unknown method {err.get('ctx', {}).get('tag', err['input'])!r}: expected one of {', '.join(METHOD_NAMES)}"
+            msg = f"unknown method {err.get('ctx', {}).get('tag', err['input'])!r}: expected one of {', '.join(method_names())}"
         elif err["type"] == "union_tag_not_found":
-            msg = f"missing 'name': expected one of {', '.join(METHOD_NAMES)}"
+            msg = f"missing 'name': expected one of {', '.join(method_names())}"
         elif err["type"] == "literal_error":
             msg = f"{err['input']!r} is not allowed: {msg}"
         problems.append(f"{path}: {msg}")
@@ -393,7 +442,7 @@ def parse_spec(data: Any, source: str = "spec", world_size: int = 1) -> RunSpec:
     if not isinstance(data, dict):
         raise SpecError(source, ["(spec): expected a mapping at the top level"])
     try:
-        spec = RunSpec.model_validate(data)
+        spec = run_spec_model().model_validate(data)
     except ValidationError as exc:
         raise SpecError(source, _format_pydantic(exc)) from None
     problems = consistency_problems(spec, world_size)
@@ -419,7 +468,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, world
 
 
 def spec_schema() -> dict:
-    return RunSpec.model_json_schema()
+    return run_spec_model().model_json_schema()
 
 
 def dump_spec(spec: RunSpec) -> str:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslcli.engine import dist
+from sslcli import distributed as dist
 from sslcli.methods import METHODS, _import_all
 from sslcli.methods.base import Method, StepInfo
 from sslcli.models.ema import ema_update, momentum_copy

@@ -13,9 +13,9 @@ from torch import nn
 from sslcli.analysis.coupling import compose_pair, coupling_rates, summarize
 from sslcli.analysis.oknn import classify, disturb, plan_objects, resize_short_side
 from sslcli.analysis.positional import mean_cosine_similarity, tile_boxes, tile_image
-from sslcli.analysis.roi import box_features, pooled_roi_features, stage_strides, to_input
 from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD
 from sslcli.eval.knn import knn_scores
+from sslcli.eval.roi import box_features, pooled_roi_features, stage_strides, to_input
 from sslcli.models.backbone import STAGES, build_backbone
 
 
@@ -290,7 +290,7 @@ def test_bank_plan_takes_one_object_per_class_per_image(tiny_coco):
 
 
 def test_cut_out_blacks_out_pixels_outside_the_gt_mask(tiny_coco):
-    from sslcli.analysis.objects import cut_out, eligible_objects, integer_box
+    from sslcli.data.objects import cut_out, eligible_objects, integer_box
     from sslcli.data.sources import open_source
 
     source = open_source(tiny_coco, "val2017")

@@ -144,7 +144,7 @@ def moco_spec(**options):
 
 
 def test_queue_slots_wrap_around():
-    from sslcli.methods.moco import enqueue_, queue_slots
+    from sslcli.models.queue import enqueue_, queue_slots
 
     assert queue_slots(0, 4, 8).tolist() == [0, 1, 2, 3]
     assert queue_slots(6, 4, 8).tolist() == [6, 7, 0, 1]
@@ -304,7 +304,7 @@ def _shuffle_bn_worker(rank: int, port: int, result_dir: str):
         keys, _ = method.encode_keys(x)
         plain, _ = method._encode_key_group(x)
         # NT-Xent across ranks: each rank scores its own rows against the gathered batch (gather_with_grad).
-        from sslcli.engine.dist import gather_with_grad
+        from sslcli.distributed import gather_with_grad
         from sslcli.losses.contrastive import nt_xent
 
         z = torch.nn.functional.normalize(torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(7)), dim=2)

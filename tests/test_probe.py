@@ -192,7 +192,7 @@ def test_feature_cache_is_reused_without_running_the_model(tiny_coco, tmp_path):
     # the features are RoIAlign of the box on res5: recompute one by hand
     from torchvision.ops import roi_align
 
-    from sslcli.analysis.roi import to_input
+    from sslcli.eval.roi import to_input
 
     image, (sx, sy) = pre.apply(rows.source.load(int(rows.image_index[0])))
     with torch.no_grad():

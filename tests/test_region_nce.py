@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sslcli.losses.region_nce import RegionBank, region_nce
+from sslcli.losses.region_nce import region_nce
+from sslcli.models.queue import RegionBank
 
 
 def _t(x):

@@ -143,14 +143,15 @@ def test_a_failed_two_rank_run_reports_one_line_without_torch_termination_noise(
 # --------------------------------------------------------------------------- 3: epoch checkpoint + metrics together
 @pytest.mark.parametrize("killed_in", ["epoch_0001.pt", "epoch_0003.pt"])
 def test_a_kill_while_an_epoch_checkpoint_is_written_loses_nothing(images, tmp_path, toy_method, killed_in):
-    full = launch(parse_spec(toy.spec_dict(images, tmp_path / "full", epochs=3, checkpoint_every=1)))
+    # data.threads pins the thread count in this process and the killed one alike (CPU sums depend on it).
+    full = launch(parse_spec(toy.spec_dict(images, tmp_path / "full", epochs=3, checkpoint_every=1, data__threads=1)))
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(toy.spec_dict(images, tmp_path / "run", epochs=3, checkpoint_every=1)))
+    spec.write_text(yaml.safe_dump(toy.spec_dict(images, tmp_path / "run", epochs=3, checkpoint_every=1, data__threads=1)))
     proc = subprocess.run(_toy_cli(f"main_killed_writing({killed_in!r})", "pretrain", str(spec), "-q"), env=ENV)
     assert proc.returncode == -signal.SIGKILL
     run = tmp_path / "run"
     assert list(run.glob(".*.tmp"))  # the kill left the half-written temporary file
-    resumed = launch(parse_spec(toy.spec_dict(images, run, epochs=3, checkpoint_every=1)), resume="auto")
+    resumed = launch(parse_spec(toy.spec_dict(images, run, epochs=3, checkpoint_every=1, data__threads=1)), resume="auto")
     assert resumed["steps"] == 6 and resumed["final_loss"] == full["final_loss"]
     for epoch in (1, 2, 3):
         assert load_checkpoint(run / f"epoch_{epoch:04d}.pt")["step"] == 2 * epoch

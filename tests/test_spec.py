@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sslcli.spec import METHOD_NAMES, SpecError, load_spec, parse_spec
+from sslcli.method_registry import method_names
+from sslcli.spec import SpecError, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -32,7 +33,7 @@ def test_lr_scaling_rule_is_explicit():
     assert parse_spec(data).lr == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize("name", METHOD_NAMES)
+@pytest.mark.parametrize("name", method_names())
 def test_every_reserved_method_name_validates(name):
     method = {"name": name}
     if name in ("soco", "d3ssl"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslcli.cli.common import current, progress
+from sslcli.console import current, progress
 from sslcli.data.color import MOCO_V2
 from sslcli.data.sources import ImageSource, open_source
 from sslcli.data.transforms import CropViews, box_iou

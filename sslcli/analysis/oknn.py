@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from torch.nn.functional import normalize
 
-from sslcli.analysis.objects import integer_box, qualifies, require_coco
-from sslcli.analysis.roi import box_features
+from sslcli.data.objects import integer_box, qualifies, require_coco
 from sslcli.data.sources import CocoSource, ImageSource
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.eval.knn import knn_scores, voted_topk_accuracy
+from sslcli.eval.roi import box_features
 
 
 @dataclass

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.nn.functional import cosine_similarity
 
-from sslcli.analysis.objects import cut_out, eligible_objects, require_coco
-from sslcli.analysis.roi import box_features
+from sslcli.data.objects import cut_out, eligible_objects, require_coco
 from sslcli.data.sources import ImageSource
 from sslcli.errors import CorruptImageError, InputError
+from sslcli.eval.roi import box_features
 from sslcli.models.backbone import STAGES
 
 GRID = 3

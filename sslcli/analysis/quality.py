@@ -96,7 +96,7 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
     (a warning is printed; None for stores without input digests). ``limit`` evaluates the first ``limit`` stored
     images only.
     """
-    from sslcli.cli.common import current, progress
+    from sslcli.console import current, progress
     from sslcli.data.sources import CocoSource, open_source
     from sslcli.data.store import RegionStore
     from sslcli.errors import InputError

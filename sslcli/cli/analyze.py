@@ -129,8 +129,8 @@ def analyze_coupling(
         sample_pairs,
         summarize,
     )
-    from sslcli.analysis.objects import require_coco
     from sslcli.analysis.plots import plot_against_depth
+    from sslcli.data.objects import require_coco
     from sslcli.data.sources import open_source
     from sslcli.eval.features import resolve_device
     from sslcli.models.backbone import STAGES
@@ -259,9 +259,9 @@ def analyze_oknn(
 
     Example: sslcli analyze oknn ckpt.pt --data coco/ --disturbed --out results/
     """
-    from sslcli.analysis.objects import require_coco
     from sslcli.analysis.oknn import assign_backgrounds, object_knn, plan_objects
     from sslcli.analysis.plots import plot_oknn
+    from sslcli.data.objects import require_coco
     from sslcli.data.sources import open_source
 
     if disturb not in ("both", "val"):

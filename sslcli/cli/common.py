@@ -1,4 +1,6 @@
-"""Conventions shared by every command: --json/--quiet/--debug, one-line errors, exit codes, progress.
+"""Conventions shared by every command: --json/--quiet/--debug, one-line errors, exit codes.
+
+Output and progress live in `sslcli.console`; a command only configures them.
 
 A command is a plain function registered with :func:`command`. It returns a JSON-serialisable dict (its result)
 or None. The wrapper adds the global options, prints the result (one JSON object on stdout with ``--json``, a
@@ -12,9 +14,8 @@ import inspect
 import json
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import typer
 
@@ -25,79 +26,10 @@ except ImportError:  # pragma: no cover
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
+from sslcli.console import Output, current, progress, set_current
 from sslcli.errors import SslcliError
 
-T = TypeVar("T")
-
-
-@dataclass
-class Output:
-    """How the running command talks to the user. Human text goes to stderr so stdout stays machine-readable."""
-
-    json: bool = False
-    quiet: bool = False
-    debug: bool = False
-    said: set[str] = field(default_factory=set)  # messages `info_once` already printed in this command
-
-    @property
-    def interactive(self) -> bool:
-        return sys.stderr.isatty() and not self.quiet and not self.json
-
-    def info(self, message: str) -> None:
-        if not self.quiet:
-            print(message, file=sys.stderr, flush=True)
-
-    def info_once(self, message: str) -> None:
-        """`info`, but at most once per command (e.g. a location several steps use)."""
-        if message not in self.said:
-            self.said.add(message)
-            self.info(message)
-
-    def warn(self, message: str) -> None:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-# The options of the command being run; library code reaches it through `current()`.
-_CURRENT = Output()
-
-
-def current() -> Output:
-    return _CURRENT
-
-
-def progress(items: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
-    """Iterate with a rich progress bar on a TTY, plain log lines (every 10 %) otherwise, nothing with --quiet."""
-    out = current()
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    if out.quiet:
-        yield from items
-        return
-    if out.interactive:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn())
-        with Progress(*columns, transient=True) as bar:
-            task = bar.add_task(description, total=total)
-            for item in items:
-                yield item
-                bar.advance(task)
-        return
-    step = max(1, (total or 0) // 10) if total else 100
-    done = 0
-    for item in items:
-        yield item
-        done += 1
-        if done % step == 0 or done == total:
-            out.info(f"{description}: {done}/{total if total is not None else '?'}")
+__all__ = ["Output", "command", "current", "progress", "run_guarded", "set_current"]  # output lives in sslcli.console
 
 
 def _print_human(result: dict[str, Any]) -> None:
@@ -207,8 +139,8 @@ def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[Callable[..
         @functools.wraps(fn)
         def wrapper(*args: Any, json_output: bool = False, quiet: bool = False, debug: bool = False,
                     **kw: Any) -> None:
-            global _CURRENT
-            _CURRENT = out = Output(json=json_output, quiet=quiet, debug=debug)
+            out = Output(json=json_output, quiet=quiet, debug=debug)
+            set_current(out)
             result = run_guarded(lambda: fn(*args, **kw), out)
             if result is None:
                 return

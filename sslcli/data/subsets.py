@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslcli.cli.common import current, progress
+from sslcli.console import current, progress
 from sslcli.data.coco_openimages import BY_COCO_NAME
 from sslcli.data.images import is_image_file
 from sslcli.data.sources import open_source, write_manifest

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
-from sslcli.cli import common
+from sslcli import console
 from sslcli.errors import InputError, SslcliError
 from sslcli.io import check_writable_dir
 from sslcli.process import FolderLock, die_with_parent
@@ -114,13 +114,13 @@ def _run_rank(local_rank: int, spec: RunSpec, resume: str | None, distributed: b
     from sslcli.engine.threads import configure_threads
     from sslcli.engine.trainer import train
 
-    configure_threads(spec, local_rank)
+    threads_note = configure_threads(spec)  # every rank sets its threads; rank 0 logs the line once checks pass
     device = _device(local_rank)
     if distributed:
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
                                       timeout=COLLECTIVE_TIMEOUT)
     try:
-        return train(spec, device, resume)
+        return train(spec, device, resume, threads_note=threads_note)
     finally:
         if distributed:
             torch_dist.destroy_process_group()
@@ -129,7 +129,7 @@ def _run_rank(local_rank: int, spec: RunSpec, resume: str | None, distributed: b
 def _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init_hook) -> dict:
     ctx = mp.get_context("spawn")
     reports = ctx.SimpleQueue()
-    out = common.current()
+    out = console.current()
     args = (procs, nodes, node_rank, master_addr, master_port, spec, resume, init_hook, reports,
             (out.json, out.quiet, out.debug), os.getpid())
     processes = mp.start_processes(_child, args=args, nprocs=procs, join=False, start_method="spawn")
@@ -163,7 +163,7 @@ def _child(local_rank, procs, nodes, node_rank, master_addr, master_port, spec, 
            parent_pid):
     """One spawned rank: set torchrun's environment, train, report the result or the error on ``reports``."""
     die_with_parent(parent_pid)  # a killed launcher takes its ranks with it (they would train on, unseen)
-    common._CURRENT = common.Output(*flags)
+    console.set_current(console.Output(*flags))
     rank = node_rank * procs + local_rank
     os.environ.update({"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port), "RANK": str(rank),
                        "WORLD_SIZE": str(procs * nodes), "LOCAL_RANK": str(local_rank),

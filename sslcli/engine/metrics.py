@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from sslcli.cli.common import current
+from sslcli.console import current
 from sslcli.io import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"

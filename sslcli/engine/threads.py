@@ -56,10 +56,9 @@ def choose_threads(spec_threads: int | None, ranks_per_node: int, workers: int,
             f"{cores} core(s) / {ranks_per_node} rank(s) on this node − {workers} DataLoader worker(s)")
 
 
-def configure_threads(spec, local_rank: int) -> int:
-    """Set this rank's intra-op (and inter-op) thread counts from the policy; local rank 0 logs the choice."""
-    from sslcli.cli.common import current
-
+def configure_threads(spec) -> str:
+    """Set this rank's intra-op (and inter-op) thread counts from the policy; return the line that says what was
+    chosen and why (the trainer logs it once the run's inputs are checked, so a refused run prints one line only)."""
     ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads, why = choose_threads(spec.data.threads, ranks_per_node, spec.data.workers)
     torch.set_num_threads(threads)
@@ -70,17 +69,18 @@ def configure_threads(spec, local_rank: int) -> int:
         torch.set_num_interop_threads(interop)
     except RuntimeError:
         interop = torch.get_num_interop_threads()
-    if local_rank == 0:
-        current().info(f"threads: {threads} compute thread(s) per rank ({why}), {interop} inter-op, "
-                       f"{WORKER_THREADS} per DataLoader worker; set data.threads or OMP_NUM_THREADS to change")
-    return threads
+    return (f"threads: {threads} compute thread(s) per rank ({why}), {interop} inter-op, {WORKER_THREADS} per "
+            "DataLoader worker; set data.threads or OMP_NUM_THREADS to change")
 
 
-def keep_thread_count(saved: int | None, spec_threads: int | None) -> None:
+def keep_thread_count(saved: int | None, spec_threads: int | None) -> bool:
     """On resume, compute with the thread count the checkpoint was written with (CPU float reductions depend on it,
     so this keeps a resume bit-identical when e.g. ``data.workers`` changed), unless the count was set explicitly."""
     if saved and spec_threads is None and not os.environ.get("OMP_NUM_THREADS", "").strip():
+        changed = int(saved) != torch.get_num_threads()
         torch.set_num_threads(int(saved))
+        return changed
+    return False
 
 
 def worker_threads() -> None:

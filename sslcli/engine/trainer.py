@@ -28,8 +28,8 @@ import torch.distributed as torch_dist
 from torch import nn
 
 import sslcli
-from sslcli.cli.common import current
-from sslcli.engine import dist
+from sslcli import distributed as dist
+from sslcli.console import current
 from sslcli.engine.checkpoint import (
     FORMAT,
     LAST,
@@ -189,8 +189,8 @@ def checkpoint_to_resume(resume: str | None, output_dir: Path) -> Path | None:
     return resume_path
 
 
-def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dict:
-    """Train ``spec`` in this process (rank and world from `sslcli.engine.dist`); returns the run's result dict."""
+def train(spec: RunSpec, device: torch.device, resume: str | None = None, threads_note: str | None = None) -> dict:
+    """Train ``spec`` in this process (rank and world from `sslcli.distributed`); returns the run's result dict."""
     out = current()
     rank, world = dist.rank(), dist.world_size()
     output_dir = Path(spec.output_dir)
@@ -212,7 +212,8 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dic
     if state is not None:
         check_resumable(state, spec.model_dump(mode="json"), resume_path, spe)
         trainer.load_state(state)
-        keep_thread_count(state.get("threads"), spec.data.threads)
+        if keep_thread_count(state.get("threads"), spec.data.threads) and threads_note:
+            threads_note = f"threads: {torch.get_num_threads()} compute thread(s) per rank (kept from the checkpoint)"
         done = state["step"]
         if done % spe:  # stopped mid-epoch: the epoch's mean goes on from the steps before the stop
             epoch_stats = dict(state.get("epoch_stats") or epoch_stats)
@@ -230,6 +231,8 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None) -> dic
     else:
         # Per-rank random stream for training-time randomness (e.g. shuffle-BN permutations).
         seed_everything(derive_seed(spec.seed, rank, 0))
+    if rank == 0 and threads_note:
+        out.info(threads_note)
     trainer.wrap_distributed()
 
     is_main = rank == 0

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslcli.analysis.roi import pooled_roi_features, stage_strides, to_input
-from sslcli.cli.common import current, progress
+from sslcli.console import current, progress
 from sslcli.data.sources import ImageSource
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.eval.labels import LabeledSet
+from sslcli.eval.roi import pooled_roi_features, stage_strides, to_input
 from sslcli.io import atomic_path
 
 CACHE_VERSION = 2  # 2: center-crop resizes the shorter side to image_size (was image_size·256/224)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslcli.analysis.objects import qualifies
+from sslcli.data.objects import qualifies
 from sslcli.data.sources import CocoSource, ImageSource, open_source
 from sslcli.errors import InputError
 

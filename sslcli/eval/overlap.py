@@ -13,7 +13,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from sslcli.cli.common import current
+from sslcli.console import current
 from sslcli.errors import InputError
 
 ALLOW_HELP = ("Evaluate even when evaluation images are also training images (same file or same bytes); the scores "

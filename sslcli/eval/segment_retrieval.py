@@ -25,8 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslcli.analysis.roi import to_input
-from sslcli.cli.common import current, progress
+from sslcli.console import current, progress
 from sslcli.data.sources import CocoSource
 from sslcli.errors import InputError
 from sslcli.eval.features import (
@@ -41,6 +40,7 @@ from sslcli.eval.features import (
 )
 from sslcli.eval.labels import LabeledSet, default_splits, open_split
 from sslcli.eval.overlap import check_disjoint
+from sslcli.eval.roi import to_input
 
 IGNORE = 255
 NO_REGION = 255  # region-map value of images that could not be decoded

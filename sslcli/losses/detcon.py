@@ -13,7 +13,7 @@ even when they carry the same id number — is a negative. As in the authors' lo
 - loss = view-1 term + view-2 term.
 
 Latents are L2-normalised and the logits divided by τ (0.1 in the paper). The function is pure: the caller gathers
-the other ranks' latents (`sslcli.engine.dist.gather_with_grad` / `gather_no_grad`) and says where its own images
+the other ranks' latents (`sslcli.distributed.gather_with_grad` / `gather_no_grad`) and says where its own images
 sit in the gathered batch (``offset``).
 """
 

@@ -1,39 +1,27 @@
 """Pretraining methods. A method owns its networks and returns losses; the engine owns loops and devices.
 
-`METHODS` maps a spec's ``method.name`` to its class; `build_method` instantiates one for a run spec.
+The method registry (`sslcli.method_registry`) names each method's class; `METHODS` maps a spec's ``method.name`` to
+the class this process builds (filled from the registry; tests may put a stand-in there), `build_method` instantiates
+one for a run spec.
 """
 
 from __future__ import annotations
 
-from sslcli.errors import NotImplementedYet
+import sslcli.spec  # noqa: F401 - registers the built-in methods (their specs live there, torch-free)
+from sslcli.method_registry import REGISTRY, load_plugins, method_class
 from sslcli.methods.base import Method
 
 METHODS: dict[str, type[Method]] = {}
 
 
-def register(name: str):
-    def deco(cls: type[Method]) -> type[Method]:
-        METHODS[name] = cls
-        return cls
-
-    return deco
-
-
 def build_method(spec) -> Method:
     _import_all()
-    name = spec.method.name
-    if name not in METHODS:
-        raise NotImplementedYet(f"method {name!r} (reserved in the spec; training it is not built yet)")
-    return METHODS[name](spec)
+    return METHODS[spec.method.name](spec)  # a validated spec names a registered method
 
 
 def _import_all() -> None:
-    """Import the method modules that exist so they register themselves."""
-    import importlib
-
-    for module in ("moco", "simclr", "byol", "detcon", "soco", "d3ssl"):
-        try:
-            importlib.import_module(f"sslcli.methods.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"sslcli.methods.{module}":
-                raise
+    """Import the class of every registered method (built-in and plugins) that `METHODS` does not hold yet."""
+    load_plugins()
+    for name in REGISTRY:
+        if name not in METHODS:
+            METHODS[name] = method_class(name)

@@ -5,7 +5,7 @@ Data flow: the engine's dataset reads a sample dict ``{"image": (H,W,3) uint8 RG
 DataLoader workers, collates the results with ``default_collate``, moves tensors to the device and calls
 ``method(batch, step)`` which returns a dict of scalar losses, the total under ``"loss"``. After the optimiser step
 the engine calls ``after_step`` (momentum/EMA updates, queues). Methods never touch loops, optimisers or devices;
-cross-rank communication goes through `sslcli.engine.dist`.
+cross-rank communication goes through `sslcli.distributed`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from torchvision.transforms import v2
 from sslcli.data.color import BYOL as BYOL_COLORS
 from sslcli.data.transforms import CropViews
 from sslcli.losses.regression import byol_loss
-from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
 from sslcli.models.backbone import build_backbone
 from sslcli.models.ema import cosine_momentum, ema_update, momentum_copy
@@ -31,7 +30,6 @@ def byol_views(spec) -> CropViews:
                      interpolation=v2.InterpolationMode.BICUBIC)
 
 
-@register("byol")
 class BYOL(Method):
     """Online encoder + projector + predictor; target = EMA copy of encoder + projector, τ on BYOL's cosine schedule."""
 

@@ -36,13 +36,13 @@ from sslcli.data.region_aug import (
 )
 from sslcli.data.region_views import RegionViews, downsample
 from sslcli.errors import InputError
-from sslcli.losses.region_nce import RegionBank, region_nce
-from sslcli.methods import register
+from sslcli.losses.region_nce import region_nce
 from sslcli.methods.base import Method, StepInfo
 from sslcli.methods.soco import SocoTransform, open_box_store, roi_features
 from sslcli.models.backbone import build_backbone
 from sslcli.models.ema import cosine_momentum, ema_update, momentum_copy
 from sslcli.models.heads import mlp
+from sslcli.models.queue import RegionBank
 
 
 def d3ssl_loss(s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, bank: torch.Tensor,
@@ -150,7 +150,6 @@ def compose_views(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return x1, x2s, x3
 
 
-@register("d3ssl")
 class D3ssl(Method):
     """D3SSL on ResNet-C4 (``model.c4: true``): student encoder + projector, EMA teacher, region memory bank."""
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sslcli import distributed as dist
 from sslcli.data.mask_views import MaskViewPair
-from sslcli.engine import dist
 from sslcli.errors import InputError
 from sslcli.losses.detcon import detcon_loss
-from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
 from sslcli.methods.byol import byol_heads
 from sslcli.methods.simclr import simclr_projector
@@ -102,7 +101,6 @@ class DetconTransform:
         return {"views": torch.stack([view1, view2]), "masks": grids}
 
 
-@register("detcon")
 class Detcon(Method):
     """DetCon_S (``method.variant: S``, SimCLR-based) and DetCon_B (``B``, BYOL-based)."""
 

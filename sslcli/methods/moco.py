@@ -18,32 +18,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sslcli import distributed as dist
 from sslcli.data.color import MOCO_V2
 from sslcli.data.transforms import CropViews
-from sslcli.engine import dist
 from sslcli.losses.contrastive import knn_moco_loss, moco_infonce
-from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
 from sslcli.models.backbone import build_backbone
 from sslcli.models.ema import ema_update, momentum_copy
 from sslcli.models.heads import mlp
+from sslcli.models.queue import enqueue_, queue_slots
 
 MOCO_CROP_SCALE = (0.2, 1.0)  # METHODS.md §1
-
-
-def queue_slots(ptr: int | torch.Tensor, n: int, size: int) -> torch.Tensor:
-    """Columns written by an enqueue of ``n`` entries at pointer ``ptr`` in a queue of ``size``: (ptr + i) mod size.
-
-    ``ptr`` may be the (1,) pointer buffer itself: the slots then stay on its device (no host sync on GPU).
-    """
-    device = ptr.device if isinstance(ptr, torch.Tensor) else None
-    return (ptr + torch.arange(n, device=device)) % size
-
-
-@torch.no_grad()
-def enqueue_(queue: torch.Tensor, slots: torch.Tensor, entries: torch.Tensor) -> None:
-    """Write ``entries`` (n, D) into the columns ``slots`` of ``queue`` (D, K), in place (the oldest are replaced)."""
-    queue[:, slots.to(queue.device)] = entries.T.to(queue.dtype)
 
 
 def single_process_groups(batch: int) -> int:
@@ -66,7 +51,6 @@ def moco_views(spec) -> CropViews:
         aplus_p=m.aplus.p if m.aplus.enabled else 0.0)
 
 
-@register("moco")
 class MoCo(Method):
     def __init__(self, spec):
         super().__init__(spec)

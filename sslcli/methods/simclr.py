@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from sslcli import distributed as dist
 from sslcli.data.color import SIMCLR
 from sslcli.data.transforms import CropViews
-from sslcli.engine import dist
 from sslcli.losses.contrastive import nt_xent
-from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
 from sslcli.models.backbone import build_backbone
 from sslcli.models.heads import mlp
@@ -31,7 +30,6 @@ def simclr_views(spec) -> CropViews:
                      interpolation=v2.InterpolationMode.BICUBIC)
 
 
-@register("simclr")
 class SimCLR(Method):
     """Backbone + projector; views from `CropViews` with the SIMCLR colour presets (blur on view 1 only)."""
 

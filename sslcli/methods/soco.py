@@ -26,7 +26,6 @@ from torchvision.ops import roi_align
 from sslcli.data.region_views import RegionViews
 from sslcli.errors import InputError
 from sslcli.losses.regression import corresponding_regression, normalized_regression
-from sslcli.methods import register
 from sslcli.methods.base import Method, StepInfo
 from sslcli.methods.byol import byol_heads
 from sslcli.models.backbone import ResNetBackbone, build_backbone
@@ -130,7 +129,6 @@ class SocoTransform:
         return self.views(image, boxes)
 
 
-@register("soco")
 class Soco(Method):
     """SoCo on ResNet-C4 (``model.c4: true``): online encoder + projector + predictor, EMA target."""
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from sslcli import __version__
-from sslcli.cli.common import current, progress
+from sslcli.console import current, progress
 from sslcli.data.sources import ImageSource
 from sslcli.data.store import FORMAT, EncodedResult, ImageResult, encode, write_store
 from sslcli.errors import CorruptImageError, InputError, SslcliError

@@ -1,4 +1,5 @@
-"""Annotated objects for the analyses: which instances qualify, cutting them out, fitting them into a cell.
+"""Annotated objects for the analyses and the probes' labels: which instances qualify, cutting them out, fitting them
+into a cell.
 
 An object qualifies when it is not a crowd annotation and both sides of its box are at least ``min_size`` pixels
 in the original image (D3SSL §5.3 keeps boxes "≥ 32 px"; we read that as the shorter side, and make it an option).

@@ -1,8 +1,9 @@
 """Box features on a named stage: RoIAlign, then average pooling (D3SSL §3, §5.3; Mask R-CNN's aligned RoIAlign).
 
-Shared by the coupling, positional-bias and O-KNN analyses. Images go in as uint8 RGB arrays, are normalised with
-the ImageNet statistics every supported checkpoint was trained with, and are batched only with images of the same
-size (no padding), so a result never depends on the batch size or on which other images share a batch.
+Shared by the probes' feature extraction and the coupling, positional-bias and O-KNN analyses. Images go in as uint8
+RGB arrays, are normalised with the ImageNet statistics every supported checkpoint was trained with, and are batched
+only with images of the same size (no padding), so a result never depends on the batch size or on which other images
+share a batch.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def box_features(backbone: nn.Module, items: Iterable[tuple[np.ndarray, np.ndarr
     Images wait in per-size buckets until a bucket holds ``batch_size`` of them (or more than 4·batch_size images
     wait in all), so batches never need padding and memory stays bounded.
     """
-    from sslcli.cli.common import progress
+    from sslcli.console import progress
 
     backbone.eval()  # BatchNorm must use its running statistics: features of one image never depend on the batch
     strides = stage_strides(backbone)
