@@ -36,3 +36,24 @@ def cli():
         return result.exit_code, result.stdout, result.stderr
 
     return run
+
+
+# The engine tests' toy data and method (tests/engine_toy.py), shared by test_engine and test_reliability.
+@pytest.fixture
+def images(tmp_path):
+    import engine_toy as toy
+
+    root = tmp_path / "images"
+    toy.write_images(root, n=20)
+    return root
+
+
+@pytest.fixture
+def toy_method(monkeypatch):
+    """The toy method installed as 'simclr' for this test only."""
+    import engine_toy as toy
+
+    from sslcli.methods import METHODS, _import_all
+
+    _import_all()
+    monkeypatch.setitem(METHODS, "simclr", toy.ToyMethod)

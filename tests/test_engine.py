@@ -24,24 +24,6 @@ from sslcli.methods.base import StepInfo
 from sslcli.spec import OptimizerSpec, ScheduleSpec, parse_spec
 
 
-@pytest.fixture
-def images(tmp_path):
-    root = tmp_path / "images"
-    toy.write_images(root, n=20)
-    return root
-
-
-
-
-@pytest.fixture
-def toy_method(monkeypatch):
-    """The toy method installed as 'simclr' for this test only."""
-    from sslcli.methods import METHODS, _import_all
-
-    _import_all()
-    monkeypatch.setitem(METHODS, "simclr", toy.ToyMethod)
-
-
 # ------------------------------------------------------------------------------------------------------ schedules
 def test_cosine_with_warmup_matches_formula():
     s = ScheduleSpec(name="cosine", warmup_epochs=1, warmup_start_factor=0.1, final_lr=0.0)

@@ -28,21 +28,6 @@ ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPA
        "OMP_NUM_THREADS": str(torch.get_num_threads())}  # bit-exact CPU results need the same thread count
 
 
-@pytest.fixture
-def images(tmp_path):
-    root = tmp_path / "images"
-    toy.write_images(root, n=20)
-    return root
-
-
-@pytest.fixture
-def toy_method(monkeypatch):
-    from sslcli.methods import METHODS, _import_all
-
-    _import_all()
-    monkeypatch.setitem(METHODS, "simclr", toy.ToyMethod)
-
-
 def _toy_cli(entry: str, *args: str) -> list[str]:
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import engine_toy; engine_toy.{entry}"
     return [sys.executable, "-c", code, *args]

@@ -133,26 +133,25 @@ def read_yaml(path: Path, what: str) -> Any:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
+def _map_strings(value: Any, fn) -> Any:
+    """Apply ``fn`` to every string of a nested structure of dicts and lists."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
 def substitute(value: Any, out: str) -> Any:
     """Replace ``{out}`` in every string of a nested structure."""
-    if isinstance(value, str):
-        return value.replace(OUT_TOKEN, out)
-    if isinstance(value, dict):
-        return {k: substitute(v, out) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, out) for v in value]
-    return value
+    return _map_strings(value, lambda s: s.replace(OUT_TOKEN, out))
 
 
 def tokenise(value: Any, out: str) -> Any:
     """The inverse of `substitute` for hashing: a study moved to another folder keeps its hashes."""
-    if isinstance(value, str):
-        return value.replace(out, OUT_TOKEN)
-    if isinstance(value, dict):
-        return {k: tokenise(v, out) for k, v in value.items()}
-    if isinstance(value, list):
-        return [tokenise(v, out) for v in value]
-    return value
+    return _map_strings(value, lambda s: s.replace(out, OUT_TOKEN))
 
 
 def content_hash(obj: Any, length: int = 16) -> str:
