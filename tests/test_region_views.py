@@ -109,11 +109,16 @@ def test_an_image_without_proposals_uses_the_shared_region():
     assert torch.allclose(boxes[2], torch.tensor([[0.0, 0.0, 32.0, 32.0]] * 3))
 
 
-def test_jitter_stays_within_its_bounds():
+def random_boxes(n: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 4) seeded boxes inside [0, 150]² with sides 1–51 px, and their (n, 2) sizes."""
     torch.manual_seed(0)
-    xy = torch.rand(4000, 2) * 100
-    wh = torch.rand(4000, 2) * 50 + 1
-    boxes = torch.cat([xy, xy + wh], 1)
+    xy = torch.rand(n, 2) * 100
+    wh = torch.rand(n, 2) * 50 + 1
+    return torch.cat([xy, xy + wh], 1), wh
+
+
+def test_jitter_stays_within_its_bounds():
+    boxes, wh = random_boxes()
     out = jitter_boxes(boxes, p=1.0, scale=0.1)
     centre, new_centre = (boxes[:, :2] + boxes[:, 2:]) / 2, (out[:, :2] + out[:, 2:]) / 2
     new_wh = out[:, 2:] - out[:, :2]
@@ -247,10 +252,7 @@ def test_fpn_code_v3_is_its_own_crop_with_its_own_boxes():
 def test_corner_jitter_is_anchored_at_the_corner():
     from sslcli.data.region_views import jitter_corners
 
-    torch.manual_seed(0)
-    xy = torch.rand(4000, 2) * 100
-    wh = torch.rand(4000, 2) * 50 + 1
-    boxes = torch.cat([xy, xy + wh], 1)
+    boxes, wh = random_boxes()
     out = jitter_corners(boxes, p=1.0, scale=0.1)
     corner_shift = (out[:, :2] - boxes[:, :2]) / wh
     new_wh = (out[:, 2:] - out[:, :2]) / wh
