@@ -141,14 +141,19 @@ def test_placed_boxes_are_clipped_and_keep_an_area():
         assert (out[:, 2] > out[:, 0]).all() and (out[:, 3] > out[:, 1]).all()
 
 
-def test_outputs_have_fixed_shapes_and_collate():
-    views = RegionViews(64, boxes_per_image=4)
+def collated_batch(views) -> dict:
+    """Four images with 0, 1, 4 and 9 proposals (fewer and more than K = 4), viewed and collated."""
     samples = []
     for seed, n in enumerate((0, 1, 4, 9)):
         torch.manual_seed(seed)
         rects = np.array((RECTS * 3)[:n], np.float32).reshape(-1, 4)
         samples.append(views(painted_image(), rects))
-    batch = default_collate(samples)
+    return default_collate(samples)
+
+
+def test_outputs_have_fixed_shapes_and_collate():
+    views = RegionViews(64, boxes_per_image=4)
+    batch = collated_batch(views)
     assert batch["view1"].shape == (4, 3, 64, 64) and batch["view2"].shape == (4, 3, 64, 64)
     assert batch["view3"].shape == (4, 3, 32, 32) and batch["boxes"].shape == (4, 3, 4, 4)
     assert batch["view1"].dtype == torch.float32 and batch["boxes"].dtype == torch.float32
@@ -196,12 +201,7 @@ def test_jitter_moves_v1_boxes_only_and_within_bounds():
 @pytest.mark.parametrize("recipe, sets, has_v3", [("paper", 3, True), ("c4-code", 2, False), ("fpn-code", 4, True)])
 def test_recipes_have_fixed_shapes_and_collate(recipe, sets, has_v3):
     views = RegionViews(64, boxes_per_image=4, recipe=recipe, padding="authors")
-    samples = []
-    for seed, n in enumerate((0, 1, 4, 9)):
-        torch.manual_seed(seed)
-        rects = np.array((RECTS * 3)[:n], np.float32).reshape(-1, 4)
-        samples.append(views(painted_image(), rects))
-    batch = default_collate(samples)
+    batch = collated_batch(views)
     assert batch["boxes"].shape == (4, sets, 4, 4) and batch["box_ids"].shape == (4, sets, 4)
     assert ("view3" in batch) == has_v3
     if has_v3:
