@@ -309,6 +309,35 @@ class ScheduleSpec(Strict):
     per_step: bool = Field(True, description="Update the lr every step (True) or once per epoch (MoCo's code).")
 
 
+class ColourSpec(Strict):
+    """One view's photometric pipeline (sslcli.data.color.ColorAug): jitter (p) → grayscale (p) → blur (p) →
+    solarize (p)."""
+
+    brightness: float = Field(0.4, ge=0.0)
+    contrast: float = Field(0.4, ge=0.0)
+    saturation: float = Field(0.4, ge=0.0)
+    hue: float = Field(0.1, ge=0.0, le=0.5)
+    jitter_p: float = Field(0.8, ge=0.0, le=1.0)
+    gray_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(0.5, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class ViewsSpec(Strict):
+    """Overrides of the method's view recipe (default: the paper's). For ablations and small budgets: the papers'
+    SimCLR-strength views stall learning in a few hundred CPU steps (docs/results/README.md)."""
+
+    colour: Literal["recipe", "moco-v2", "simclr", "byol"] | list[ColourSpec] = Field(
+        "recipe", description="The views' colour pipelines: recipe (the method's own), a preset (moco-v2: both views "
+                              "(0.4, 0.4, 0.4, 0.1), blur 0.5; simclr: (0.8, 0.8, 0.8, 0.2), blur 1.0 / 0.0; byol: "
+                              "(0.4, 0.4, 0.2, 0.1), blur 1.0 / 0.1, solarize 0 / 0.2), or a list of one (both views) "
+                              "or two (view 1, view 2) explicit pipelines.")
+    crop_scale: tuple[float, float] | None = Field(
+        None, description="Area range (fractions of the image) of the two main crops; None = the recipe's "
+                          "(MoCo 0.2-1, SimCLR/BYOL/DetCon 0.08-1). SoCo/D3SSL: use method.crop_scale.")
+
+
 class LoggingSpec(Strict):
     every_steps: int = Field(10, ge=1)
     tensorboard: bool = False
@@ -334,6 +363,7 @@ class RunSpec(Strict):
     output_dir: str = "runs/run"
     checkpoint_every: int = Field(10, ge=1, description="Keep a checkpoint every N epochs (plus `last`).")
     logging: LoggingSpec = LoggingSpec()
+    views: ViewsSpec = ViewsSpec()
 
     @property
     def lr(self) -> float:
@@ -380,12 +410,30 @@ def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
     for path, (lo, hi) in (entry.ranges(method) if entry.ranges is not None else {}).items():
         if lo > hi:
             problems.append(f"{path}: lower bound {lo} is above upper bound {hi}")
+    problems.extend(_views_problems(spec))
     if spec.schedule.name in ("step", "piecewise"):
         if any(not 0.0 < m < 1.0 for m in spec.schedule.milestones) or spec.schedule.milestones != sorted(
                 spec.schedule.milestones):
             problems.append("schedule.milestones: must be increasing fractions of training in (0, 1)")
     if spec.schedule.warmup_epochs >= spec.epochs and spec.max_steps is None:
         problems.append(f"schedule.warmup_epochs: must be below epochs ({spec.epochs})")
+    return problems
+
+
+def _views_problems(spec: RunSpec) -> list[str]:
+    views, method = spec.views, spec.method
+    problems = []
+    if isinstance(views.colour, list) and len(views.colour) not in (1, 2):
+        problems.append(f"views.colour: {len(views.colour)} pipelines; expected 1 (both views) or 2 (view 1, view 2)")
+    if views.crop_scale is not None:
+        lo, hi = views.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            problems.append(f"views.crop_scale: {list(views.crop_scale)} is not a range of area fractions in (0, 1]")
+        if method.name in ("soco", "d3ssl"):
+            problems.append(f"views.crop_scale: method {method.name} sets its crop with method.crop_scale")
+        multi_crop = getattr(method, "multi_crop", None)
+        if multi_crop is not None and multi_crop.enabled:
+            problems.append("views.crop_scale: with multi-crop the large crops use method.multi_crop.large_scale")
     return problems
 
 

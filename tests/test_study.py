@@ -147,8 +147,8 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _study_run(out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sslcli", "study", "run", str(TINY), "--out", str(out)],
+def _study_run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sslcli", "study", "run", str(TINY), "--out", str(out), *extra],
                           capture_output=True, text=True, env=_env(), timeout=600)
 
 
@@ -214,7 +214,7 @@ def test_tiny_study_deterministic_resumable_and_reported(tmp_path):
             os.killpg(proc2.pid, signal.SIGKILL)
     assert not (runs[("simclr", 1)] / "study-run.json").exists()  # killed during the second arm
     before = {d: ((d / "last.pt").stat().st_mtime_ns, _sha(d / "last.pt")) for d in first_arm}
-    rerun = _study_run(second)
+    rerun = _study_run(second, "--jobs", "2")  # the rest in parallel: same values as one at a time
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     for seed, d in enumerate(first_arm):
         assert ((d / "last.pt").stat().st_mtime_ns, _sha(d / "last.pt")) == before[d]

@@ -76,6 +76,8 @@ def study_run(
     study_file: Path = typer.Argument(..., metavar="STUDY.yaml", help="Study file (see studies/, docs/study.md)."),
     out: Path = typer.Option(None, "--out", help="Study folder (default: studies-out/<study name>)."),
     gpus: int = typer.Option(0, "--gpus", min=0, help="Passed to every `sslcli pretrain` (processes per run)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Training runs at once (CPU: give each run data.threads = "
+                                                      "cores / jobs; one run per machine with --gpus)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate; list the runs, their spec hashes and the "
                                                           "estimated GPU-hours; run nothing."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Forward every command's log lines."),
@@ -91,6 +93,8 @@ def study_run(
     from sslcli.study.spec import load_study
 
     out_ctx = current()
+    if jobs > 1 and gpus:
+        raise InputError(f"--jobs {jobs} with --gpus {gpus}: parallel runs share no GPUs yet; use --jobs 1")
     study = load_study(study_file, out, world_size=max(gpus, 1))
     check_options(study, option_args)
     if dry_run:
@@ -99,7 +103,7 @@ def study_run(
             return {"valid": True, **plan}
         _print_plan(plan)
         return None
-    summary = run_study(study, option_args, out_ctx.info, gpus=gpus, verbose=verbose)
+    summary = run_study(study, option_args, out_ctx.info, gpus=gpus, verbose=verbose, jobs=jobs)
     from sslcli.study.report import write_report
 
     summary["report"] = write_report(study.out)

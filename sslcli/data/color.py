@@ -39,6 +39,20 @@ SIMCLR = (ColorAug(0.8, 0.8, 0.8, 0.2, blur_p=1.0), ColorAug(0.8, 0.8, 0.8, 0.2,
 BYOL = (ColorAug(0.4, 0.4, 0.2, 0.1, blur_p=1.0), ColorAug(0.4, 0.4, 0.2, 0.1, blur_p=0.1, solarize_p=0.2))
 
 
+PRESETS: dict[str, tuple[ColorAug, ColorAug]] = {"moco-v2": (MOCO_V2, MOCO_V2), "simclr": SIMCLR, "byol": BYOL}
+
+
+def view_colours(colour, recipe: tuple[ColorAug, ColorAug]) -> tuple[ColorAug, ColorAug]:
+    """The two views' colour pipelines for a run spec's ``views.colour``: "recipe" keeps the method's own
+    ``recipe``, a preset name picks from `PRESETS`, a list of one or two `ColourSpec`-like models sets them."""
+    if colour == "recipe":
+        return recipe
+    if isinstance(colour, str):
+        return PRESETS[colour]
+    augs = [ColorAug(**{**c.model_dump(), "blur_sigma": tuple(c.blur_sigma)}) for c in colour]
+    return (augs[0], augs[-1])
+
+
 def blur_kernel_size(image_size: int) -> int:
     """About 10 % of the image side, odd (SimCLR: 23 px at 224)."""
     k = max(3, int(0.1 * image_size))

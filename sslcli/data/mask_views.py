@@ -92,6 +92,7 @@ class MaskViewPair:
     scale: tuple[float, float] = CROP_SCALE
     ratio: tuple[float, float] = CROP_RATIO
     crop_sampler: str = "authors"
+    colors: tuple[ColorAug, ColorAug] | None = None  # None: the variant's preset (SIMCLR for S, BYOL for B)
 
     def __post_init__(self):
         if self.variant not in COLOR_PRESETS:
@@ -105,7 +106,7 @@ class MaskViewPair:
 
     def _build(self):
         geometry = crop_and_flip(self.size, self.scale, self.ratio, sampler=self.crop_sampler)
-        colors = [color_transform(aug, self.size) for aug in COLOR_PRESETS[self.variant]]
+        colors = [color_transform(aug, self.size) for aug in self.colors or COLOR_PRESETS[self.variant]]
         self._pipelines = (geometry, colors)
         return self._pipelines
 

@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from sslcli.data.color import BYOL as BYOL_COLORS
+from sslcli.data.color import view_colours
 from sslcli.data.transforms import CropViews
 from sslcli.losses.regression import byol_loss
 from sslcli.methods.base import Method, StepInfo
@@ -26,7 +27,8 @@ def byol_heads(in_dim: int, hidden_dim: int = 4096, dim: int = 256) -> tuple[nn.
 def byol_views(spec) -> CropViews:
     """Two crops (area U[0.08, 1]) at ``data.image_size`` with the BYOL colour presets of views 1 and 2, bicubic
     resize (METHODS.md §3, DetCon App. A)."""
-    return CropViews(spec.data.image_size, BYOL_CROP_SCALE, colors=BYOL_COLORS,
+    return CropViews(spec.data.image_size, spec.views.crop_scale or BYOL_CROP_SCALE,
+                     colors=view_colours(spec.views.colour, BYOL_COLORS),
                      interpolation=v2.InterpolationMode.BICUBIC)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD
+from sslcli.data.color import BYOL, IMAGENET_MEAN, IMAGENET_STD, ColorAug, view_colours
 from sslcli.data.region_aug import (
     _fill_values,
     depositioning_composite,
@@ -90,9 +90,11 @@ class D3sslViews:
     rbj_shift: float = 0.1
     decoupling: bool = True
     depositioning: bool = True
+    colors: tuple[ColorAug, ColorAug] = BYOL
 
     def __post_init__(self):
-        self.regions = RegionViews(self.size, self.boxes_per_image, tuple(self.crop_scale), jitter_p=0.0)
+        self.regions = RegionViews(self.size, self.boxes_per_image, tuple(self.crop_scale), jitter_p=0.0,
+                                   colors=self.colors)
 
     def _jitter(self, boxes: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         jittered = restricted_box_jitter(boxes.numpy(), rng, tuple(self.rbj_scale), self.rbj_shift)
@@ -175,7 +177,8 @@ class D3ssl(Method):
         views = D3sslViews(self.spec.data.image_size, method.boxes_per_image, tuple(method.crop_scale),
                            tuple(method.prc.side_fraction), method.prc.max_cover, method.prc.fill,
                            tuple(method.prm.scale), tuple(method.prm.ratio), tuple(method.rbj.scale),
-                           method.rbj.shift, method.decoupling, method.depositioning)
+                           method.rbj.shift, method.decoupling, method.depositioning,
+                           view_colours(self.spec.views.colour, BYOL))
         return SocoTransform(open_box_store(method.boxes), views)
 
     def _embed(self, encoder, projector, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from sslcli import distributed as dist
-from sslcli.data.mask_views import MaskViewPair
+from sslcli.data.color import view_colours
+from sslcli.data.mask_views import COLOR_PRESETS, CROP_SCALE, MaskViewPair
 from sslcli.errors import InputError
 from sslcli.losses.detcon import detcon_loss
 from sslcli.methods.base import Method, StepInfo
@@ -120,7 +121,10 @@ class Detcon(Method):
 
     def transform(self) -> DetconTransform:
         masks = MaskSource.from_spec(self.spec.method.masks, self.spec.data)
-        views = MaskViewPair(self.spec.data.image_size, self.variant, crop_sampler=self.spec.method.crop_sampler)
+        spec = self.spec
+        views = MaskViewPair(spec.data.image_size, self.variant, scale=spec.views.crop_scale or CROP_SCALE,
+                             crop_sampler=spec.method.crop_sampler,
+                             colors=view_colours(spec.views.colour, COLOR_PRESETS[self.variant]))
         return DetconTransform(masks, views)
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]

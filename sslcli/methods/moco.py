@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sslcli import distributed as dist
-from sslcli.data.color import MOCO_V2
+from sslcli.data.color import MOCO_V2, view_colours
 from sslcli.data.transforms import CropViews
 from sslcli.losses.contrastive import knn_moco_loss, moco_infonce
 from sslcli.methods.base import Method, StepInfo
@@ -42,8 +42,8 @@ def moco_views(spec) -> CropViews:
     mc = m.multi_crop
     return CropViews(
         large_size=mc.large_size if mc.enabled else data.image_size,
-        large_scale=mc.large_scale if mc.enabled else MOCO_CROP_SCALE,
-        colors=(MOCO_V2, MOCO_V2),
+        large_scale=mc.large_scale if mc.enabled else (spec.views.crop_scale or MOCO_CROP_SCALE),
+        colors=view_colours(spec.views.colour, (MOCO_V2, MOCO_V2)),
         small_size=mc.small_size, small_scale=mc.small_scale, n_small=mc.n_small if mc.enabled else 0,
         max_iou=m.crop_iou.max_iou, iou_tries=m.crop_iou.max_tries,
         cc_min_overlap=m.constrained.min_overlap if m.constrained.enabled else None,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from sslcli import distributed as dist
-from sslcli.data.color import SIMCLR
+from sslcli.data.color import SIMCLR, view_colours
 from sslcli.data.transforms import CropViews
 from sslcli.losses.contrastive import nt_xent
 from sslcli.methods.base import Method, StepInfo
@@ -26,7 +26,8 @@ def simclr_projector(in_dim: int, hidden_dim: int = 2048, dim: int = 128):
 def simclr_views(spec) -> CropViews:
     """Two crops (area U[0.08, 1]) at ``data.image_size`` with the SIMCLR colour presets of views 1 and 2, bicubic
     resize (METHODS.md §3, DetCon App. A)."""
-    return CropViews(spec.data.image_size, SIMCLR_CROP_SCALE, colors=SIMCLR,
+    return CropViews(spec.data.image_size, spec.views.crop_scale or SIMCLR_CROP_SCALE,
+                     colors=view_colours(spec.views.colour, SIMCLR),
                      interpolation=v2.InterpolationMode.BICUBIC)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
+from sslcli.data.color import BYOL, view_colours
 from sslcli.data.region_views import RegionViews
 from sslcli.errors import InputError
 from sslcli.losses.regression import corresponding_regression, normalized_regression
@@ -147,7 +148,8 @@ class Soco(Method):
         method = self.spec.method
         views = RegionViews(self.spec.data.image_size, method.boxes_per_image, tuple(method.crop_scale),
                             method.jitter_p, method.jitter_scale, recipe=method.recipe, padding=method.padding,
-                            cutout_p=method.cutout_p, cutout_scale=tuple(method.cutout_scale))
+                            cutout_p=method.cutout_p, cutout_scale=tuple(method.cutout_scale),
+                            colors=view_colours(self.spec.views.colour, BYOL))
         return SocoTransform(open_box_store(method.boxes), views)
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]

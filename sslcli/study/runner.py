@@ -22,8 +22,10 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -42,6 +44,7 @@ OptionArgs = Callable[[str, dict], list[str]]
 RUN_MARKER = "study-run.json"
 RANDOM_INIT_CKPT = "random-init.pt"
 CHECKPOINT = "last.pt"
+_COUNTS_LOCK = threading.Lock()
 
 
 # ------------------------------------------------------------------------------------------------------- planning
@@ -129,8 +132,10 @@ def call(args: list[str], log: Log, verbose: bool) -> tuple[dict, float, str]:
         raise SslcliError(f"{shown(cmd)}: printed no JSON result") from None
 
 
-def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, verbose: bool = False) -> dict:
-    """Run everything that is missing; return a summary (counts of done/skipped work and the results path)."""
+def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, verbose: bool = False,
+              jobs: int = 1) -> dict:
+    """Run everything that is missing; return a summary (counts of done/skipped work and the results path).
+    ``jobs``: training runs at once (each its own subprocess and folder; evaluations run after all of them)."""
     check_options(study, option_args)
     out = study.out
     out.mkdir(parents=True, exist_ok=True)
@@ -140,9 +145,8 @@ def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, ve
     _prepare(study, log, verbose, counts)
     for run in study.references:
         _random_init(study, run, log, counts)
-    devices = set()
-    for run in study.trained:
-        devices.add(_train(study, run, log, verbose, gpus, counts))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the `sslcli pretrain` subprocesses
+        devices = set(pool.map(lambda run: _train(study, run, log, verbose, gpus, counts), study.trained))
     # One pass over every checkpoint at the end: an analysis builds its inputs once for all of them.
     _evaluate(study, study.runs, option_args, log, verbose, counts)
     rows = write_results(study)
@@ -196,7 +200,8 @@ def _train(study: Study, run: PlannedRun, log: Log, verbose: bool, gpus: int, co
     marker = out / RUN_MARKER
     if run_done(run):
         log(f"[study] {run.key} ({run.hash}): skipped (done)")
-        counts["skipped"] += 1
+        with _COUNTS_LOCK:  # --jobs: several _train calls at once
+            counts["skipped"] += 1
         return json.loads(marker.read_text()).get("result", {}).get("device")
     spec_path = _write_spec(study, run)
     resuming = (out / CHECKPOINT).is_file()
@@ -212,7 +217,8 @@ def _train(study: Study, run: PlannedRun, log: Log, verbose: bool, gpus: int, co
         result, seconds, cmd = call(args, log, verbose)
     write_json_atomic(marker, {"arm": run.arm, "seed": run.seed, "hash": run.hash, "command": cmd,
                                "wall_s": round(seconds, 3), "resumed": resuming, "result": result})
-    counts["trained"] += 1
+    with _COUNTS_LOCK:
+        counts["trained"] += 1
     return result.get("device")
 
 
