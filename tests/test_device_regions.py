@@ -189,7 +189,7 @@ def test_detcon_device_views_equal_the_cpu_path_on_the_same_draws(tmp_path):
 
 
 def _normalise_only(x: torch.Tensor) -> torch.Tensor:
-    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    return TF.normalize(x.float() / 255 if x.dtype == torch.uint8 else x, IMAGENET_MEAN, IMAGENET_STD)
 
 
 # ------------------------------------------------------------------------------------------------------- SoCo, D3SSL

@@ -126,6 +126,6 @@ class MaskViewPair:
         out = []
         for color in colors:
             view, mask = geometry(image_t, mask_t)
-            view = color(v2.functional.to_dtype(view, torch.float32, scale=True))
-            out += [view.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)]
+            view = color(view.as_subclass(torch.Tensor))  # uint8 in: the colour step scales it to [0, 1]
+            out += [view, mask.as_subclass(torch.Tensor)]
         return tuple(out)

@@ -293,12 +293,12 @@ class RegionViews:
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> dict[str, torch.Tensor]:
         drawn = self.draw(image, boxes)
         color1, color2 = self._colors
-        as_float = [v2.functional.to_dtype(v, torch.float32, scale=True) for v in drawn.views]
-        out = {"view1": color1(as_float[0]), "view2": color2(as_float[1])}
+        # uint8 views in: the colour steps scale them to [0, 1]
+        out = {"view1": color1(drawn.views[0]), "view2": color2(drawn.views[1])}
         if self.recipe == "paper":
             out["view3"] = downsample(out["view2"], self.small_size)
         elif self.recipe == "fpn-code":
-            out["view3"] = self._small_color(as_float[2])
+            out["view3"] = self._small_color(drawn.views[2])
         if self.recipe != "paper":  # cutout in V2's boxes (and V3's), after colour, as the authors
             out["view2"] = cutout_in_boxes(out["view2"], drawn.boxes[1], self.cutout_p, tuple(self.cutout_scale))
             if self.recipe == "fpn-code":
