@@ -16,8 +16,9 @@ in the training process (so views would depend on batch composition, not on (see
 RandomResizedCrop needs equal-size inputs, while decoded images differ in size. The ops here are ~100 lines of torch
 and equal torchvision's functional ops within float rounding (tests/test_device_views.py).
 
-Supported: the image-level views of moco (two crops, multi-crop, CC, IoU-constrained pairs), simclr and byol. A+
-(AutoAugment) and the region-level methods (masks, boxes) need ``data.pipeline: cpu`` (checked at spec validation).
+Supported here: the image-level views of moco (two crops, multi-crop, CC, IoU-constrained pairs), simclr and byol;
+A+ (AutoAugment) needs ``data.pipeline: cpu`` (checked at spec validation). DetCon's masks and SoCo's / D3SSL's boxes:
+`sslcli.data.device_regions`, on the ops of this module.
 """
 
 from __future__ import annotations
