@@ -1,20 +1,25 @@
 """Data-pipeline throughput on real JPEGs (tiny-COCO): the CPU path per core, old vs new, and the device pipeline.
 
-1. CPU, one thread (= one DataLoader worker), img per CPU second, measured alternately in one run:
-   - old: the CPU path before issue 14: full decode (OpenCV) + `CropViews` on the decoded array with torchvision's
-     ColorJitter (its tensor hue);
-   - new: `EncodedImage` + `CropViews`, which decodes at 1/2, 1/4, 1/8 when every crop keeps its output size, with
-     `sslcli.data.color.ColorJitter` (hue through OpenCV's float HSV, equal within 1e-6);
-   - gpu-pipeline worker: what a worker does with ``data.pipeline: gpu`` (read bytes, header, sample parameters).
-   For MoCo-v2 (2 × 224 px) and MoCo-v2 + multi-crop (2 × 160 + 4 × 96).
+1. CPU, one thread (= one DataLoader worker), img per CPU second, measured alternately in one run, for MoCo-v2
+   (2 × 224 px), MoCo-v2 + multi-crop (2 × 160 + 4 × 96), DetCon_S (2 × 224 px + label maps: 5×5 grid masks) and
+   SoCo (paper recipe, 224 + 224 + 112 px, 4 boxes per view from 64 proposals per image):
+   - old: the CPU path before issue 14: full decode (OpenCV), the views on the decoded array with torchvision's
+     photometric pipeline (v2.ColorJitter with its tensor hue, v2 grayscale / solarize / normalise);
+   - new: the current CPU path: `EncodedImage` (MoCo: decoded at 1/2, 1/4, 1/8 when every crop keeps its output
+     size) and `sslcli.data.color.OpenCvColour` (the same draws and pixels within 5e-5, computed with OpenCV);
+   - gpu-pipeline worker: what a worker does with ``data.pipeline: gpu`` (read bytes, header, draw parameters,
+     DetCon: read the label map; SoCo: compute the boxes).
+   SoCo's proposals are random boxes made here (the views' cost does not depend on where boxes come from, and a
+   selective-search store of tiny-COCO would take minutes to build); DetCon's masks are the grid source.
 2. With ``--device`` (cuda, or cpu with ``--engine`` to run the same code at a tiny size):
-   - device pipeline: batched decode alone, and decode + views (`DeviceViews.apply`), img/s on the device;
+   - device pipeline: batched decode alone, and decode + views (`DeviceViews.apply`) for MoCo-v2, MC, DetCon, SoCo
+     and D3SSL, img/s on the device;
    - the backbone ceiling (bench_engine.ceiling: forward + backward + step on one batch already on the device) and
-     the engine's img/s (`launch`, the real loop reading the JPEGs) with ``data.pipeline: cpu`` and ``gpu``.
+     the engine's img/s (`launch`, the real loop reading the JPEGs) with ``data.pipeline: cpu`` and ``gpu`` (MoCo-v2).
 The last line is ``pipeline: cpu <new> img/s/core vs <old> img/s/core = <ratio>x`` (MoCo-v2).
 
     python bench/bench_pipeline.py                    # CPU per core only (~1 min)
-    python bench/bench_pipeline.py --device cuda      # + device pipeline, ceiling, engine: MoCo-v2 R50 224 bf16 b256
+    python bench/bench_pipeline.py --device cuda      # + device pipelines, ceiling, engine: MoCo-v2 R50 224 bf16 b256
     python bench/bench_pipeline.py --device cpu --engine --size 32 --arch resnet18 --width 8 --batch 4 --steps 1 \\
         --seconds 0 --rounds 1 --images 4 --workers 1 # the cuda mode's code, tiny, on CPU (tests/test_bench_pipeline.py)
 """
@@ -27,8 +32,10 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -38,14 +45,20 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from bench_engine import ceiling, sync  # noqa: E402
 from common import TINY_COCO  # noqa: E402
 
-import sslcli.data.color as color  # noqa: E402
 from sslcli.cli import common as cli_common  # noqa: E402
+from sslcli.data.color import torchvision_color_transform  # noqa: E402
 from sslcli.data.device_views import DeviceViews, decode_batch  # noqa: E402
 from sslcli.data.images import EncodedImage, load_image  # noqa: E402
+from sslcli.data.mask_views import COLOR_PRESETS, MaskViewPair  # noqa: E402
+from sslcli.data.region_views import RegionViews  # noqa: E402
 from sslcli.data.sources import write_manifest  # noqa: E402
 from sslcli.engine.data import collate  # noqa: E402
 from sslcli.engine.launch import launch  # noqa: E402
+from sslcli.methods.d3ssl import D3sslViews  # noqa: E402
+from sslcli.methods.detcon import DetconTransform  # noqa: E402
 from sslcli.methods.moco import moco_views  # noqa: E402
+from sslcli.methods.soco import SocoTransform  # noqa: E402
+from sslcli.proposals.masks_online import MaskSource  # noqa: E402
 from sslcli.spec import load_spec  # noqa: E402
 
 EXAMPLES = REPO / "examples"
@@ -64,40 +77,99 @@ def rate(step, items: list, seconds: float) -> float:
     return n / max(time.process_time() - cpu, 1e-9)
 
 
+class RandomProposals:
+    """A box store stand-in: ``per_image`` random boxes per image (seeded by its name), at the header's size."""
+
+    path = "random-proposals"
+
+    def __init__(self, paths: list[Path], per_image: int = 64):
+        self.sizes = {p.name: (lambda e: (e.height, e.width))(EncodedImage.read(p)) for p in paths}
+        self.per_image = per_image
+
+    def image_size(self, image_id):
+        return self.sizes[image_id]
+
+    def boxes(self, image_id):
+        h, w = self.sizes[image_id]
+        rng = np.random.default_rng(zlib.crc32(str(image_id).encode()))
+        xy = rng.uniform(0, 1, (self.per_image, 2)) * [w * 0.8, h * 0.8]
+        wh = rng.uniform(0.1, 0.5, (self.per_image, 2)) * [w, h]
+        return np.concatenate([xy, np.minimum(xy + wh, [w, h])], axis=1).astype(np.float32)
+
+
+def old_colours(augs, size: int) -> list:
+    """The photometric pipelines before issue 14: the uint8 view scaled to float by torch, then torchvision's
+    v2.ColorJitter (tensor hue) and v2 ops."""
+    def old(compose):
+        return lambda view: compose(view.float() / 255)
+
+    return [old(torchvision_color_transform(aug, size, jitter=v2.ColorJitter)) for aug in augs]
+
+
+def view_makers(paths: list[Path], size: int) -> dict[str, tuple]:
+    """Per view spec: (old transform, new transform, gpu-pipeline worker, sample builder for decoded pixels)."""
+    makers = {}
+    for label, name in VIEW_SPECS.items():
+        spec = load_spec(EXAMPLES / f"{name}.yaml", ["data.root=.", f"data.image_size={size}"])
+        old, new = moco_views(spec), moco_views(spec)
+        old.large_colors = tuple(old_colours(old.colors, old.large_size))
+        if old.n_small:
+            old.small_color = old_colours(old.colors[:1], old.small_size)[0]
+        makers[label] = (old, new, DeviceViews(new), "moco")
+    masks = MaskSource("grid", grid=5)
+    old_pair, new_pair = MaskViewPair(size, "S"), MaskViewPair(size, "S")
+    old_pair._pipelines = (old_pair._build()[0], old_colours(COLOR_PRESETS["S"], size))
+    new = DetconTransform(masks, new_pair)
+    makers["DetCon_S"] = (DetconTransform(masks, old_pair), new, DeviceViews(new), "region")
+    store = RandomProposals(paths)
+    old_views, new_views = RegionViews(size), RegionViews(size)
+    old_views._colors = tuple(old_colours(old_views.colors, size))
+    new = SocoTransform(store, new_views)
+    makers["SoCo"] = (SocoTransform(store, old_views), new, DeviceViews(new), "region")
+    return makers
+
+
 def cpu_per_core(paths: list[Path], args) -> dict[str, dict[str, float]]:
     """img/s in one thread for old / new / gpu-worker, per view spec; best of ``rounds`` alternating rounds."""
     torch.set_num_threads(1)
     results = {}
-    for label, name in VIEW_SPECS.items():
-        spec = load_spec(EXAMPLES / f"{name}.yaml", ["data.root=.", f"data.image_size={args.size}"])
-        views = moco_views(spec)
-        worker = DeviceViews(views)
-        fast_jitter, color.ColorJitter = color.ColorJitter, v2.ColorJitter  # the old pipeline's jitter
-        try:
-            old_views = moco_views(spec)
-        finally:
-            color.ColorJitter = fast_jitter
-        variants = {
-            "old": lambda p, v=old_views: v({"image": load_image(p), "index": 0}),
-            "new": lambda p, v=views: v({"image": EncodedImage.read(p), "index": 0}),
-            "gpu-worker": lambda p, w=worker: w({"image": EncodedImage.read(p), "index": 0}),
-        }
+    for label, (old, new, worker, kind) in view_makers(paths, args.size).items():
+        if kind == "moco":
+            variants = {
+                "old": lambda p, v=old: v({"image": load_image(p), "index": 0}),
+                "new": lambda p, v=new: v({"image": EncodedImage.read(p), "index": 0}),
+            }
+        else:  # the region methods' CPU paths decode in full (their crops rarely allow a reduced decode)
+            variants = {
+                "old": lambda p, v=old: v({"image": load_image(p), "index": 0, "image_id": p.name}),
+                "new": lambda p, v=new: v({"image": load_image(p), "index": 0, "image_id": p.name}),
+            }
+        variants["gpu-worker"] = lambda p, w=worker: w({"image": EncodedImage.read(p), "index": 0,
+                                                        "image_id": p.name})
         best = dict.fromkeys(variants, 0.0)
         for _ in range(args.rounds):
             for key, fn in variants.items():
                 best[key] = max(best[key], rate(fn, paths, args.seconds))
         results[label] = best
         print(f"{label:12s} one thread: old {best['old']:7.1f}  new {best['new']:7.1f}  "
-              f"gpu-pipeline worker {best['gpu-worker']:7.1f} img/s/core", flush=True)
+              f"({best['new'] / best['old']:.2f}x)  gpu-pipeline worker {best['gpu-worker']:7.1f} img/s/core",
+              flush=True)
     return results
 
 
-def device_pipeline(paths: list[Path], spec, device: torch.device, batches: int) -> tuple[float, float]:
-    """(decode alone, decode + views) img/s of `DeviceViews.apply` on ``device``, batches sampled beforehand."""
-    dv = DeviceViews(moco_views(spec))
-    b = spec.batch_size
+def device_pipelines(paths: list[Path], size: int, batch: int) -> dict[str, DeviceViews]:
+    """The device views of every method at ``size`` (D3SSL on SoCo's random proposals)."""
+    out = {label: worker for label, (_, _, worker, _) in view_makers(paths, size).items()}
+    out["D3SSL"] = DeviceViews(SocoTransform(RandomProposals(paths), D3sslViews(size)))
+    return out
+
+
+def device_pipeline(paths: list[Path], views: DeviceViews, batch_size: int, device: torch.device, batches: int,
+                    decode: bool) -> tuple[float, float | None]:
+    """(decode + views, decode alone or None) img/s of ``views.apply`` on ``device``, batches sampled beforehand."""
     torch.manual_seed(0)
-    samples = [dv({"image": EncodedImage.read(paths[i % len(paths)]), "index": i}) for i in range(b)]
+    samples = [views({"image": EncodedImage.read(paths[i % len(paths)]), "index": i,
+                      "image_id": paths[i % len(paths)].name}) for i in range(batch_size)]
     batch = collate(samples)
 
     def decode_only():
@@ -105,15 +177,15 @@ def device_pipeline(paths: list[Path], spec, device: torch.device, batches: int)
                      [tuple(s) for s in batch["size"].tolist()], device)
 
     rates = []
-    for fn in (decode_only, lambda: dv.apply(batch, device)):
+    for fn in (lambda: views.apply(batch, device), decode_only)[:2 if decode else 1]:
         fn()  # warm-up (nvJPEG handles, cuDNN/conv kernels)
         sync(device)
         start = time.perf_counter()
         for _ in range(batches):
             fn()
         sync(device)
-        rates.append(batches * b / (time.perf_counter() - start))
-    return rates[0], rates[1]
+        rates.append(batches * batch_size / (time.perf_counter() - start))
+    return rates[0], (rates[1] if decode else None)
 
 
 def engine_rate(spec, out: Path) -> float:
@@ -169,12 +241,15 @@ def main() -> None:
             gpu_spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", [*sets, "data.pipeline=gpu"])
             # Each section reports its own failure and the next one still runs: one GPU session gets every figure
             # that can be measured.
-            try:
-                decode, views = device_pipeline(paths, spec, device, batches=max(2, args.steps // 4))
-                print(f"device pipeline on {name}: decode {decode:.1f} img/s, decode + MoCo-v2 views {views:.1f} "
-                      "img/s", flush=True)
-            except Exception as exc:  # noqa: BLE001 - reported, the run goes on
-                print(f"device pipeline FAILED: {type(exc).__name__}: {exc}", flush=True)
+            for k, (label, views) in enumerate(device_pipelines(paths, args.size, args.batch).items()):
+                try:
+                    rate_views, rate_decode = device_pipeline(paths, views, args.batch, device,
+                                                              max(2, args.steps // 4), decode=k == 0)
+                    if rate_decode is not None:
+                        print(f"device pipeline on {name}: nvJPEG decode alone {rate_decode:.1f} img/s", flush=True)
+                    print(f"device pipeline on {name}: decode + {label} views {rate_views:.1f} img/s", flush=True)
+                except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                    print(f"device pipeline {label} FAILED: {type(exc).__name__}: {exc}", flush=True)
             ceil = ceiling(spec, device, args.steps)
             print(f"backbone ceiling ({args.arch} w{args.width}, {args.size} px, {spec.precision}, batch "
                   f"{args.batch}) on {name}: {ceil:.1f} img/s", flush=True)

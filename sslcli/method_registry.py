@@ -27,7 +27,7 @@ class MethodEntry:
     method: str | type  # the Method subclass, or "module:Class" imported on first use
     problems: Callable[[Any], list[str]] | None = None  # run spec -> ["method.field: message", ...]
     ranges: Callable[[Any], dict[str, tuple[float, float]]] | None = None  # method spec -> {path: (lower, upper)}
-    gpu_pipeline: bool = False  # its views run on `data.pipeline: gpu` (image-level views)
+    gpu_pipeline: bool = False  # its views run on `data.pipeline: gpu` (sslcli.data.device_views)
 
 
 REGISTRY: dict[str, MethodEntry] = {}

@@ -279,10 +279,11 @@ def _d3ssl_ranges(method: D3sslSpec) -> dict[str, tuple[float, float]]:
 register_method("moco", MocoSpec, "sslcli.methods.moco:MoCo", _moco_problems, _moco_ranges, gpu_pipeline=True)
 register_method("simclr", SimclrSpec, "sslcli.methods.simclr:SimCLR", gpu_pipeline=True)
 register_method("byol", ByolSpec, "sslcli.methods.byol:BYOL", gpu_pipeline=True)
-register_method("detcon", DetconSpec, "sslcli.methods.detcon:Detcon")
+register_method("detcon", DetconSpec, "sslcli.methods.detcon:Detcon", gpu_pipeline=True)
 register_method("soco", SocoSpec, "sslcli.methods.soco:Soco", _soco_problems,
-                lambda method: {"method.crop_scale": method.crop_scale})
-register_method("d3ssl", D3sslSpec, "sslcli.methods.d3ssl:D3ssl", _d3ssl_problems, _d3ssl_ranges)
+                lambda method: {"method.crop_scale": method.crop_scale}, gpu_pipeline=True)
+register_method("d3ssl", D3sslSpec, "sslcli.methods.d3ssl:D3ssl", _d3ssl_problems, _d3ssl_ranges,
+                gpu_pipeline=True)
 
 
 # ----------------------------------------------------------------------------------------------- optimiser, schedule

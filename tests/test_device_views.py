@@ -218,10 +218,19 @@ def _spec(tmp_path: Path, root: Path, **data) -> dict:
             "batch_size": 4, "epochs": 1, "max_steps": 2, "output_dir": str(tmp_path / "run")}
 
 
-def test_unsupported_methods_are_refused_naming_the_field(tmp_path):
+def test_unsupported_methods_are_refused_naming_the_field(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from sslcli.method_registry import REGISTRY
+
     base = _spec(tmp_path, tmp_path)
-    with pytest.raises(InputError, match="data.pipeline: 'gpu' runs the views of moco, simclr, byol; method detcon"):
+    # Every built-in method has device views; a registered method without them (a plugin) is refused.
+    monkeypatch.setitem(REGISTRY, "detcon", replace(REGISTRY["detcon"], gpu_pipeline=False))
+    with pytest.raises(InputError, match="data.pipeline: 'gpu' runs the views of moco, simclr, byol, soco, d3ssl; "
+                                         "method detcon needs data.pipeline: cpu"):
         parse_spec({**base, "method": {"name": "detcon"}})
+    with pytest.raises(InputError, match="has no device views for this method's transform"):
+        DeviceViews(object())
     with pytest.raises(InputError, match="data.pipeline: 'gpu' does not run A\\+"):
         parse_spec({**base, "method": {"name": "moco", "queue_size": 32, "aplus": {"enabled": True}}})
     with pytest.raises(InputError, match="data.pipeline"):

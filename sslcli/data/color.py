@@ -84,12 +84,7 @@ def adjust_hue_opencv(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
     """torchvision's ``adjust_hue`` (RGB → HSV, hue + factor turns, → RGB) for a float (3, H, W) CPU image in
     [0, 1], through OpenCV's float HSV conversions: ~6x faster than torchvision's tensor version (the most expensive
     step of the CPU views, ~25 ms of a 224² crop) and equal to it within 1e-6 (tests/test_transforms.py)."""
-    import cv2
-
-    hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy(), dtype=np.float32)
-    hsv = cv2.cvtColor(hwc, cv2.COLOR_RGB2HSV)  # float input: H in degrees [0, 360), S and V in [0, 1]
-    hsv[..., 0] = np.mod(hsv[..., 0] + 360.0 * hue_factor, 360.0)
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    rgb = _hue_hwc(np.ascontiguousarray(image.permute(1, 2, 0).numpy(), dtype=np.float32), hue_factor)
     return torch.from_numpy(np.clip(rgb, 0.0, 1.0, out=rgb)).permute(2, 0, 1)
 
 
@@ -104,12 +99,13 @@ class ColorJitter(v2.ColorJitter):
         return super()._call_kernel(functional, inpt, *args, **kwargs)
 
 
-def color_transform(aug: ColorAug, image_size: int, normalize: bool = True) -> v2.Compose:
-    """The torchvision v2 pipeline for ``aug``; input float (C, H, W) in [0, 1]."""
+def torchvision_color_transform(aug: ColorAug, image_size: int, normalize: bool = True,
+                                jitter: type = ColorJitter) -> v2.Compose:
+    """``aug`` as a torchvision v2 pipeline on float (C, H, W) in [0, 1] (``jitter``: v2.ColorJitter gives the
+    pipeline before issue 14): the reference `OpenCvColour` reproduces, and its fallback off the CPU."""
     steps: list[torch.nn.Module] = []
     if aug.jitter_p > 0:
-        steps.append(v2.RandomApply([ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)],
-                                    p=aug.jitter_p))
+        steps.append(v2.RandomApply([jitter(aug.brightness, aug.contrast, aug.saturation, aug.hue)], p=aug.jitter_p))
     if aug.gray_p > 0:
         steps.append(v2.RandomGrayscale(p=aug.gray_p))
     if aug.blur_p > 0:
@@ -120,6 +116,100 @@ def color_transform(aug: ColorAug, image_size: int, normalize: bool = True) -> v
     if normalize:
         steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     return v2.Compose(steps)
+
+
+def _jitter_range(x: float, center: float, clip_at_zero: bool) -> tuple[float, float] | None:
+    """ColorJitter's range for a strength x (None: the factor is not drawn)."""
+    lo, hi = center - x, center + x
+    if clip_at_zero:
+        lo = max(lo, 0.0)
+    return None if lo == hi == center else (lo, hi)
+
+
+_LUMA = np.array([0.2989, 0.587, 0.114], np.float32)  # torchvision's rgb_to_grayscale weights
+# Normalisation (x − mean) / std as a 3 × 4 affine colour matrix for cv2.transform.
+_NORMALISE = np.concatenate([np.diag(1 / np.array(IMAGENET_STD)),
+                             (-np.array(IMAGENET_MEAN) / np.array(IMAGENET_STD))[:, None]], axis=1).astype(np.float32)
+
+
+class OpenCvColour:
+    """The pipeline of `torchvision_color_transform` on one CPU image, computed on an (H, W, 3) float32 array with
+    OpenCV and numpy: the same random draws in the same order (RandomApply / RandomGrayscale / RandomSolarize:
+    ``torch.rand(1) < p``; ColorJitter: ``randperm(4)`` then one ``uniform_`` per factor; blur σ ``uniform_``), the
+    same maths (blends with torchvision's luma, hue through HSV, Gaussian kernel, reflect border), equal to torchvision
+    within 5e-5 after normalisation (tests/test_transforms.py). One layout change in and out instead of a permute and
+    copy per step and torchvision's per-call dispatch.
+
+    Input: a (3, H, W) uint8 or float [0, 1] CPU tensor; output: (3, H, W) float32. Other inputs (CUDA, batches)
+    take the torchvision pipeline.
+    """
+
+    def __init__(self, aug: ColorAug, image_size: int, normalize: bool = True):
+        self.aug, self.image_size, self.normalize = aug, image_size, normalize
+        self.kernel = blur_kernel_size(image_size)
+        self.ranges = (_jitter_range(aug.brightness, 1.0, True), _jitter_range(aug.contrast, 1.0, True),
+                       _jitter_range(aug.saturation, 1.0, True), _jitter_range(aug.hue, 0.0, False))
+
+    def _torchvision(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dtype == torch.uint8:
+            image = image.float() / 255
+        return torchvision_color_transform(self.aug, self.image_size, self.normalize)(image)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        import cv2
+
+        if type(image) is not torch.Tensor or image.device.type != "cpu" or image.ndim != 3 or image.shape[0] != 3:
+            return self._torchvision(image)
+        planes = [np.asarray(c) for c in image.numpy()]  # (H, W) views of the three channels, no copy
+        hwc = cv2.merge(planes) if planes[0].flags.c_contiguous else np.ascontiguousarray(image.permute(1, 2, 0))
+        x = np.divide(hwc, np.float32(255), dtype=np.float32) if hwc.dtype == np.uint8 else hwc.astype(np.float32)
+        aug = self.aug
+        if aug.jitter_p > 0 and float(torch.rand(1)) < aug.jitter_p:
+            order = torch.randperm(4).tolist()
+            factors = [None if r is None else float(torch.empty(1).uniform_(r[0], r[1]).item()) for r in self.ranges]
+            for op in order:
+                f = factors[op]
+                if f is None:
+                    continue
+                if op == 0:  # brightness: x·f
+                    x = x * np.float32(f)
+                elif op == 1:  # contrast: blend with the mean luma
+                    mean = float(cv2.transform(x, _LUMA[None]).mean(dtype=np.float64))
+                    x = x * np.float32(f) + np.float32(mean * (1 - f))
+                elif op == 2:  # saturation: blend with the luma, one 3×3 colour matrix
+                    x = cv2.transform(x, (f * np.eye(3) + (1 - f) * np.tile(_LUMA, (3, 1))).astype(np.float32))
+                else:
+                    x = _hue_hwc(x, f)
+                np.clip(x, 0.0, 1.0, out=x)
+        if aug.gray_p > 0 and float(torch.rand(1)) < aug.gray_p:
+            x = cv2.transform(x, np.tile(_LUMA, (3, 1)))
+        if aug.blur_p > 0 and float(torch.rand(1)) < aug.blur_p:
+            sigma = torch.empty(1).uniform_(aug.blur_sigma[0], aug.blur_sigma[1]).item()
+            x = cv2.GaussianBlur(x, (self.kernel, self.kernel), sigmaX=sigma, sigmaY=sigma,
+                                 borderType=cv2.BORDER_REFLECT_101)
+        if aug.solarize_p > 0 and float(torch.rand(1)) < aug.solarize_p:
+            np.subtract(np.float32(1), x, out=x, where=x >= 0.5)
+        if self.normalize:  # (x − mean) / std as one affine colour map
+            x = cv2.transform(x, _NORMALISE)
+        return torch.from_numpy(np.stack(cv2.split(x)))
+
+
+
+def _hue_hwc(x: np.ndarray, factor: float) -> np.ndarray:
+    """`adjust_hue_opencv` on an (H, W, 3) float32 array in [0, 1]: hue + factor turns through OpenCV's float HSV."""
+    import cv2
+
+    h, s, v = cv2.split(cv2.cvtColor(x, cv2.COLOR_RGB2HSV))  # float input: H in degrees [0, 360), S, V in [0, 1]
+    h += np.float32(360.0 * factor)  # |factor| ≤ 0.5: one wrap brings it back to [0, 360)
+    np.subtract(h, np.float32(360), out=h, where=h >= 360)
+    np.add(h, np.float32(360), out=h, where=h < 0)
+    return cv2.cvtColor(cv2.merge([h, s, v]), cv2.COLOR_HSV2RGB)
+
+
+def color_transform(aug: ColorAug, image_size: int, normalize: bool = True) -> OpenCvColour:
+    """The photometric pipeline for ``aug`` (jitter → grayscale → blur → solarize → normalise): `OpenCvColour`, i.e.
+    `torchvision_color_transform`'s draws and outputs, cheaper per core."""
+    return OpenCvColour(aug, image_size, normalize)
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:

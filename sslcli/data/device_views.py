@@ -16,8 +16,9 @@ in the training process (so views would depend on batch composition, not on (see
 RandomResizedCrop needs equal-size inputs, while decoded images differ in size. The ops here are ~100 lines of torch
 and equal torchvision's functional ops within float rounding (tests/test_device_views.py).
 
-Supported: the image-level views of moco (two crops, multi-crop, CC, IoU-constrained pairs), simclr and byol. A+
-(AutoAugment) and the region-level methods (masks, boxes) need ``data.pipeline: cpu`` (checked at spec validation).
+Supported here: the image-level views of moco (two crops, multi-crop, CC, IoU-constrained pairs), simclr and byol;
+A+ (AutoAugment) needs ``data.pipeline: cpu`` (checked at spec validation). DetCon's masks and SoCo's / D3SSL's boxes:
+`sslcli.data.device_regions`, on the ops of this module.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from sslcli.errors import CorruptImageError, InputError
 JITTER_ON, ORDER, FACTORS, GRAY, BLUR_ON, SIGMA, SOLARIZE = 0, slice(1, 5), slice(5, 9), 9, 10, 11, 12
 N_COLOUR_PARAMS = 13
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision ColorJitter's fn_idx numbering
-LIST_KEYS = ("encoded", "path")  # kept as per-sample lists by the engine's collate (variable-size bytes)
+# Kept as per-sample lists by the engine's collate (variable sizes): file bytes, paths, DetCon's label maps.
+LIST_KEYS = ("encoded", "path", "label_map")
 
 
 def _uniform(lo: float, hi: float) -> float:
@@ -295,16 +297,73 @@ def _decode_one(data, path, is_jpeg, decode_image, decode_jpeg, device) -> torch
 
 
 # ------------------------------------------------------------------------------------------------- the views
+def encoded_fields(image: EncodedImage) -> dict:
+    """What a worker sends for the device to decode: the file's bytes, path, format, EXIF orientation, header size."""
+    return {"encoded": torch.from_numpy(np.frombuffer(image.data, np.uint8).copy()), "path": str(image.path),
+            "jpeg": image.is_jpeg, "orientation": image.orientation,
+            "size": torch.tensor([image.height, image.width])}
+
+
+def decode_fields(batch: dict, device: torch.device) -> list[torch.Tensor]:
+    """The (3, H, W) uint8 images of a collated batch of `encoded_fields`, decoded on ``device``."""
+    return decode_batch(batch["encoded"], batch["jpeg"].tolist(), batch["orientation"].tolist(), batch["path"],
+                        [tuple(s) for s in batch["size"].tolist()], device)
+
+
+def coloured_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: int, flips: torch.Tensor,
+                   colour: torch.Tensor, bicubic: bool) -> torch.Tensor:
+    """(N, 3, size, size) normalised views: `resized_crops` then `apply_colour` with one parameter row per image."""
+    pixels = resized_crops(images, boxes.long(), size, flips, bicubic)
+    return apply_colour(pixels / 255, colour, blur_kernel_size(size))
+
+
 class DeviceViews:
-    """The views of a `CropViews` computed on the training device: ``__call__`` runs in the workers (parameters),
-    ``apply`` in the training process (pixels). The batch ``apply`` returns has the CPU path's keys and shapes."""
+    """The views of a method's transform computed on the training device: ``__call__`` runs in the workers
+    (parameters), ``apply`` in the training process (pixels). ``apply``'s batch has the CPU path's keys and shapes.
+
+    ``DeviceViews(transform)`` returns the subclass for the transform: `ImageDeviceViews` (moco, simclr, byol),
+    and from `sslcli.data.device_regions` `MaskDeviceViews` (DetCon), `BoxDeviceViews` (SoCo) and
+    `D3sslDeviceViews` (D3SSL). A transform without device views is refused with an InputError.
+    """
 
     accepts_encoded = True  # the engine hands the workers EncodedImage samples (bytes + header size)
 
+    def __new__(cls, transform):
+        if cls is DeviceViews:
+            cls = _device_views_class(transform)
+        return super().__new__(cls)
+
+    def __call__(self, sample: dict) -> dict:
+        raise NotImplementedError
+
+    def apply(self, batch: dict, device: torch.device) -> dict:
+        raise NotImplementedError
+
+
+def _device_views_class(transform) -> type:
+    """Which device views run ``transform``: chosen by the view objects it holds (the methods' transforms live in
+    sslcli.methods, which this package does not import)."""
+    from sslcli.data.device_regions import BoxDeviceViews, D3sslDeviceViews, MaskDeviceViews
+    from sslcli.data.mask_views import MaskViewPair
+    from sslcli.data.region_views import RegionViews
+
+    if isinstance(transform, CropViews):
+        return ImageDeviceViews
+    views = getattr(transform, "views", None)
+    if isinstance(views, MaskViewPair) and hasattr(transform, "masks"):
+        return MaskDeviceViews
+    if isinstance(views, RegionViews) and hasattr(transform, "store"):
+        return BoxDeviceViews
+    if isinstance(getattr(views, "regions", None), RegionViews) and hasattr(transform, "store"):
+        return D3sslDeviceViews
+    raise InputError(f"data.pipeline: 'gpu' has no device views for this method's transform "
+                     f"({type(transform).__name__}): use data.pipeline: cpu")
+
+
+class ImageDeviceViews(DeviceViews):
+    """The views of a `CropViews` (moco: two crops, multi-crop, CC, IoU-constrained pairs; simclr; byol)."""
+
     def __init__(self, views: CropViews):
-        if not isinstance(views, CropViews):
-            raise InputError(f"data.pipeline: 'gpu' supports the image-level views (moco, simclr, byol); this "
-                             f"method's transform is {type(views).__name__}: use data.pipeline: cpu")
         if views.aplus_p > 0:
             raise InputError("data.pipeline: 'gpu' does not run A+ (AutoAugment); set method.aplus.enabled: false "
                              "or data.pipeline: cpu")
@@ -318,21 +377,16 @@ class DeviceViews:
         boxes = self.views.sample_boxes(image.height, image.width)
         flips = torch.tensor([float(torch.rand(1)) < self.views.flip_p for _ in boxes])
         colour = torch.stack([sample_colour_params(aug) for aug in self.crop_colours])
-        return {"encoded": torch.from_numpy(np.frombuffer(image.data, np.uint8).copy()), "path": str(image.path),
-                "jpeg": image.is_jpeg, "orientation": image.orientation,
-                "size": torch.tensor([image.height, image.width]), "boxes": torch.tensor(boxes, dtype=torch.float32),
-                "flips": flips, "colour": colour, "index": sample["index"]}
+        return encoded_fields(image) | {"boxes": torch.tensor(boxes, dtype=torch.float32), "flips": flips,
+                                        "colour": colour, "index": sample["index"]}
 
     # --------------------------------------------------------------------------------------- device side
     def apply(self, batch: dict, device: torch.device) -> dict:
         """A collated batch of `__call__` outputs → ``{"views", "boxes", "index"[, "small"]}`` on ``device``."""
-        images = decode_batch(batch["encoded"], batch["jpeg"].tolist(), batch["orientation"].tolist(),
-                              batch["path"], [tuple(s) for s in batch["size"].tolist()], device)
+        images = decode_fields(batch, device)
         bicubic = self.views.interpolation == InterpolationMode.BICUBIC
-        crops = []
-        for j, size in enumerate(self.sizes):
-            pixels = resized_crops(images, batch["boxes"][:, j].long(), size, batch["flips"][:, j], bicubic)
-            crops.append(apply_colour(pixels / 255, batch["colour"][:, j], blur_kernel_size(size)))
+        crops = [coloured_crops(images, batch["boxes"][:, j], size, batch["flips"][:, j], batch["colour"][:, j],
+                                bicubic) for j, size in enumerate(self.sizes)]
         out = {"views": torch.stack(crops[:2], dim=1), "boxes": batch["boxes"].to(device),
                "index": batch["index"].to(device)}
         if len(crops) > 2:

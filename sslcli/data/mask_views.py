@@ -32,6 +32,18 @@ COLOR_PRESETS: dict[str, tuple[ColorAug, ColorAug]] = {"S": SIMCLR, "B": BYOL}
 CROP_SAMPLERS = ("authors", "torchvision")
 
 
+def clipped_window(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+                   ) -> tuple[int, int, int, int]:
+    """DetCon's crop window (see module doc) as (top, left, height, width)."""
+    target_area = height * width * torch.empty(1).uniform_(*scale).item()
+    aspect = math.exp(torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1])).item())
+    w = min(max(round(math.sqrt(target_area * aspect)), 1), width)
+    h = min(max(round(math.sqrt(target_area / aspect)), 1), height)
+    top = int(torch.randint(0, height - h + 1, ()))
+    left = int(torch.randint(0, width - w + 1, ()))
+    return top, left, h, w
+
+
 class ClippedRandomCrop(v2.RandomResizedCrop):
     """DetCon's crop window: one draw of area and aspect ratio, the window clipped to the image (see module doc).
 
@@ -40,13 +52,7 @@ class ClippedRandomCrop(v2.RandomResizedCrop):
     """
 
     def make_params(self, flat_inputs: list) -> dict:
-        height, width = v2.query_size(flat_inputs)
-        target_area = height * width * torch.empty(1).uniform_(*self.scale).item()
-        aspect = math.exp(torch.empty(1).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1])).item())
-        w = min(max(round(math.sqrt(target_area * aspect)), 1), width)
-        h = min(max(round(math.sqrt(target_area / aspect)), 1), height)
-        top = int(torch.randint(0, height - h + 1, ()))
-        left = int(torch.randint(0, width - w + 1, ()))
+        top, left, h, w = clipped_window(*v2.query_size(flat_inputs), self.scale, self.ratio)
         return dict(top=top, left=left, height=h, width=w)
 
 
@@ -121,6 +127,6 @@ class MaskViewPair:
         out = []
         for color in colors:
             view, mask = geometry(image_t, mask_t)
-            view = color(v2.functional.to_dtype(view, torch.float32, scale=True))
-            out += [view.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)]
+            view = color(view.as_subclass(torch.Tensor))  # uint8 in: the colour step scales it to [0, 1]
+            out += [view, mask.as_subclass(torch.Tensor)]
         return tuple(out)

@@ -135,20 +135,30 @@ def downsample(view: torch.Tensor, size: int) -> torch.Tensor:
     return v2.functional.resize(view, [size, size], antialias=True)
 
 
-def cutout_in_boxes(view: torch.Tensor, boxes: torch.Tensor, p: float, scale: tuple[float, float]) -> torch.Tensor:
-    """SoCo's ``RandomCutoutInBbox`` on a normalised (3, s, s) view: for each box with probability p, a square of
-    area U(scale)·(box area), centred on a uniform pixel of the box and clipped to the view, set to 0 (the mean
-    colour after normalisation). Every slot draws, copies included, as in the authors' loop."""
-    out = view.clone()
-    side = view.shape[-1]
-    for x0, y0, x1, y1 in boxes.tolist():
+def cutout_rects(boxes: torch.Tensor, p: float, scale: tuple[float, float], side: int) -> torch.Tensor:
+    """The draws of SoCo's ``RandomCutoutInBbox`` for a (side, side) view: (K, 4) int64 rectangles (x0, y0, x1, y1),
+    clipped to the view, one per box slot; a slot not drawn (probability 1 − p) gets an empty rectangle. For each box
+    with probability p: a square of area U(scale)·(box area) centred on a uniform pixel of the box. Every slot draws,
+    copies included, as in the authors' loop."""
+    rects = torch.zeros(len(boxes), 4, dtype=torch.int64)
+    for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         if float(torch.rand(())) >= p:
             continue
         area = float(torch.empty(()).uniform_(*scale)) * (x1 - x0) * (y1 - y0)
         half = round(area ** 0.5) // 2
         cx = int(x0 + float(torch.rand(())) * (x1 - x0))
         cy = int(y0 + float(torch.rand(())) * (y1 - y0))
-        out[:, max(cy - half, 0):min(cy + half + 1, side), max(cx - half, 0):min(cx + half + 1, side)] = 0.0
+        rects[k] = torch.tensor([max(cx - half, 0), max(cy - half, 0), min(cx + half + 1, side),
+                                 min(cy + half + 1, side)])
+    return rects
+
+
+def cutout_in_boxes(view: torch.Tensor, boxes: torch.Tensor, p: float, scale: tuple[float, float]) -> torch.Tensor:
+    """SoCo's ``RandomCutoutInBbox`` on a normalised (3, s, s) view: the `cutout_rects` squares set to 0 (the mean
+    colour after normalisation)."""
+    out = view.clone()
+    for x0, y0, x1, y1 in cutout_rects(boxes, p, scale, view.shape[-1]).tolist():
+        out[:, y0:y1, x0:x1] = 0.0
     return out
 
 
@@ -161,6 +171,18 @@ class Drawn:
     """
 
     views: list[torch.Tensor]
+    boxes: torch.Tensor
+    ids: torch.Tensor
+
+
+@dataclass
+class Geometry:
+    """A recipe's random draw without pixels: per view its window in the image (``crops``: V1 the whole image), its
+    flip and its output side; the box sets (P, K, 4) in their views' pixels and their ids (P, K) (as `Drawn`)."""
+
+    crops: list[tuple[int, int, int, int]]
+    flips: list[bool]
+    sizes: list[int]
     boxes: torch.Tensor
     ids: torch.Tensor
 
@@ -228,17 +250,13 @@ class RegionViews:
             ids1 = ids2 = torch.arange(k)
         return (in_view1, ids1), (in_view, ids2)
 
-    def draw(self, image: np.ndarray, boxes: np.ndarray) -> Drawn:
-        """The recipe's geometry: uint8 views, box sets and ids (paper: V3's pixels are `downsample`(V2), added
-        after colour)."""
-        pixels = image_to_tensor(image)
-        height, width = image.shape[:2]
+    def sample_geometry(self, height: int, width: int, boxes: np.ndarray) -> Geometry:
+        """The recipe's random geometry for a ``height`` × ``width`` image and its proposals (no pixels touched)."""
         s = self.size
         crop2 = sample_crop_box(height, width, tuple(self.crop_scale), CROP_RATIO)
         flip1, flip2 = bool(torch.rand(()) < 0.5), bool(torch.rand(()) < 0.5)
-        view1 = crop_resize(pixels, (0, 0, width, height), s, flip1)
-        view2 = crop_resize(pixels, crop2, s, flip2)
         candidates = sanitize_boxes(boxes, height, width)
+        whole = (0, 0, width, height)
 
         def to_view1(b):
             return map_boxes(b, (0, 0), (s / width, s / height), s, flip1)
@@ -246,16 +264,26 @@ class RegionViews:
         if self.recipe == "paper":
             (b1, i1), (b2, i2) = self._pair(candidates, crop2, s, flip2, to_view1, jitter_boxes)
             b3 = clip_boxes(map_boxes(b2, (0, 0), (self.small_size / s,) * 2, self.small_size, False), self.small_size)
-            return Drawn([view1, view2], torch.stack([b1, b2, b3]), torch.stack([i1, i2, i2]))
+            return Geometry([whole, crop2], [flip1, flip2], [s, s], torch.stack([b1, b2, b3]),
+                            torch.stack([i1, i2, i2]))
         if self.recipe == "c4-code":
             (b1, i1), (b2, i2) = self._pair(candidates, crop2, s, flip2, to_view1, None)
-            return Drawn([view1, view2], torch.stack([b1, b2]), torch.stack([i1, i2]))
+            return Geometry([whole, crop2], [flip1, flip2], [s, s], torch.stack([b1, b2]), torch.stack([i1, i2]))
         crop3 = sample_crop_box(height, width, tuple(self.crop_scale), CROP_RATIO)
         flip3 = bool(torch.rand(()) < 0.5)
-        view3 = crop_resize(pixels, crop3, self.small_size, flip3)
         (b12, i12), (b2, i2) = self._pair(candidates, crop2, s, flip2, to_view1, jitter_corners)
         (b13, i13), (b3, i3) = self._pair(candidates, crop3, self.small_size, flip3, to_view1, jitter_corners)
-        return Drawn([view1, view2, view3], torch.stack([b12, b2, b13, b3]), torch.stack([i12, i2, i13, i3]))
+        return Geometry([whole, crop2, crop3], [flip1, flip2, flip3], [s, s, self.small_size],
+                        torch.stack([b12, b2, b13, b3]), torch.stack([i12, i2, i13, i3]))
+
+    def draw(self, image: np.ndarray, boxes: np.ndarray) -> Drawn:
+        """The recipe's geometry: uint8 views, box sets and ids (paper: V3's pixels are `downsample`(V2), added
+        after colour)."""
+        pixels = image_to_tensor(image)
+        g = self.sample_geometry(image.shape[0], image.shape[1], boxes)
+        views = [crop_resize(pixels, crop, size, flip) for crop, flip, size in zip(g.crops, g.flips, g.sizes,
+                                                                                  strict=True)]
+        return Drawn(views, g.boxes, g.ids)
 
     def geometry(self, image: np.ndarray, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(V1, V2) as (3, S, S) uint8 and the box sets (`draw` without the ids and the code recipes' V3)."""
@@ -265,12 +293,12 @@ class RegionViews:
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> dict[str, torch.Tensor]:
         drawn = self.draw(image, boxes)
         color1, color2 = self._colors
-        as_float = [v2.functional.to_dtype(v, torch.float32, scale=True) for v in drawn.views]
-        out = {"view1": color1(as_float[0]), "view2": color2(as_float[1])}
+        # uint8 views in: the colour steps scale them to [0, 1]
+        out = {"view1": color1(drawn.views[0]), "view2": color2(drawn.views[1])}
         if self.recipe == "paper":
             out["view3"] = downsample(out["view2"], self.small_size)
         elif self.recipe == "fpn-code":
-            out["view3"] = self._small_color(as_float[2])
+            out["view3"] = self._small_color(drawn.views[2])
         if self.recipe != "paper":  # cutout in V2's boxes (and V3's), after colour, as the authors
             out["view2"] = cutout_in_boxes(out["view2"], drawn.boxes[1], self.cutout_p, tuple(self.cutout_scale))
             if self.recipe == "fpn-code":

@@ -224,7 +224,7 @@ class CropViews:
             out = self.autoaugment(crop).float() / 255
             return v2.functional.normalize(out, IMAGENET_MEAN, IMAGENET_STD)
         pipeline = self.large_colors[index] if index < 2 else self.small_color
-        return pipeline(crop.float() / 255)  # type: ignore[misc]
+        return pipeline(crop)  # type: ignore[misc]  # a uint8 crop: OpenCvColour scales it to [0, 1] itself
 
     def sizes(self) -> list[int]:
         """Output side of each crop, in `sample_boxes` order."""
