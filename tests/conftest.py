@@ -12,6 +12,9 @@ import torch
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+# Child processes (`python -m sslcli ...`, `python -c ...`) import the sslcli of this checkout, from any working
+# directory and whatever copy is installed (pytest's `pythonpath` setting does the same for this process).
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 TINY_COCO = Path(os.environ.get("SSLCLI_TINY_COCO", REPO.parent / "shared" / "data" / "tiny-coco"))
 
 

@@ -4,6 +4,7 @@ pooling, the 1×1-grid equivalence with SimCLR / BYOL, the method end to end and
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -372,8 +373,9 @@ def test_two_process_gloo_run_of_the_tiny_example(tmp_path):
     from sslcli.spec import load_spec
 
     generate(tmp_path / "demo", n_train=16, n_val=0, seed=0, size=64)
-    spec = load_spec("examples/detcon-b-tiny.yaml", [f"data.root={tmp_path / 'demo'}",
-                                                    f"output_dir={tmp_path / 'run'}", "max_steps=2"], world_size=2)
+    example = Path(__file__).resolve().parents[1] / "examples" / "detcon-b-tiny.yaml"
+    spec = load_spec(example, [f"data.root={tmp_path / 'demo'}", f"output_dir={tmp_path / 'run'}", "max_steps=2"],
+                     world_size=2)
     result = launch(spec, gpus=2, master_port=_free_port())
     assert result["world_size"] == 2 and result["steps"] == 2 and math.isfinite(result["final_loss"])
     state = load_checkpoint(tmp_path / "run" / "last.pt")
