@@ -426,10 +426,11 @@ def test_detcon_crops_follow_the_authors_single_draw_and_clip(height, width):
 
 
 def test_detcon_views_apply_the_drawn_window_to_image_and_mask():
-    # The geometry crops by the window its crop step draws: a mask whose id spells each pixel's position comes out as
-    # that window resized (nearest) and maybe mirrored, on a 480×640 image where clipping is frequent.
+    # A mask whose id spells each pixel's position (id = y·W + x) comes out of the geometry as an axis-aligned window
+    # of the 480×640 image resized by nearest sampling, maybe mirrored: every view row reads one source row and every
+    # column one source column, in order (columns reversed when flipped), evenly spaced (nearest sampling of a window
+    # of h rows onto 16 steps by floor(h/16) or ceil(h/16)), inside the image, with the crop's area and aspect range.
     from torchvision import tv_tensors
-    from torchvision.transforms import v2
 
     from sslcli.methods import build_method
 
@@ -438,13 +439,22 @@ def test_detcon_views_apply_the_drawn_window_to_image_and_mask():
                  image_size=size)
     geometry = build_method(spec).transform().views.geometry
     positions = tv_tensors.Mask(torch.arange(height * width, dtype=torch.int64).view(height, width))
-    for seed in range(50):
-        torch.manual_seed(seed)
-        window = geometry.transforms[0].make_params([positions])
-        torch.manual_seed(seed)
-        view = geometry(positions).as_subclass(torch.Tensor)
-        want = v2.functional.resized_crop(positions, **window, size=[size, size]).as_subclass(torch.Tensor)
-        assert torch.equal(view, want) or torch.equal(view, want.flip(-1))
+    flipped, areas = 0, []
+    for _ in range(50):
+        view = geometry(positions).as_subclass(torch.Tensor).numpy()
+        ys, xs = view // width, view % width
+        assert (ys == ys[:, :1]).all() and (xs == xs[:1, :]).all()
+        rows, cols = ys[:, 0], xs[0, :]
+        if cols[0] > cols[-1]:
+            cols, flipped = cols[::-1], flipped + 1
+        steps_y, steps_x = np.diff(rows), np.diff(cols)
+        assert steps_y.min() > 0 and steps_x.min() > 0 and np.ptp(steps_y) <= 1 and np.ptp(steps_x) <= 1
+        assert 0 <= rows[0] and rows[-1] < height and 0 <= cols[0] and cols[-1] < width
+        h, w = size * steps_y.mean(), size * steps_x.mean()  # the window's sides, to within one step each
+        assert 0.08 * 0.8 <= h * w / (height * width) <= 1.0 and 3 / 4 * 0.8 <= w / h <= 4 / 3 * 1.25
+        areas.append(h * w / (height * width))
+    assert 10 <= flipped <= 40  # flip p = 0.5 over 50 draws
+    assert min(areas) < 0.5 < max(areas)  # windows are drawn, not the whole image each time
 
 
 def test_torchvision_crop_sampler_is_still_available():
