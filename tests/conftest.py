@@ -12,7 +12,25 @@ import torch
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+# Child processes (`python -m sslcli ...`, `python -c ...`) import the sslcli of this checkout, from any working
+# directory and whatever copy is installed (pytest's `pythonpath` setting does the same for this process).
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 TINY_COCO = Path(os.environ.get("SSLCLI_TINY_COCO", REPO.parent / "shared" / "data" / "tiny-coco"))
+
+
+@pytest.fixture(autouse=True)
+def _process_state_per_test():
+    """Each test starts from the same process-wide state, whatever ran before it (the suite runs in random order):
+    the console options a CLI call leaves set (--quiet, --json, the messages it printed once), the torch thread count
+    a training run chooses, and torch's global random stream (pytest-randomly reseeds only `random` and numpy)."""
+    from sslcli import console
+
+    threads = torch.get_num_threads()
+    console.set_current(console.Output())
+    torch.manual_seed(0)
+    yield
+    console.set_current(console.Output())
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

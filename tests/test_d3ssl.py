@@ -8,7 +8,6 @@ import torch
 from torch.utils.data import default_collate
 
 from sslcli.data.region_aug import MEAN_COLOUR, pixel_boxes
-from sslcli.data.region_views import RegionViews
 from sslcli.methods.base import StepInfo
 from sslcli.methods.d3ssl import D3ssl, D3sslViews, compose_views, d3ssl_loss
 
@@ -86,32 +85,45 @@ def test_depositioned_boxes_and_pixels_are_consistent():
         assert torch.equal(x1[b][:, prm], other[:, prm]) and torch.equal(x1[b][:, ~prm], batch["view1"][b][:, ~prm])
 
 
+def _fixed_regions(size: int = 64) -> tuple[dict, object]:
+    """Fixed SoCo views and boxes, and a stand-in for the RegionViews inside D3sslViews that returns them: what D3SSL
+    does on top (RBJ, PRC, PRM) is then measured against known inputs."""
+    gen = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[4, 4, 40, 36], [20, 10, 60, 50], [0, 30, 30, 63]], dtype=torch.float32)
+    fixed = {"view1": torch.randn(3, size, size, generator=gen), "view2": torch.randn(3, size, size, generator=gen),
+             "view3": torch.randn(3, size // 2, size // 2, generator=gen),
+             "boxes": torch.stack([boxes, boxes.flip(0), boxes / 2])}
+    return fixed, lambda image, boxes: {key: value.clone() for key, value in fixed.items()}
+
+
 def test_decoupling_false_gives_views_without_cutouts_or_masks():
     image, boxes = _image(0)
+    fixed, regions = _fixed_regions()
+    plain = D3sslViews(64, boxes_per_image=3, decoupling=False)
+    plain.regions = regions
     torch.manual_seed(3)
-    plain = D3sslViews(64, boxes_per_image=3, decoupling=False)(image, boxes)
-    torch.manual_seed(3)
-    torch.randint(2**62, ())  # the per-sample numpy seed D3sslViews draws first
-    soco = RegionViews(64, boxes_per_image=3, crop_scale=(0.4, 1.0), jitter_p=0.0)(image, boxes)
-    assert torch.equal(plain["view1"], soco["view1"]) and torch.equal(plain["view2s"], soco["view3"])
-    assert not plain["prm1"].any() and not plain["prm2s"].any()
+    out = plain(image, boxes)
+    assert torch.equal(out["view1"], fixed["view1"]) and torch.equal(out["view2"], fixed["view2"])
+    assert torch.equal(out["view2s"], fixed["view3"])
+    assert not out["prm1"].any() and not out["prm2s"].any()
 
-    torch.manual_seed(3)
-    cut = D3sslViews(64, boxes_per_image=3)(image, boxes)
-    changed = (cut["view1"] != soco["view1"]).any(dim=0)
-    assert changed.any()  # PRC's holes, filled with the normalised mean colour
+    cut = D3sslViews(64, boxes_per_image=3)
+    cut.regions = regions
+    out = cut(image, boxes)
+    changed = (out["view1"] != fixed["view1"]).any(dim=0)
+    assert changed.any() and out["prm1"].any()  # PRC's holes, filled with the normalised mean colour, and PRM's mask
     mean = (torch.tensor(MEAN_COLOUR, dtype=torch.float32) / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
         [0.229, 0.224, 0.225])
-    assert torch.allclose(cut["view1"][:, changed], mean[:, None].expand(-1, int(changed.sum())), atol=1e-6)
+    assert torch.allclose(out["view1"][:, changed], mean[:, None].expand(-1, int(changed.sum())), atol=1e-6)
 
 
 def test_rbj_never_grows_a_box():
     image, boxes = _image(1)
+    fixed, regions = _fixed_regions()
+    views = D3sslViews(64, boxes_per_image=3)
+    views.regions = regions
     torch.manual_seed(5)
-    jittered = D3sslViews(64, boxes_per_image=3)(image, boxes)["boxes"]
-    torch.manual_seed(5)
-    torch.randint(2**62, ())
-    exact = RegionViews(64, boxes_per_image=3, crop_scale=(0.4, 1.0), jitter_p=0.0)(image, boxes)["boxes"]
+    jittered, exact = views(image, boxes)["boxes"], fixed["boxes"]
     inside = ((jittered[..., :2] >= exact[..., :2] - 1e-5).all() and (jittered[..., 2:] <= exact[..., 2:] + 1e-5).all())
     assert inside and not torch.allclose(jittered, exact)
 

@@ -107,8 +107,8 @@ def _fixed_batch_loss_before_after(spec, steps: int) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("path", TINY, ids=[p.stem for p in TINY])
-def test_tiny_example_loss_decreases_on_a_fixed_batch(path, synthetic):
-    spec = load_spec(path, [*data_overrides(path, synthetic), "output_dir=unused"])
+def test_tiny_example_loss_decreases_on_a_fixed_batch(path, synthetic, tmp_path):
+    spec = load_spec(path, [*data_overrides(path, synthetic), f"output_dir={tmp_path / 'unused'}"])
     before, after = _fixed_batch_loss_before_after(spec, steps=6)
     assert math.isfinite(before) and after < before
 

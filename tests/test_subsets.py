@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -48,17 +49,43 @@ def test_pareto_profile_follows_alpha_6_between_the_caps():
     x = x_last + (profile - 5) / 1275 * (x0 - x_last)
     slope = np.polyfit(np.log(p), np.log(x), 1)[0]
     assert slope == pytest.approx(-1 / 6, abs=1e-9)
-    assert profile.sum() == pytest.approx(121_945.78, abs=0.01)
-    # ImageNet-LT's shape: ~385 classes above 100 images and ~136 below 20 (Liu et al.); ours 408 and 140.
-    assert (profile > 100).sum() == 408 and (profile < 20).sum() == 140
+    x = _pareto_quantiles(1000)
+    assert profile.sum() == pytest.approx(sum(_profile_from_definition(1000)), rel=1e-12)
+    # A class holds more than L images where its x_r exceeds L's preimage x_L under the linear map, i.e. where
+    # r < 1001 · x_L^(-6) (x_r = (r / 1001)^(-1/6) decreases in r): the counts follow by inverting the definition.
+    def preimage(level):
+        return x[-1] + (level - 5) / 1275 * (x[0] - x[-1])
+
+    above_100 = math.ceil(1001 * preimage(100) ** -6) - 1
+    below_20 = 1000 - math.floor(1001 * preimage(20) ** -6)
+    assert (profile > 100).sum() == above_100 and (profile < 20).sum() == below_20
+    # ImageNet-LT's shape (Liu et al.): ~385 classes above 100 images and ~136 below 20.
+    assert abs(above_100 - 385) <= 25 and abs(below_20 - 136) <= 5
+
+
+def _pareto_quantiles(num_classes: int) -> list[float]:
+    """Pareto(α = 6, x_m = 1) upper-tail quantiles at the plotting positions p_r = r / (C + 1), r = 1..C."""
+    return [(r / (num_classes + 1)) ** (-1 / 6) for r in range(1, num_classes + 1)]
+
+
+def _profile_from_definition(num_classes: int) -> list[float]:
+    """The long-tail profile from its definition (docs/subsets.md): the quantiles mapped linearly onto [5, 1280]."""
+    x = _pareto_quantiles(num_classes)
+    return [5 + 1275 * (xr - x[-1]) / (x[0] - x[-1]) for xr in x]
 
 
 def test_long_tail_counts_scale_the_profile_to_size():
     plan = subsets.long_tail_counts([1300] * 1000, subsets.COCO_TRAIN_IMAGES, seed=0)
     by_rank = np.sort(plan.counts)[::-1]
     assert plan.counts.sum() == 118_287
-    assert np.abs(by_rank - subsets.pareto_profile(1000) * 118_287 / 121_945.78).max() <= 1
-    assert by_rank[0] == 1242 and by_rank[-1] == 5
+    # Largest remainder on the quotas profile × size / profile sum: each count is its quota rounded down or up, and
+    # the ranks rounded up are those with the largest fractional parts.
+    quota = np.array(_profile_from_definition(1000))
+    quota *= 118_287 / quota.sum()
+    floor = np.floor(quota)
+    assert np.all((by_rank == floor) | (by_rank == floor + 1))
+    up, remainder = by_rank > floor, quota - floor
+    assert up.sum() == 118_287 - floor.sum() and remainder[up].min() >= remainder[~up].max()
     assert sorted(plan.rank.tolist()) == list(range(1000))
     assert np.array_equal(plan.counts[np.argsort(plan.rank)], by_rank)
 
@@ -176,7 +203,8 @@ def test_in118k_lt_end_to_end_follows_the_profile(cli, imagenet, tmp_path):
     stats = json.loads(Path(result["stats"]).read_text())
     counts = np.array(list(stats["images_per_class"].values()))  # written in descending order
     assert counts.sum() == 300 and np.all(np.diff(counts) <= 0)
-    assert np.abs(counts - subsets.pareto_profile(50) * 300 / subsets.pareto_profile(50).sum()).max() <= 1
+    profile = np.array(_profile_from_definition(50))
+    assert np.abs(counts - profile * 300 / profile.sum()).max() <= 1
     assert stats["pareto_alpha"] == 6 and stats["profile_max"] == 1280 and stats["profile_min"] == 5
     source = open_source(result["manifest"])
     per_class = Counter(source.classes[r.label] for r in source.records)

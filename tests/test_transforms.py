@@ -65,18 +65,28 @@ def test_iou_constrained_pairs_satisfy_the_bound():
     assert max(ious) < 0.5
 
 
-def test_iou_constrained_fallback_keeps_the_lowest_iou_candidate():
+def _scripted_crops(monkeypatch, boxes):
+    """The crop sampler returns ``boxes`` in order, so each candidate (and its IoU) is known by construction."""
+    import sslcli.data.transforms as transforms
+
+    queue = list(boxes)
+    monkeypatch.setattr(transforms, "sample_crop_box", lambda *args, **kwargs: queue.pop(0))
+    return queue
+
+
+def test_iou_constrained_fallback_keeps_the_lowest_iou_candidate(monkeypatch):
     # Crops of ≥ 95 % of the image always overlap by IoU > 0.9: the bound 0.5 cannot be met.
     first, second, satisfied = sample_pair_with_max_iou(50, 50, (0.95, 1.0), (3 / 4, 4 / 3), 0.5, 5, _gen(2))
-    assert not satisfied
-    g = _gen(2)  # replay the same draws: view 1, then the 5 candidates
-    replay_first = sample_crop_box(50, 50, (0.95, 1.0), (3 / 4, 4 / 3), g)
-    candidates = [sample_crop_box(50, 50, (0.95, 1.0), (3 / 4, 4 / 3), g) for _ in range(5)]
-    assert first == replay_first
-    assert box_iou(first, second) == min(box_iou(first, c) for c in candidates) >= 0.5
+    assert not satisfied and box_iou(first, second) >= 0.5
+    # View 1 = the 10×10 square, then 5 candidates of height 10, 8, 6, 7, 9 at its corner: IoU 1, .8, .6, .7, .9.
+    left = _scripted_crops(monkeypatch, [(0, 0, 10, 10), (0, 0, 10, 10), (0, 0, 10, 8), (0, 0, 10, 6),
+                                         (0, 0, 10, 7), (0, 0, 10, 9), (0, 0, 1, 1)])
+    assert sample_pair_with_max_iou(50, 50, (0.95, 1.0), (3 / 4, 4 / 3), 0.5, 5) == ((0, 0, 10, 10), (0, 0, 10, 6),
+                                                                                      False)
+    assert left == [(0, 0, 1, 1)]  # exactly 1 + max_tries draws
 
 
-def test_constrained_small_crops_satisfy_the_overlap_rule_or_are_the_fallback():
+def test_constrained_small_crops_satisfy_the_overlap_rule_or_are_the_fallback(monkeypatch):
     g = _gen(3)
     key = (10, 10, 60, 60)
     for _ in range(200):
@@ -84,10 +94,11 @@ def test_constrained_small_crops_satisfy_the_overlap_rule_or_are_the_fallback():
         assert satisfied == (overlap_fraction(box, key) >= 0.2)
     # Impossible rule (a 1-pixel key): after max_tries failures, a fresh unconstrained sample (METHODS.md §2 "then
     # unconstrained", as the authors' code) — not the last failure, which is by construction a violating crop.
-    box, satisfied = sample_constrained_box(100, 100, (0, 0, 1, 1), (0.05, 0.14), (3 / 4, 4 / 3), 0.9, 4, _gen(4))
-    g = _gen(4)
-    replay = [sample_crop_box(100, 100, (0.05, 0.14), (3 / 4, 4 / 3), g) for _ in range(5)]
-    assert not satisfied and box == replay[4] != replay[3]
+    # Four failures (no overlap with the key) and then a fifth, fresh draw, which is what comes back.
+    misses = [(50, 50, 60, 60), (60, 60, 70, 70), (70, 70, 80, 80), (80, 80, 90, 90)]
+    left = _scripted_crops(monkeypatch, [*misses, (20, 20, 30, 30), (0, 0, 1, 1)])
+    box, satisfied = sample_constrained_box(100, 100, (0, 0, 1, 1), (0.05, 0.14), (3 / 4, 4 / 3), 0.9, 4)
+    assert (box, satisfied) == ((20, 20, 30, 30), False) and left == [(0, 0, 1, 1)]
 
 
 def test_cc_views_constrain_small_crops_against_the_key_crop():
