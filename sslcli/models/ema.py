@@ -37,8 +37,8 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
         raise ValueError("ema_update: target and online networks have different parameter lists")
     for t, o in zip(target_params, online_params):
         t.lerp_(o, 1.0 - momentum)  # t + (1 − m)(o − t) = m·t + (1 − m)·o
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)
+    for target_buffer, online_buffer in zip(target.buffers(), online.buffers()):
+        target_buffer.copy_(online_buffer)
 
 
 def add_momentum_targets(owner: nn.Module, pairs: MomentumPairs) -> None:
