@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import default_collate
 
 from sslcli.data.region_aug import MEAN_COLOUR, pixel_boxes
+from sslcli.losses.region_nce import d3ssl_loss
 from sslcli.methods.base import StepInfo
-from sslcli.methods.d3ssl import D3ssl, D3sslViews, compose_views, d3ssl_loss
+from sslcli.methods.d3ssl import D3ssl, D3sslViews, compose_views
 
 
 # --------------------------------------------------------------------------------------------------------- the loss
@@ -65,14 +66,14 @@ def test_depositioned_boxes_and_pixels_are_consistent():
     x1, x2s, x3 = compose_views(batch)
     assert x1.shape == (4, 3, 64, 64) and x2s.shape == (4, 3, 32, 32) and x3.shape == (4, 3, 64, 64)
     for b in range(4):
-        shift = batch["boxes3"][b] - batch["boxes"][b, 1]
+        shift = batch["depositioned_boxes"][b] - batch["boxes"][b, 1]
         tx, ty = shift[0, 0].item(), shift[0, 1].item()
         assert torch.equal(shift, torch.tensor([tx, ty, tx, ty]).expand_as(shift)) and tx == int(tx) and ty == int(ty)
         tx, ty = int(tx), int(ty)
-        mask = batch["view3_mask"][b]
+        mask = batch["depositioned_mask"][b]
         assert mask.any()
         union = torch.zeros(64, 64, dtype=torch.bool)  # m̂ lies inside the shifted boxes' pixels
-        for x0, y0, x1_, y1 in pixel_boxes(batch["boxes3"][b].numpy(), 64, 64):
+        for x0, y0, x1_, y1 in pixel_boxes(batch["depositioned_boxes"][b].numpy(), 64, 64):
             union[y0:y1, x0:x1_] = True
         assert not (mask & ~union).any()
         ys, xs = torch.nonzero(mask, as_tuple=True)  # foreground: this image's x2 pixel p − t
@@ -197,7 +198,7 @@ def test_teacher_features_of_both_views_are_enqueued_after_the_step():
 def test_depositioning_off_trains_on_l_dc_only():
     method = D3ssl(_spec({"depositioning": False}))
     batch = _batch(depositioning=False)
-    assert "view3_mask" not in batch
+    assert "depositioned_mask" not in batch
     out = method(batch, _info(0))
     assert set(out) == {"loss", "loss_dc"} and torch.equal(out["loss"], out["loss_dc"])
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.losses.detcon import detcon_loss
-from sslcli.methods.detcon import label_grid, mask_pool, res5_side, sample_ids
+from sslcli.methods.detcon import label_grid, res5_side, sample_ids
+from sslcli.models.region_pooling import mask_pool
 
 
 # ------------------------------------------------------------------------------------------------ numpy reference

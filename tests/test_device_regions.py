@@ -30,10 +30,10 @@ from sslcli.data.device_views import DeviceViews
 from sslcli.data.images import EncodedImage
 from sslcli.data.mask_views import MaskViewPair
 from sslcli.data.region_views import RegionViews, cutout_in_boxes
+from sslcli.data.stored_boxes import StoredBoxViews
 from sslcli.engine.data import collate
 from sslcli.methods.d3ssl import D3sslViews
 from sslcli.methods.detcon import DetconTransform, label_grid
-from sslcli.methods.soco import SocoTransform
 from sslcli.proposals.masks_online import MaskSource
 
 CPU = torch.device("cpu")
@@ -220,7 +220,7 @@ def _painted_objects(tmp_path: Path) -> EncodedImage:
 
 def _soco(recipe: str, padding: str = "authors", k: int = 3) -> BoxDeviceViews:
     views = RegionViews(64, k, (0.4, 1.0), colors=(NO_COLOUR, NO_COLOUR), recipe=recipe, padding=padding)
-    return DeviceViews(SocoTransform(FakeStore(OBJECTS, 96, 128), views))
+    return DeviceViews(StoredBoxViews(FakeStore(OBJECTS, 96, 128), views))
 
 
 def _box_colour(view: torch.Tensor, box: torch.Tensor) -> int | None:
@@ -266,7 +266,7 @@ def test_soco_device_views_equal_the_cpu_path_on_the_same_draws(recipe, tmp_path
     dv = _soco(recipe, padding="slots")
     image = _painted_objects(tmp_path)
     pixels = np.asarray(Image.open(image.path).convert("RGB"))
-    transform = SocoTransform(dv.store, dv.views)
+    transform = StoredBoxViews(dv.store, dv.views)
     for seed in range(3):
         torch.manual_seed(seed)
         cpu = transform({"image": pixels, "index": 0, "image_id": 0})
@@ -306,7 +306,7 @@ def test_d3ssl_device_views_equal_the_cpu_path_on_the_same_draws(fill, decouplin
     """Colour off: the same torch and numpy draws in both paths, so the same boxes, holes, PRM masks and shift."""
     d3 = D3sslViews(64, 3, prc_fill=fill, decoupling=decoupling, depositioning=depositioning)
     d3.regions = RegionViews(64, 3, tuple(d3.crop_scale), jitter_p=0.0, colors=(NO_COLOUR, NO_COLOUR))
-    transform = SocoTransform(FakeStore(OBJECTS, 96, 128), d3)
+    transform = StoredBoxViews(FakeStore(OBJECTS, 96, 128), d3)
     dv = DeviceViews(transform)
     assert type(dv) is D3sslDeviceViews
     image = _painted_objects(tmp_path)
@@ -327,7 +327,7 @@ def test_d3ssl_device_views_equal_the_cpu_path_on_the_same_draws(fill, decouplin
 def test_d3ssl_boxes_follow_the_pixels_on_a_painted_image(tmp_path):
     d3 = D3sslViews(64, 3, decoupling=False)
     d3.regions = RegionViews(64, 3, tuple(d3.crop_scale), jitter_p=0.0, colors=(NO_COLOUR, NO_COLOUR))
-    dv = DeviceViews(SocoTransform(FakeStore(OBJECTS, 96, 128), d3))
+    dv = DeviceViews(StoredBoxViews(FakeStore(OBJECTS, 96, 128), d3))
     image = _painted_objects(tmp_path)
     torch.manual_seed(0)
     out = dv.apply(collate([dv({"image": image, "index": i, "image_id": 0}) for i in range(6)]), CPU)
@@ -336,7 +336,7 @@ def test_d3ssl_boxes_follow_the_pixels_on_a_painted_image(tmp_path):
         for k in range(3):  # slot k is the same proposal in x1, x2, x2s (slots padding) and in x3 (shifted x2)
             found = [_box_colour(out[key][i], out["boxes"][i, p, k]) for key, p in
                      (("view1", 0), ("view2", 1), ("view2s", 2))]
-            found.append(_box_colour(out["view3_fg"][i], out["boxes3"][i, k]))
+            found.append(_box_colour(out["depositioned_foreground"][i], out["depositioned_boxes"][i, k]))
             found = [c for c in found if c is not None]
             assert len(set(found)) <= 1 and all(c > 0 for c in found), (i, k, found)
             checked += len(found)

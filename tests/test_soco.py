@@ -10,9 +10,11 @@ import torch
 from torch.utils.data import default_collate
 
 from sslcli.data.region_views import RegionViews
+from sslcli.losses.regression import soco_loss
 from sslcli.methods.base import StepInfo
-from sslcli.methods.soco import VIEW_PAIRS, align_rois, roi_features, soco_loss
+from sslcli.methods.soco import VIEW_PAIRS
 from sslcli.models.backbone import build_backbone
+from sslcli.models.region_pooling import align_rois, roi_features
 
 
 # ------------------------------------------------------------------------------------------------------------ loss
@@ -197,7 +199,7 @@ def test_padded_image_loss_is_the_authors_correspondence(recipe):
     from torchvision.transforms import v2
 
     from sslcli.data.region_views import RegionViews, downsample
-    from sslcli.methods.soco import SET_VIEWS, Soco, roi_features, set_pairs
+    from sslcli.methods.soco import SET_VIEWS, Soco, set_pairs
 
     image, rects, colours = _two_proposal_image()
     k, size = 4, 64

@@ -137,7 +137,7 @@ class MaskDeviceViews(DeviceViews):
 
 # ------------------------------------------------------------------------------------------------------------ boxes
 def stored_boxes(store, image_id, image: EncodedImage) -> np.ndarray:
-    """The image's proposals from a box store, checked against the header's size (as `SocoTransform`)."""
+    """The image's proposals from a box store, checked against the header's size (as `StoredBoxViews`)."""
     try:
         boxes = store.boxes(image_id)
         stored_size = store.image_size(image_id)
@@ -167,7 +167,7 @@ def downsample_views(views: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class BoxDeviceViews(DeviceViews):
-    """SoCo's views (`sslcli.methods.soco.SocoTransform`: a box store and a `RegionViews`) on the device: ``apply``
+    """SoCo's views (`sslcli.data.stored_boxes.StoredBoxViews`: a box store and a `RegionViews`) on the device: ``apply``
     returns the CPU path's ``view1``, ``view2`` (, ``view3``), ``boxes`` (N, P, K, 4) and ``box_ids`` (N, P, K)."""
 
     def __init__(self, transform):
@@ -225,9 +225,9 @@ def shift_views(views: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 
 
 class D3sslDeviceViews(DeviceViews):
-    """D3SSL's views (`sslcli.methods.d3ssl.D3sslViews` in a `SocoTransform`) on the device: ``apply`` returns the
-    keys `D3sslViews` writes (view1, view2, view2s, boxes, prm1, prm2s and, with de-positioning, view3_fg,
-    view3_mask, boxes3)."""
+    """D3SSL's views (`sslcli.methods.d3ssl.D3sslViews` in a `StoredBoxViews`) on the device: ``apply`` returns the
+    keys `D3sslViews` writes (view1, view2, view2s, boxes, prm1, prm2s and, with de-positioning, depositioned_foreground,
+    depositioned_mask, depositioned_boxes)."""
 
     def __init__(self, transform):
         self.store, self.d3 = transform.store, transform.views
@@ -274,8 +274,8 @@ class D3sslDeviceViews(DeviceViews):
             composite = depositioning_composite(blank, b2.numpy(), blank, rng, tuple(d3.prc_side_fraction),
                                                 d3.prc_max_cover)
             out["shift"] = torch.tensor(composite.shift)
-            out["view3_mask"] = torch.from_numpy(composite.mask)
-            out["boxes3"] = torch.from_numpy(composite.boxes).float()
+            out["depositioned_mask"] = torch.from_numpy(composite.mask)
+            out["depositioned_boxes"] = torch.from_numpy(composite.boxes).float()
         return out
 
     def apply(self, batch: dict, device: torch.device) -> dict:
@@ -291,6 +291,6 @@ class D3sslDeviceViews(DeviceViews):
         out = {"view1": view1, "view2": view2, "view2s": view2s, "boxes": batch["boxes"].to(device),
                "prm1": batch["prm1"].to(device), "prm2s": batch["prm2s"].to(device)}
         if "shift" in batch:
-            out |= {"view3_fg": shift_views(view2, batch["shift"]), "view3_mask": batch["view3_mask"].to(device),
-                    "boxes3": batch["boxes3"].to(device)}
+            out |= {"depositioned_foreground": shift_views(view2, batch["shift"]), "depositioned_mask": batch["depositioned_mask"].to(device),
+                    "depositioned_boxes": batch["depositioned_boxes"].to(device)}
         return out

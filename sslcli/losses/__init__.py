@@ -1,6 +1,8 @@
 """Losses as pure functions whose docstrings state tensor shapes and cite the paper for each hyperparameter.
 
-Modules: ``contrastive`` (InfoNCE with a queue, NT-Xent, kNN-MoCo), ``regression`` (BYOL/SoCo), ``detcon``.
+Modules: ``contrastive`` (InfoNCE with a queue, NT-Xent, kNN-MoCo), ``regression`` (BYOL, SoCo's ``soco_loss``),
+``detcon``, ``region_nce`` (D3SSL's region InfoNCE and ``d3ssl_loss``). Queues and memory banks, which hold state and
+gather over ranks, are network parts in ``sslcli.models.queue``; a loss only reads their tensors.
 """
 
 import functools

@@ -1,4 +1,4 @@
-"""BYOL's normalised regression loss (Grill et al. 2020, eq. 2), also the base of DetCon_B and SoCo."""
+"""BYOL's normalised regression loss (Grill et al. 2020, eq. 2), also the base of DetCon_B, and SoCo's box loss."""
 
 from __future__ import annotations
 
@@ -56,3 +56,32 @@ def corresponding_regression(prediction: torch.Tensor, target: torch.Tensor, pre
     corr = (prediction_ids[:, :, None] == target_ids[:, None, :]).to(p.dtype)       # (B, K, K)
     similarity = (p @ z.transpose(1, 2) * corr).sum((1, 2)) / corr.sum((1, 2))   # Σ C ≥ 1: both views hold every id
     return (2 - 2 * similarity).mean()
+
+
+def soco_loss(predictions: list[torch.Tensor], targets: list[torch.Tensor], pairs: tuple[tuple[int, int], ...],
+              ids: list[torch.Tensor] | None = None,
+              set_views: tuple[int, ...] | None = None) -> dict[str, torch.Tensor]:
+    """SoCo's loss (METHODS.md §4): Σ over pairs (a, b) of box sets of the loss a → b plus the loss b → a.
+
+    Without ``ids``, box k of every set is the same box: mean_k(2 − 2cos(p_a,k, z_b,k)). With ``ids``, the
+    authors' correspondence (`corresponding_regression`): per image 2 − 2·Σ C_ij cos(p_a,i, z_b,j) / ΣC.
+
+    Args:
+        predictions: per box set, (N, D) online predictions of the N = B·K boxes, image-major.
+        targets: per box set, (N, D) target projections (treated as constants).
+        pairs: box-set index pairs, e.g. ((0, 1), (0, 2)).
+        ids: per box set, (B, K) proposal ids; None = correspondence by index.
+        set_views: the view of each box set (names the terms); None = set i is view i.
+
+    Returns:
+        {"loss": the total, "loss_v{a+1}v{b+1}": each pair's symmetrised term, named by views (for logging)}.
+    """
+    views = set_views or tuple(range(len(predictions)))
+
+    def direction(a: int, b: int) -> torch.Tensor:
+        if ids is None:
+            return normalized_regression(predictions[a], targets[b]).mean()
+        return corresponding_regression(predictions[a], targets[b], ids[a], ids[b])
+
+    terms = {f"loss_v{views[a] + 1}v{views[b] + 1}": direction(a, b) + direction(b, a) for a, b in pairs}
+    return {"loss": torch.stack(list(terms.values())).sum(), **terms}

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sslcli.models.ema import MomentumPairs, add_momentum_targets, cosine_momentum, update_momentum_targets
+
 
 @dataclass
 class StepInfo:
@@ -48,8 +50,29 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def after_step(self, step: StepInfo) -> None:
-        """Momentum/EMA updates and queue maintenance; default: nothing."""
+        """Momentum/EMA updates and queue maintenance; default: nothing (`MomentumMethod` averages its targets)."""
 
     def backbone(self) -> nn.Module:
         """The pretrained backbone (a ResNetBackbone) that checkpoints export and probes evaluate."""
         return self.encoder  # type: ignore[return-value]
+
+
+class MomentumMethod(Method):
+    """A method with momentum (EMA) networks, declared once in ``momentum_pairs`` as ``(online, target)`` attribute
+    names. ``__init__`` calls `init_momentum_targets` once the online networks exist; `after_step` averages every
+    target with `momentum` (subclasses that keep queues call ``super().after_step(step)`` first)."""
+
+    momentum_pairs: MomentumPairs = ()
+
+    def init_momentum_targets(self) -> None:
+        """Create each target as a frozen copy of its online network (`sslcli.models.ema.add_momentum_targets`)."""
+        add_momentum_targets(self, self.momentum_pairs)
+
+    def momentum(self, step: StepInfo) -> float:
+        """τ of this step: BYOL's cosine schedule from ``method.base_momentum`` (MoCo overrides: a constant)."""
+        return cosine_momentum(self.spec.method.base_momentum, step.progress)
+
+    @torch.no_grad()
+    def after_step(self, step: StepInfo) -> None:
+        if self.momentum_pairs:
+            update_momentum_targets(self, self.momentum_pairs, self.momentum(step))

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torchvision.transforms import v2
 
 from sslcli.data.color import BYOL as BYOL_COLORS
 from sslcli.data.color import view_colours
 from sslcli.data.transforms import CropViews
 from sslcli.losses.regression import byol_loss
-from sslcli.methods.base import Method, StepInfo
+from sslcli.methods.base import MomentumMethod, StepInfo
 from sslcli.models.backbone import build_backbone
-from sslcli.models.ema import cosine_momentum, ema_update, momentum_copy
-from sslcli.models.heads import mlp
+from sslcli.models.heads import byol_heads
 
 # BYOL / DetCon crop area range (METHODS.md §3: U[0.08, 1]).
 BYOL_CROP_SCALE = (0.08, 1.0)
-
-
-def byol_heads(in_dim: int, hidden_dim: int = 4096, dim: int = 256) -> tuple[nn.Sequential, nn.Sequential]:
-    """BYOL / DetCon_B projector (in_dim → hidden → BN → ReLU → dim) and predictor (dim → hidden → BN → ReLU → dim)."""
-    return mlp(in_dim, hidden_dim, dim, batch_norm=True), mlp(dim, hidden_dim, dim, batch_norm=True)
 
 
 def byol_views(spec) -> CropViews:
@@ -32,16 +25,17 @@ def byol_views(spec) -> CropViews:
                      interpolation=v2.InterpolationMode.BICUBIC)
 
 
-class BYOL(Method):
+class BYOL(MomentumMethod):
     """Online encoder + projector + predictor; target = EMA copy of encoder + projector, τ on BYOL's cosine schedule."""
+
+    momentum_pairs = (("encoder", "target_encoder"), ("projector", "target_projector"))
 
     def __init__(self, spec):
         super().__init__(spec)
         self.encoder = build_backbone(spec.model.arch, spec.model.width)
         self.projector, self.predictor = byol_heads(self.encoder.out_channels, spec.method.hidden_dim,
                                                     spec.method.dim)
-        self.target_encoder = momentum_copy(self.encoder)
-        self.target_projector = momentum_copy(self.projector)
+        self.init_momentum_targets()
 
     def transform(self) -> CropViews:
         return byol_views(self.spec)
@@ -55,9 +49,3 @@ class BYOL(Method):
         with torch.no_grad():
             z = self.target_projector(self.target_encoder(x))
         return {"loss": byol_loss(p[:b], p[b:], z[:b], z[b:])}
-
-    @torch.no_grad()
-    def after_step(self, step: StepInfo) -> None:
-        tau = cosine_momentum(self.spec.method.base_momentum, step.progress)
-        ema_update(self.target_encoder, self.encoder, tau)
-        ema_update(self.target_projector, self.projector, tau)

@@ -1,21 +1,24 @@
 """D3SSL (D3 §4, METHODS.md §5): SoCo's ResNet-C4 region network trained with de-coupling and de-positioning.
 
-Per sample (in DataLoader workers, `D3sslViews`): SoCo's `RegionViews` geometry and colour give x1 (whole image,
-S²), x2 (RandomResizedCrop, area ``crop_scale``) and x2s (x2 resized to (S/2)²) with the same K proposals in each
-(its own box jitter off: D3SSL uses RBJ). Then, with one seeded numpy generator per sample:
+Per sample (in DataLoader workers, `D3sslViews` behind `sslcli.data.stored_boxes.StoredBoxViews`): SoCo's
+`RegionViews` geometry and colour give x1 (whole image, S²), x2 (RandomResizedCrop, area ``crop_scale``) and x2s (x2
+resized to (S/2)², SoCo's V3) with the same K proposals in each (its own box jitter off: D3SSL uses RBJ). Then, with
+one seeded numpy generator per sample:
 - RBJ on each view's boxes independently (never larger than the proposal);
 - de-coupling (``method.decoupling``): PRC on x1 and x2s (holes filled with ``prc.fill`` in normalised colour), and
   PRM's masks for x1 and x2s — the pixels PRM will take from a background image;
 - de-positioning (``method.depositioning``): one shift t for all of x2's boxes, the mask m̂ (shifted box union minus
   PRC's holes) and x2 shifted by t; b̂ = b + t.
 The background image is **another image of the batch**: the method rolls the batch by one (image b gets image b − 1's
-x2, coloured, uncut) and writes it under PRM's masks (downsampled for x2s) and around m̂ for x3. So PRM and x3 both take
-their surroundings from the same other image; with a batch of one it is the image itself.
+x2, coloured, uncut) and writes it under PRM's masks (downsampled for x2s) and around m̂ for x3, the de-positioned
+view (its parts travel as the "depositioned_*" keys; D3SSL has no "view3"). So PRM and x3 both take their
+surroundings from the same other image; with a batch of one it is the image itself.
 
-Per batch (`D3ssl.forward`): z = normalise(projector(res5(RoIAlign(res4(x), b)))), student f_q on x̂1, x̂2s (and x3),
-teacher f_k (EMA of the student, cosine momentum as SoCo) on x̂1 and x2. L_dc = NCE(z_s1, z_t2) + NCE(z_s2, z_t1),
-L_dp = NCE(z_s3, z_t2) + NCE(z_s3, z_t1), loss = mean over the B·K boxes of (L_dc + L_dp); negatives are the region
-bank (`RegionBank`). After the step, the teacher's features of both views (z_t1 and z_t2, 2·B·K per rank) are enqueued.
+Per batch (`D3ssl.forward`): z = normalise(projector(res5(RoIAlign(res4(x), b)))) (`roi_features`), student f_q on
+x̂1, x̂2s (and x3), teacher f_k (EMA of the student, cosine momentum as SoCo) on x̂1 and x2.
+L_dc = NCE(z_s1, z_t2) + NCE(z_s2, z_t1), L_dp = NCE(z_s3, z_t2) + NCE(z_s3, z_t1), loss = mean over the B·K boxes of
+(L_dc + L_dp) (`sslcli.losses.region_nce.d3ssl_loss`); negatives are the region bank (`RegionBank`). After the step,
+the teacher's features of both views (z_t1 and z_t2, 2·B·K per rank) are enqueued.
 """
 
 from __future__ import annotations
@@ -35,31 +38,14 @@ from sslcli.data.region_aug import (
     sample_prm_rects,
 )
 from sslcli.data.region_views import RegionViews, downsample
+from sslcli.data.stored_boxes import StoredBoxViews, open_box_store
 from sslcli.errors import InputError
-from sslcli.losses.region_nce import region_nce
-from sslcli.methods.base import Method, StepInfo
-from sslcli.methods.soco import SocoTransform, open_box_store, roi_features
+from sslcli.losses.region_nce import d3ssl_loss
+from sslcli.methods.base import MomentumMethod, StepInfo
 from sslcli.models.backbone import build_backbone
-from sslcli.models.ema import cosine_momentum, ema_update, momentum_copy
 from sslcli.models.heads import mlp
 from sslcli.models.queue import RegionBank
-
-
-def d3ssl_loss(s1: torch.Tensor, s2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, bank: torch.Tensor,
-               temperature: float, s3: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """D3 Eq. 10 with region InfoNCE (Eq. 5) terms.
-
-    Args:
-        s1, s2, s3: (B, K, D) normalised student features of x̂1, x̂2s and x3 (s3 None: no de-positioning).
-        t1, t2: (B, K, D) normalised teacher features of x̂1 and x2 (constants). bank: (D, N) negatives.
-
-    Returns:
-        {"loss": L_dc + L_dp, "loss_dc", and "loss_dp" when s3 is given}, each a mean over the B·K boxes.
-    """
-    out = {"loss_dc": region_nce(s1, t2, bank, temperature) + region_nce(s2, t1, bank, temperature)}
-    if s3 is not None:
-        out["loss_dp"] = region_nce(s3, t2, bank, temperature) + region_nce(s3, t1, bank, temperature)
-    return {"loss": sum(out.values()), **out}
+from sslcli.models.region_pooling import roi_features
 
 
 def _normalised(colours: np.ndarray) -> torch.Tensor:
@@ -74,8 +60,9 @@ class D3sslViews:
 
     Keys: "view1", "view2": (3, S, S) float (view1 already PRC'd); "view2s": (3, S/2, S/2) (PRC'd); "prm1" (S, S),
     "prm2s" (S/2, S/2) bool: PRM's background pixels (all False without de-coupling); "boxes": (3, K, 4) float of
-    x1, x2, x2s after RBJ; with de-positioning also "view3_fg" (3, S, S) (x2 shifted by t), "view3_mask" (S, S) bool
-    (m̂) and "boxes3" (K, 4) (b̂ = x2's boxes + t).
+    x1, x2, x2s after RBJ; with de-positioning also the parts of the de-positioned view x3: "depositioned_foreground"
+    (3, S, S) (x2 shifted by t), "depositioned_mask" (S, S) bool (m̂, where x3 shows that foreground) and
+    "depositioned_boxes" (K, 4) (b̂ = x2's boxes + t).
     """
 
     size: int
@@ -117,7 +104,7 @@ class D3sslViews:
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(int(torch.randint(2**62, ())))  # from torch's RNG: the engine seeds workers
         views = self.regions(image, boxes)
-        view1, view2, view2s = views["view1"], views["view2"], views["view3"]
+        view1, view2, view2s = views["view1"], views["view2"], views["view3"]  # SoCo's V3: x2 at (S/2)²
         b1, b2, b2s = (self._jitter(b, rng) for b in views["boxes"])
         if self.decoupling:
             view1, view2s = self._cut(view1, b1, rng), self._cut(view2s, b2s, rng)
@@ -130,9 +117,10 @@ class D3sslViews:
             composite = depositioning_composite(blank, b2.numpy(), blank, rng, tuple(self.prc_side_fraction),
                                                 self.prc_max_cover)
             tx, ty = composite.shift
-            out["view3_fg"] = torch.roll(view2, shifts=(ty, tx), dims=(1, 2))  # pixel p holds x2's pixel p − t
-            out["view3_mask"] = torch.from_numpy(composite.mask)
-            out["boxes3"] = torch.from_numpy(composite.boxes).float()
+            shifted = torch.roll(view2, shifts=(ty, tx), dims=(1, 2))  # pixel p holds x2's pixel p − t
+            out["depositioned_foreground"] = shifted
+            out["depositioned_mask"] = torch.from_numpy(composite.mask)
+            out["depositioned_boxes"] = torch.from_numpy(composite.boxes).float()
         return out
 
 
@@ -147,13 +135,15 @@ def compose_views(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     small = batch["view2s"].shape[-1]
     x2s = torch.where(batch["prm2s"][:, None], downsample(background, small), batch["view2s"])
     x3 = None
-    if "view3_mask" in batch:
-        x3 = torch.where(batch["view3_mask"][:, None], batch["view3_fg"], background)
+    if "depositioned_mask" in batch:
+        x3 = torch.where(batch["depositioned_mask"][:, None], batch["depositioned_foreground"], background)
     return x1, x2s, x3
 
 
-class D3ssl(Method):
+class D3ssl(MomentumMethod):
     """D3SSL on ResNet-C4 (``model.c4: true``): student encoder + projector, EMA teacher, region memory bank."""
+
+    momentum_pairs = (("encoder", "target_encoder"), ("projector", "target_projector"))
 
     def __init__(self, spec):
         super().__init__(spec)
@@ -167,19 +157,18 @@ class D3ssl(Method):
                              "enqueued per step (2 × boxes_per_image × batch_size)")
         self.encoder = build_backbone(spec.model.arch, spec.model.width)
         self.projector = mlp(self.encoder.out_channels, method.hidden_dim, method.dim, batch_norm=True)
-        self.target_encoder = momentum_copy(self.encoder)
-        self.target_projector = momentum_copy(self.projector)
+        self.init_momentum_targets()
         self.bank = RegionBank(method.dim, method.bank_size)
         self._pending: torch.Tensor | None = None  # teacher features of the last forward, enqueued after the step
 
-    def transform(self) -> SocoTransform:
+    def transform(self) -> StoredBoxViews:
         method = self.spec.method
         views = D3sslViews(self.spec.data.image_size, method.boxes_per_image, tuple(method.crop_scale),
                            tuple(method.prc.side_fraction), method.prc.max_cover, method.prc.fill,
                            tuple(method.prm.scale), tuple(method.prm.ratio), tuple(method.rbj.scale),
                            method.rbj.shift, method.decoupling, method.depositioning,
                            view_colours(self.spec.views.colour, BYOL))
-        return SocoTransform(open_box_store(method.boxes), views)
+        return StoredBoxViews(open_box_store(method.boxes), views)
 
     def _embed(self, encoder, projector, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images, (B, K, 4) boxes → (B, K, D) normalised region features."""
@@ -198,15 +187,13 @@ class D3ssl(Method):
             t2 = self._embed(self.target_encoder, self.target_projector, batch["view2"], boxes[:, 1])
         s3 = None
         if x3 is not None:
-            s3 = self._embed(self.encoder, self.projector, x3, batch["boxes3"].contiguous())
+            s3 = self._embed(self.encoder, self.projector, x3, batch["depositioned_boxes"].contiguous())
         self._pending = torch.cat([t1, t2]).reshape(-1, method.dim)
         return d3ssl_loss(s1, s2, t1, t2, self.bank.features, method.temperature, s3)
 
     @torch.no_grad()
     def after_step(self, step: StepInfo) -> None:
-        tau = cosine_momentum(self.spec.method.base_momentum, step.progress)
-        ema_update(self.target_encoder, self.encoder, tau)
-        ema_update(self.target_projector, self.projector, tau)
+        super().after_step(step)
         if self._pending is not None:  # after backward: the loss's graph read the bank
             self.bank.enqueue(self._pending)
             self._pending = None

@@ -7,10 +7,10 @@ label map is then brought onto the res5 grid (7×7 at 224 px) by average-pooling
 argmax per cell (`label_grid`), so each cell owns exactly one id. Only these small id grids travel to the model.
 
 Per batch (`Detcon.forward`): 16 ids per image and view are sampled uniformly with replacement among the ids owning
-≥ 1 cell; the same ids serve the online and the target network. Mask pooling h_m = Σ m·h / max(Σ m, 1) over the
-res5 map; DetCon_S projects with SimCLR's shared 2048→2048→128 head, DetCon_B with BYOL's projector + predictor
-(online) and an EMA target (projector only). `sslcli.losses.detcon.detcon_loss` contrasts every latent against all
-masks of all images on all ranks.
+≥ 1 cell; the same ids serve the online and the target network. Mask pooling h_m = Σ m·h / max(Σ m, 1) over the res5
+map (`sslcli.models.region_pooling.mask_pool`); DetCon_S projects with SimCLR's shared 2048→2048→128 head, DetCon_B
+with BYOL's projector + predictor (online) and an EMA target (projector only). `sslcli.losses.detcon.detcon_loss`
+contrasts every latent against all masks of all images on all ranks.
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ from sslcli.data.color import view_colours
 from sslcli.data.mask_views import COLOR_PRESETS, CROP_SCALE, MaskViewPair
 from sslcli.errors import InputError
 from sslcli.losses.detcon import detcon_loss
-from sslcli.methods.base import Method, StepInfo
-from sslcli.methods.byol import byol_heads
-from sslcli.methods.simclr import simclr_projector
+from sslcli.methods.base import MomentumMethod, StepInfo
 from sslcli.models.backbone import build_backbone
-from sslcli.models.ema import cosine_momentum, ema_update, momentum_copy
+from sslcli.models.heads import byol_heads, simclr_projector
+from sslcli.models.region_pooling import mask_pool
 from sslcli.proposals.masks_online import MaskSource
 
 DEFAULT_DIMS = {"S": (128, 2048), "B": (256, 4096)}  # (dim, hidden_dim): SimCLR's and BYOL's heads
@@ -75,19 +74,6 @@ def sample_ids(grid: torch.Tensor, num_samples: int) -> torch.Tensor:
     return flat.gather(1, cell)
 
 
-def mask_pool(features: torch.Tensor, grid: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """h_m = Σ m·h / max(Σ m, 1) for every sampled id.
-
-    Args:
-        features: (B, C, h, w) res5 map. grid: (B, h, w) id per cell. ids: (B, R) sampled ids.
-    Returns:
-        (B, R, C) mask-pooled features.
-    """
-    masks = (grid.reshape(grid.shape[0], 1, -1) == ids[:, :, None]).to(features.dtype)   # (B, R, h·w)
-    pooled = masks @ features.flatten(2).transpose(1, 2)                                 # (B, R, C)
-    return pooled / masks.sum(-1, keepdim=True).clamp(min=1)
-
-
 class DetconTransform:
     """Sample dict → ``{"views": (2, 3, S, S) float, "masks": (2, n, n) int64}``; picklable (runs in workers)."""
 
@@ -102,13 +88,15 @@ class DetconTransform:
         return {"views": torch.stack([view1, view2]), "masks": grids}
 
 
-class Detcon(Method):
-    """DetCon_S (``method.variant: S``, SimCLR-based) and DetCon_B (``B``, BYOL-based)."""
+class Detcon(MomentumMethod):
+    """DetCon_S (``method.variant: S``, SimCLR-based) and DetCon_B (``B``, BYOL-based, with an EMA target)."""
 
     def __init__(self, spec):
         super().__init__(spec)
         method = spec.method
         self.variant = method.variant
+        if self.variant == "B":
+            self.momentum_pairs = (("encoder", "target_encoder"), ("projector", "target_projector"))
         default_dim, default_hidden = DEFAULT_DIMS[self.variant]
         dim, hidden = method.dim or default_dim, method.hidden_dim or default_hidden
         self.encoder = build_backbone(spec.model.arch, spec.model.width)
@@ -116,8 +104,7 @@ class Detcon(Method):
             self.projector = simclr_projector(self.encoder.out_channels, hidden, dim)
         else:
             self.projector, self.predictor = byol_heads(self.encoder.out_channels, hidden, dim)
-            self.target_encoder = momentum_copy(self.encoder)
-            self.target_projector = momentum_copy(self.projector)
+            self.init_momentum_targets()
 
     def transform(self) -> DetconTransform:
         masks = MaskSource.from_spec(self.spec.method.masks, self.spec.data)
@@ -166,10 +153,3 @@ class Detcon(Method):
                              f"{tuple(features.shape[-2:])} of {tuple(x.shape[-2:])} px views")
         pooled = mask_pool(features, grid, ids)
         return projector(pooled.flatten(0, 1)).view(*ids.shape, -1)
-
-    @torch.no_grad()
-    def after_step(self, step: StepInfo) -> None:
-        if self.variant == "B":
-            tau = cosine_momentum(self.spec.method.base_momentum, step.progress)
-            ema_update(self.target_encoder, self.encoder, tau)
-            ema_update(self.target_projector, self.projector, tau)

@@ -22,9 +22,8 @@ from sslcli import distributed as dist
 from sslcli.data.color import MOCO_V2, view_colours
 from sslcli.data.transforms import CropViews
 from sslcli.losses.contrastive import knn_moco_loss, moco_infonce
-from sslcli.methods.base import Method, StepInfo
+from sslcli.methods.base import MomentumMethod, StepInfo
 from sslcli.models.backbone import build_backbone
-from sslcli.models.ema import ema_update, momentum_copy
 from sslcli.models.heads import mlp
 from sslcli.models.queue import enqueue_, queue_slots
 
@@ -51,14 +50,17 @@ def moco_views(spec) -> CropViews:
         aplus_p=m.aplus.p if m.aplus.enabled else 0.0)
 
 
-class MoCo(Method):
+class MoCo(MomentumMethod):
+    """Query encoder + head; key encoder + head = their momentum copies (constant ``method.momentum``); key queue."""
+
+    momentum_pairs = (("encoder", "key_encoder"), ("head", "key_head"))
+
     def __init__(self, spec):
         super().__init__(spec)
         m = spec.method
         self.encoder = build_backbone(spec.model.arch, spec.model.width)
         self.head = mlp(self.encoder.out_channels, m.hidden_dim, m.dim, batch_norm=False)
-        self.key_encoder = momentum_copy(self.encoder)
-        self.key_head = momentum_copy(self.head)
+        self.init_momentum_targets()
         self.register_buffer("queue", F.normalize(torch.randn(m.dim, m.queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         if m.knn.enabled:
@@ -69,6 +71,9 @@ class MoCo(Method):
 
     def transform(self) -> CropViews:
         return moco_views(self.spec)
+
+    def momentum(self, step: StepInfo) -> float:
+        return self.spec.method.momentum  # a constant m (0.999; the Revisiting "lower momentum" +m: 0.995)
 
     # ----------------------------------------------------------------------------------------------- key encoder
     def _encode_key_group(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,8 +152,7 @@ class MoCo(Method):
     @torch.no_grad()
     def after_step(self, step: StepInfo) -> None:
         """Momentum update of the key encoder, then enqueue the keys (all ranks) of the step just taken."""
-        ema_update(self.key_encoder, self.encoder, self.spec.method.momentum)
-        ema_update(self.key_head, self.head, self.spec.method.momentum)
+        super().after_step(step)
         if self._pending is None:
             return
         keys, features = self._pending

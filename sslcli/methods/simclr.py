@@ -12,15 +12,10 @@ from sslcli.data.transforms import CropViews
 from sslcli.losses.contrastive import nt_xent
 from sslcli.methods.base import Method, StepInfo
 from sslcli.models.backbone import build_backbone
-from sslcli.models.heads import mlp
+from sslcli.models.heads import simclr_projector
 
 # SimCLR / DetCon crop area range (METHODS.md §3: U[0.08, 1]).
 SIMCLR_CROP_SCALE = (0.08, 1.0)
-
-
-def simclr_projector(in_dim: int, hidden_dim: int = 2048, dim: int = 128):
-    """The SimCLR / DetCon_S projector: in_dim → hidden_dim → ReLU → dim, no BN (METHODS.md §3)."""
-    return mlp(in_dim, hidden_dim, dim, batch_norm=False)
 
 
 def simclr_views(spec) -> CropViews:

@@ -6,6 +6,8 @@ torchvision's parameter names (conv1, bn1, layer1..layer4), so torchvision state
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torchvision
 from torch import nn
@@ -17,33 +19,42 @@ _LAYER_OF = {"res2": "layer1", "res3": "layer2", "res4": "layer3", "res5": "laye
 class ResNetBackbone(nn.Module):
     """torchvision ResNet without the classifier. ``forward`` returns the global-average-pooled res5 feature."""
 
-    def __init__(self, arch: str = "resnet50", width: int = 64, dilate_res5: bool = False, zero_init_residual=False):
+    def __init__(self, arch: str = "resnet50", width: int = 64, dilate_res5: bool = False,
+                 zero_init_residual: bool = False):
         super().__init__()
         builder = getattr(torchvision.models, arch, None)
         if builder is None or not arch.startswith("resnet"):
             raise ValueError(f"arch {arch!r}: expected a torchvision ResNet (resnet18, resnet50, ...)")
-        kwargs = {"weights": None, "zero_init_residual": zero_init_residual,
+        kwargs: dict[str, Any] = {"weights": None, "zero_init_residual": zero_init_residual,
                   "replace_stride_with_dilation": [False, False, dilate_res5]}
+        net: Any  # a torchvision ResNet (torchvision ships no type information)
         if width != 64:
             # torchvision ResNets fix the stem at 64 channels; a width multiplier needs the stem rebuilt.
             net = _narrow_resnet(arch, width, **kwargs)
         else:
             net = builder(**kwargs)
         self.arch, self.width = arch, width
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.out_channels = net.fc.in_features
+        self.conv1: nn.Module = net.conv1
+        self.bn1: nn.Module = net.bn1
+        self.relu: nn.Module = net.relu
+        self.maxpool: nn.Module = net.maxpool
+        self.layer1: nn.Module = net.layer1
+        self.layer2: nn.Module = net.layer2
+        self.layer3: nn.Module = net.layer3
+        self.layer4: nn.Module = net.layer4
+        self.out_channels: int = net.fc.in_features
         self.stage_channels = {s: _last_channels(getattr(self, _LAYER_OF[s])) for s in STAGES}
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out: torch.Tensor = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return out
 
     def stage(self, name: str) -> nn.Module:
-        return getattr(self, _LAYER_OF[name])
+        return self.get_submodule(_LAYER_OF[name])
 
     def features(self, x: torch.Tensor, upto: str = "res5") -> dict[str, torch.Tensor]:
         """Feature maps of every stage up to ``upto`` (strides 4, 8, 16, 32): {"res2": (B,C,H/4,W/4), ...}."""
-        out = {}
+        out: dict[str, torch.Tensor] = {}
         x = self.stem(x)
         for name in STAGES:
             x = self.stage(name)(x)
@@ -54,18 +65,23 @@ class ResNetBackbone(nn.Module):
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """The res5 feature map (B, C, H/32, W/32)."""
-        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        out: torch.Tensor = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.forward_map(x), 1), 1)
 
 
 def _last_channels(layer: nn.Module) -> int:
+    """Output channels of a ResNet stage: its last block's last convolution (conv3 of a Bottleneck, else conv2)."""
     block = list(layer.children())[-1]
-    return block.conv3.out_channels if hasattr(block, "conv3") else block.conv2.out_channels
+    conv = block.get_submodule("conv3" if hasattr(block, "conv3") else "conv2")
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"{type(block).__name__}: the last convolution is a {type(conv).__name__}, not a Conv2d")
+    return conv.out_channels
 
 
-def _narrow_resnet(arch: str, width: int, **kwargs) -> torchvision.models.ResNet:
+def _narrow_resnet(arch: str, width: int, **kwargs: Any) -> Any:
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
     blocks = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
@@ -73,8 +89,8 @@ def _narrow_resnet(arch: str, width: int, **kwargs) -> torchvision.models.ResNet
               "resnet152": (Bottleneck, [3, 8, 36, 3])}
     block, layers = blocks[arch]
 
-    class NarrowResNet(ResNet):
-        def __init__(self):
+    class NarrowResNet(ResNet):  # type: ignore[misc]  # torchvision's ResNet is untyped (Any) to mypy
+        def __init__(self) -> None:
             nn.Module.__init__(self)
             self._norm_layer = nn.BatchNorm2d
             self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
@@ -95,5 +111,5 @@ def _narrow_resnet(arch: str, width: int, **kwargs) -> torchvision.models.ResNet
     return NarrowResNet()
 
 
-def build_backbone(arch: str = "resnet50", width: int = 64, **kwargs) -> ResNetBackbone:
+def build_backbone(arch: str = "resnet50", width: int = 64, **kwargs: Any) -> ResNetBackbone:
     return ResNetBackbone(arch, width, **kwargs)

@@ -16,3 +16,14 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool) -> nn.Sequ
         layers.append(nn.BatchNorm1d(hidden_dim))
     layers += [nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)]
     return nn.Sequential(*layers)
+
+
+def simclr_projector(in_dim: int, hidden_dim: int = 2048, dim: int = 128) -> nn.Sequential:
+    """The SimCLR / DetCon_S projector: in_dim → hidden_dim → ReLU → dim, no BN (METHODS.md §3)."""
+    return mlp(in_dim, hidden_dim, dim, batch_norm=False)
+
+
+def byol_heads(in_dim: int, hidden_dim: int = 4096, dim: int = 256) -> tuple[nn.Sequential, nn.Sequential]:
+    """BYOL / DetCon_B / SoCo projector (in_dim → hidden → BN → ReLU → dim) and predictor (dim → hidden → BN → ReLU
+    → dim)."""
+    return mlp(in_dim, hidden_dim, dim, batch_norm=True), mlp(dim, hidden_dim, dim, batch_norm=True)

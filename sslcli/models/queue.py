@@ -35,6 +35,9 @@ class RegionBank(nn.Module):
     write is in place, and the loss's graph holds the bank.
     """
 
+    features: torch.Tensor
+    ptr: torch.Tensor
+
     def __init__(self, dim: int, size: int):
         super().__init__()
         self.register_buffer("features", F.normalize(torch.randn(dim, size), dim=0))

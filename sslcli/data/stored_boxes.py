@@ -1,0 +1,54 @@
+"""Views of an image and its stored boxes: the per-sample transform of the box methods (SoCo, D3SSL).
+
+The boxes come from a region store of kind ``boxes`` (made by ``sslcli prepare boxes``), opened and checked once at
+start-up by `open_box_store`; `StoredBoxViews` looks each sample's boxes up and hands image and boxes to a views
+callable (SoCo's `sslcli.data.region_views.RegionViews`, D3SSL's ``D3sslViews``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sslcli.data.store import RegionStore
+from sslcli.errors import InputError
+
+
+def open_box_store(path: str) -> RegionStore:
+    """The box store named by ``method.boxes``, checked at start-up (exists, is complete, holds boxes)."""
+    try:
+        store = RegionStore(path)
+        kind, method = store.kind, store.method
+    except InputError as exc:
+        raise InputError(f"method.boxes: {exc} (make one with `sslcli prepare boxes ROOT --method "
+                         "selective-search --filter soco`)") from None
+    if kind != "boxes":
+        raise InputError(f"method.boxes: {path} holds {kind} (method {method}), expected boxes "
+                         "(made by `sslcli prepare boxes`)")
+    return store
+
+
+class StoredBoxViews:
+    """Sample dict → ``views(image, the image's stored boxes)``; picklable (runs in DataLoader workers).
+
+    Refuses an image the store does not hold, or one whose size differs from the image the boxes were computed on.
+    """
+
+    def __init__(self, store: RegionStore, views: Callable[[np.ndarray, np.ndarray], dict[str, Any]]):
+        self.store, self.views = store, views
+
+    def __call__(self, sample: dict) -> dict:
+        image = np.asarray(sample["image"])
+        image_id = sample.get("image_id")
+        try:
+            boxes = self.store.boxes(image_id)
+            stored_size = self.store.image_size(image_id)
+        except KeyError:
+            raise InputError(f"image {image_id!r} is not in box store {self.store.path}: was it made from this "
+                             "data set and split?") from None
+        if stored_size != image.shape[:2]:
+            raise InputError(f"image {image_id!r}: boxes in {self.store.path} were computed on a "
+                             f"{stored_size[1]}×{stored_size[0]} image, but it is {image.shape[1]}×{image.shape[0]}")
+        return self.views(image, boxes)
