@@ -30,7 +30,12 @@ from torch import nn
 import sslcli
 from sslcli import distributed as dist
 from sslcli.console import current
-from sslcli.engine.checkpoint import (
+from sslcli.engine.data import SKIPPED_KEY, build_loader, derive_seed
+from sslcli.engine.metrics import MetricsLog, TrainProgress
+from sslcli.engine.optim import build_optimizer, set_lr
+from sslcli.engine.schedules import lr_at
+from sslcli.engine.threads import keep_thread_count
+from sslcli.engine.training_checkpoint import (
     FORMAT,
     LAST,
     VERSION,
@@ -43,11 +48,6 @@ from sslcli.engine.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from sslcli.engine.data import SKIPPED_KEY, build_loader, derive_seed
-from sslcli.engine.metrics import MetricsLog, TrainProgress
-from sslcli.engine.optim import build_optimizer, set_lr
-from sslcli.engine.schedules import lr_at
-from sslcli.engine.threads import keep_thread_count
 from sslcli.errors import InputError, SslcliError
 from sslcli.io import write_text_atomic
 from sslcli.methods import build_method

@@ -1,4 +1,6 @@
-"""Training checkpoints: the sslcli format, atomic saves, RNG capture, and the resume rules.
+"""The engine's own training checkpoint: the sslcli format, atomic saves, RNG capture, and the resume rules.
+
+Reading a backbone out of this or any other checkpoint format for evaluation is `sslcli.backbone_checkpoints`.
 
 Format (a dict saved with `torch.save`; every value loads with ``torch.load(..., weights_only=True)``):
 ``format`` "sslcli-checkpoint", ``version`` 1, ``spec`` (the resolved run spec as JSON data), ``arch``, ``width``,
@@ -57,14 +59,25 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated files, other formats: one line naming the file
-        from sslcli.checkpoints import load_error_reason
-
         raise InputError(f"{path}: not a readable checkpoint ({load_error_reason(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not an sslcli training checkpoint (expected \"format\": \"{FORMAT}\")")
     if state.get("version") != VERSION:
         raise InputError(f"{path}: checkpoint version {state.get('version')!r}, this sslcli reads version {VERSION}")
     return state
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """What went wrong in torch's words, without its paragraphs of advice (which for a file that is no checkpoint at
+    all suggests weights_only=False, i.e. running code from it)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # the unpickler's own finding follows torch's advice
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0].split('. ')[0].rstrip('.')}"
+
 
 
 # ---------------------------------------------------------------------------------------------------------- RNG
