@@ -15,8 +15,9 @@ path once, and counted; they never crash a run.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from sslcli.errors import CorruptImageError, InputError, SslcliError
 from sslcli.spec import RunSpec
 
 SKIPPED_KEY = "_skipped"  # per-sample list of corrupt-image messages, removed by `collate`
+
+Sample = dict[str, Any]  # one image's views (a transform's output) or, collated, a batch of them
+Transform = Callable[[Sample], Sample]
 
 
 def derive_seed(*parts: int) -> int:
@@ -86,23 +90,23 @@ class EpochBatchSampler:
             yield [(self.epoch, i) for i in perm[start:start + self.local_batch]]
 
 
-class TrainDataset(Dataset):
+class TrainDataset(Dataset[Sample]):
     """``dataset[(epoch, index)]`` = ``transform({"image": (H,W,3) uint8 RGB, "index": int, "image_id": id})``."""
 
-    def __init__(self, source: ImageSource, transform: Callable[[dict], dict], seed: int):
+    def __init__(self, source: ImageSource, transform: Transform, seed: int):
         self.source, self.transform, self.seed = source, transform, seed
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def _sample(self, i: int) -> dict:
+    def _sample(self, i: int) -> Sample:
         if not getattr(self.transform, "accepts_encoded", False):
             return self.source.sample(i)
         # The transform decodes itself (at reduced size when its crops allow): hand it the bytes and header size.
         record = self.source.records[i]
         return {"image": EncodedImage.read(record.path), "index": i, "image_id": record.image_id}
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
+    def __getitem__(self, key: tuple[int, int]) -> Sample:
         epoch, index = key
         skipped = []
         for offset in range(len(self.source)):
@@ -120,12 +124,12 @@ class TrainDataset(Dataset):
         return out
 
 
-def collate(samples: list[dict]) -> dict:
+def collate(samples: list[Sample]) -> Sample:
     """`default_collate` over the samples, with the corrupt-image messages gathered into one flat list and the
     variable-size entries of the device pipeline (`LIST_KEYS`: file bytes, paths) kept as lists."""
     skipped = [msg for s in samples for msg in s.pop(SKIPPED_KEY, [])]
     lists = {k: [s.pop(k) for s in samples] for k in LIST_KEYS if k in samples[0]}
-    batch = default_collate(samples)
+    batch: Sample = default_collate(samples)
     batch.update(lists)
     batch[SKIPPED_KEY] = skipped
     return batch
@@ -141,18 +145,18 @@ class DeviceLoader:
     on that stream so the allocator does not reuse their memory early.
     """
 
-    def __init__(self, loader: DataLoader, views: DeviceViews, device: torch.device):
+    def __init__(self, loader: DataLoader[Sample], views: DeviceViews, device: torch.device):
         self.loader, self.views, self.device = loader, views, device
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def _apply(self, batch: dict) -> dict:
+    def _apply(self, batch: Sample) -> Sample:
         out = self.views.apply(batch, self.device)
         out[SKIPPED_KEY] = batch[SKIPPED_KEY]
         return out
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Sample]:
         if self.device.type != "cuda":
             for batch in self.loader:
                 yield self._apply(batch)
@@ -172,7 +176,7 @@ class DeviceLoader:
             yield _hand_over(*pending, main)
 
 
-def _hand_over(out: dict, done: torch.cuda.Event, stream: torch.cuda.Stream) -> dict:
+def _hand_over(out: Sample, done: torch.cuda.Event, stream: torch.cuda.Stream) -> Sample:
     """Make ``stream`` wait for a side-stream batch and tie its tensors' memory to ``stream``."""
     stream.wait_event(done)
     for value in out.values():
@@ -201,8 +205,8 @@ class _WorkerInit:
         torch.manual_seed(s)
 
 
-def build_loader(spec: RunSpec, transform: Callable[[dict], dict], rank: int, world_size: int, start_epoch: int,
-                 pin_memory: bool) -> tuple[DataLoader, EpochBatchSampler]:
+def build_loader(spec: RunSpec, transform: Transform, rank: int, world_size: int, start_epoch: int,
+                 pin_memory: bool) -> tuple[Iterable[Sample], EpochBatchSampler]:
     """The training DataLoader of this rank (workers, pinned memory, persistent workers) and its batch sampler.
 
     With ``data.pipeline: gpu`` the workers only sample parameters and read bytes (`DeviceViews`); the returned
@@ -220,5 +224,5 @@ def build_loader(spec: RunSpec, transform: Callable[[dict], dict], rank: int, wo
                         # A private generator: the loader must not draw from the training loop's global RNG.
                         generator=torch.Generator().manual_seed(spec.seed))
     if device_views is not None:
-        return DeviceLoader(loader, device_views, training_device()), sampler  # type: ignore[return-value]
+        return DeviceLoader(loader, device_views, training_device()), sampler
     return loader, sampler

@@ -20,8 +20,10 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -30,7 +32,7 @@ from torch import nn
 import sslcli
 from sslcli import distributed as dist
 from sslcli.console import current
-from sslcli.engine.data import SKIPPED_KEY, build_loader, derive_seed
+from sslcli.engine.data import SKIPPED_KEY, EpochBatchSampler, Sample, build_loader, derive_seed
 from sslcli.engine.metrics import MetricsLog, TrainProgress
 from sslcli.engine.optim import build_optimizer, set_lr
 from sslcli.engine.schedules import lr_at
@@ -105,14 +107,14 @@ class Trainer:
 
         # Buffers are synced once at wrap time, never per forward (see the module docstring). torch ≥ 2.14 renamed
         # broadcast_buffers to forward_sync_buffers.
-        no_buffer_sync = ({"forward_sync_buffers": False}
+        no_buffer_sync: dict[str, Any] = ({"forward_sync_buffers": False}
                           if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                           else {"broadcast_buffers": False})
         self.model = DistributedDataParallel(
             self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=getattr(self.method, "find_unused_parameters", False), **no_buffer_sync)
 
-    def to_device(self, batch):
+    def to_device(self, batch: Any) -> Any:
         """Move every tensor of a (nested) batch to the device; images (4-D float, 3 channels) to channels_last."""
         if isinstance(batch, torch.Tensor):
             batch = batch.to(self.device, non_blocking=True)
@@ -128,14 +130,15 @@ class Trainer:
     def lr_at(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         return lr_at(self.spec.schedule, self.spec.lr, step, steps_per_epoch, total_steps)
 
-    def step(self, batch: dict, info: StepInfo) -> StepResult:
+    def step(self, batch: Sample, info: StepInfo) -> StepResult:
         """One optimisation step on ``batch`` (already on the device). Raises NonFiniteLoss before any update."""
         lr = self.lr_at(info.step, info.steps_per_epoch, info.total_steps)
         set_lr(self.optimizer, lr)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             losses = self.model(batch, info)
         if "loss" not in losses:
-            raise SslcliError(f"method {self.spec.method.name!r} returned no 'loss' (got {sorted(losses)})")
+            name = self.spec.method.name  # type: ignore[attr-defined]  # every registered method spec has one
+            raise SslcliError(f"method {name!r} returned no 'loss' (got {sorted(losses)})")
         names = list(losses)
         values = dist.all_reduce_mean(torch.stack([losses[k].detach().float() for k in names])).tolist()
         logged = dict(zip(names, values))
@@ -153,11 +156,12 @@ class Trainer:
         return StepResult(logged, lr)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
-    def state(self, epoch: int, step: int, steps_per_epoch: int, epoch_stats: dict | None = None) -> dict:
+    def state(self, epoch: int, step: int, steps_per_epoch: int,
+              epoch_stats: dict[str, float] | None = None) -> dict[str, Any]:
         """The checkpoint dict (call on every rank: the RNG states are gathered to all). ``epoch_stats`` holds the
         running sums of the epoch in progress (a run stopped mid-epoch logs the whole epoch's mean when resumed)."""
         rng = capture_rng()
-        ranks = [rng]
+        ranks: list[dict[str, Any] | None] = [rng]
         if dist.is_distributed():
             ranks = [None] * dist.world_size()
             torch_dist.all_gather_object(ranks, rng)
@@ -170,13 +174,13 @@ class Trainer:
                 "threads": torch.get_num_threads(),
                 "sslcli_version": sslcli.__version__}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
 
 
-def _cpu(state: dict) -> dict:
+def _cpu(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
@@ -197,7 +201,7 @@ class Position:
     steps_per_epoch: int
     total_steps: int
     done: int = 0
-    epoch_stats: dict = field(default_factory=lambda: {"loss_sum": 0.0, "steps": 0})
+    epoch_stats: dict[str, float] = field(default_factory=lambda: {"loss_sum": 0.0, "steps": 0})
     last_loss: float = float("nan")
 
     @property
@@ -238,7 +242,8 @@ class Throughput:
         return self.images / self.seconds if self.seconds else None
 
 
-def train(spec: RunSpec, device: torch.device, resume: str | None = None, threads_note: str | None = None) -> dict:
+def train(spec: RunSpec, device: torch.device, resume: str | None = None,
+          threads_note: str | None = None) -> dict[str, Any]:
     """Train ``spec`` in this process (rank and world from `sslcli.distributed`); returns the run's result dict."""
     rank, world = dist.rank(), dist.world_size()
     output_dir = Path(spec.output_dir)
@@ -278,7 +283,8 @@ def _announce(spec: RunSpec, device: torch.device, resume: str | None, resume_pa
         out.info(f"precision {spec.precision}: mixed precision is for GPUs; this CPU run computes in fp32")
 
 
-def resume_from(state: dict, path: Path, trainer: Trainer, position: Position, threads_note: str | None) -> str | None:
+def resume_from(state: dict[str, Any], path: Path, trainer: Trainer, position: Position,
+                threads_note: str | None) -> str | None:
     """Check ``state`` fits this run, load it into ``trainer`` and ``position`` and restore this rank's random
     streams; returns the threads note to print (the checkpoint's thread count may replace the chosen one)."""
     spec, spe, rank, world = trainer.spec, position.steps_per_epoch, dist.rank(), dist.world_size()
@@ -313,7 +319,7 @@ def _corrupt_on_all_ranks(corrupt: set[str]) -> set[str]:
     """Each rank saw other images: every distinct corrupt file, counted once."""
     if not dist.is_distributed():
         return corrupt
-    seen: list = [None] * dist.world_size()
+    seen: list[Any] = [None] * dist.world_size()
     torch_dist.all_gather_object(seen, sorted(corrupt))
     return {msg for msgs in seen for msg in msgs}
 
@@ -322,14 +328,16 @@ class EpochLoop:
     """The epochs of one process: steps, metrics lines, the progress display and the epoch-end checkpoints (rank 0
     writes them; every rank takes part in gathering the RNG states)."""
 
-    def __init__(self, trainer: Trainer, loader, sampler, position: Position, resumed: bool):
+    def __init__(self, trainer: Trainer, loader: Iterable[Sample], sampler: EpochBatchSampler, position: Position,
+                 resumed: bool):
         spec = trainer.spec
         self.trainer, self.spec, self.loader, self.sampler, self.position = trainer, spec, loader, sampler, position
         self.output_dir = Path(spec.output_dir)
         self.is_main = dist.rank() == 0
         self.stop_at = min(position.total_steps, spec.max_steps) if spec.max_steps else position.total_steps
-        self.log = (MetricsLog(self.output_dir, spec.logging.tensorboard, resume_step=position.done if resumed else None,
-                               every_steps=spec.logging.every_steps) if self.is_main else None)
+        self.log = (MetricsLog(self.output_dir, spec.logging.tensorboard,
+                               resume_step=position.done if resumed else None, every_steps=spec.logging.every_steps)
+                    if self.is_main else None)
         self.bar = TrainProgress(self.stop_at, position.done, spec.logging.every_steps, enabled=self.is_main)
         self.throughput = Throughput(spec.batch_size)
         self.corrupt: set[str] = set()

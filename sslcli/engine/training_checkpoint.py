@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ def epoch_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}.pt"
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write atomically: a kill mid-write leaves the previous file intact."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -51,7 +52,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load an sslcli checkpoint on the CPU; InputError naming the file if it is missing or not one of ours."""
     path = Path(path)
     if not path.is_file():
@@ -81,10 +82,11 @@ def load_error_reason(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------- RNG
-def capture_rng() -> dict:
+def capture_rng() -> dict[str, Any]:
     """This process's RNG states as tensors and plain tuples (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    state = {
+    # The legacy form (the default): (name, keys, position, has_gauss, cached_gaussian).
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state(legacy=True))
+    state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
                   float(np_state[4])),
@@ -95,7 +97,7 @@ def capture_rng() -> dict:
     return state
 
 
-def restore_rng(state: dict) -> None:
+def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -104,7 +106,7 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _as_tuple(x):
+def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
@@ -119,8 +121,8 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return Path(resume)
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -134,7 +136,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 PATH_FIELDS = ("data.root", "method.masks.path", "method.boxes")
 
 
-def spec_differences(saved: dict, current: dict) -> list[str]:
+def spec_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted paths of fields that differ between two spec dicts, ignoring `RESUMABLE_CHANGES`."""
     a, b = _flatten(saved), _flatten(current)
 
@@ -148,7 +150,7 @@ def spec_differences(saved: dict, current: dict) -> list[str]:
 ADDED_DEFAULTS = {"data.pipeline": "cpu"}
 
 
-def _norm(path: str, value):
+def _norm(path: str, value: Any) -> Any:
     if value is None and path in ADDED_DEFAULTS:
         return ADDED_DEFAULTS[path]
     if path in PATH_FIELDS and isinstance(value, str):
@@ -156,7 +158,7 @@ def _norm(path: str, value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def check_resumable(state: dict, current_spec: dict, path: Path, steps_per_epoch: int) -> None:
+def check_resumable(state: dict[str, Any], current_spec: dict[str, Any], path: Path, steps_per_epoch: int) -> None:
     diffs = spec_differences(state["spec"], current_spec)
     if diffs:
         raise InputError(f"{path}: the checkpoint's spec differs in {', '.join(diffs)} (only epochs, output_dir, "

@@ -10,9 +10,9 @@ from sslcli.spec import RunSpec
 
 
 def random_init_state(spec: RunSpec) -> dict:
-    """A checkpoint dict in the engine's format, with the backbone only (what `sslcli.backbone_checkpoints.load_backbone`
-    reads): the engine's seeding, then the engine's method construction (`Trainer.__init__`), so the weights equal
-    step 0 of `sslcli pretrain` for this spec."""
+    """A checkpoint dict in the engine's format holding the backbone only (what
+    `sslcli.backbone_checkpoints.load_backbone` reads): the engine's seeding, then the engine's method construction
+    (`Trainer.__init__`), so the weights equal step 0 of `sslcli pretrain` for this spec."""
     from sslcli.engine.trainer import seed_everything
     from sslcli.engine.training_checkpoint import FORMAT, VERSION
     from sslcli.methods import build_method
