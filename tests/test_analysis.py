@@ -386,7 +386,7 @@ def test_cli_oknn_end_to_end_with_disturbed(cli, tiny_coco, two_checkpoints, tmp
 
 
 def test_same_weights_in_every_checkpoint_format_give_identical_results(cli, tiny_coco, tmp_path):
-    from sslcli.checkpoints import backbone_to_haiku
+    from sslcli.backbone_checkpoints import backbone_to_haiku
 
     torch.manual_seed(3)
     state = build_backbone("resnet50", width=8).state_dict()  # ResNet-50 as issue 7 asks

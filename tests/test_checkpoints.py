@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslcli.checkpoints import backbone_to_haiku, load_backbone
+from sslcli.backbone_checkpoints import backbone_to_haiku, load_backbone
 from sslcli.errors import InputError
 from sslcli.models.backbone import build_backbone
 
@@ -220,7 +220,7 @@ def test_truncated_files_are_one_line_input_errors(tmp_path):
 
 
 def _haiku_by_hand(state: dict) -> dict:
-    """METHODS.md §8 written out independently of sslcli.checkpoints: haiku module names, HWIO conv kernels,
+    """METHODS.md §8 written out independently of sslcli.backbone_checkpoints: haiku module names, HWIO conv kernels,
     BN scale/offset as params and mean_ema/var_ema averages as state, every BN vector shaped (1, 1, 1, C)."""
     params, ema = {}, {}
 

@@ -372,8 +372,8 @@ def test_two_gloo_processes_give_the_single_process_loss_and_gradients(tmp_path,
 def test_two_process_gloo_run_of_the_tiny_example(tmp_path):
     # The shipped tiny DetCon_B twin through the real engine on 2 gloo processes (GT masks from the annotations).
     from sslcli.data.synthetic import generate
-    from sslcli.engine.checkpoint import load_checkpoint
     from sslcli.engine.launch import launch
+    from sslcli.engine.training_checkpoint import load_checkpoint
     from sslcli.spec import load_spec
 
     generate(tmp_path / "demo", n_train=16, n_val=0, seed=0, size=64)

@@ -16,8 +16,8 @@ import engine_toy as toy
 import pytest
 import torch
 
-from sslcli.engine.checkpoint import load_checkpoint
 from sslcli.engine.launch import launch
+from sslcli.engine.training_checkpoint import load_checkpoint
 from sslcli.errors import SslcliError
 from sslcli.spec import parse_spec
 

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from sslcli.data.sources import open_source
-from sslcli.engine.checkpoint import load_checkpoint, spec_differences
 from sslcli.engine.data import EpochBatchSampler, TrainDataset, collate, seeded_rng
 from sslcli.engine.launch import launch
 from sslcli.engine.optim import LARS, build_optimizer, split_parameters
 from sslcli.engine.schedules import lr_at
 from sslcli.engine.trainer import NonFiniteLoss, Trainer
+from sslcli.engine.training_checkpoint import load_checkpoint, spec_differences
 from sslcli.methods.base import StepInfo
 from sslcli.spec import OptimizerSpec, ScheduleSpec, parse_spec
 

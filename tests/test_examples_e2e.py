@@ -18,9 +18,9 @@ import torch
 import yaml
 
 from sslcli.data.synthetic import generate
-from sslcli.engine.checkpoint import load_checkpoint
 from sslcli.engine.data import SKIPPED_KEY, build_loader
 from sslcli.engine.trainer import Trainer
+from sslcli.engine.training_checkpoint import load_checkpoint
 from sslcli.methods.base import StepInfo
 from sslcli.models.backbone import build_backbone
 from sslcli.spec import load_spec

@@ -9,9 +9,8 @@ import pytest
 
 from sslcli.data.region_aug import (
     MEAN_COLOUR,
+    _fill_values,
     depositioning_composite,
-    proposal_random_cutout,
-    proposal_random_mask,
     restricted_box_jitter,
     sample_prc_cutouts,
     sample_prm_rects,
@@ -154,33 +153,22 @@ def test_prc_keeps_a_cutout_that_covers_little_of_another_proposal():
         np.testing.assert_array_equal(cut.mask, _rect_mask(cut.rects[0]) | _rect_mask(cut.rects[1]))
 
 
-@pytest.mark.parametrize("fill", ["mean", "zero", "noise"])
-def test_prc_image_pixels(fill):
-    image, _ = _images(0)
-    boxes = _random_boxes(np.random.default_rng(5), k=4)
-    before = image.copy()
-    out, mask = proposal_random_cutout(image, boxes, np.random.default_rng(7), fill=fill)
-    np.testing.assert_array_equal(image, before)
-    expected_mask = sample_prc_cutouts(boxes, H, W, np.random.default_rng(7)).mask  # same seed, same draw
-    np.testing.assert_array_equal(mask, expected_mask)
-    assert mask.any()
-    np.testing.assert_array_equal(out[~mask], image[~mask])  # outside the cutouts: unchanged
-    if fill == "mean":
-        assert np.all(out[mask] == np.array([124, 116, 104], dtype=np.uint8)) and tuple(MEAN_COLOUR) == (124, 116, 104)
-    elif fill == "zero":
-        assert np.all(out[mask] == 0)
-    else:
-        assert len(np.unique(out[mask].reshape(-1, 3), axis=0)) > 1
+def test_prc_fill_colours():
+    rng = np.random.default_rng(0)
+    # ImageNet's mean (0.485, 0.456, 0.406) × 255 = (123.7, 116.3, 103.5), rounded.
+    assert _fill_values("mean", 5, rng).tolist() == [124, 116, 104] and MEAN_COLOUR.tolist() == [124, 116, 104]
+    assert _fill_values("zero", 5, rng).tolist() == [0, 0, 0]
+    noise = _fill_values("noise", 500, rng)
+    assert noise.shape == (500, 3) and noise.dtype == np.uint8
+    assert len(np.unique(noise, axis=0)) > 400  # 500 independent colours of 2^24: nearly all distinct
 
 
 def test_prc_rejects_bad_input():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="boxes"):
-        proposal_random_cutout(np.zeros((8, 8, 3), np.uint8), np.array([[4.0, 4.0, 2.0, 6.0]]), rng)
-    with pytest.raises(ValueError, match="image"):
-        proposal_random_cutout(np.zeros((8, 8), np.uint8), np.array([[0.0, 0.0, 4.0, 4.0]]), rng)
+        sample_prc_cutouts(np.array([[4.0, 4.0, 2.0, 6.0]]), 8, 8, rng)
     with pytest.raises(ValueError, match="fill"):
-        proposal_random_cutout(np.zeros((8, 8, 3), np.uint8), np.array([[0.0, 0.0, 4.0, 4.0]]), rng, fill="blur")
+        _fill_values("blur", 4, rng)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------------------- PRM
@@ -225,23 +213,9 @@ def test_prm_uses_every_side_and_skips_sides_without_room():
     assert sample_prm_rects(np.array([[0.0, 0.0, W, H]]), H, W, rng).sides.tolist() == [-1]
 
 
-@pytest.mark.parametrize("seed", SEEDS[:4])
-def test_prm_image_pixels(seed):
-    image, background = _images(seed)
-    boxes = _random_boxes(np.random.default_rng(seed), k=4)
-    before = image.copy()
-    out, mask = proposal_random_mask(image, boxes, np.random.default_rng(seed + 50), background)
-    np.testing.assert_array_equal(image, before)
-    np.testing.assert_array_equal(mask, sample_prm_rects(boxes, H, W, np.random.default_rng(seed + 50)).mask)
-    assert mask.any()
-    np.testing.assert_array_equal(out[mask], background[mask])
-    np.testing.assert_array_equal(out[~mask], image[~mask])
-
-
-def test_prm_rejects_a_background_of_another_shape():
-    with pytest.raises(ValueError, match="background"):
-        proposal_random_mask(np.zeros((8, 8, 3), np.uint8), np.array([[2.0, 2.0, 5.0, 5.0]]),
-                             np.random.default_rng(0), np.zeros((8, 9, 3), np.uint8))
+def test_prm_rejects_bad_boxes():
+    with pytest.raises(ValueError, match="boxes"):
+        sample_prm_rects(np.array([[2.0, 2.0, 5.0]]), 8, 8, np.random.default_rng(0))
 
 
 # ---------------------------------------------------------------------------------------------------- de-positioning
@@ -276,10 +250,16 @@ def test_depositioning_shift_spans_the_free_range():
     assert shifts[:, 1].min() == -5 and shifts[:, 1].max() == 33
 
 
-def test_depositioning_rejects_boxes_outside_the_image():
+def test_depositioning_rejects_boxes_outside_the_image_and_bad_images():
     image, background = _images(0)
+    rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="inside"):
-        depositioning_composite(image, np.array([[50.0, 5.0, 70.0, 15.0]]), background, np.random.default_rng(0))
+        depositioning_composite(image, np.array([[50.0, 5.0, 70.0, 15.0]]), background, rng)
+    box = np.array([[2.0, 2.0, 5.0, 5.0]])
+    with pytest.raises(ValueError, match="image"):
+        depositioning_composite(image[..., 0], box, background, rng)
+    with pytest.raises(ValueError, match="background"):
+        depositioning_composite(image, box, background[:, :-1], rng)
 
 
 def test_depositioning_with_a_sliver_box_at_the_edge_pastes_only_pixels_it_has():

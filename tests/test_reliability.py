@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from sslcli.engine.checkpoint import load_checkpoint
 from sslcli.engine.launch import launch
+from sslcli.engine.training_checkpoint import load_checkpoint
 from sslcli.spec import parse_spec
 
 TESTS = Path(__file__).parent

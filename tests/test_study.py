@@ -121,7 +121,7 @@ def test_expectation_rules_on_hand_made_values():
 
 # ----------------------------------------------------------------------------------------- export --random-init
 def test_export_random_init_equals_the_engines_initial_backbone(cli, tmp_path):
-    from sslcli.checkpoints import load_backbone
+    from sslcli.backbone_checkpoints import load_backbone
     from sslcli.engine.trainer import Trainer
     from sslcli.spec import parse_spec
 

@@ -1,7 +1,7 @@
 """`sslcli analyze coupling|positional|oknn`: what the features encode (D3SSL §3, §5.3).
 
-Each command takes one or more checkpoints (any format `sslcli.checkpoints.load_backbone` reads), builds its
-inputs once from the data set (seeded, so every checkpoint sees the same pairs / tilings / objects), and writes
+Each command takes one or more checkpoints (any format `sslcli.backbone_checkpoints.load_backbone` reads), builds
+its inputs once from the data set (seeded, so every checkpoint sees the same pairs / tilings / objects), and writes
 ``<out>/<analysis>.json`` and ``<out>/<analysis>.png`` atomically. Definitions and choices: docs/analyze.md.
 """
 
@@ -68,7 +68,7 @@ def check_out_dir(out: Path) -> None:
 
 def load_all(paths: list[Path], arch: str | None, width: int | None, trust: bool, device: torch.device) -> Iterator:
     """Yield (label, backbone on device, load report dict) one checkpoint at a time (only one is held in memory)."""
-    from sslcli.checkpoints import load_backbone
+    from sslcli.backbone_checkpoints import load_backbone
 
     check_paths(paths)
     for label, path in zip(_labels(paths), paths):

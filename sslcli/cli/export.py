@@ -50,7 +50,7 @@ def export(
         return result
     if checkpoint is None:
         raise InputError("sslcli export: missing argument CHECKPOINT (a checkpoint to convert, or --random-init SPEC)")
-    from sslcli.checkpoints import export_backbone  # torch is imported only when a command runs
+    from sslcli.backbone_checkpoints import export_backbone  # torch is imported only when a command runs
 
     report, written = export_backbone(checkpoint, out, to=to, trust=trust_checkpoint, prefix=prefix)
     current().info(report.summary())

@@ -74,7 +74,7 @@ def prepare_masks(
             raise InputError(f"--sigma {sigma}: expected a non-negative number")
         job = Job("masks", "fh", {"scales": scale_list, "min_sizes": scale_list, "sigma": sigma})
         compute = functools.partial(fh.compute_fh, scales=tuple(scale_list), sigma=sigma)
-        name = "fh-s" + "_".join(map(str, scale_list)) + ("" if sigma == 0.8 else f"-sigma{sigma:g}")
+        name = "fh-s" + "_".join(map(str, scale_list)) + ("" if sigma == fh.DEFAULT_SIGMA else f"-sigma{sigma:g}")
     elif method == "grid":
         if grid < 1:
             raise InputError(f"--grid {grid}: expected a positive integer")

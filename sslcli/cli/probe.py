@@ -61,7 +61,7 @@ def _concat(a, b):
 
 def _features(opts: _Options):
     """Load the backbone, build train/test rows, extract (or reuse) their features; drop undecodable rows."""
-    from sslcli.checkpoints import load_backbone
+    from sslcli.backbone_checkpoints import load_backbone
     from sslcli.eval.features import Preprocess, default_cache_dir, extract_features
     from sslcli.eval.labels import check_same_classes, default_splits, labeled_set, open_split
     from sslcli.eval.overlap import check_disjoint

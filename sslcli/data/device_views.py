@@ -340,6 +340,12 @@ class DeviceViews:
         raise NotImplementedError
 
 
+def device_views_for(transform: object) -> DeviceViews:
+    """The device views that run ``transform`` (a method's CPU transform), built from it."""
+    views: DeviceViews = _device_views_class(transform)(transform)
+    return views
+
+
 def _device_views_class(transform) -> type:
     """Which device views run ``transform``: chosen by the view objects it holds (the methods' transforms live in
     sslcli.methods, which this package does not import)."""

@@ -151,25 +151,6 @@ def _fill_values(fill: Fill, count: int, rng: np.random.Generator) -> np.ndarray
     raise ValueError(f"fill: expected one of mean, zero, noise, got {fill!r}")
 
 
-def proposal_random_cutout(image: np.ndarray, boxes, rng: np.random.Generator,
-                           side_fraction: tuple[float, float] = (0.2, 0.5), max_cover: float = 0.5,
-                           fill: Fill = "mean") -> tuple[np.ndarray, np.ndarray]:
-    """PRC (D3 §4): cut a box-shaped hole into every proposal without over-covering the others.
-
-    Args:
-        image: (H, W, 3) uint8. boxes: (K, 4) float boxes in the image.
-        fill: what the holes hold: "mean" (ImageNet mean colour, default), "zero" or "noise".
-    Returns:
-        (new image (H, W, 3) uint8, cut mask (H, W) bool).
-    """
-    _check_image(image)
-    cutouts = sample_prc_cutouts(boxes, image.shape[0], image.shape[1], rng, side_fraction, max_cover)
-    mask = cutouts.mask
-    out = image.copy()
-    out[mask] = _fill_values(fill, int(mask.sum()), rng)
-    return out, mask
-
-
 # ------------------------------------------------------------------------------------------------------------- PRM
 @dataclass(frozen=True)
 class MaskRects:
@@ -216,27 +197,6 @@ def sample_prm_rects(boxes, height: int, width: int, rng: np.random.Generator,
         sides[i] = side
         mask |= box_mask(rects[i], height, width)
     return MaskRects(rects=rects, sides=sides, mask=mask)
-
-
-def proposal_random_mask(image: np.ndarray, boxes, rng: np.random.Generator, background: np.ndarray,
-                         scale: tuple[float, float] = (0.2, 0.6), ratio: tuple[float, float] = (3 / 4, 4 / 3)
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """PRM (D3 §4): paste a rectangle of ``background`` beside each box, on a random side, to vary its surroundings.
-
-    Args:
-        image, background: (H, W, 3) uint8 of the same shape (background: another image of the batch, resized).
-        boxes: (K, 4) float boxes in the image.
-    Returns:
-        (new image (H, W, 3) uint8, mask (H, W) bool of the pixels taken from ``background``).
-    """
-    _check_image(image)
-    _check_image(background, "background")
-    if background.shape != image.shape:
-        raise ValueError(f"background: shape {background.shape} differs from the image's {image.shape}")
-    drawn = sample_prm_rects(boxes, image.shape[0], image.shape[1], rng, scale, ratio)
-    out = image.copy()
-    out[drawn.mask] = background[drawn.mask]
-    return out, drawn.mask
 
 
 # ---------------------------------------------------------------------------------------------------- de-positioning

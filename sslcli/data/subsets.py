@@ -34,7 +34,6 @@ from sslcli.data.sources import open_source, write_manifest
 from sslcli.errors import InputError
 from sslcli.io import atomic_path, write_json_atomic
 
-KINDS = ("in118k", "in118k-lt", "oi118k", "oi-mini")
 COCO_TRAIN_IMAGES = 118_287  # COCO train2017: the size every "118K" subset matches
 PARETO_ALPHA = 6.0  # Revisiting Sec. 3.2, after Liu et al. (ImageNet-LT)
 LT_MAX_PER_CLASS = 1280

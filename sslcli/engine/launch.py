@@ -18,10 +18,13 @@ import sys
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
+from multiprocessing.queues import SimpleQueue
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
 
 from sslcli import console
 from sslcli.errors import InputError, SslcliError
@@ -46,7 +49,7 @@ def _device(local_rank: int) -> torch.device:
 
 def launch(spec: RunSpec, resume: str | None = None, gpus: int = 0, nodes: int = 1, node_rank: int = 0,
            master_addr: str = "127.0.0.1", master_port: int = 29500,
-           init_hook: Callable[[], None] | None = None) -> dict:
+           init_hook: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train ``spec`` on this machine's share of the ranks; returns rank 0's result dict (on node 0).
 
     ``init_hook`` (a picklable module-level function) runs first in every spawned process, e.g. to register a method
@@ -74,7 +77,7 @@ def launch(spec: RunSpec, resume: str | None = None, gpus: int = 0, nodes: int =
         return _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init_hook)
 
 
-def _output_lock(spec: RunSpec, holder: bool):
+def _output_lock(spec: RunSpec, holder: bool) -> contextlib.AbstractContextManager[Any]:
     """One run per output folder, held by the process that writes it (node 0's launcher, or torchrun's rank 0) for
     the whole run: two `--resume auto` runs on one folder would otherwise both train into it."""
     if not holder:
@@ -110,7 +113,7 @@ def _check_spec(spec: RunSpec, world: int) -> None:
         raise InputError("; ".join(problems))
 
 
-def _run_rank(local_rank: int, spec: RunSpec, resume: str | None, distributed: bool) -> dict:
+def _run_rank(local_rank: int, spec: RunSpec, resume: str | None, distributed: bool) -> dict[str, Any]:
     from sslcli.engine.threads import configure_threads
     from sslcli.engine.trainer import train
 
@@ -126,13 +129,14 @@ def _run_rank(local_rank: int, spec: RunSpec, resume: str | None, distributed: b
             torch_dist.destroy_process_group()
 
 
-def _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init_hook) -> dict:
+def _spawn(spec: RunSpec, resume: str | None, procs: int, nodes: int, node_rank: int, master_addr: str,
+           master_port: int, init_hook: Callable[[], None] | None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     reports = ctx.SimpleQueue()
     out = console.current()
     args = (procs, nodes, node_rank, master_addr, master_port, spec, resume, init_hook, reports,
             (out.json, out.quiet, out.debug), os.getpid())
-    processes = mp.start_processes(_child, args=args, nprocs=procs, join=False, start_method="spawn")
+    processes = start_processes(_child, args=args, nprocs=procs, join=False, start_method="spawn")
     failure = None
     # When one rank fails torch stops the others with a logged "Terminating process … via signal SIGTERM": that is
     # the expected clean-up, the user gets the failing rank's one-line error instead (and the log with --debug).
@@ -143,11 +147,12 @@ def _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init
     try:
         while not processes.join():
             pass
-    except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
+    except (ProcessExitedException, ProcessRaisedException) as exc:
         failure = exc
     finally:
         spawn_log.setLevel(level)
-    results, errors = [], []
+    results: list[tuple[Any, ...]] = []
+    errors: list[tuple[Any, ...]] = []
     while not reports.empty():
         kind, rank, *rest = reports.get()
         (results if kind == "ok" else errors).append((rank, *rest))
@@ -159,8 +164,9 @@ def _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init
     return results[0][1] if results else {"node_rank": node_rank, "world_size": procs * nodes}
 
 
-def _child(local_rank, procs, nodes, node_rank, master_addr, master_port, spec, resume, init_hook, reports, flags,
-           parent_pid):
+def _child(local_rank: int, procs: int, nodes: int, node_rank: int, master_addr: str, master_port: int,
+           spec: RunSpec, resume: str | None, init_hook: Callable[[], None] | None,
+           reports: SimpleQueue[tuple[Any, ...]], flags: tuple[bool, bool, bool], parent_pid: int) -> None:
     """One spawned rank: set torchrun's environment, train, report the result or the error on ``reports``."""
     die_with_parent(parent_pid)  # a killed launcher takes its ranks with it (they would train on, unseen)
     console.set_current(console.Output(*flags))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from sslcli.console import current
 from sslcli.io import write_text_atomic
@@ -42,7 +43,7 @@ class MetricsLog:
             else:
                 self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.writer is not None:
@@ -66,14 +67,15 @@ def _stop_row(line: str, resume_step: int, every_steps: int) -> bool:
         record = json.loads(line)
     except json.JSONDecodeError:
         return False
-    return record.get("type") == "step" and record.get("step") == resume_step
+    return bool(record.get("type") == "step" and record.get("step") == resume_step)
 
 
 def _step_of(line: str) -> float:
     try:
-        return json.loads(line).get("step", float("inf"))
+        step: float = json.loads(line).get("step", float("inf"))
     except (json.JSONDecodeError, AttributeError):
         return float("inf")  # a half-written last line of a killed run: drop it
+    return step
 
 
 class TrainProgress:

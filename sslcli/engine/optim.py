@@ -7,8 +7,12 @@ normalisation layers get no weight decay and, for LARS, no trust-ratio adaptatio
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
+from torch.optim.optimizer import ParamsT
 
 from sslcli.spec import OptimizerSpec
 
@@ -30,7 +34,7 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return regular, excluded
 
 
-def param_groups(model: nn.Module, spec: OptimizerSpec) -> list[dict]:
+def param_groups(model: nn.Module, spec: OptimizerSpec) -> list[dict[str, Any]]:
     """Parameter groups; the excluded group has ``weight_decay`` 0 and ``lars_exclude`` True."""
     regular, excluded = split_parameters(model)
     if not spec.exclude_bias_and_norm:
@@ -49,12 +53,12 @@ class LARS(torch.optim.Optimizer):
         v ← μ·v + g ;  p ← p − lr·v
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 1e-3):
+    def __init__(self, params: ParamsT, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 1e-3):
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta, "lars_exclude": False}
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -16,8 +16,13 @@ Overrides, strongest first: the spec field ``data.threads``, then ``OMP_NUM_THRE
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from sslcli.spec import RunSpec
 
 WORKER_THREADS = 1  # DataLoader workers decode and augment single images: one thread each
 
@@ -39,9 +44,10 @@ def available_cores() -> int:
 
 
 def choose_threads(spec_threads: int | None, ranks_per_node: int, workers: int,
-                   env: dict[str, str] | None = None, cores: int | None = None) -> tuple[int, str]:
+                   env: Mapping[str, str] | None = None, cores: int | None = None) -> tuple[int, str]:
     """The thread count for this rank and where it came from (for the log line)."""
-    env = os.environ if env is None else env
+    if env is None:
+        env = os.environ
     if spec_threads is not None:
         return spec_threads, "data.threads"
     omp = env.get("OMP_NUM_THREADS", "").strip()
@@ -56,7 +62,7 @@ def choose_threads(spec_threads: int | None, ranks_per_node: int, workers: int,
             f"{cores} core(s) / {ranks_per_node} rank(s) on this node − {workers} DataLoader worker(s)")
 
 
-def configure_threads(spec) -> str:
+def configure_threads(spec: RunSpec) -> str:
     """Set this rank's intra-op (and inter-op) thread counts from the policy; return the line that says what was
     chosen and why (the trainer logs it once the run's inputs are checked, so a refused run prints one line only)."""
     ranks_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -20,8 +20,10 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -30,7 +32,12 @@ from torch import nn
 import sslcli
 from sslcli import distributed as dist
 from sslcli.console import current
-from sslcli.engine.checkpoint import (
+from sslcli.engine.data import SKIPPED_KEY, EpochBatchSampler, Sample, build_loader, derive_seed
+from sslcli.engine.metrics import MetricsLog, TrainProgress
+from sslcli.engine.optim import build_optimizer, set_lr
+from sslcli.engine.schedules import lr_at
+from sslcli.engine.threads import keep_thread_count
+from sslcli.engine.training_checkpoint import (
     FORMAT,
     LAST,
     VERSION,
@@ -43,11 +50,6 @@ from sslcli.engine.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from sslcli.engine.data import SKIPPED_KEY, build_loader, derive_seed
-from sslcli.engine.metrics import MetricsLog, TrainProgress
-from sslcli.engine.optim import build_optimizer, set_lr
-from sslcli.engine.schedules import lr_at
-from sslcli.engine.threads import keep_thread_count
 from sslcli.errors import InputError, SslcliError
 from sslcli.io import write_text_atomic
 from sslcli.methods import build_method
@@ -105,14 +107,14 @@ class Trainer:
 
         # Buffers are synced once at wrap time, never per forward (see the module docstring). torch ≥ 2.14 renamed
         # broadcast_buffers to forward_sync_buffers.
-        no_buffer_sync = ({"forward_sync_buffers": False}
+        no_buffer_sync: dict[str, Any] = ({"forward_sync_buffers": False}
                           if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                           else {"broadcast_buffers": False})
         self.model = DistributedDataParallel(
             self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=getattr(self.method, "find_unused_parameters", False), **no_buffer_sync)
 
-    def to_device(self, batch):
+    def to_device(self, batch: Any) -> Any:
         """Move every tensor of a (nested) batch to the device; images (4-D float, 3 channels) to channels_last."""
         if isinstance(batch, torch.Tensor):
             batch = batch.to(self.device, non_blocking=True)
@@ -128,14 +130,15 @@ class Trainer:
     def lr_at(self, step: int, steps_per_epoch: int, total_steps: int) -> float:
         return lr_at(self.spec.schedule, self.spec.lr, step, steps_per_epoch, total_steps)
 
-    def step(self, batch: dict, info: StepInfo) -> StepResult:
+    def step(self, batch: Sample, info: StepInfo) -> StepResult:
         """One optimisation step on ``batch`` (already on the device). Raises NonFiniteLoss before any update."""
         lr = self.lr_at(info.step, info.steps_per_epoch, info.total_steps)
         set_lr(self.optimizer, lr)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             losses = self.model(batch, info)
         if "loss" not in losses:
-            raise SslcliError(f"method {self.spec.method.name!r} returned no 'loss' (got {sorted(losses)})")
+            name = self.spec.method.name  # type: ignore[attr-defined]  # every registered method spec has one
+            raise SslcliError(f"method {name!r} returned no 'loss' (got {sorted(losses)})")
         names = list(losses)
         values = dist.all_reduce_mean(torch.stack([losses[k].detach().float() for k in names])).tolist()
         logged = dict(zip(names, values))
@@ -153,11 +156,12 @@ class Trainer:
         return StepResult(logged, lr)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
-    def state(self, epoch: int, step: int, steps_per_epoch: int, epoch_stats: dict | None = None) -> dict:
+    def state(self, epoch: int, step: int, steps_per_epoch: int,
+              epoch_stats: dict[str, float] | None = None) -> dict[str, Any]:
         """The checkpoint dict (call on every rank: the RNG states are gathered to all). ``epoch_stats`` holds the
         running sums of the epoch in progress (a run stopped mid-epoch logs the whole epoch's mean when resumed)."""
         rng = capture_rng()
-        ranks = [rng]
+        ranks: list[dict[str, Any] | None] = [rng]
         if dist.is_distributed():
             ranks = [None] * dist.world_size()
             torch_dist.all_gather_object(ranks, rng)
@@ -170,13 +174,13 @@ class Trainer:
                 "threads": torch.get_num_threads(),
                 "sslcli_version": sslcli.__version__}
 
-    def load_state(self, state: dict) -> None:
+    def load_state(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
 
 
-def _cpu(state: dict) -> dict:
+def _cpu(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
@@ -189,117 +193,217 @@ def checkpoint_to_resume(resume: str | None, output_dir: Path) -> Path | None:
     return resume_path
 
 
-def train(spec: RunSpec, device: torch.device, resume: str | None = None, threads_note: str | None = None) -> dict:
+@dataclass
+class Position:
+    """Where the run stands: steps done, and the running sums of the epoch in progress (a run stopped mid-epoch logs
+    the whole epoch's mean when resumed)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    done: int = 0
+    epoch_stats: dict[str, float] = field(default_factory=lambda: {"loss_sum": 0.0, "steps": 0})
+    last_loss: float = float("nan")
+
+    @property
+    def epoch_done(self) -> bool:
+        return self.done % self.steps_per_epoch == 0
+
+    def add_step(self, loss: float) -> None:
+        self.done += 1
+        self.last_loss = loss
+        self.epoch_stats["loss_sum"] += loss
+        self.epoch_stats["steps"] += 1
+
+    def epoch_mean(self) -> float:
+        return self.epoch_stats["loss_sum"] / max(self.epoch_stats["steps"], 1)
+
+    def new_epoch(self) -> None:
+        self.epoch_stats = {"loss_sum": 0.0, "steps": 0}
+
+
+@dataclass
+class Throughput:
+    """Training images per second of the run; its first step is left out (it pays for worker start-up and
+    allocator warm-up)."""
+
+    batch_size: int
+    images: int = 0
+    seconds: float = 0.0
+
+    def add(self, done: int, step_seconds: float) -> float:
+        """Count step number ``done`` (1-based) that took ``step_seconds``; returns that step's images/s."""
+        if done > 1:
+            self.images += self.batch_size
+            self.seconds += step_seconds
+        return self.batch_size / max(step_seconds, 1e-9)
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.images / self.seconds if self.seconds else None
+
+
+def train(spec: RunSpec, device: torch.device, resume: str | None = None,
+          threads_note: str | None = None) -> dict[str, Any]:
     """Train ``spec`` in this process (rank and world from `sslcli.distributed`); returns the run's result dict."""
-    out = current()
     rank, world = dist.rank(), dist.world_size()
     output_dir = Path(spec.output_dir)
     resume_path = checkpoint_to_resume(resume, output_dir)
-    if resume == "auto" and resume_path is None:
-        out.info(f"--resume auto: no {output_dir / LAST} yet, starting a new run")
-    if device.type != "cuda" and spec.precision != "fp32" and rank == 0:
-        out.info(f"precision {spec.precision}: mixed precision is for GPUs; this CPU run computes in fp32")
-
+    _announce(spec, device, resume, resume_path)
     trainer = Trainer(spec, device)
     state = load_checkpoint(resume_path) if resume_path is not None else None
     start_epoch = state["step"] // state["steps_per_epoch"] if state else 0
     loader, sampler = build_loader(spec, trainer.method.transform(), rank, world, start_epoch,
                                    pin_memory=spec.data.pin_memory and device.type == "cuda")
-    spe = sampler.steps_per_epoch
-    total_steps = spec.epochs * spe
-    done = 0
-    epoch_stats = {"loss_sum": 0.0, "steps": 0}  # of the epoch in progress
+    position = Position(sampler.steps_per_epoch, spec.epochs * sampler.steps_per_epoch)
     if state is not None:
-        check_resumable(state, spec.model_dump(mode="json"), resume_path, spe)
-        trainer.load_state(state)
-        if keep_thread_count(state.get("threads"), spec.data.threads) and threads_note:
-            threads_note = f"threads: {torch.get_num_threads()} compute thread(s) per rank (kept from the checkpoint)"
-        done = state["step"]
-        if done % spe:  # stopped mid-epoch: the epoch's mean goes on from the steps before the stop
-            epoch_stats = dict(state.get("epoch_stats") or epoch_stats)
-        if done >= total_steps:
-            raise InputError(f"{resume_path}: already trained {done} steps of {total_steps}; raise epochs to continue")
-        ranks = state["rng"]["ranks"]
-        if len(ranks) == world:
-            restore_rng(ranks[rank])
-        else:
-            out.warn(f"{resume_path}: saved by {len(ranks)} processes, resumed with {world}: random streams reseeded")
-            seed_everything(derive_seed(spec.seed, rank, done))
-        if rank == 0:
-            out.info(f"resuming from {resume_path} at step {done} (epoch {start_epoch + 1})")
-        del state
+        assert resume_path is not None
+        threads_note = resume_from(state, resume_path, trainer, position, threads_note)
+        del state  # the loop holds its own copies; free the checkpoint's tensors
     else:
         # Per-rank random stream for training-time randomness (e.g. shuffle-BN permutations).
         seed_everything(derive_seed(spec.seed, rank, 0))
     if rank == 0 and threads_note:
-        out.info(threads_note)
+        current().info(threads_note)
     trainer.wrap_distributed()
+    if rank == 0:
+        _prepare_output_dir(output_dir, spec)
+    loop = EpochLoop(trainer, loader, sampler, position, resumed=resume_path is not None)
+    loop.run()
+    return {"output_dir": str(output_dir), "epochs": position.done / position.steps_per_epoch,
+            "steps": position.done, "final_loss": position.last_loss,
+            "images_per_s": loop.throughput.images_per_s, "checkpoint": str(output_dir / LAST),
+            "corrupt_images": len(_corrupt_on_all_ranks(loop.corrupt)), "world_size": world, "device": str(device)}
 
-    is_main = rank == 0
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(output_dir)
-        write_text_atomic(output_dir / "spec.yaml", dump_spec(spec))
-    log = MetricsLog(output_dir, spec.logging.tensorboard, resume_step=done if resume_path else None,
-                     every_steps=spec.logging.every_steps) if is_main else None
-    stop_at = min(total_steps, spec.max_steps) if spec.max_steps else total_steps
-    bar = TrainProgress(stop_at, done, spec.logging.every_steps, enabled=is_main)
-    corrupt: set[str] = set()
-    last_loss, checkpoint = float("nan"), output_dir / LAST
-    timed_images, timed_seconds = 0, 0.0
-    try:
-        for epoch in range(done // spe, spec.epochs):
-            if done >= stop_at:
-                break
-            sampler.set_epoch(epoch, skip=done - epoch * spe)
-            tick = time.perf_counter()
-            for batch in loader:
-                for msg in batch.pop(SKIPPED_KEY):
-                    if msg not in corrupt:
-                        corrupt.add(msg)
-                        out.warn(f"skipped corrupt image: {msg}")
-                info = StepInfo(step=done, epoch=epoch, steps_per_epoch=spe, total_steps=total_steps)
-                result = trainer.step(trainer.to_device(batch), info)
-                done += 1
-                now = time.perf_counter()
-                step_seconds, tick = now - tick, now
-                images_per_s = spec.batch_size / max(step_seconds, 1e-9)
-                if done > 1:  # the first step of a process pays for worker start-up and allocator warm-up
-                    timed_images += spec.batch_size
-                    timed_seconds += step_seconds
-                last_loss = result.losses["loss"]
-                epoch_stats["loss_sum"] += last_loss
-                epoch_stats["steps"] += 1
-                if log is not None and (done % spec.logging.every_steps == 0 or done == stop_at):
-                    log.write({"type": "step", "step": done, "epoch": epoch, **result.losses, "lr": result.lr,
-                               "images_per_s": images_per_s, "time": time.time()})
-                bar.update(done, epoch, spec.epochs, last_loss, result.lr, images_per_s)
-                if done >= stop_at:
+
+def _announce(spec: RunSpec, device: torch.device, resume: str | None, resume_path: Path | None) -> None:
+    out = current()
+    if resume == "auto" and resume_path is None:
+        out.info(f"--resume auto: no {Path(spec.output_dir) / LAST} yet, starting a new run")
+    if device.type != "cuda" and spec.precision != "fp32" and dist.rank() == 0:
+        out.info(f"precision {spec.precision}: mixed precision is for GPUs; this CPU run computes in fp32")
+
+
+def resume_from(state: dict[str, Any], path: Path, trainer: Trainer, position: Position,
+                threads_note: str | None) -> str | None:
+    """Check ``state`` fits this run, load it into ``trainer`` and ``position`` and restore this rank's random
+    streams; returns the threads note to print (the checkpoint's thread count may replace the chosen one)."""
+    spec, spe, rank, world = trainer.spec, position.steps_per_epoch, dist.rank(), dist.world_size()
+    check_resumable(state, spec.model_dump(mode="json"), path, spe)
+    trainer.load_state(state)
+    if keep_thread_count(state.get("threads"), spec.data.threads) and threads_note:
+        threads_note = f"threads: {torch.get_num_threads()} compute thread(s) per rank (kept from the checkpoint)"
+    position.done = state["step"]
+    if position.done % spe:  # stopped mid-epoch: the epoch's mean goes on from the steps before the stop
+        position.epoch_stats = dict(state.get("epoch_stats") or position.epoch_stats)
+    if position.done >= position.total_steps:
+        raise InputError(f"{path}: already trained {position.done} steps of {position.total_steps}; raise epochs "
+                         "to continue")
+    ranks = state["rng"]["ranks"]
+    if len(ranks) == world:
+        restore_rng(ranks[rank])
+    else:
+        current().warn(f"{path}: saved by {len(ranks)} processes, resumed with {world}: random streams reseeded")
+        seed_everything(derive_seed(spec.seed, rank, position.done))
+    if rank == 0:
+        current().info(f"resuming from {path} at step {position.done} (epoch {position.done // spe + 1})")
+    return threads_note
+
+
+def _prepare_output_dir(output_dir: Path, spec: RunSpec) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir)
+    write_text_atomic(output_dir / "spec.yaml", dump_spec(spec))
+
+
+def _corrupt_on_all_ranks(corrupt: set[str]) -> set[str]:
+    """Each rank saw other images: every distinct corrupt file, counted once."""
+    if not dist.is_distributed():
+        return corrupt
+    seen: list[Any] = [None] * dist.world_size()
+    torch_dist.all_gather_object(seen, sorted(corrupt))
+    return {msg for msgs in seen for msg in msgs}
+
+
+class EpochLoop:
+    """The epochs of one process: steps, metrics lines, the progress display and the epoch-end checkpoints (rank 0
+    writes them; every rank takes part in gathering the RNG states)."""
+
+    def __init__(self, trainer: Trainer, loader: Iterable[Sample], sampler: EpochBatchSampler, position: Position,
+                 resumed: bool):
+        spec = trainer.spec
+        self.trainer, self.spec, self.loader, self.sampler, self.position = trainer, spec, loader, sampler, position
+        self.output_dir = Path(spec.output_dir)
+        self.is_main = dist.rank() == 0
+        self.stop_at = min(position.total_steps, spec.max_steps) if spec.max_steps else position.total_steps
+        self.log = (MetricsLog(self.output_dir, spec.logging.tensorboard,
+                               resume_step=position.done if resumed else None, every_steps=spec.logging.every_steps)
+                    if self.is_main else None)
+        self.bar = TrainProgress(self.stop_at, position.done, spec.logging.every_steps, enabled=self.is_main)
+        self.throughput = Throughput(spec.batch_size)
+        self.corrupt: set[str] = set()
+
+    def run(self) -> None:
+        try:
+            for epoch in range(self.position.done // self.position.steps_per_epoch, self.spec.epochs):
+                if self.position.done >= self.stop_at:
                     break
-            epoch_done = done % spe == 0
-            if log is not None and epoch_done:
-                log.write({"type": "epoch", "step": done, "epoch": epoch,
-                           "loss": epoch_stats["loss_sum"] / max(epoch_stats["steps"], 1), "time": time.time()})
-            if epoch_done or done >= stop_at:
-                # last.pt is written last: it is what a resume starts from, so a run killed before it is complete
-                # redoes the epoch and writes its metrics line and epoch checkpoint again (the log is cut back to
-                # last.pt's step on resume).
-                state = trainer.state(done // spe, done, spe, None if epoch_done else epoch_stats)
-                if is_main:
-                    if epoch_done and (done // spe) % spec.checkpoint_every == 0:
-                        save_checkpoint(output_dir / epoch_name(done // spe), state)
-                    save_checkpoint(checkpoint, state)
-                del state
-            if epoch_done:
-                epoch_stats = {"loss_sum": 0.0, "steps": 0}
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-    if dist.is_distributed():  # each rank saw other images: count every distinct corrupt file once
-        seen: list = [None] * world
-        torch_dist.all_gather_object(seen, sorted(corrupt))
-        corrupt = {msg for msgs in seen for msg in msgs}
-    return {"output_dir": str(output_dir), "epochs": done / spe, "steps": done, "final_loss": last_loss,
-            "images_per_s": timed_images / timed_seconds if timed_seconds else None, "checkpoint": str(checkpoint),
-            "corrupt_images": len(corrupt), "world_size": world, "device": str(device)}
+                self.run_epoch(epoch)
+                self.end_epoch(epoch)
+        finally:
+            self.bar.close()
+            if self.log is not None:
+                self.log.close()
+
+    def run_epoch(self, epoch: int) -> None:
+        """The steps of ``epoch`` from where the run stands, until the epoch ends or the run reaches ``stop_at``."""
+        position = self.position
+        self.sampler.set_epoch(epoch, skip=position.done - epoch * position.steps_per_epoch)
+        tick = time.perf_counter()
+        for batch in self.loader:
+            self._warn_corrupt(batch.pop(SKIPPED_KEY))
+            info = StepInfo(step=position.done, epoch=epoch, steps_per_epoch=position.steps_per_epoch,
+                            total_steps=position.total_steps)
+            result = self.trainer.step(self.trainer.to_device(batch), info)
+            position.add_step(result.losses["loss"])
+            now = time.perf_counter()
+            images_per_s = self.throughput.add(position.done, now - tick)
+            tick = now
+            self._log_step(epoch, result, images_per_s)
+            if position.done >= self.stop_at:
+                break
+
+    def _warn_corrupt(self, messages: list[str]) -> None:
+        for msg in messages:
+            if msg not in self.corrupt:
+                self.corrupt.add(msg)
+                current().warn(f"skipped corrupt image: {msg}")
+
+    def _log_step(self, epoch: int, result: StepResult, images_per_s: float) -> None:
+        done = self.position.done
+        if self.log is not None and (done % self.spec.logging.every_steps == 0 or done == self.stop_at):
+            self.log.write({"type": "step", "step": done, "epoch": epoch, **result.losses, "lr": result.lr,
+                            "images_per_s": images_per_s, "time": time.time()})
+        self.bar.update(done, epoch, self.spec.epochs, self.position.last_loss, result.lr, images_per_s)
+
+    def end_epoch(self, epoch: int) -> None:
+        """After an epoch (or a stop inside one): its metrics line, then the checkpoints."""
+        position = self.position
+        if self.log is not None and position.epoch_done:
+            self.log.write({"type": "epoch", "step": position.done, "epoch": epoch, "loss": position.epoch_mean(),
+                            "time": time.time()})
+        if position.epoch_done or position.done >= self.stop_at:
+            self.save_checkpoints()
+        if position.epoch_done:
+            position.new_epoch()
+
+    def save_checkpoints(self) -> None:
+        """``epoch_XXXX.pt`` every ``checkpoint_every`` epochs, then ``last.pt``. last.pt is written last: it is what
+        a resume starts from, so a run killed before it is complete redoes the epoch and writes its metrics line and
+        epoch checkpoint again (the log is cut back to last.pt's step on resume)."""
+        position, spe = self.position, self.position.steps_per_epoch
+        epochs = position.done // spe
+        state = self.trainer.state(epochs, position.done, spe, None if position.epoch_done else position.epoch_stats)
+        if self.is_main:
+            if position.epoch_done and epochs % self.spec.checkpoint_every == 0:
+                save_checkpoint(self.output_dir / epoch_name(epochs), state)
+            save_checkpoint(self.output_dir / LAST, state)

@@ -218,7 +218,7 @@ def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *,
                       seed: int = 0, prefix: str | None = None, train_images: int | None = None,
                       test_images: int | None = None, allow_overlap: bool = False) -> dict:
     """Run the whole probe; returns {"mIoU", "pixel_accuracy", "per_class_iou", ...}."""
-    from sslcli.checkpoints import load_backbone
+    from sslcli.backbone_checkpoints import load_backbone
 
     if clusters < 2 or clusters > 255:
         raise InputError(f"--clusters {clusters}: expected 2..255")

@@ -8,7 +8,6 @@ from skimage.segmentation import felzenszwalb
 from sslcli.data.sources import ImageSource
 from sslcli.data.store import ImageResult
 
-DEFAULT_SCALES = (500, 1000, 1500)
 DEFAULT_SIGMA = 0.8
 
 

@@ -189,10 +189,31 @@ def _block_totals(path: Path, kind: str) -> tuple[int, int, int]:
 
 
 # -- workers --------------------------------------------------------------------------------------------------------
-# Per-process state: set by the pool initializer in workers (or by the parent for in-process runs), so the source
-# (with its annotations) is sent once per worker, never per task.
-_STATE: dict[str, Any] = {}
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@dataclass(frozen=True)
+class _ImageWorker:
+    """Computes and encodes one image's result. A pool worker gets its own once, through the initializer (so the
+    source, with its annotations, is sent once per worker, never per task); an in-process run calls one directly."""
+
+    source: ImageSource
+    compute: ComputeFn
+    kind: str
+
+    def __call__(self, index: int) -> EncodedResult:
+        image_id = str(self.source.records[index].image_id)
+        try:
+            result = self.compute(self.source, index)
+        except CorruptImageError as exc:
+            result = ImageResult(image_id, error=str(exc))
+        result.image_id = image_id
+        return encode(result, self.kind)
+
+
+# The worker of a pool process: set once by `_init_worker` in that process, read by `_work` (the tasks a pool runs
+# must be module-level functions). The run's own process never sets it.
+_pool_worker: _ImageWorker | None = None
 
 
 def _die_with_parent(run_pid: int) -> None:
@@ -208,23 +229,19 @@ def _die_with_parent(run_pid: int) -> None:
         os._exit(1)
 
 
-def _init_worker(run_pid: int, source: ImageSource, compute: ComputeFn, kind: str) -> None:
+def _init_worker(run_pid: int, worker: _ImageWorker) -> None:
+    global _pool_worker
     _die_with_parent(run_pid)
-    _STATE.update(source=source, compute=compute, kind=kind)
+    _pool_worker = worker
 
 
 def _work(index: int) -> EncodedResult:
-    source, compute, kind = _STATE["source"], _STATE["compute"], _STATE["kind"]
-    image_id = str(source.records[index].image_id)
-    try:
-        result = compute(source, index)
-    except CorruptImageError as exc:
-        result = ImageResult(image_id, error=str(exc))
-    result.image_id = image_id
-    return encode(result, kind)
+    if _pool_worker is None:
+        raise RuntimeError("_work runs in pool processes started with _init_worker")
+    return _pool_worker(index)
 
 
-def _pool_context():
+def _pool_context() -> multiprocessing.context.SpawnContext:
     """Spawn: workers are children of the run's process (the parent-death signal follows it; a fork server would
     stand between, and it outlives the run while its children hold its pipe) and inherit none of its open files
     (the lock) or threads. They receive their state once, through the initializer."""
@@ -243,14 +260,11 @@ def _results_in_order(source: ImageSource, job: Job, compute: ComputeFn, indices
     """Per-image results in the order of ``indices``; at most 4 images per worker in flight, so memory stays flat
     on millions of images."""
     if workers <= 1:  # in-process: no pickling, no pool start-up
-        _STATE.update(source=source, compute=compute, kind=job.kind)
-        try:
-            yield from (_work(i) for i in indices)
-        finally:
-            _STATE.clear()
+        yield from map(_ImageWorker(source, compute, job.kind), indices)
         return
+    worker = _ImageWorker(_worker_source(source, job), compute, job.kind)
     with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker,
-                             initargs=(os.getpid(), _worker_source(source, job), compute, job.kind)) as pool:
+                             initargs=(os.getpid(), worker)) as pool:
         todo = iter(indices)
         pending = deque(pool.submit(_work, i) for i in itertools.islice(todo, 4 * workers))
         try:

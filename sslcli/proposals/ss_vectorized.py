@@ -109,73 +109,90 @@ def _initial_features(image: np.ndarray, scale: float, sigma: float, min_size: i
             "pairs": _neighbour_pairs(labels), "image_area": np.array(float(labels.size))}
 
 
-def _group(features: dict[str, np.ndarray], weights: tuple[float, float, float, float]) -> np.ndarray:
-    """Greedy hierarchical grouping under one similarity; (2n − 1, 4) boxes of every region formed."""
-    n = len(features["size"])
-    total = 2 * n - 1  # every merge creates one region
-    image_area = float(features["image_area"])
-    w_colour, w_texture, w_size, w_fill = weights
+class _Hierarchy:
+    """The regions of one grouping run: features of the n initial regions and room for the n − 1 merges."""
 
-    def grown(name: str) -> np.ndarray:
-        out = np.zeros((total, *features[name].shape[1:]))
-        out[:n] = features[name]
-        return out
+    def __init__(self, features: dict[str, np.ndarray], weights: tuple[float, float, float, float]):
+        self.n = len(features["size"])
+        total = 2 * self.n - 1  # every merge creates one region
+        self.image_area = float(features["image_area"])
+        self.weights = weights
 
-    size, boxes, colour, texture = grown("size"), grown("boxes"), grown("colour"), grown("texture")
+        def grown(name: str) -> np.ndarray:
+            out = np.zeros((total, *features[name].shape[1:]))
+            out[:self.n] = features[name]
+            return out
 
-    def similarity(a, others: np.ndarray) -> np.ndarray:
+        self.size, self.boxes = grown("size"), grown("boxes")
+        self.colour, self.texture = grown("colour"), grown("texture")
+        self.neighbours: list[set[int]] = [set() for _ in range(total)]
+        for a, b in features["pairs"].tolist():
+            self.neighbours[a].add(b)
+            self.neighbours[b].add(a)
+        self.alive = np.zeros(total, bool)
+        self.alive[:self.n] = True
+        self.formed = self.n  # regions formed so far (initial + merged); the next merge gets this id
+
+    def similarity(self, a: int | np.ndarray, others: np.ndarray) -> np.ndarray:
         """s(a, o) for each o in ``others``; ``a`` is one region or an array aligned with ``others``."""
+        w_colour, w_texture, w_size, w_fill = self.weights
+        size, boxes, area = self.size, self.boxes, self.image_area
         s = np.zeros(len(others))
         if w_colour:
-            s += w_colour * np.minimum(colour[a], colour[others]).sum(1)
+            s += w_colour * np.minimum(self.colour[a], self.colour[others]).sum(1)
         if w_texture:
-            s += w_texture * np.minimum(texture[a], texture[others]).sum(1)
+            s += w_texture * np.minimum(self.texture[a], self.texture[others]).sum(1)
         if w_size:
-            s += w_size * (1.0 - (size[a] + size[others]) / image_area)
+            s += w_size * (1.0 - (size[a] + size[others]) / area)
         if w_fill:
             x0 = np.minimum(boxes[a, 0], boxes[others, 0])
             y0 = np.minimum(boxes[a, 1], boxes[others, 1])
             x1 = np.maximum(boxes[a, 2], boxes[others, 2])
             y1 = np.maximum(boxes[a, 3], boxes[others, 3])
-            s += w_fill * (1.0 - ((x1 - x0) * (y1 - y0) - size[a] - size[others]) / image_area)
+            s += w_fill * (1.0 - ((x1 - x0) * (y1 - y0) - size[a] - size[others]) / area)
         return s
 
-    neighbours: list[set[int]] = [set() for _ in range(total)]
-    pairs = features["pairs"]
-    for a, b in pairs.tolist():
-        neighbours[a].add(b)
-        neighbours[b].add(a)
-    heap: list[tuple[float, int, int]] = []
-    if len(pairs):
-        first = similarity(pairs[:, 0], pairs[:, 1])
-        heap = [(-s, a, b) for s, (a, b) in zip(first.tolist(), pairs.tolist())]
-        heapq.heapify(heap)
-    alive = np.zeros(total, bool)
-    alive[:n] = True
-    t = n
-    while heap:
-        _, a, b = heapq.heappop(heap)
-        if not (alive[a] and alive[b]):
-            continue  # a stale pair: one side was merged already
-        alive[a] = alive[b] = False
+    def merge(self, a: int, b: int) -> int:
+        """Merge live regions ``a`` and ``b`` into a new region (size-weighted mean features, union box, union of
+        the neighbours); returns its id."""
+        t, size = self.formed, self.size
+        self.alive[a] = self.alive[b] = False
         size[t] = size[a] + size[b]
-        colour[t] = (colour[a] * size[a] + colour[b] * size[b]) / size[t]
-        texture[t] = (texture[a] * size[a] + texture[b] * size[b]) / size[t]
+        self.colour[t] = (self.colour[a] * size[a] + self.colour[b] * size[b]) / size[t]
+        self.texture[t] = (self.texture[a] * size[a] + self.texture[b] * size[b]) / size[t]
+        boxes = self.boxes
         boxes[t] = (min(boxes[a, 0], boxes[b, 0]), min(boxes[a, 1], boxes[b, 1]),
                     max(boxes[a, 2], boxes[b, 2]), max(boxes[a, 3], boxes[b, 3]))
-        merged = (neighbours[a] | neighbours[b]) - {a, b}
+        merged = (self.neighbours[a] | self.neighbours[b]) - {a, b}
         for other in merged:
-            neighbours[other].discard(a)
-            neighbours[other].discard(b)
-            neighbours[other].add(t)
-        neighbours[t] = merged
-        alive[t] = True
-        if merged:
-            others = np.array(sorted(merged))
-            for s, other in zip(similarity(t, others).tolist(), others.tolist()):
+            self.neighbours[other].discard(a)
+            self.neighbours[other].discard(b)
+            self.neighbours[other].add(t)
+        self.neighbours[t] = merged
+        self.alive[t] = True
+        self.formed += 1
+        return t
+
+
+def _group(features: dict[str, np.ndarray], weights: tuple[float, float, float, float]) -> np.ndarray:
+    """Greedy hierarchical grouping under one similarity; (2n − 1, 4) boxes of every region formed."""
+    regions = _Hierarchy(features, weights)
+    pairs = features["pairs"]
+    heap: list[tuple[float, int, int]] = []
+    if len(pairs):
+        first = regions.similarity(pairs[:, 0], pairs[:, 1])
+        heap = [(-s, a, b) for s, (a, b) in zip(first.tolist(), pairs.tolist())]
+        heapq.heapify(heap)
+    while heap:
+        _, a, b = heapq.heappop(heap)
+        if not (regions.alive[a] and regions.alive[b]):
+            continue  # a stale pair: one side was merged already
+        t = regions.merge(a, b)
+        if regions.neighbours[t]:
+            others = np.array(sorted(regions.neighbours[t]))
+            for s, other in zip(regions.similarity(t, others).tolist(), others.tolist()):
                 heapq.heappush(heap, (-s, other, t))
-        t += 1
-    return boxes[:t]
+    return regions.boxes[:regions.formed]
 
 
 def selective_search_vectorized(image: np.ndarray, scale: float = 300, sigma: float = 0.9, min_size: int = 100,

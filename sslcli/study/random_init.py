@@ -10,16 +10,17 @@ from sslcli.spec import RunSpec
 
 
 def random_init_state(spec: RunSpec) -> dict:
-    """The checkpoint dict `sslcli.checkpoints.load_backbone` reads: the engine's seeding, then the engine's method
-    construction (`Trainer.__init__`), so the weights equal step 0 of `sslcli pretrain` for this spec."""
-    from sslcli.checkpoints import SSLCLI_FORMAT
+    """A checkpoint dict in the engine's format holding the backbone only (what
+    `sslcli.backbone_checkpoints.load_backbone` reads): the engine's seeding, then the engine's method construction
+    (`Trainer.__init__`), so the weights equal step 0 of `sslcli pretrain` for this spec."""
     from sslcli.engine.trainer import seed_everything
+    from sslcli.engine.training_checkpoint import FORMAT, VERSION
     from sslcli.methods import build_method
 
     seed_everything(spec.seed)
     method = build_method(spec)
     backbone = {k: v.detach().cpu().clone() for k, v in method.backbone().state_dict().items()}
-    return {"format": SSLCLI_FORMAT, "version": 1, "random_init": True, "spec": spec.model_dump(mode="json"),
+    return {"format": FORMAT, "version": VERSION, "random_init": True, "spec": spec.model_dump(mode="json"),
             "arch": spec.model.arch, "width": spec.model.width, "backbone": backbone, "step": 0,
             "sslcli_version": sslcli.__version__}
 

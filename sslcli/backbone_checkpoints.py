@@ -1,8 +1,11 @@
-"""Load a ResNet backbone from our own and third-party checkpoints; export it for downstream fine-tuning.
+"""A pretrained ResNet backbone out of any checkpoint, for probes and analyses; export it for downstream fine-tuning.
 
-Formats, detected from the file's content (METHODS.md §8):
+This module reads checkpoints for evaluation (ours and third-party ones); the engine's own training checkpoint (its
+format, atomic saves, resume) is `sslcli.engine.training_checkpoint`. Formats, detected from the file's content
+(METHODS.md §8):
 
-- ``sslcli``: written by the engine, ``{"format": "sslcli-checkpoint", "arch", "width", "backbone": state dict}``.
+- ``sslcli``: the engine's training checkpoint, ``{"format": "sslcli-checkpoint", "arch", "width", "backbone": state
+  dict, ...}``; only the backbone is read.
 - ``torchvision``: a plain state dict (``conv1.weight``, ``layer1.0...``; ``fc.*`` ignored), optionally with a DDP
   ``module.`` prefix or wrapped in ``{"state_dict": ...}``.
 - ``moco``: ``{epoch, arch, state_dict, optimizer}`` with ``module.encoder_q.*`` keys; ``fc.*`` (the MLP head),
@@ -30,11 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslcli.engine.training_checkpoint import FORMAT as SSLCLI_FORMAT
+from sslcli.engine.training_checkpoint import load_error_reason
 from sslcli.errors import InputError
 from sslcli.io import atomic_path, check_writable_dir
 from sslcli.models.backbone import ResNetBackbone, build_backbone
 
-SSLCLI_FORMAT = "sslcli-checkpoint"
 TRUST_HINT = ("rerun with --trust-checkpoint only if you trust this file: loading it needs torch.load(weights_only=False), "
               "which can execute arbitrary code stored in the pickle")
 
@@ -151,18 +155,6 @@ def _read_torch(path: Path, trust: bool):
         return torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user's explicit flag
     except (pickle.UnpicklingError, ImportError, *unreadable) as exc:
         raise InputError(f"{path}: not a readable torch checkpoint ({load_error_reason(exc)})") from None
-
-
-def load_error_reason(exc: BaseException) -> str:
-    """What went wrong in torch's words, without its paragraphs of advice (which for a file that is no checkpoint at
-    all suggests weights_only=False, i.e. running code from it)."""
-    text = str(exc)
-    if "WeightsUnpickler error:" in text:  # the unpickler's own finding follows torch's advice
-        text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    return f"{type(exc).__name__}: {lines[0].split('. ')[0].rstrip('.')}"
 
 
 def read_checkpoint_file(path: str | os.PathLike, trust: bool = False):

@@ -1,4 +1,6 @@
-"""Training checkpoints: the sslcli format, atomic saves, RNG capture, and the resume rules.
+"""The engine's own training checkpoint: the sslcli format, atomic saves, RNG capture, and the resume rules.
+
+Reading a backbone out of this or any other checkpoint format for evaluation is `sslcli.backbone_checkpoints`.
 
 Format (a dict saved with `torch.save`; every value loads with ``torch.load(..., weights_only=True)``):
 ``format`` "sslcli-checkpoint", ``version`` 1, ``spec`` (the resolved run spec as JSON data), ``arch``, ``width``,
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,7 +37,7 @@ def epoch_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}.pt"
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write atomically: a kill mid-write leaves the previous file intact."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -49,7 +52,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load an sslcli checkpoint on the CPU; InputError naming the file if it is missing or not one of ours."""
     path = Path(path)
     if not path.is_file():
@@ -57,8 +60,6 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated files, other formats: one line naming the file
-        from sslcli.checkpoints import load_error_reason
-
         raise InputError(f"{path}: not a readable checkpoint ({load_error_reason(exc)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not an sslcli training checkpoint (expected \"format\": \"{FORMAT}\")")
@@ -67,11 +68,25 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def load_error_reason(exc: BaseException) -> str:
+    """What went wrong in torch's words, without its paragraphs of advice (which for a file that is no checkpoint at
+    all suggests weights_only=False, i.e. running code from it)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # the unpickler's own finding follows torch's advice
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0].split('. ')[0].rstrip('.')}"
+
+
+
 # ---------------------------------------------------------------------------------------------------------- RNG
-def capture_rng() -> dict:
+def capture_rng() -> dict[str, Any]:
     """This process's RNG states as tensors and plain tuples (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
-    state = {
+    # The legacy form (the default): (name, keys, position, has_gauss, cached_gaussian).
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state(legacy=True))
+    state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
                   float(np_state[4])),
@@ -82,7 +97,7 @@ def capture_rng() -> dict:
     return state
 
 
-def restore_rng(state: dict) -> None:
+def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -91,7 +106,7 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _as_tuple(x):
+def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
@@ -106,8 +121,8 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return Path(resume)
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -121,7 +136,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 PATH_FIELDS = ("data.root", "method.masks.path", "method.boxes")
 
 
-def spec_differences(saved: dict, current: dict) -> list[str]:
+def spec_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted paths of fields that differ between two spec dicts, ignoring `RESUMABLE_CHANGES`."""
     a, b = _flatten(saved), _flatten(current)
 
@@ -135,7 +150,7 @@ def spec_differences(saved: dict, current: dict) -> list[str]:
 ADDED_DEFAULTS = {"data.pipeline": "cpu"}
 
 
-def _norm(path: str, value):
+def _norm(path: str, value: Any) -> Any:
     if value is None and path in ADDED_DEFAULTS:
         return ADDED_DEFAULTS[path]
     if path in PATH_FIELDS and isinstance(value, str):
@@ -143,7 +158,7 @@ def _norm(path: str, value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def check_resumable(state: dict, current_spec: dict, path: Path, steps_per_epoch: int) -> None:
+def check_resumable(state: dict[str, Any], current_spec: dict[str, Any], path: Path, steps_per_epoch: int) -> None:
     diffs = spec_differences(state["spec"], current_spec)
     if diffs:
         raise InputError(f"{path}: the checkpoint's spec differs in {', '.join(diffs)} (only epochs, output_dir, "
