@@ -326,8 +326,8 @@ class ColourSpec(Strict):
 
 
 class ViewsSpec(Strict):
-    """Overrides of the method's view recipe (default: the paper's). For ablations and small budgets: the papers'
-    SimCLR-strength views stall learning in a few hundred CPU steps (docs/results/README.md)."""
+    """Overrides of the method's view recipe (default: the paper's), for ablations of the views and small budgets
+    (docs/pretrain.md "View overrides")."""
 
     colour: Literal["recipe", "moco-v2", "simclr", "byol"] | list[ColourSpec] = Field(
         "recipe", description="The views' colour pipelines: recipe (the method's own), a preset (moco-v2: both views "
