@@ -52,12 +52,12 @@ from sslcli.data.images import EncodedImage, load_image  # noqa: E402
 from sslcli.data.mask_views import COLOR_PRESETS, MaskViewPair  # noqa: E402
 from sslcli.data.region_views import RegionViews  # noqa: E402
 from sslcli.data.sources import write_manifest  # noqa: E402
+from sslcli.data.stored_boxes import StoredBoxViews  # noqa: E402
 from sslcli.engine.data import collate  # noqa: E402
 from sslcli.engine.launch import launch  # noqa: E402
 from sslcli.methods.d3ssl import D3sslViews  # noqa: E402
 from sslcli.methods.detcon import DetconTransform  # noqa: E402
 from sslcli.methods.moco import moco_views  # noqa: E402
-from sslcli.methods.soco import SocoTransform  # noqa: E402
 from sslcli.proposals.masks_online import MaskSource  # noqa: E402
 from sslcli.spec import load_spec  # noqa: E402
 
@@ -124,8 +124,8 @@ def view_makers(paths: list[Path], size: int) -> dict[str, tuple]:
     store = RandomProposals(paths)
     old_views, new_views = RegionViews(size), RegionViews(size)
     old_views._colors = tuple(old_colours(old_views.colors, size))
-    new = SocoTransform(store, new_views)
-    makers["SoCo"] = (SocoTransform(store, old_views), new, DeviceViews(new), "region")
+    new = StoredBoxViews(store, new_views)
+    makers["SoCo"] = (StoredBoxViews(store, old_views), new, DeviceViews(new), "region")
     return makers
 
 
@@ -160,7 +160,7 @@ def cpu_per_core(paths: list[Path], args) -> dict[str, dict[str, float]]:
 def device_pipelines(paths: list[Path], size: int, batch: int) -> dict[str, DeviceViews]:
     """The device views of every method at ``size`` (D3SSL on SoCo's random proposals)."""
     out = {label: worker for label, (_, _, worker, _) in view_makers(paths, size).items()}
-    out["D3SSL"] = DeviceViews(SocoTransform(RandomProposals(paths), D3sslViews(size)))
+    out["D3SSL"] = DeviceViews(StoredBoxViews(RandomProposals(paths), D3sslViews(size)))
     return out
 
 
