@@ -67,6 +67,15 @@ def test_bad_study_is_refused_before_training(cli, tmp_path, changes, needles):
     assert not (tmp_path / "out" / "runs").exists()
 
 
+@pytest.mark.parametrize(("args", "needle"), [(["--jobs", "2", "--gpus", "2"], "--jobs 2 with --gpus 2"),
+                                              (["--jobs", "0"], "--jobs")])
+def test_bad_jobs_is_one_line_and_writes_nothing(cli, tmp_path, args, needle):
+    code, _, err = cli(["study", "run", TINY, "--out", tmp_path / "out", *args])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_base_path_is_relative_to_the_study_file(cli, tmp_path):
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "base.yaml").write_text(yaml.safe_dump(BASE))
