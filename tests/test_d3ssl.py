@@ -162,7 +162,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     optimiser = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     for step in range(6):
         out = method(batch, _info(step))
-        assert set(out) == {"loss", "loss_dc", "loss_dp"} and torch.isfinite(out["loss"])
+        assert set(out) == {"loss", "loss_dc", "loss_dp", "bank_cos"} and torch.isfinite(out["loss"])
         optimiser.zero_grad()
         out["loss"].backward()
         if step == 0:
@@ -182,8 +182,9 @@ def test_teacher_features_of_both_views_are_enqueued_after_the_step():
         t1 = method._embed(method.target_encoder, method.target_projector, x1, batch["boxes"][:, 0])
         t2 = method._embed(method.target_encoder, method.target_projector, batch["view2"], batch["boxes"][:, 1])
     before = method.bank.features.clone()
-    method(batch, _info(0))
+    out = method(batch, _info(0))
     assert torch.equal(method.bank.features, before)  # nothing written during the forward pass
+    assert out["bank_cos"].item() == pytest.approx((before.T @ before).mean().item(), rel=1e-5)  # the bank it read
     method.after_step(_info(0))
     n = 2 * 4 * 3
     expected = torch.cat([t1, t2]).reshape(n, 16)
@@ -200,7 +201,7 @@ def test_depositioning_off_trains_on_l_dc_only():
     batch = _batch(depositioning=False)
     assert "depositioned_mask" not in batch
     out = method(batch, _info(0))
-    assert set(out) == {"loss", "loss_dc"} and torch.equal(out["loss"], out["loss_dc"])
+    assert set(out) == {"loss", "loss_dc", "bank_cos"} and torch.equal(out["loss"], out["loss_dc"])
 
 
 def test_bad_model_or_bank_is_an_input_error():

@@ -155,6 +155,27 @@ def test_queue_slots_wrap_around():
     assert queue[0].tolist() == [3.0, 4.0, 0, 0, 0, 0, 1.0, 2.0]
 
 
+def test_mean_pairwise_cosine_is_the_mean_of_the_gram_matrix():
+    from sslcli.models.queue import mean_pairwise_cosine
+    torch.manual_seed(0)
+    queue = torch.nn.functional.normalize(torch.randn(16, 40), dim=0)
+    explicit = (queue.T @ queue).mean()  # all 40² ordered pairs, the diagonal's ones included
+    assert mean_pairwise_cosine(queue).item() == pytest.approx(explicit.item(), rel=1e-5)
+    same = torch.nn.functional.normalize(torch.ones(16, 1), dim=0).expand(16, 40)
+    assert mean_pairwise_cosine(same).item() == pytest.approx(1.0, rel=1e-6)  # every key one way: a collapse
+    opposite = torch.cat([same[:, :20], -same[:, :20]], dim=1)
+    assert mean_pairwise_cosine(opposite).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_moco_logs_the_spread_of_the_queue_it_read():
+    torch.manual_seed(0)
+    method = build_method(moco_spec())
+    before = method.queue.clone()
+    out = method(make_batch(), step_info())
+    assert out["queue_cos"].item() == pytest.approx((before.T @ before).mean().item(), rel=1e-5)
+    assert not out["queue_cos"].requires_grad
+
+
 def test_moco_forward_grads_on_query_encoder_only():
     torch.manual_seed(0)
     method = build_method(moco_spec())

@@ -44,7 +44,7 @@ from sslcli.losses.region_nce import d3ssl_loss
 from sslcli.methods.base import MomentumMethod, StepInfo
 from sslcli.models.backbone import build_backbone
 from sslcli.models.heads import mlp
-from sslcli.models.queue import RegionBank
+from sslcli.models.queue import RegionBank, mean_pairwise_cosine
 from sslcli.models.region_pooling import roi_features
 
 
@@ -189,7 +189,8 @@ class D3ssl(MomentumMethod):
         if x3 is not None:
             s3 = self._embed(self.encoder, self.projector, x3, batch["depositioned_boxes"].contiguous())
         self._pending = torch.cat([t1, t2]).reshape(-1, method.dim)
-        return d3ssl_loss(s1, s2, t1, t2, self.bank.features, method.temperature, s3)
+        out = d3ssl_loss(s1, s2, t1, t2, self.bank.features, method.temperature, s3)
+        return {**out, "bank_cos": mean_pairwise_cosine(self.bank.features)}
 
     @torch.no_grad()
     def after_step(self, step: StepInfo) -> None:

@@ -25,7 +25,7 @@ from sslcli.losses.contrastive import knn_moco_loss, moco_infonce
 from sslcli.methods.base import MomentumMethod, StepInfo
 from sslcli.models.backbone import build_backbone
 from sslcli.models.heads import mlp
-from sslcli.models.queue import enqueue_, queue_slots
+from sslcli.models.queue import enqueue_, mean_pairwise_cosine, queue_slots
 
 MOCO_CROP_SCALE = (0.2, 1.0)  # METHODS.md §1
 
@@ -129,7 +129,7 @@ class MoCo(MomentumMethod):
         keys_all = dist.gather_no_grad(keys)
         features_all = dist.gather_no_grad(key_features) if m.knn.enabled else None
         self._pending = (keys_all, features_all)
-        out = {"loss_moco": loss_moco}
+        out = {"loss_moco": loss_moco, "queue_cos": mean_pairwise_cosine(self.queue)}
         loss = loss_moco
         if self.knn_active(step):
             feature_queue = self.queue_backbone
