@@ -266,7 +266,9 @@ def test_report_tables_verdicts_and_plots_from_hand_made_results(tmp_path):
     for arm, top1, cr in (("a", (10.0, 12.0, 14.0), (1.0, 1.1, 1.2)), ("b", (5.0, 6.0, 7.0), (1.3, 1.3, 1.3)),
                           ("random-init", (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))):
         for seed in range(3):
-            rows.append({"arm": arm, "seed": seed, "metric": "knn.k.20.top1", "value": top1[seed]})
+            rows.append({"arm": arm, "seed": seed, "metric": "knn.k.20.top1", "value": top1[seed],
+                         "train_wall_s": 100.0 * (seed + 1) if arm == "a" else None, "eval_hash": "e1",
+                         "eval_wall_s": 2.0})
             for layer in ("res2", "res5"):
                 rows.append({"arm": arm, "seed": seed, "metric": f"coupling.{layer}.mean", "value": cr[seed]})
             rows.append({"arm": arm, "seed": seed, "metric": "segment-retrieval.per_class_iou.red-disc", "value": 50.0})
@@ -288,3 +290,6 @@ def test_report_tables_verdicts_and_plots_from_hand_made_results(tmp_path):
     # Per-class breakdowns: one table with a row per class, no plot per class.
     assert "| per_class_iou | a | b | random-init |" in md and "| red-disc | 50 ± 0 (n=3) |" in md
     assert not list((tmp_path / "plots").glob("*per_class*"))
+    # Cost: a's three runs took 100, 200 and 300 s (mean 200); 9 evaluations of 2 s, each counted once.
+    assert "| a | 3 | 200 | 100 | 300 |" in md and "Training 600 s and evaluation 18 s" in md
+    assert "| b |" not in md.split("## Cost")[1].split("## Commands")[0]  # no training time recorded for b

@@ -193,6 +193,35 @@ def _cell(values: dict[int, float | None]) -> str:
     return "—" if n == 0 else f"{_fmt(mean)} ± {_fmt(std)} (n={n})"
 
 
+def cost(rows: list[dict], arms: list[str]) -> tuple[list[list[str]], float, float]:
+    """Per-arm training seconds (mean, min, max over seeds) and the totals of training and evaluation seconds.
+
+    Each run's ``train_wall_s`` and each evaluation's ``eval_wall_s`` are counted once (rows repeat them per metric).
+    They are process times: with ``study run --jobs N`` runs overlap, so the study's wall time is shorter.
+    """
+    train: dict[tuple[str, int], float] = {}
+    evals: dict[tuple[str, int, str], float] = {}
+    for r in rows:
+        if r.get("train_wall_s") is not None:
+            train[(r["arm"], r["seed"])] = float(r["train_wall_s"])
+        if r.get("eval_wall_s") is not None:
+            evals[(r["arm"], r["seed"], r.get("eval_hash", ""))] = float(r["eval_wall_s"])
+    body = []
+    for arm in arms:
+        times = [t for (a, _), t in sorted(train.items()) if a == arm]
+        if times:
+            body.append([arm, str(len(times)), f"{sum(times) / len(times):.0f}", f"{min(times):.0f}", f"{max(times):.0f}"])
+    return body, sum(train.values()), sum(evals.values())
+
+
+COST_HEADER = ["arm", "runs", "training s (mean)", "min", "max"]
+
+
+def _cost_note(train_total: float, eval_total: float) -> str:
+    return (f"Training {train_total:.0f} s and evaluation {eval_total:.0f} s in all, summed over processes "
+            f"(runs overlap with `--jobs N`, so the study's wall time is shorter than the sum).")
+
+
 def verdicts(plan: dict, by_metric) -> list[dict]:
     out = []
     for exp in plan["expect"]:
@@ -257,8 +286,9 @@ def write_report(folder: str | Path) -> dict:
         plot_losses(curves, folder / loss_png)
     checks = verdicts(plan, by_metric)
     cmds = commands(folder, plan)
-    md = _markdown(plan, env, sections, checks, loss_png, cmds, len(rows))
-    page = _html(plan, env, sections, checks, loss_png, cmds, len(rows))
+    costs = cost(rows, arms)
+    md = _markdown(plan, env, sections, checks, loss_png, cmds, len(rows), costs)
+    page = _html(plan, env, sections, checks, loss_png, cmds, len(rows), costs)
     write_text_atomic(folder / "report.md", md)
     write_text_atomic(folder / "report.html", page)
     return {"markdown": str(folder / "report.md"), "html": str(folder / "report.html"), "tables": len(sections),
@@ -286,7 +316,7 @@ def _env_lines(env: dict) -> list[str]:
     return lines
 
 
-def _markdown(plan, env, sections, checks, loss_png, cmds, n_rows) -> str:
+def _markdown(plan, env, sections, checks, loss_png, cmds, n_rows, costs) -> str:
     def table(header, body):
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
@@ -307,11 +337,13 @@ def _markdown(plan, env, sections, checks, loss_png, cmds, n_rows) -> str:
             out += [f"![{title}]({png})", ""]
     if loss_png:
         out += ["## Training loss", "", f"![training loss]({loss_png})", ""]
+    if costs[0]:
+        out += ["## Cost", "", table(COST_HEADER, costs[0]), "", _cost_note(costs[1], costs[2]), ""]
     out += ["## Commands", "", "```", *cmds, "```", "", "## Software", "", *[f"- {x}" for x in _env_lines(env)], ""]
     return "\n".join(out)
 
 
-def _html(plan, env, sections, checks, loss_png, cmds, n_rows) -> str:
+def _html(plan, env, sections, checks, loss_png, cmds, n_rows, costs) -> str:
     e = html.escape
 
     def table(header, body, verdict_col: int | None = None):
@@ -342,6 +374,8 @@ def _html(plan, env, sections, checks, loss_png, cmds, n_rows) -> str:
         parts.append("</div>")
     if loss_png:
         parts.append(f'<h2>Training loss</h2><img src="{e(loss_png)}" alt="training loss">')
+    if costs[0]:
+        parts.append(f"<h2>Cost</h2>{table(COST_HEADER, costs[0])}<p>{e(_cost_note(costs[1], costs[2]))}</p>")
     parts.append("<h2>Commands</h2><pre>" + e("\n".join(cmds)) + "</pre>")
     parts.append("<h2>Software</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in _env_lines(env)) + "</ul>")
     style = ("body{font-family:sans-serif;max-width:1250px;margin:2em auto;color:#222}"
