@@ -4,6 +4,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.ops import roi_align
 import sslcli.data.planted as P
 from sslcli.models.backbone import build_backbone
+from sslcli.models.queue import mean_pairwise_cosine
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--n", type=int, default=1000); ap.add_argument("--nval", type=int, default=250)
@@ -14,7 +15,7 @@ ap.add_argument("--steps", default="0,150,300"); ap.add_argument("--bs", type=in
 ap.add_argument("--lr", type=float, default=0.5); ap.add_argument("--tau", type=float, default=0.2)
 ap.add_argument("--scale", default="0.2,1.0"); ap.add_argument("--hue", type=float, default=0.1)
 ap.add_argument("--gray", type=float, default=0.2); ap.add_argument("--jit", type=float, default=0.4); ap.add_argument("--blur", type=float, default=0.0); ap.add_argument("--nobn", action="store_true"); ap.add_argument("--width", type=int, default=16)
-ap.add_argument("--seed", type=int, default=0); ap.add_argument("--m", type=float, default=0.99); ap.add_argument("--K", type=int, default=1024); ap.add_argument("--groups", type=int, default=8); ap.add_argument("--method", default="simclr")
+ap.add_argument("--seed", type=int, default=0); ap.add_argument("--m", type=float, default=0.99); ap.add_argument("--K", type=int, default=1024); ap.add_argument("--groups", type=int, default=8); ap.add_argument("--ckpts", default="", help="comma-separated sslcli checkpoints: evaluate them and exit (no training)"); ap.add_argument("--method", default="simclr")
 a = ap.parse_args()
 torch.manual_seed(a.seed)
 P.OBJECTS_PER_IMAGE = tuple(int(x) for x in a.objs.split(","))
@@ -185,6 +186,13 @@ def evaluate():
     return out
 
 
+if a.ckpts:  # evaluation only: the same object kNN for sslcli checkpoints
+    from sslcli.backbone_checkpoints import load_backbone
+    for ck in a.ckpts.split(","):
+        bb, _ = load_backbone(ck)
+        print(ck, evaluate(), flush=True)
+    raise SystemExit(0)
+
 res = {"args": vars(a)}
 t0 = time.time()
 step = 0
@@ -221,7 +229,7 @@ while step < total:
             for t_, o_ in zip(list(bb_k.buffers()) + list(proj_k.buffers()), list(bb.buffers()) + list(proj.buffers())):
                 t_.copy_(o_)
             queue[:, qptr:qptr + a.bs] = k.T; qptr = (qptr + a.bs) % a.K
-            if step % 50 == 0: print("queue cos", round(queue.mean(1).norm().item() ** 2, 3), flush=True)
+            if step % 50 == 0: print("queue cos", round(mean_pairwise_cosine(queue).item(), 3), flush=True)
     step += 1
     if step % 50 == 0:
         print(f"step {step} loss {loss.item():.3f} {time.time()-t0:.0f}s", flush=True)
