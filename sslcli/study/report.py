@@ -88,11 +88,11 @@ def loss_curves(plan: dict) -> dict[str, list[tuple[int, list[tuple[int, float]]
 
 def commands(folder: Path, plan: dict) -> list[str]:
     """Every command the study ran, in order: prepare steps, runs, evaluations (from their record files)."""
-    from sslcli.study.spec import content_hash
+    from sslcli.study.spec import prepare_commands
 
     cmds = []
-    for step in plan["prepare"]:
-        marker = folder / "prepare" / f"{content_hash(step)}.json"
+    for step in prepare_commands(plan["prepare"], plan["seeds"]):
+        marker = folder / "prepare" / step.marker
         if marker.is_file():
             cmds.append(json.loads(marker.read_text())["command"])
     for run in plan["runs"]:

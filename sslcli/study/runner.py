@@ -35,7 +35,7 @@ from sslcli.io import write_json_atomic, write_text_atomic
 from sslcli.spec import dump_spec
 from sslcli.study.estimate import estimate_gpu_hours
 from sslcli.study.metrics import EVAL_KINDS, flatten, per_checkpoint
-from sslcli.study.spec import PlannedRun, Study, content_hash, substitute, tokenise
+from sslcli.study.spec import PlannedRun, Study, content_hash, prepare_commands, substitute, tokenise
 
 Log = Callable[[str], None]
 # (kind, options) -> the command-line options of `sslcli probe|analyze KIND`; raises InputError on unknown ones.
@@ -71,7 +71,7 @@ def check_options(study: Study, option_args: OptionArgs) -> None:
     """Turn every evaluation's options into CLI arguments now, so a bad option fails before any training."""
     for i, ev in enumerate(study.file.evaluate):
         try:
-            option_args(ev.kind, substitute(ev.options, str(study.out)))
+            option_args(ev.kind, substitute(ev.options, str(study.out), study.file.seeds[0]))
         except InputError as exc:
             raise InputError(f"{study.path}: evaluate.{i}.options: {exc}") from None
 
@@ -155,16 +155,19 @@ def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, ve
 
 
 def _prepare(study: Study, log: Log, verbose: bool, counts: dict) -> None:
-    for i, step in enumerate(study.file.prepare):
-        marker = study.out / "prepare" / f"{content_hash(step)}.json"
+    todo = prepare_commands(study.file.prepare, study.file.seeds)
+    for i, step in enumerate(todo):
+        marker = study.out / "prepare" / step.marker
+        what = step.step + ("" if step.seed is None else f"  (seed {step.seed})")
         if marker.is_file():
-            log(f"[study] prepare {i + 1}/{len(study.file.prepare)}: skipped (done): {step}")
+            log(f"[study] prepare {i + 1}/{len(todo)}: skipped (done): {what}")
             counts["skipped"] += 1
             continue
-        args = shlex.split(substitute(step, str(study.out)))
-        log(f"[study] prepare {i + 1}/{len(study.file.prepare)}: sslcli prepare {shlex.join(args)}")
+        args = step.args(str(study.out))
+        log(f"[study] prepare {i + 1}/{len(todo)}: sslcli prepare {shlex.join(args)}")
         result, seconds, cmd = call(["prepare", *args], log, verbose)
-        write_json_atomic(marker, {"step": step, "command": cmd, "wall_s": round(seconds, 3), "result": result})
+        write_json_atomic(marker, {"step": step.step, "seed": step.seed, "command": cmd, "wall_s": round(seconds, 3),
+                                   "result": result})
         counts["prepared"] += 1
 
 
@@ -235,9 +238,7 @@ def _finished_steps(run: PlannedRun) -> int | None:
 
 def _evaluate(study: Study, runs: list[PlannedRun], option_args: OptionArgs, log: Log, verbose: bool,
               counts: dict) -> None:
-    out = str(study.out)
     for index, ev in enumerate(study.file.evaluate):
-        options = substitute(ev.options, out)
         pending = []
         for run in runs:
             if eval_path(study, run, index).is_file():
@@ -245,32 +246,48 @@ def _evaluate(study: Study, runs: list[PlannedRun], option_args: OptionArgs, log
                 log(f"[study] {ev.prefix} on {run.key}: skipped (done)")
             else:
                 pending.append(run)
-        group = EVAL_KINDS[ev.kind]
-        # Analyses take several checkpoints in one call (inputs are built once); probes take one.
-        batches = [pending] if group == "analyze" and pending else [[r] for r in pending]
-        for batch in batches:
-            ckpts = [str(checkpoint_of(study, r)) for r in batch]
-            args = [group, ev.kind, *ckpts, *option_args(ev.kind, options)]
-            if group == "analyze":
-                args += ["--out", str(study.out / "evals" / "analyses" / f"{ev.kind}-{content_hash(ckpts, 8)}")]
-            elif ev.kind in ("knn", "linear", "segment-retrieval") and not {"cache", "no-cache"} & set(ev.options):
-                args += ["--cache", str(study.out / "cache")]
-            log(f"[study] {ev.prefix} on {', '.join(r.key for r in batch)}")
-            result, seconds, cmd = call(args, log, verbose)
-            try:
-                parts = per_checkpoint(ev.kind, result, len(batch))
-            except ValueError as exc:
-                raise SslcliError(f"{cmd}: {exc}") from None
-            for run, part in zip(batch, parts):
-                write_json_atomic(eval_path(study, run, index),
-                                  {"kind": ev.kind, "options": ev.options, "run": run.hash, "arm": run.arm,
-                                   "seed": run.seed, "command": cmd, "wall_s": round(seconds / len(batch), 3),
-                                   "result": part})
-                counts["evaluated"] += 1
-            write_results(study)  # results.jsonl always reflects every finished evaluation
+        for batch in _eval_batches(study, ev, pending):
+            _evaluate_batch(study, index, batch, option_args, log, verbose, counts)
         if runs:  # the names are known now: an expectation naming another one is an error in the study file
             names = set(flatten(json.loads(eval_path(study, runs[0], index).read_text())["result"], ev.prefix))
             _check_metric_names(study, ev.prefix, names)
+
+
+def _eval_batches(study: Study, ev, pending: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """Probes take one checkpoint a call; an analysis takes every checkpoint whose options resolve alike (its
+    inputs are built once), so per-seed data ({seed} in the options) gives one call per seed."""
+    if EVAL_KINDS[ev.kind] != "analyze":
+        return [[r] for r in pending]
+    groups: dict[str, list[PlannedRun]] = {}
+    for run in pending:
+        key = json.dumps(substitute(ev.options, str(study.out), run.seed), sort_keys=True)
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
+def _evaluate_batch(study: Study, index: int, batch: list[PlannedRun], option_args: OptionArgs, log: Log,
+                    verbose: bool, counts: dict) -> None:
+    ev = study.file.evaluate[index]
+    group = EVAL_KINDS[ev.kind]
+    ckpts = [str(checkpoint_of(study, r)) for r in batch]
+    args = [group, ev.kind, *ckpts, *option_args(ev.kind, substitute(ev.options, str(study.out), batch[0].seed))]
+    if group == "analyze":
+        args += ["--out", str(study.out / "evals" / "analyses" / f"{ev.kind}-{content_hash(ckpts, 8)}")]
+    elif ev.kind in ("knn", "linear", "segment-retrieval") and not {"cache", "no-cache"} & set(ev.options):
+        args += ["--cache", str(study.out / "cache")]
+    log(f"[study] {ev.prefix} on {', '.join(r.key for r in batch)}")
+    result, seconds, cmd = call(args, log, verbose)
+    try:
+        parts = per_checkpoint(ev.kind, result, len(batch))
+    except ValueError as exc:
+        raise SslcliError(f"{cmd}: {exc}") from None
+    for run, part in zip(batch, parts):
+        write_json_atomic(eval_path(study, run, index),
+                          {"kind": ev.kind, "options": ev.options, "run": run.hash, "arm": run.arm,
+                           "seed": run.seed, "command": cmd, "wall_s": round(seconds / len(batch), 3),
+                           "result": part})
+        counts["evaluated"] += 1
+    write_results(study)  # results.jsonl always reflects every finished evaluation
 
 
 def _check_metric_names(study: Study, prefix: str, names: set[str]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,9 @@ from sslcli.study.metrics import EVAL_KINDS, declared_metric_ok
 
 RANDOM_INIT = "random-init"
 OUT_TOKEN = "{out}"
+# Per-seed data: prepare steps that contain it run once per seed, so every seed is an independent draw of data
+# (e.g. `synthetic {out}/data-{seed} --seed {seed}`) as well as of initialisation.
+SEED_TOKEN = "{seed}"
 
 
 class _Strict(BaseModel):
@@ -144,9 +148,36 @@ def _map_strings(value: Any, fn) -> Any:
     return value
 
 
-def substitute(value: Any, out: str) -> Any:
-    """Replace ``{out}`` in every string of a nested structure."""
-    return _map_strings(value, lambda s: s.replace(OUT_TOKEN, out))
+def substitute(value: Any, out: str, seed: int | None = None) -> Any:
+    """Replace ``{out}`` (and ``{seed}`` when a seed is given) in every string of a nested structure."""
+    def fill(s: str) -> str:
+        s = s.replace(OUT_TOKEN, out)
+        return s.replace(SEED_TOKEN, str(seed)) if seed is not None else s
+
+    return _map_strings(value, fill)
+
+
+@dataclass(frozen=True)
+class PrepareCommand:
+    """One `sslcli prepare` call of a study: a step, for one seed when the step names ``{seed}``."""
+
+    step: str
+    seed: int | None
+
+    @property
+    def marker(self) -> str:
+        """The file name of its done-marker in DIR/prepare/ (a step without {seed} keeps its original name)."""
+        key = self.step if self.seed is None else {"step": self.step, "seed": self.seed}
+        return f"{content_hash(key)}.json"
+
+    def args(self, out: str) -> list[str]:
+        return shlex.split(substitute(self.step, out, self.seed))
+
+
+def prepare_commands(steps: list[str], seeds: list[int]) -> list[PrepareCommand]:
+    """Every prepare call in order: each step once, or once per seed when it names ``{seed}``."""
+    return [PrepareCommand(step, seed) for step in steps
+            for seed in (seeds if SEED_TOKEN in step else [None])]
 
 
 def tokenise(value: Any, out: str) -> Any:
@@ -219,7 +250,7 @@ def _resolve(path: Path, arm: str, value, seed: int, base: dict, out: str, prepa
     except InputError as exc:
         raise InputError(f"{path}: arms.{arm}: {exc}") from None
     data["seed"] = seed
-    data = substitute(data, out)
+    data = substitute(data, out, seed)
     data["output_dir"] = "(set per run)"
     try:
         spec = parse_spec(data, f"arms.{arm}", world_size)
