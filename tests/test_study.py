@@ -17,7 +17,6 @@ import pytest
 import torch
 import yaml
 
-from sslcli.study.expect import FAILS, HOLDS, INCONCLUSIVE, judge
 from sslcli.study.spec import load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,25 +106,13 @@ def test_paper_studies_validate(cli):
 
 
 # ------------------------------------------------------------------------------------------- expectation rules
-def test_expectation_rules_on_hand_made_values():
-    # Every seed lower: holds. Differences -1, -1.5, -0.5: mean -1, sd 0.5, t = -1 / (0.5 / sqrt 3) = -2 sqrt 3;
-    # with 2 degrees of freedom P(|T| > t) = 1 - t / sqrt(t^2 + 2) = 1 - sqrt(12 / 14).
-    a, b = {0: 1.0, 1: 2.0, 2: 3.5}, {0: 2.0, 1: 3.5, 2: 4.0}
-    got = judge(a, b, "lower")
-    assert got["verdict"] == HOLDS
-    assert got["p_value"] == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-9)
-    assert judge(a, b, "higher")["verdict"] == FAILS
-    # The paired t-test rule does not call p = 0.074 a finding.
-    assert judge(a, b, "lower", "paired-t")["verdict"] == INCONCLUSIVE
-    # Mixed orders, ties: inconclusive. Seeds missing on one side are left out.
-    assert judge({0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.0}, "lower")["verdict"] == INCONCLUSIVE
-    assert judge({0: 1.0, 1: 2.0}, {0: 1.0, 1: 3.0}, "lower")["verdict"] == INCONCLUSIVE
-    partial = judge({0: 1.0, 1: 5.0, 7: 0.0}, {0: 2.0, 1: 6.0}, "lower")
-    assert partial["verdict"] == HOLDS and partial["seeds"] == [0, 1] and partial["p_value"] is None
-    assert judge({0: None}, {0: 1.0}, "lower")["verdict"] == INCONCLUSIVE
-    # Paired t with a clear effect: differences 2, 2.1, 1.9, 2.05 give p far below 0.05.
-    big = judge({0: 3.0, 1: 3.1, 2: 2.9, 3: 3.05}, {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}, "higher", "paired-t")
-    assert big["verdict"] == HOLDS and big["p_value"] < 1e-4
+def test_removed_all_seeds_rule_is_refused_in_one_line(cli, tmp_path):
+    path = tmp_path / "study.yaml"
+    study = _study(expect=[{"metric": "coupling.res5.mean", "lower": "a", "than": "b", "rule": "all-seeds"}])
+    path.write_text(yaml.safe_dump(study))
+    code, out, err = cli(["study", "run", str(path), "--dry-run", "--out", str(tmp_path / "o")])
+    assert code == 2 and "expect.0" in err and "all-seeds" in err and "paired-t" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------- export --random-init
@@ -257,39 +244,63 @@ def test_paper_study_arms_are_the_example_specs(tmp_path):
 def test_report_tables_verdicts_and_plots_from_hand_made_results(tmp_path):
     from sslcli.study.report import write_report
 
-    plan = {"study": "fake", "file": str(tmp_path / "fake.yaml"), "out": str(tmp_path), "arms": ["a", "b", "random-init"],
-            "seeds": [0, 1, 2], "runs": [], "prepare": [], "evaluate": [],
-            "expect": [{"metric": "knn.k.20.top1", "higher": "a", "than": "b", "rule": "all-seeds",
-                        "paper": {"a": 71.5, "b": 70.0}}]}
+    plan = {"study": "fake", "file": "studies/fake.yaml", "out": ".", "arms": ["a", "b", "random-init"],
+            "seeds": [0, 1, 2, 3, 4], "runs": [], "prepare": [], "evaluate": [],
+            "expect": [{"metric": "knn.k.20.top1", "higher": "a", "than": "b", "paper": {"a": 71.5, "b": 70.0}},
+                       {"metric": "knn.k.20.top5", "higher": "a", "than": "b", "paper": "a <b> | c"}]}
     (tmp_path / "study.json").write_text(json.dumps(plan))
+    (tmp_path / "provenance.json").write_text(json.dumps({"commands": ["sslcli pretrain specs/x.yaml"], "losses": [
+        {"arm": "a", "seed": s, "steps": [1, 2, 3], "losses": [3.0, 2.5, 2.0]} for s in range(5)]}))
+    top1 = {"a": (10.0, 12.0, 14.0, 11.0, 13.0), "b": (5.0, 6.0, 7.0, 5.0, 7.0), "random-init": (1.0,) * 5}
+    top5 = {"a": (50.2, 50.4, 50.1, 50.3, 50.5), "b": (50.0,) * 5, "random-init": (20.0,) * 5}
     rows = []
-    for arm, top1, cr in (("a", (10.0, 12.0, 14.0), (1.0, 1.1, 1.2)), ("b", (5.0, 6.0, 7.0), (1.3, 1.3, 1.3)),
-                          ("random-init", (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))):
-        for seed in range(3):
-            rows.append({"arm": arm, "seed": seed, "metric": "knn.k.20.top1", "value": top1[seed],
-                         "train_wall_s": 100.0 * (seed + 1) if arm == "a" else None, "eval_hash": "e1",
-                         "eval_wall_s": 2.0})
+    for arm in plan["arms"]:
+        cr = {"a": (1.0, 1.1, 1.2, 1.1, 1.1), "b": (1.3,) * 5, "random-init": (1.0,) * 5}[arm]
+        for seed in range(5):
+            rows += [{"arm": arm, "seed": seed, "metric": "knn.k.20.top1", "value": top1[arm][seed],
+                      "train_wall_s": 100.0 * (seed + 1) if arm == "a" else None, "eval_hash": "e1",
+                      "eval_wall_s": 2.0},
+                     {"arm": arm, "seed": seed, "metric": "knn.k.20.top1_se", "value": {"a": 3.0, "b": 4.0}.get(arm, 0.5)},
+                     {"arm": arm, "seed": seed, "metric": "knn.k.20.top5", "value": top5[arm][seed]},
+                     {"arm": arm, "seed": seed, "metric": "knn.k.20.top5_se", "value": 1.0},
+                     {"arm": arm, "seed": seed, "metric": "segment-retrieval.per_class_iou.red-disc", "value": 50.0}]
             for layer in ("res2", "res5"):
                 rows.append({"arm": arm, "seed": seed, "metric": f"coupling.{layer}.mean", "value": cr[seed]})
-            rows.append({"arm": arm, "seed": seed, "metric": "segment-retrieval.per_class_iou.red-disc", "value": 50.0})
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = write_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
-    # a: mean 12, sample std 2; b: mean 6, std 1. Differences 5, 6, 7: t = 6 / (1 / sqrt 3), 2 degrees of freedom,
-    # p = 1 - t / sqrt(t^2 + 2).
-    assert "| a | 12 | 2 | 3 | 10 | 12 | 14 |" in md and "| b | 6 | 1 | 3 | 5 | 6 | 7 |" in md
-    t = 6 * math.sqrt(3)
-    assert f"| {1 - t / math.sqrt(t * t + 2):.3g} |" in md
-    assert "HOLDS" in md and "a: 71.5; b: 70" in md
-    # Per-layer metrics side by side: a's res5 mean 1.1 with std 0.1.
-    assert "| arm | res2 | res5 |" in md and "1.1 ± 0.1 (n=3)" in md
-    assert result["expectations"][0]["verdict"] == "holds"
-    for png in ("knn.k.20.top1.png", "coupling.layers.mean.png"):
+    # a: mean 12, sample std sqrt(10 / 4); b: mean 6, std 1; each with the mean of its probe SE rows.
+    assert f"| a | 12 | {math.sqrt(2.5):.4g} | 5 | 3 | 10 | 12 | 14 | 11 | 13 |" in md
+    assert "| b | 6 | 1 | 5 | 4 | 5 | 6 | 7 | 5 | 7 |" in md
+    # top-1 differences 5, 6, 7, 6, 6: mean 6, sd sqrt(1 / 2), t = 6 / (sqrt(1 / 2) / sqrt 5) = 6 sqrt 10 with 4
+    # degrees of freedom, whose two-sided p is 1 - (3/2) x (1 - x^2 / 3) for x = t / sqrt(t^2 + 4).
+    t = 6 * math.sqrt(10)
+    x = t / math.sqrt(t * t + 4)
+    p1 = 1 - 1.5 * x * (1 - x * x / 3)
+    first, second = result["expectations"]
+    assert first["p_value"] == pytest.approx(p1, rel=1e-6) and first["verdict"] == "holds"
+    # top-5 differences .2 .4 .1 .3 .5: Holm over 2 tests gives max(2 p1, p2) to the larger p.
+    x2 = 0.3 / (math.sqrt(0.025) / math.sqrt(5))
+    x2 = x2 / math.sqrt(x2 * x2 + 4)
+    p2 = 1 - 1.5 * x2 * (1 - x2 * x2 / 3)
+    assert second["p_holm"] == pytest.approx(max(2 * p1, p2), rel=1e-6) and second["verdict"] == "holds"
+    # The probe's own noise: sqrt(1 + 1) = 1.414 is larger than the 0.3 difference, so the report says so.
+    assert second["probe_se"] == pytest.approx(math.sqrt(2)) and second["below_probe_se"]
+    assert first["probe_se"] == pytest.approx(5.0) and not first["below_probe_se"]
+    summary = md.split("## Summary")[1].split("## Expectations")[0]
+    assert "2 of 2 expectations hold" in summary and "a scores higher than b on knn.k.20.top1" in summary
+    assert "smaller than the probe's own standard error (1.414)" in summary
+    assert "HOLDS" in md and "a: 71.5; b: 70" in md and "a \\<b\\> \\| c" in md  # user text escaped
+    assert str(tmp_path) not in md and "studies/fake.yaml" in md and "sslcli pretrain specs/x.yaml" in md
+    # Per-layer metrics side by side: a's res5 mean 1.1 with std 0.0707.
+    assert "| arm | res2 | res5 |" in md and "1.1 ± 0.07071 (n=5)" in md
+    for png in ("knn.k.20.top1.png", "coupling.layers.mean.png", "training-loss.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
+    assert not (tmp_path / "plots" / "knn.k.20.top1_se.png").exists()  # SE rows are a column, not a metric
     assert 'src="plots/knn.k.20.top1.png"' in (tmp_path / "report.html").read_text()
     # Per-class breakdowns: one table with a row per class, no plot per class.
-    assert "| per_class_iou | a | b | random-init |" in md and "| red-disc | 50 ± 0 (n=3) |" in md
+    assert "| per_class_iou | a | b | random-init |" in md and "| red-disc | 50 ± 0 (n=5) |" in md
     assert not list((tmp_path / "plots").glob("*per_class*"))
-    # Cost: a's three runs took 100, 200 and 300 s (mean 200); 9 evaluations of 2 s, each counted once.
-    assert "| a | 3 | 200 | 100 | 300 |" in md and "Training 600 s and evaluation 18 s" in md
+    # Cost: a's five runs took 100 ... 500 s (mean 300); 15 evaluations of 2 s, each counted once.
+    assert "| a | 5 | 300 | 100 | 500 |" in md and "Training 1500 s and evaluation 30 s" in md
     assert "| b |" not in md.split("## Cost")[1].split("## Commands")[0]  # no training time recorded for b

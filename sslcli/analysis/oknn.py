@@ -31,6 +31,7 @@ from sslcli.data.sources import CocoSource, ImageSource
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.eval.knn import knn_scores, voted_topk_accuracy
 from sslcli.eval.roi import box_features
+from sslcli.eval.sampling import with_se
 
 
 @dataclass
@@ -148,14 +149,15 @@ def plan_items(plan: ObjectPlan, short_side: int = 512, max_side: int = 1024, di
 
 
 def classify(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
-             n_classes: int, k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+             n_classes: int, k: int = 20, temperature: float = 0.07) -> dict[str, float | None]:
     """Top-1 / top-5 accuracy (%) of the weighted k-NN vote (the kNN probe's, `sslcli.eval.knn`).
 
     bank (N, D), queries (Q, D); labels (N,), (Q,) class indices below ``n_classes``; k is clamped to N.
     """
     scores = knn_scores(bank, bank_labels, queries, [k], n_classes, temperature)[k]
     query_labels = query_labels.to(scores.device)
-    return {"top1": voted_topk_accuracy(scores, query_labels, 1), "top5": voted_topk_accuracy(scores, query_labels, 5)}
+    return with_se({"top1": voted_topk_accuracy(scores, query_labels, 1),
+                    "top5": voted_topk_accuracy(scores, query_labels, 5)}, len(query_labels))
 
 
 def _features(backbone: nn.Module, plan: ObjectPlan, disturbed: bool, short_side: int, max_side: int,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from sslcli.errors import InputError
 from sslcli.eval.linear import mean_average_precision
+from sslcli.eval.sampling import with_se
 
 TEMPERATURE = 0.07
 
@@ -76,7 +77,9 @@ def knn_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     for k, s in scores.items():
         if multilabel:
             hit = y.gather(1, s.argmax(dim=1, keepdim=True)).float().mean() * 100
-            result[str(k)] = {"mAP": mean_average_precision(s.cpu().numpy(), test_y), "top1": float(hit)}
+            result[str(k)] = {"mAP": mean_average_precision(s.cpu().numpy(), test_y),
+                              **with_se({"top1": float(hit)}, len(y))}
         else:
-            result[str(k)] = {"top1": voted_topk_accuracy(s, y, 1), "top5": voted_topk_accuracy(s, y, 5)}
+            result[str(k)] = with_se({"top1": voted_topk_accuracy(s, y, 1), "top5": voted_topk_accuracy(s, y, 5)},
+                                     len(y))
     return {"k": result, "k_clamped_to": min(max(ks), len(train_x)), "temperature": temperature}

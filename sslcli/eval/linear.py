@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.errors import InputError
+from sslcli.eval.sampling import with_se
 
 # Gradient tolerance (max-norm, on the objective divided by C·N) while ranking C values: scikit-learn's default tol.
 # The final refit uses 1e-5. bench/probe_linear.py times the whole search against scikit-learn and compares top-1.
@@ -82,7 +83,7 @@ def evaluate(model: LinearModel, x: torch.Tensor, y: torch.Tensor, multilabel: b
     scores = model.scores(x)
     if multilabel:
         return {"mAP": mean_average_precision(scores.cpu().numpy(), y.cpu().numpy())}
-    return {"top1": topk_accuracy(scores, y, 1), "top5": topk_accuracy(scores, y, 5)}
+    return with_se({"top1": topk_accuracy(scores, y, 1), "top5": topk_accuracy(scores, y, 5)}, len(y))
 
 
 def c_grid(n: int = 45) -> np.ndarray:

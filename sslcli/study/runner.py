@@ -35,7 +35,16 @@ from sslcli.io import write_json_atomic, write_text_atomic
 from sslcli.spec import dump_spec
 from sslcli.study.estimate import estimate_gpu_hours
 from sslcli.study.metrics import EVAL_KINDS, flatten, per_checkpoint
-from sslcli.study.spec import PlannedRun, Study, content_hash, prepare_commands, substitute, tokenise
+from sslcli.study.spec import (
+    PlannedRun,
+    Study,
+    content_hash,
+    prepare_commands,
+    relative_to,
+    shown_path,
+    substitute,
+    tokenise,
+)
 
 Log = Callable[[str], None]
 # (kind, options) -> the command-line options of `sslcli probe|analyze KIND`; raises InputError on unknown ones.
@@ -84,8 +93,9 @@ def plan_summary(study: Study) -> dict:
         runs.append({"arm": run.arm, "seed": run.seed, "hash": run.hash, "random_init": run.random_init,
                      "done": run_done(run), "method": run.spec.method.name, "output_dir": run.spec.output_dir,
                      "spec": spec})
-    return {"study": study.file.name, "file": str(study.path.resolve()), "out": str(study.out),
+    return {"study": study.file.name, "file": shown_path(study.path), "out": str(study.out),
             "arms": study.arm_names, "seeds": study.file.seeds, "runs": runs,
+            "min_seeds": study.file.min_seeds, "alpha": study.file.alpha,
             "prepare": study.file.prepare,
             "evaluate": [e.model_dump() for e in study.file.evaluate],
             "expect": [e.model_dump() for e in study.file.expect],
@@ -139,7 +149,7 @@ def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, ve
     check_options(study, option_args)
     out = study.out
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "study.json", plan_summary(study))
+    write_json_atomic(out / "study.json", relative_to(plan_summary(study), str(out)))
     write_text_atomic(out / "study.yaml", study.path.read_text())
     counts = {"prepared": 0, "trained": 0, "evaluated": 0, "skipped": 0}
     _prepare(study, log, verbose, counts)
@@ -151,6 +161,7 @@ def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, ve
     _evaluate(study, study.runs, option_args, log, verbose, counts)
     rows = write_results(study)
     write_json_atomic(out / "environment.json", environment(sorted(d for d in devices if d)))
+    write_json_atomic(out / "provenance.json", relative_to(provenance(study), str(out)))
     return {"out": str(out), "results": str(out / "results.jsonl"), "rows": rows, **counts}
 
 
@@ -317,6 +328,52 @@ def result_rows(study: Study) -> list[dict]:
                              "value": None if math.isnan(value) else value, "spec_hash": run.hash,
                              "eval_hash": path.stem, "train_wall_s": train_wall, "eval_wall_s": record.get("wall_s")})
     return rows
+
+
+def provenance(study: Study) -> dict:
+    """What the report needs from the run folders, kept in the study folder itself: every command the study ran, in
+    order, and each trained run's loss curve (so the report regenerates from the study folder alone)."""
+    return {"commands": commands(study), "losses": loss_curves(study)}
+
+
+def commands(study: Study) -> list[str]:
+    """Prepare steps, runs, then evaluations (each distinct command once), from their record files."""
+    cmds = []
+    for step in prepare_commands(study.file.prepare, study.file.seeds):
+        marker = study.out / "prepare" / step.marker
+        if marker.is_file():
+            cmds.append(json.loads(marker.read_text())["command"])
+    for run in study.runs:
+        marker = Path(run.spec.output_dir) / RUN_MARKER
+        if marker.is_file() and json.loads(marker.read_text()).get("command"):
+            cmds.append(json.loads(marker.read_text())["command"])
+    seen = set()
+    for path in sorted((study.out / "evals").glob("*.json")):
+        cmd = json.loads(path.read_text()).get("command")
+        if cmd and cmd not in seen:
+            seen.add(cmd)
+            cmds.append(cmd)
+    return cmds
+
+
+def loss_curves(study: Study) -> list[dict]:
+    """[{"arm", "seed", "steps", "losses"}] per trained run, from its metrics.jsonl step records."""
+    curves = []
+    for run in study.trained:
+        path = Path(run.spec.output_dir) / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        steps, losses = [], []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("type") == "step" and isinstance(rec.get("loss"), (int, float)):
+                steps.append(rec["step"])
+                losses.append(float(rec["loss"]))
+        curves.append({"arm": run.arm, "seed": run.seed, "steps": steps, "losses": losses})
+    return curves
 
 
 def write_results(study: Study) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,11 +50,17 @@ class Expectation(_Strict):
     lower: str | None = None
     higher: str | None = None
     than: str
-    rule: Literal["all-seeds", "paired-t"] = "all-seeds"
+    rule: str = Field("paired-t", description="The test behind the verdict: `paired-t` (two-sided, Holm-corrected "
+                      "across the study's expectations; the only rule).")
     paper: str | dict[str, Any] | None = Field(None, description="The paper's numbers, shown in the report.")
 
     @model_validator(mode="after")
     def _one_direction(self) -> Expectation:
+        if self.rule == "all-seeds":
+            raise ValueError("rule 'all-seeds' was removed: 2-3 seeds agree in sign by chance 25-50 % of the time "
+                             "when two arms are equal; use rule: paired-t (the default)")
+        if self.rule != "paired-t":
+            raise ValueError(f"rule {self.rule!r}: expected 'paired-t'")
         if (self.lower is None) == (self.higher is None):
             raise ValueError("give exactly one of 'lower' or 'higher' (the arm expected below/above 'than')")
         return self
@@ -86,6 +93,9 @@ class StudyFile(_Strict):
     evaluate: list[Evaluation] = Field(default_factory=list)
     random_init: bool = False
     expect: list[Expectation] = Field(default_factory=list)
+    min_seeds: int = Field(5, ge=2, description="Seeds (paired by seed) an expectation needs before it can hold or "
+                           "fail; fewer gives INCONCLUSIVE whatever the p-value.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise error rate of the study's verdicts (Holm).")
     estimate: Estimate = Estimate()
 
 
@@ -178,6 +188,22 @@ def prepare_commands(steps: list[str], seeds: list[int]) -> list[PrepareCommand]
     """Every prepare call in order: each step once, or once per seed when it names ``{seed}``."""
     return [PrepareCommand(step, seed) for step in steps
             for seed in (seeds if SEED_TOKEN in step else [None])]
+
+
+def relative_to(value: Any, out: str) -> Any:
+    """Paths under the study folder written relative to it, in every string (what study.json, provenance.json and
+    the report keep, so a study folder can be moved or committed)."""
+    # The folder itself (not a longer name that starts with it, like DIR2): "DIR/x" -> "x", a lone "DIR" -> ".".
+    pattern = re.compile(re.escape(out.rstrip("/")) + r"(/|(?![\w.-]))")
+    return _map_strings(value, lambda s: pattern.sub(lambda m: "" if m.group(1) == "/" else ".", s))
+
+
+def shown_path(path: Path) -> str:
+    """A study file as the report names it: relative to the working folder when below it, else its name."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
 
 
 def tokenise(value: Any, out: str) -> Any:
@@ -298,4 +324,4 @@ def _check_expectations(path: Path, study: StudyFile, arm_names: list[str]) -> N
 
 
 __all__ = ["EVAL_KINDS", "RANDOM_INIT", "Study", "StudyFile", "PlannedRun", "load_study", "content_hash",
-           "substitute"]
+           "substitute", "relative_to", "prepare_commands"]
