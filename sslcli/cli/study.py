@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from sslcli.cli import render
 from sslcli.cli.apps import study_app
 from sslcli.cli.common import command, current
 from sslcli.errors import InputError
@@ -71,7 +72,7 @@ def _group(kind: str) -> str:
     return EVAL_KINDS[kind]
 
 
-@command(study_app, "run")
+@command(study_app, "run", human=render.study_run)
 def study_run(
     study_file: Path = typer.Argument(..., metavar="STUDY.yaml", help="Study file (see studies/, docs/study.md)."),
     out: Path = typer.Option(None, "--out", help="Study folder (default: studies-out/<study name>)."),
@@ -130,7 +131,7 @@ def _print_plan(plan: dict) -> None:
     print("resolved specs: sslcli study run ... --dry-run --json prints each run's full spec")
 
 
-@command(study_app, "report")
+@command(study_app, "report", human=render.study_report)
 def study_report(
     folder: Path = typer.Argument(..., metavar="DIR", help="A study folder written by `sslcli study run`."),
 ):

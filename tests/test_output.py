@@ -1,0 +1,112 @@
+"""What a researcher reads (issue 26, items 9-12): tables instead of truncated JSON, runs named by their folder,
+and the warnings and JSON keys that say when a result is not what it seems."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sslcli.data.synthetic import generate
+from sslcli.models.backbone import STAGES, build_backbone
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("scenes") / "data"
+    generate(root, n_train=12, n_val=12, seed=0, size=64)
+    return root
+
+
+def _backbone_file(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(build_backbone("resnet18", width=8).state_dict(), path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ item 9: readable output
+def test_analyze_prints_one_row_per_run_with_the_json_numbers(cli, scenes, tmp_path):
+    """Two runs' last.pt and a study run folder (named by a hash; its marker names arm and seed): the human output
+    is a table with one row per run, labelled by the run, holding the numbers the JSON file holds."""
+    moco = _backbone_file(tmp_path / "runs" / "moco" / "last.pt", 0)
+    simclr = _backbone_file(tmp_path / "runs" / "simclr" / "last.pt", 1)
+    study_run = _backbone_file(tmp_path / "study" / "runs" / "3f9a0c" / "last.pt", 2)
+    (study_run.parent / "study-run.json").write_text(json.dumps({"arm": "detcon", "seed": 1, "hash": "3f9a0c"}))
+    out = tmp_path / "out"
+    code, stdout, stderr = cli(["analyze", "positional", moco, simclr, study_run, "--data", scenes, "--split",
+                                "train2017", "--objects", "3", "--tile", "16", "--min-size", "4", "--out", out,
+                                "--quiet"])
+    assert code == 0, stderr
+    written = json.loads((out / "positional.json").read_text())
+    assert [e["label"] for e in written["checkpoints"]] == ["moco", "simclr", "detcon seed 1"]
+    assert "..." not in stdout and '{"label"' not in stdout  # no JSON cut mid-way
+    assert "res2" in stdout and "res5" in stdout
+    rows = {line.split()[0]: line for line in stdout.splitlines() if line.split()[:1] in (["moco"], ["simclr"])}
+    for entry in written["checkpoints"][:2]:
+        for stage in STAGES:
+            stats = entry["layers"][stage]
+            assert f"{stats['mean']:.4f} ± {stats['std']:.4f}" in rows[entry["label"]]
+    assert any(line.strip().startswith("detcon seed 1 ") for line in stdout.splitlines())
+    assert str(out / "positional.json") in stdout
+
+
+def test_oknn_and_grouped_coupling_tables_from_hand_made_results():
+    from sslcli.cli import render
+
+    layers = {s: {"mean": 1.0 + i / 100, "std": 0.5, "n": 7} for i, s in enumerate(STAGES)}
+    coupling = {"analysis": "coupling", "checkpoints": [
+        {"label": "soco", "layers": layers, "groups": {"planted": {"pairs": 7, "layers": layers}}}]}
+    text = render.analysis(coupling)
+    assert "1.0300 ± 0.5000" in text and "soco (planted)" in text
+    oknn = {"analysis": "oknn", "settings": {"k": 20, "classes": 10, "split": "val2017", "train_split": "train2017"},
+            "checkpoints": [{"label": "moco", "clean": {"top1": 12.345, "top5": 55.0},
+                             "disturbed": {"top1": 9.0, "top5": 40.5}}]}
+    text = render.analysis(oknn)
+    header = next(line for line in text.splitlines() if "clean top-1" in line)
+    assert header.split() == ["run", "clean", "top-1", "clean", "top-5", "disturbed", "top-1", "disturbed", "top-5"]
+    assert next(line for line in text.splitlines() if line.strip().startswith("moco")).split() == [
+        "moco", "12.35", "55.00", "9.00", "40.50"]
+
+
+def test_long_nested_values_are_counted_not_cut():
+    from sslcli.cli.render import key_values
+
+    text = key_values({"grid": [[float(c), 0.5] for c in range(40)], "C": 0.1, "small": {"a": 1},
+                       "big": {f"k{i}": "x" * 20 for i in range(12)}})
+    assert "grid: (40 items; --json shows them)" in text and "C: 0.1" in text and 'small: {"a": 1}' in text
+    assert "big:\n  k0: " + "x" * 20 in text and "..." not in text
+
+
+def _fake_report(folder: Path) -> dict:
+    return {"markdown": str(folder / "report.md"), "html": str(folder / "report.html"), "tables": 2,
+            "expectations": [
+                {"metric": "coupling.res5.mean", "arm": "moco", "direction": "lower", "than": "random-init",
+                 "verdict": "holds", "rule": "all-seeds", "p_value": None, "a_key_added_later": [1, 2]},
+                {"metric": "positional.res5.mean", "arm": "simclr", "direction": "higher", "than": "moco",
+                 "verdict": "inconclusive"}]}
+
+
+def test_study_run_prints_a_summary_with_one_verdict_per_expectation(cli, tmp_path, monkeypatch):
+    """The summary printed after `study run` (the study itself is replaced: its training is tested elsewhere)."""
+    import sslcli.study.report
+    import sslcli.study.runner
+
+    out = tmp_path / "tiny-study"
+    summary = {"out": str(out), "results": str(out / "results.jsonl"), "rows": 96, "prepared": 1, "trained": 6,
+               "evaluated": 12, "skipped": 0}
+    monkeypatch.setattr(sslcli.study.runner, "run_study", lambda *a, **k: dict(summary))
+    monkeypatch.setattr(sslcli.study.report, "write_report", _fake_report)
+    study = Path(__file__).resolve().parents[1] / "studies" / "tiny.yaml"
+    code, stdout, stderr = cli(["study", "run", study, "--out", out])
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert "done now: 1 prepare step(s), 6 run(s) trained, 12 evaluation(s); 0 step(s) skipped" in stdout
+    assert f"results: {out / 'results.jsonl'} (96 rows)" in lines
+    assert f"report: {out / 'report.md'}, {out / 'report.html'}" in lines
+    assert "  HOLDS         coupling.res5.mean: moco lower than random-init" in lines
+    assert "  INCONCLUSIVE  positional.res5.mean: simclr higher than moco" in lines
+    code, stdout, _ = cli(["study", "run", study, "--out", out, "--json"])
+    assert code == 0 and json.loads(stdout)["report"]["expectations"][0]["a_key_added_later"] == [1, 2]
