@@ -110,3 +110,48 @@ def test_study_run_prints_a_summary_with_one_verdict_per_expectation(cli, tmp_pa
     assert "  INCONCLUSIVE  positional.res5.mean: simclr higher than moco" in lines
     code, stdout, _ = cli(["study", "run", study, "--out", out, "--json"])
     assert code == 0 and json.loads(stdout)["report"]["expectations"][0]["a_key_added_later"] == [1, 2]
+
+
+# ----------------------------------------------------------------------------- item 10: max_steps is the run's length
+def test_max_steps_past_the_epochs_trains_every_step_on_a_schedule_that_spans_them(images, tmp_path, cli):
+    """20 images, batch 8: 2 steps an epoch, so epochs 1 is 2 steps; max_steps 5 must train 5 steps (3 epochs) with
+    the cosine reaching its end at step 5, and say so."""
+    import math
+
+    import engine_toy as toy
+    import yaml
+
+    spec = toy.spec_dict(images, tmp_path / "run", epochs=1, max_steps=5,
+                         schedule={"name": "cosine", "warmup_epochs": 0, "per_step": True})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    code, stdout, stderr = cli(["pretrain", path, "--json"])
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["steps"] == 5 and result["epochs"] == 2.5
+    assert "max_steps 5 is more than epochs x steps per epoch (1 x 2 = 2): the run trains 5 steps (3 epochs)" in stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r.get("type") == "step"]
+    peak = 0.4 * 8 / 256  # base_lr x batch / 256
+    # Step s (0-based) of a 5-step cosine from peak to 0: peak (1 + cos(pi s / 5)) / 2.
+    assert lrs == pytest.approx([peak * (1 + math.cos(math.pi * s / 5)) / 2 for s in range(5)])
+
+
+def test_the_study_runner_and_the_trainer_agree_on_the_stop_step(tmp_path):
+    """A last.pt at step 2 of a run whose max_steps is 5 (2 steps an epoch, epochs 1) is not finished: the study
+    resumes it, as the trainer would train on; at step 5 it is finished."""
+    import engine_toy as toy
+
+    from sslcli.spec import parse_spec
+    from sslcli.study.runner import _finished_steps
+    from sslcli.study.spec import PlannedRun
+
+    spec = parse_spec(toy.spec_dict(tmp_path / "images", tmp_path / "run", epochs=1, max_steps=5))
+    run = PlannedRun("a", 0, spec, "hash")
+    (tmp_path / "run").mkdir()
+    for step, finished in ((2, None), (5, 5)):
+        torch.save({"step": step, "steps_per_epoch": 2}, tmp_path / "run" / "last.pt")
+        assert _finished_steps(run) == finished
+    assert spec.stop_step(2) == 5 and spec.schedule_steps(2) == 5
+    early = parse_spec(toy.spec_dict(tmp_path / "images", tmp_path / "run", epochs=4, max_steps=5))
+    assert early.stop_step(2) == 5 and early.schedule_steps(2) == 8  # an early stop keeps the epochs' schedule

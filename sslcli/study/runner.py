@@ -227,10 +227,7 @@ def _finished_steps(run: PlannedRun) -> int | None:
     import torch  # only on this rare path: the study process itself stays light
 
     state = torch.load(Path(run.spec.output_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
-    spe = state["steps_per_epoch"]
-    total = run.spec.epochs * spe
-    stop = min(total, run.spec.max_steps) if run.spec.max_steps else total
-    return int(state["step"]) if state["step"] >= stop else None
+    return int(state["step"]) if state["step"] >= run.spec.stop_step(state["steps_per_epoch"]) else None
 
 
 def _evaluate(study: Study, runs: list[PlannedRun], option_args: OptionArgs, log: Log, verbose: bool,
