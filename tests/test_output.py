@@ -155,3 +155,42 @@ def test_the_study_runner_and_the_trainer_agree_on_the_stop_step(tmp_path):
     assert spec.stop_step(2) == 5 and spec.schedule_steps(2) == 5
     early = parse_spec(toy.spec_dict(tmp_path / "images", tmp_path / "run", epochs=4, max_steps=5))
     assert early.stop_step(2) == 5 and early.schedule_steps(2) == 8  # an early stop keeps the epochs' schedule
+
+
+# ------------------------------------------------------------------------ item 11: prepare uses the cores it may use
+def test_prepare_defaults_to_one_worker_per_available_core_and_reports_images_per_s(cli, tmp_path, monkeypatch):
+    import cv2
+    import numpy as np
+
+    import sslcli.proposals.runner
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    monkeypatch.setattr(sslcli.proposals.runner, "available_cores", lambda: 2)  # as on a 2-core machine
+    code, stdout, stderr = cli(["prepare", "masks", folder, "--method", "grid", "--grid", "2", "--out",
+                                tmp_path / "grid.h5", "--json"])
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["workers"] == 2 and result["computed_images"] == 4 and result["images_per_s"] > 0
+    assert "to compute with 2 worker(s)" in stderr
+    assert "prepare masks (grid): 4/4 (" in stderr and " images/s)" in stderr
+    # More cores than images to compute: no idle worker processes are started.
+    monkeypatch.setattr(sslcli.proposals.runner, "available_cores", lambda: 64)
+    for i in range(1, 4):
+        (folder / f"{i}.png").unlink()
+    code, stdout, stderr = cli(["prepare", "masks", folder, "--method", "grid", "--grid", "3", "--out",
+                                tmp_path / "grid3.h5", "--json"])
+    assert code == 0 and json.loads(stdout)["workers"] == 1
+
+
+def test_the_cores_are_the_process_affinity():
+    import os
+
+    from sslcli.engine import threads
+    from sslcli.process import available_cores
+
+    assert available_cores() == len(os.sched_getaffinity(0))
+    assert threads.available_cores is available_cores  # training threads and prepare workers: one rule
