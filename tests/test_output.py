@@ -194,3 +194,73 @@ def test_the_cores_are_the_process_affinity():
 
     assert available_cores() == len(os.sched_getaffinity(0))
     assert threads.available_cores is available_cores  # training threads and prepare workers: one rule
+
+
+# ------------------------------------------------------------------------------ item 12: say what a result hides
+def test_linear_probe_warns_and_records_a_C_at_the_edge_of_its_grid(capsys):
+    import numpy as np
+
+    from sslcli.eval.linear import _warn_at_edge, linear_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 5))
+    y = (x[:, 0] > 0).astype(np.int64)
+    # A grid of two values: whichever C is chosen is at an edge.
+    result = linear_probe(x[:30], y[:30], x[30:], y[30:], 2, False, n_grid=2, search_max_iter=20, max_iter=50)
+    assert result["C"] in (1e-5, 1e5) and result["C_at_grid_edge"] is True
+    side = "smallest" if result["C"] == 1e-5 else "largest"
+    assert (f"warning: linear probe: the chosen C {result['C']:g} is the {side} of the grid [1e-05, 100000] "
+            "(2 values)") in capsys.readouterr().err
+    assert _warn_at_edge(1.0, [0.1, 1.0, 10.0]) is False and _warn_at_edge(1.0, [1.0]) is False
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("to", ["torchvision", "detectron2"])
+def test_export_of_a_narrow_resnet_says_it_will_not_load_into_the_stock_model(cli, tmp_path, to):
+    import torchvision
+
+    checkpoint = _backbone_file(tmp_path / "narrow.pth", 0)  # resnet18, width 8
+    out = tmp_path / ("narrow.pth" if to == "torchvision" else "narrow.pkl")
+    code, stdout, stderr = cli(["export", checkpoint, "--to", to, "--out", out, "--json"])
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["stock_model_loads"] is False and "width 8" in result["stock_model_note"]
+    assert f"warning: {out}: resnet18 of width 8 will not load into" in stderr
+    if to == "torchvision":
+        assert "torchvision.models.resnet18()" in stderr
+        state = torch.load(out, weights_only=True)
+        for strict in (True, False):  # shapes differ: refused either way
+            with pytest.raises(RuntimeError, match="size mismatch"):
+                torchvision.models.resnet18().load_state_dict(state, strict=strict)
+        build_backbone("resnet18", width=8).load_state_dict(state)  # what the warning says to do instead
+    else:
+        assert "STEM_OUT_CHANNELS 8 and RES2_OUT_CHANNELS 8" in stderr
+
+
+def test_export_of_a_standard_resnet_loads_into_the_stock_model(cli, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "r18.pth"
+    torch.save(build_backbone("resnet18", width=64).state_dict(), checkpoint)
+    code, stdout, stderr = cli(["export", checkpoint, "--out", tmp_path / "out.pth", "--json"])
+    assert code == 0 and "warning" not in stderr
+    result = json.loads(stdout)
+    assert result["stock_model_loads"] is True and result["stock_model_note"] is None
+    missing = torchvision.models.resnet18().load_state_dict(torch.load(tmp_path / "out.pth", weights_only=True),
+                                                            strict=False)
+    assert sorted(missing.missing_keys) == ["fc.bias", "fc.weight"] and missing.unexpected_keys == []
+
+
+def test_probe_json_lists_the_skipped_images_with_the_reason(cli, tmp_path):
+    root = tmp_path / "data"
+    generate(root, n_train=8, n_val=6, seed=0, size=64)
+    broken = sorted((root / "val2017").iterdir())[2]
+    broken.write_bytes(b"not an image")
+    checkpoint = _backbone_file(tmp_path / "net.pth", 0)
+    code, stdout, stderr = cli(["probe", "knn", checkpoint, "--data", root, "--k", "3", "--image-size", "32",
+                                "--no-cache", "--json"])
+    assert code == 0, stderr
+    skipped = json.loads(stdout)["skipped_images"]
+    assert [(s["split"], s["path"]) for s in skipped] == [("val2017", str(broken))]
+    assert skipped[0]["reason"] and "BytesIO" not in skipped[0]["reason"]
