@@ -264,3 +264,33 @@ def test_probe_json_lists_the_skipped_images_with_the_reason(cli, tmp_path):
     skipped = json.loads(stdout)["skipped_images"]
     assert [(s["split"], s["path"]) for s in skipped] == [("val2017", str(broken))]
     assert skipped[0]["reason"] and "BytesIO" not in skipped[0]["reason"]
+
+
+def test_dry_run_estimates_cpu_time_from_the_measured_rates(cli, tmp_path):
+    """The tiny study's runs (ResNet-18 width 8, 32 px views, 4 steps of batch 16 = 64 images) against the measured
+    reference (width 16, 48 px): (32/48)^2 x (8/16)^2 = 1/9 of its cost, so MoCo-v2 runs at 231 x 9 and SimCLR at
+    91 x 9 images/s on one core; a BYOL arm has no measured rate."""
+    import yaml
+
+    from sslcli.study.estimate import estimate_hours
+    from sslcli.study.spec import load_study
+
+    tiny = yaml.safe_load((Path(__file__).resolve().parents[1] / "studies" / "tiny.yaml").read_text())
+    tiny["arms"]["byol"] = {"method": {"name": "byol", "dim": 32, "hidden_dim": 64}}
+    tiny["expect"] = []
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    est = estimate_hours(load_study(path, tmp_path / "out"))
+    moco, simclr = 64 / (231 * 9) / 3600, 64 / (91 * 9) / 3600
+    assert est["cpu_per_run"]["moco seed 0"] == pytest.approx(moco, rel=1e-3)
+    assert est["cpu_per_run"]["simclr seed 1"] == pytest.approx(simclr, rel=1e-3)
+    assert est["cpu_per_run"]["byol seed 0"] is None and est["cpu_unknown"] == ["byol seed 0", "byol seed 1"]
+    assert est["cpu_hours"] is None and est["gpu_hours"] > 0  # the GPU estimate has a BYOL rate
+    assert "estimate only" in est["cpu_assumption"] and "one CPU core" in est["cpu_assumption"]
+    del tiny["arms"]["byol"]
+    path.write_text(yaml.safe_dump(tiny))
+    est = estimate_hours(load_study(path, tmp_path / "out"))
+    assert est["cpu_hours"] == pytest.approx(2 * (moco + simclr), rel=1e-3)
+    code, stdout, stderr = cli(["study", "run", path, "--out", tmp_path / "out", "--dry-run"])
+    assert code == 0, stderr
+    assert "estimated CPU time, all runs: <1 CPU-s (estimate only:" in stdout

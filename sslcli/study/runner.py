@@ -33,7 +33,7 @@ import yaml
 from sslcli.errors import InputError, SslcliError
 from sslcli.io import write_json_atomic, write_text_atomic
 from sslcli.spec import dump_spec
-from sslcli.study.estimate import estimate_gpu_hours
+from sslcli.study.estimate import estimate_hours
 from sslcli.study.metrics import EVAL_KINDS, flatten, per_checkpoint
 from sslcli.study.spec import PlannedRun, Study, content_hash, substitute, tokenise
 
@@ -89,7 +89,7 @@ def plan_summary(study: Study) -> dict:
             "prepare": study.file.prepare,
             "evaluate": [e.model_dump() for e in study.file.evaluate],
             "expect": [e.model_dump() for e in study.file.expect],
-            "estimate": estimate_gpu_hours(study)}
+            "estimate": estimate_hours(study)}
 
 
 # ------------------------------------------------------------------------------------------------------ execution
