@@ -258,12 +258,13 @@ def test_probe_json_lists_the_skipped_images_with_the_reason(cli, tmp_path):
     broken = sorted((root / "val2017").iterdir())[2]
     broken.write_bytes(b"not an image")
     checkpoint = _backbone_file(tmp_path / "net.pth", 0)
-    code, stdout, stderr = cli(["probe", "knn", checkpoint, "--data", root, "--k", "3", "--image-size", "32",
-                                "--no-cache", "--json"])
-    assert code == 0, stderr
-    skipped = json.loads(stdout)["skipped_images"]
-    assert [(s["split"], s["path"]) for s in skipped] == [("val2017", str(broken))]
-    assert skipped[0]["reason"] and "BytesIO" not in skipped[0]["reason"]
+    for probe in (["knn", "--k", "3"], ["segment-retrieval", "--clusters", "3"]):
+        code, stdout, stderr = cli(["probe", *probe, checkpoint, "--data", root, "--image-size", "32", "--no-cache",
+                                    "--json"])
+        assert code == 0, stderr
+        skipped = json.loads(stdout)["skipped_images"]
+        assert [(s["split"], s["path"]) for s in skipped] == [("val2017", str(broken))], probe
+        assert skipped[0]["reason"] and "BytesIO" not in skipped[0]["reason"]
 
 
 def test_dry_run_estimates_cpu_time_from_the_measured_rates(cli, tmp_path):
