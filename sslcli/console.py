@@ -7,6 +7,7 @@ and in each spawned training rank). Human text goes to stderr so stdout stays ma
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -55,8 +56,10 @@ def set_current(output: Output) -> None:
     _CURRENT = output
 
 
-def progress(items: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
-    """Iterate with a rich progress bar on a TTY, plain log lines (every 10 %) otherwise, nothing with --quiet."""
+def progress(items: Iterable[T], total: int | None = None, description: str = "working",
+             unit: str | None = None) -> Iterator[T]:
+    """Iterate with a rich progress bar on a TTY, plain log lines (every 10 %) otherwise, nothing with --quiet.
+    ``unit`` (e.g. "images"): also show the rate, items per second since the start."""
     out = current()
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
@@ -73,18 +76,27 @@ def progress(items: Iterable[T], total: int | None = None, description: str = "w
             TimeRemainingColumn,
         )
 
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        rate = (TextColumn(f"{{task.fields[rate]}} {unit}/s"),) if unit else ()
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate, TimeElapsedColumn(),
                    TimeRemainingColumn())
         with Progress(*columns, transient=True) as bar:
-            task = bar.add_task(description, total=total)
+            task = bar.add_task(description, total=total, rate="-")
+            start, done = time.perf_counter(), 0
             for item in items:
                 yield item
-                bar.advance(task)
+                done += 1
+                bar.update(task, advance=1, rate=f"{_rate(done, start):.1f}")
         return
     step = max(1, (total or 0) // 10) if total else 100
-    done = 0
+    start, done = time.perf_counter(), 0
     for item in items:
         yield item
         done += 1
         if done % step == 0 or done == total:
-            out.info(f"{description}: {done}/{total if total is not None else '?'}")
+            shown = f" ({_rate(done, start):.1f} {unit}/s)" if unit else ""
+            out.info(f"{description}: {done}/{total if total is not None else '?'}{shown}")
+
+
+def _rate(done: int, start: float) -> float:
+    """Items per second since ``start`` (a perf_counter reading)."""
+    return done / max(time.perf_counter() - start, 1e-9)

@@ -2,6 +2,7 @@
 
 - `die_with_parent`: a worker or rank process asks the Linux kernel to SIGKILL it when its parent dies (a killed
   ``sslcli pretrain --gpus 2`` would otherwise leave its ranks training on, writing checkpoints).
+- `available_cores`: the cores this process may run on (training threads, `prepare` workers).
 - `FolderLock`: an exclusive ``fcntl.flock`` on ``<folder>/.sslcli.lock`` that records the holder's pid. The kernel
   releases a flock when its holder dies, however it dies, so a killed run never leaves a stale lock behind (only,
   perhaps, an unlocked file, which the next run takes over).
@@ -35,6 +36,14 @@ def die_with_parent(parent_pid: int) -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which taskset, cpusets and SLURM restrict), else cpu_count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class FolderLock:

@@ -357,7 +357,10 @@ class RunSpec(Strict):
     schedule: ScheduleSpec = ScheduleSpec()
     batch_size: int = Field(256, ge=1, description="Global batch size, over all ranks.")
     epochs: int = Field(200, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (smoke tests).")
+    max_steps: int | None = Field(None, ge=1, description=(
+        "The run's length in steps when given: it trains exactly this many, past `epochs` if need be. Below "
+        "epochs x steps per epoch it stops early on the schedule of `epochs` (smoke tests; resumable); above it, "
+        "the schedule spans max_steps."))
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = Field(True, description="On GPU only; ignored on CPU.")
     seed: int = 0
@@ -372,6 +375,17 @@ class RunSpec(Strict):
         if self.optimizer.lr_scaling == "linear":
             return self.optimizer.base_lr * self.batch_size / 256
         return self.optimizer.base_lr
+
+    def stop_step(self, steps_per_epoch: int) -> int:
+        """The step the run stops at: ``max_steps`` when given, else ``epochs`` x ``steps_per_epoch``. The trainer,
+        its resume and the study runner's "already finished" check all use this one rule."""
+        return self.max_steps or self.epochs * steps_per_epoch
+
+    def schedule_steps(self, steps_per_epoch: int) -> int:
+        """The steps the learning-rate and momentum schedules span: ``epochs`` x ``steps_per_epoch``, or the stop
+        step when that is later. An earlier stop keeps the schedule of ``epochs``, so a run stopped early by
+        ``max_steps`` and resumed with a larger one trains as if it had never stopped."""
+        return max(self.epochs * steps_per_epoch, self.stop_step(steps_per_epoch))
 
     def __reduce__(self):  # the derived class is not importable by name: a spawned rank rebuilds it from the fields
         return _restore_spec, (self.model_dump(),)

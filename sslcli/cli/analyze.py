@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from sslcli.cli import render
 from sslcli.cli.apps import analyze_app
 from sslcli.cli.common import command, current
 from sslcli.errors import InputError
@@ -40,12 +41,29 @@ ROI = typer.Option(7, "--roi-size", min=1, help="RoIAlign output grid (then aver
 
 def checkpoint_label(path: Path) -> str:
     """A short label that identifies the run: the file stem, except for the engine's generic names, which say
-    nothing about the run: ``runs/moco/last.pt`` -> ``moco``, ``runs/moco/epoch_0010.pt`` -> ``moco/epoch_0010``."""
-    stem = path.stem
-    if stem != "last" and not re.fullmatch(r"epoch_\d+", stem):
+    nothing about the run: ``runs/moco/last.pt`` -> ``moco``, ``runs/moco/epoch_0010.pt`` -> ``moco/epoch_0010``.
+    A study's run folder is named by a hash: its arm and seed (from the folder's study marker) name it instead."""
+    stem, study_run = path.stem, _study_run_name(path.parent)
+    epoch = re.fullmatch(r"epoch_\d+", stem)
+    if study_run is not None:
+        return f"{study_run}/{stem}" if epoch else study_run
+    if stem != "last" and not epoch:
         return stem
     run = path.resolve().parent.name
     return run if stem == "last" else f"{run}/{stem}"
+
+
+def _study_run_name(folder: Path) -> str | None:
+    """``arm seed N`` for a run folder `sslcli study run` made (its study-run.json marker), else None."""
+    import json
+
+    from sslcli.study.runner import RUN_MARKER
+
+    try:
+        marker = json.loads((folder / RUN_MARKER).read_text())
+        return f"{marker['arm']} seed {marker['seed']}"
+    except (OSError, ValueError, KeyError, TypeError):  # not a study run (or a marker this version cannot read)
+        return None
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -92,7 +110,7 @@ def _log_layers(label: str, layers: dict) -> None:
                                             for s, v in layers.items()))
 
 
-@command(analyze_app, "coupling")
+@command(analyze_app, "coupling", human=render.analysis)
 def analyze_coupling(
     checkpoints: list[Path] = CHECKPOINTS, data: Path = DATA,
     split: str = typer.Option("val2017", "--split", help="Split to draw the objects from."),
@@ -183,7 +201,7 @@ def analyze_coupling(
     return _write(out, "coupling", result)
 
 
-@command(analyze_app, "positional")
+@command(analyze_app, "positional", human=render.analysis)
 def analyze_positional(
     checkpoints: list[Path] = CHECKPOINTS, data: Path = DATA,
     split: str = typer.Option("val2017", "--split", help="Split to draw the objects from."),
@@ -230,7 +248,7 @@ def analyze_positional(
     return _write(out, "positional", result)
 
 
-@command(analyze_app, "oknn")
+@command(analyze_app, "oknn", human=render.analysis)
 def analyze_oknn(
     checkpoints: list[Path] = CHECKPOINTS, data: Path = DATA,
     split: str = typer.Option("val2017", "--split", help="Split of the query objects."),

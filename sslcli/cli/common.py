@@ -26,21 +26,11 @@ except ImportError:  # pragma: no cover
 from typer.core import TyperGroup
 from typer.exceptions import Abort
 
+from sslcli.cli.render import key_values
 from sslcli.console import Output, current, progress, set_current
 from sslcli.errors import SslcliError
 
 __all__ = ["Output", "command", "current", "progress", "run_guarded", "set_current"]  # output lives in sslcli.console
-
-
-def _print_human(result: dict[str, Any]) -> None:
-    for key, value in result.items():
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        elif isinstance(value, (dict, list)):
-            value = json.dumps(value)
-            if len(value) > 200:
-                value = value[:197] + "..."
-        print(f"{key}: {value}")
 
 
 _GLOBAL_OPTIONS = [
@@ -130,8 +120,10 @@ class OneLineErrorsGroup(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``fn`` as ``name`` on ``app`` with the global options and the error/exit-code conventions."""
+def command(app: typer.Typer, name: str, human: Callable[[dict[str, Any]], str] | None = None,
+            **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as ``name`` on ``app`` with the global options and the error/exit-code conventions.
+    ``human``: how the result reads without --json (default: `render.key_values`, one line per key)."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
@@ -147,7 +139,7 @@ def command(app: typer.Typer, name: str, **kwargs: Any) -> Callable[[Callable[..
             if out.json:
                 print(json.dumps(result, default=str))
             else:  # the result is what was asked for: --quiet silences progress and log lines, never this
-                _print_human(result)
+                print((human or key_values)(result))
 
         wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *_GLOBAL_OPTIONS])  # type: ignore[attr-defined]
         app.command(name, **kwargs)(wrapper)

@@ -54,4 +54,26 @@ def export(
 
     report, written = export_backbone(checkpoint, out, to=to, trust=trust_checkpoint, prefix=prefix)
     current().info(report.summary())
-    return {"out": str(out), "to": to, "keys": written, "checkpoint": report.to_dict()}
+    note = stock_model_note(report.arch, report.width, to)
+    if note is not None:
+        current().warn(f"{out}: {note}")
+    return {"out": str(out), "to": to, "keys": written, "checkpoint": report.to_dict(),
+            "stock_model_loads": note is None, "stock_model_note": note}
+
+
+STOCK_WIDTH = 64  # the stem width of every torchvision ResNet (and of detectron2's default config)
+BASIC_BLOCK_ARCHS = ("resnet18", "resnet34")  # res2 outputs `width` channels; bottleneck ResNets 4 x width
+
+
+def stock_model_note(arch: str, width: int, to: str) -> str | None:
+    """Why the export will not load into the stock model of its format (None when it will): the stock ResNets have
+    a 64-channel stem, so every tensor of another width has another shape."""
+    if width == STOCK_WIDTH:
+        return None
+    if to == "torchvision":
+        return (f"{arch} of width {width} will not load into a stock torchvision.models.{arch}() (width "
+                f"{STOCK_WIDTH}: every tensor shape differs); build the model with "
+                f"sslcli.models.backbone.build_backbone({arch!r}, width={width})")
+    res2 = width * (1 if arch in BASIC_BLOCK_ARCHS else 4)
+    return (f"{arch} of width {width} will not load into detectron2's default ResNet (stem width {STOCK_WIDTH}); "
+            f"set MODEL.RESNETS.STEM_OUT_CHANNELS {width} and RES2_OUT_CHANNELS {res2}")

@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # the readers (OpenCV, numpy) load when a command runs, not a
     from sslcli.data.sources import ImageSource
 
 MASK_METHODS = ("fh", "grid", "gt", "mcg")
+WORKERS_HELP = ("Worker processes (default: one per core this process may use, its CPU affinity; results do not "
+                "depend on it).")
 SHARD_HELP = ("Compute only part I of N (0 <= I < N) into <store>.shard-IIII-of-NNNN.h5; join the N parts with "
               "`prepare merge`.")
 
@@ -46,7 +48,7 @@ def prepare_masks(
     split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
     out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/<method>-<params>.h5; "
                                     "docs/regions.md lists the names)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
+    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
     scales: str = typer.Option("500,1000,1500", "--scales", help="fh: FH scales; min size = scale."),
     sigma: float = typer.Option(0.8, "--sigma", help="fh: Gaussian pre-smoothing."),
     grid: int = typer.Option(5, "--grid", help="grid: n for n×n cells."),
@@ -116,7 +118,7 @@ def prepare_boxes(
     split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
     out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/ss-<filter>[-<backend>]"
                                     "[-soco-strategies].h5; docs/regions.md lists the names)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (results do not depend on it)."),
+    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
     flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),

@@ -29,6 +29,9 @@ def pretrain(
 ):
     """Pretrain a backbone from a YAML run spec.
 
+    Length: epochs x steps per epoch, or max_steps when the spec gives it (exactly that many steps, past epochs if
+    need be; the schedule follows epochs, or max_steps when max_steps is the longer). docs/pretrain.md has the rule.
+
     Example: sslcli pretrain examples/moco-v2_r50_b256_200ep_coco.yaml --gpus 2
     """
     if schema:

@@ -62,7 +62,7 @@ def _concat(a, b):
 def _features(opts: _Options):
     """Load the backbone, build train/test rows, extract (or reuse) their features; drop undecodable rows."""
     from sslcli.backbone_checkpoints import load_backbone
-    from sslcli.eval.features import Preprocess, default_cache_dir, extract_features
+    from sslcli.eval.features import Preprocess, default_cache_dir, extract_features, skipped_images
     from sslcli.eval.labels import check_same_classes, default_splits, labeled_set, open_split
     from sslcli.eval.overlap import check_disjoint
 
@@ -84,12 +84,13 @@ def _features(opts: _Options):
         opts.image_size = 224 if opts.labels == "image" else OBJECT_IMAGE_SIZE
     pre = Preprocess(opts.image_size, "center-crop" if opts.labels == "image" else "square")
     cache = None if opts.no_cache else (opts.cache or default_cache_dir())
-    out, out_ok = [], []
-    for rows in (train, test):
+    out, out_ok, skipped = [], [], []
+    for rows, split in ((train, train_split), (test, test_split)):
         feats, ok = extract_features(backbone, rows, pre, checkpoint_sha256=report.identity, cache_dir=cache,
                                      batch_size=opts.batch_size, device=opts.device, workers=opts.workers)
         out.append((rows.subset(np.flatnonzero(ok)), feats[ok]))
         out_ok.append(ok)
+        skipped += [{"split": split, **s} for s in skipped_images(rows.source, rows.image_index[~ok].tolist())]
     (train, train_x), (test, test_x) = out
     train_ok = np.flatnonzero(out_ok[0])
     val_rows = None if n_train_only is None else np.flatnonzero(train_ok >= n_train_only)
@@ -98,7 +99,8 @@ def _features(opts: _Options):
     meta = {"checkpoint": report.to_dict(), "data": str(opts.data), "train_split": train_split,
             "test_split": test_split, "labels": opts.labels, "multilabel": train.multilabel,
             "num_classes": len(train.classes), "train_rows": len(train), "test_rows": len(test),
-            "image_size": opts.image_size, "val_split": opts.val_split, "overlapping_images": overlap}
+            "image_size": opts.image_size, "val_split": opts.val_split, "overlapping_images": overlap,
+            "skipped_images": skipped}
     return train, train_x, test, test_x, meta, val_rows
 
 

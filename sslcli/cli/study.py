@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from sslcli.cli import render
 from sslcli.cli.apps import study_app
 from sslcli.cli.common import command, current
 from sslcli.errors import InputError
@@ -71,7 +72,7 @@ def _group(kind: str) -> str:
     return EVAL_KINDS[kind]
 
 
-@command(study_app, "run")
+@command(study_app, "run", human=render.study_run)
 def study_run(
     study_file: Path = typer.Argument(..., metavar="STUDY.yaml", help="Study file (see studies/, docs/study.md)."),
     out: Path = typer.Option(None, "--out", help="Study folder (default: studies-out/<study name>)."),
@@ -79,7 +80,7 @@ def study_run(
     jobs: int = typer.Option(1, "--jobs", min=1, help="Training runs at once (CPU: give each run data.threads = "
                                                       "cores / jobs; one run per machine with --gpus)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate; list the runs, their spec hashes and the "
-                                                          "estimated GPU-hours; run nothing."),
+                                                          "estimated GPU- and CPU-hours; run nothing."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Forward every command's log lines."),
 ):
     """Run a study: every arm x seed trained, every evaluation run, results.jsonl and the report written.
@@ -115,22 +116,36 @@ def _print_plan(plan: dict) -> None:
     est = plan["estimate"]
     print(f"study {plan['study']} ({plan['file']}): {len(plan['runs'])} runs -> {plan['out']}")
     for run in plan["runs"]:
-        hours = est["per_run"].get(f"{run['arm']} seed {run['seed']}")
+        key = f"{run['arm']} seed {run['seed']}"
         extra = "untrained reference" if run["random_init"] else (
             f"{run['method']}, {run['spec']['epochs']} epochs, batch {run['spec']['batch_size']}, "
-            f"~{hours:.1f} GPU-h" if hours is not None else f"{run['method']}, GPU-h unknown")
+            f"{_hours(est['per_run'].get(key), 'GPU')}, {_hours(est['cpu_per_run'].get(key), 'CPU')} (1 core)")
         print(f"  {run['arm']:<24} seed {run['seed']:<4} {run['hash']}  {'done' if run['done'] else 'to do':<6} "
               f"{extra}")
     print(f"evaluations: {', '.join(e['name'] or e['kind'] for e in plan['evaluate']) or 'none'}; "
           f"expectations: {len(plan['expect'])}")
-    total = est["gpu_hours"]
-    print(f"estimated GPU-hours: {total if total is not None else 'unknown'} ({est['assumption']})")
+    for total, device, assumption in ((est["gpu_hours"], "GPU", est["assumption"]),
+                                      (est["cpu_hours"], "CPU", est["cpu_assumption"])):
+        print(f"estimated {device} time, all runs: {_hours(total, device)} ({assumption})")
     if est["note"]:
         print(f"  {est['note']}: {', '.join(est['unknown'])}")
+    if est["cpu_unknown"]:
+        print(f"  no measured CPU rate for the method of: {', '.join(est['cpu_unknown'])}")
     print("resolved specs: sslcli study run ... --dry-run --json prints each run's full spec")
 
 
-@command(study_app, "report")
+def _hours(hours: float | None, device: str) -> str:
+    """``~1.2 GPU-h``; under 6 minutes in minutes or seconds (a tiny study's runs are seconds, not 0.0 hours)."""
+    if hours is None:
+        return f"{device}-time unknown"
+    if hours >= 0.1:
+        return f"~{hours:,.1f} {device}-h" if hours < 100 else f"~{hours:,.0f} {device}-h"
+    if hours * 60 >= 1:
+        return f"~{hours * 60:.0f} {device}-min"
+    return f"~{hours * 3600:.0f} {device}-s" if hours * 3600 >= 1 else f"<1 {device}-s"
+
+
+@command(study_app, "report", human=render.study_report)
 def study_report(
     folder: Path = typer.Argument(..., metavar="DIR", help="A study folder written by `sslcli study run`."),
 ):

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sslcli.process import available_cores
+
 if TYPE_CHECKING:
     from sslcli.spec import RunSpec
 
@@ -33,14 +35,6 @@ def compute_threads(cores: int, ranks_per_node: int, workers: int) -> int:
         raise ValueError(f"compute_threads: cores={cores}, ranks_per_node={ranks_per_node}, workers={workers}: "
                          "expected cores ≥ 1, ranks_per_node ≥ 1, workers ≥ 0")
     return max(1, cores // ranks_per_node - workers)
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which taskset, cpusets and SLURM restrict), else cpu_count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def choose_threads(spec_threads: int | None, ranks_per_node: int, workers: int,

@@ -254,7 +254,9 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None,
     start_epoch = state["step"] // state["steps_per_epoch"] if state else 0
     loader, sampler = build_loader(spec, trainer.method.transform(), rank, world, start_epoch,
                                    pin_memory=spec.data.pin_memory and device.type == "cuda")
-    position = Position(sampler.steps_per_epoch, spec.epochs * sampler.steps_per_epoch)
+    position = Position(sampler.steps_per_epoch, spec.schedule_steps(sampler.steps_per_epoch))
+    if rank == 0:
+        _announce_length(spec, sampler.steps_per_epoch)
     if state is not None:
         assert resume_path is not None
         threads_note = resume_from(state, resume_path, trainer, position, threads_note)
@@ -283,6 +285,15 @@ def _announce(spec: RunSpec, device: torch.device, resume: str | None, resume_pa
         out.info(f"precision {spec.precision}: mixed precision is for GPUs; this CPU run computes in fp32")
 
 
+def _announce_length(spec: RunSpec, steps_per_epoch: int) -> None:
+    """Say so when max_steps takes the run past its epochs (the data set's size decides it, so only now)."""
+    epochs_steps = spec.epochs * steps_per_epoch
+    if spec.max_steps is not None and spec.max_steps > epochs_steps:
+        current().info(f"max_steps {spec.max_steps} is more than epochs x steps per epoch ({spec.epochs} x "
+                       f"{steps_per_epoch} = {epochs_steps}): the run trains {spec.max_steps} steps "
+                       f"({-(-spec.max_steps // steps_per_epoch)} epochs) and its schedule spans them")
+
+
 def resume_from(state: dict[str, Any], path: Path, trainer: Trainer, position: Position,
                 threads_note: str | None) -> str | None:
     """Check ``state`` fits this run, load it into ``trainer`` and ``position`` and restore this rank's random
@@ -297,7 +308,7 @@ def resume_from(state: dict[str, Any], path: Path, trainer: Trainer, position: P
         position.epoch_stats = dict(state.get("epoch_stats") or position.epoch_stats)
     if position.done >= position.total_steps:
         raise InputError(f"{path}: already trained {position.done} steps of {position.total_steps}; raise epochs "
-                         "to continue")
+                         "or max_steps to continue")
     ranks = state["rng"]["ranks"]
     if len(ranks) == world:
         restore_rng(ranks[rank])
@@ -334,7 +345,9 @@ class EpochLoop:
         self.trainer, self.spec, self.loader, self.sampler, self.position = trainer, spec, loader, sampler, position
         self.output_dir = Path(spec.output_dir)
         self.is_main = dist.rank() == 0
-        self.stop_at = min(position.total_steps, spec.max_steps) if spec.max_steps else position.total_steps
+        self.stop_at = spec.stop_step(position.steps_per_epoch)
+        # The epochs the schedule spans: more than spec.epochs when max_steps runs past them.
+        self.epochs = -(-position.total_steps // position.steps_per_epoch)
         self.log = (MetricsLog(self.output_dir, spec.logging.tensorboard,
                                resume_step=position.done if resumed else None, every_steps=spec.logging.every_steps)
                     if self.is_main else None)
@@ -344,7 +357,7 @@ class EpochLoop:
 
     def run(self) -> None:
         try:
-            for epoch in range(self.position.done // self.position.steps_per_epoch, self.spec.epochs):
+            for epoch in range(self.position.done // self.position.steps_per_epoch, self.epochs):
                 if self.position.done >= self.stop_at:
                     break
                 self.run_epoch(epoch)
@@ -383,7 +396,7 @@ class EpochLoop:
         if self.log is not None and (done % self.spec.logging.every_steps == 0 or done == self.stop_at):
             self.log.write({"type": "step", "step": done, "epoch": epoch, **result.losses, "lr": result.lr,
                             "images_per_s": images_per_s, "time": time.time()})
-        self.bar.update(done, epoch, self.spec.epochs, self.position.last_loss, result.lr, images_per_s)
+        self.bar.update(done, epoch, self.epochs, self.position.last_loss, result.lr, images_per_s)
 
     def end_epoch(self, epoch: int) -> None:
         """After an epoch (or a stop inside one): its metrics line, then the checkpoints."""

@@ -213,3 +213,18 @@ def extract_features(backbone: nn.Module, rows: LabeledSet, pre: Preprocess, *, 
                                           "preprocess": json.dumps(asdict(pre)), "data_root": str(rows.source.root),
                                           "cache_version": CACHE_VERSION})
     return features, ok
+
+
+def skipped_images(source: ImageSource, indices: list[int]) -> list[dict[str, str]]:
+    """``{"path", "reason"}`` of each image among ``indices`` that gave no features (a result's ``skipped_images``).
+    Each is read again (they are few), so the reason is the reader's own also when the features came from the
+    cache."""
+    skipped = []
+    for i in sorted(set(indices)):
+        try:
+            source.load(i)
+            reason = "could not be decoded when its features were extracted (it reads now: replaced since?)"
+        except CorruptImageError as exc:
+            reason = str(exc)
+        skipped.append({"path": str(source.records[i].path), "reason": reason})
+    return skipped

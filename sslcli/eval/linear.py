@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sslcli.console import current
 from sslcli.errors import InputError
 from sslcli.eval.sampling import with_se
 
@@ -107,7 +108,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     ``groups`` (N,): rows sharing a group (objects of one image) go to the same side of the validation split.
     ``val_rows``: a predefined validation split (indices into train); the seeded split is then not drawn.
 
-    Returns {"C", "val_score", "top1"/"top5" or "mAP", "grid": [[C, val score], ...]}.
+    Returns {"C", "val_score", "top1"/"top5" or "mAP", "grid": [[C, val score], ...], "C_at_grid_edge"}.
     """
     if len(train_x) < 2:
         raise InputError(f"linear probe: {len(train_x)} training rows; need at least 2")
@@ -136,7 +137,19 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     final = fit_logistic(as_x(train_x), as_y(train_y), C, num_classes, multilabel, max_iter=max_iter)
     result = {"C": C, "val_score": best[0], **evaluate(final, as_x(test_x), as_y(test_y), multilabel)}
     result["grid"] = grid
+    result["C_at_grid_edge"] = _warn_at_edge(C, [c for c, _ in grid])
     return result
+
+
+def _warn_at_edge(C: float, grid: list[float]) -> bool:
+    """Whether C is the grid's smallest or largest value (a better C may lie beyond it); warns when it is. A grid
+    of one value searched nothing, so it has no edge to warn about."""
+    if len(grid) < 2 or C not in (grid[0], grid[-1]):
+        return False
+    side = "smallest" if C == grid[0] else "largest"
+    current().warn(f"linear probe: the chosen C {C:g} is the {side} of the grid [{grid[0]:g}, {grid[-1]:g}] "
+                   f"({len(grid)} values): a better C may lie beyond it")
+    return True
 
 
 def validation_split(n: int, fraction: float, seed: int, groups: np.ndarray | None = None):

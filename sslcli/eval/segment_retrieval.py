@@ -36,6 +36,7 @@ from sslcli.eval.features import (
     iter_image_batches,
     read_arrays,
     resolve_device,
+    skipped_images,
     write_arrays,
 )
 from sslcli.eval.labels import LabeledSet, default_splits, open_split
@@ -257,4 +258,12 @@ def segment_retrieval(checkpoint: str | os.PathLike, data: str | os.PathLike, *,
             "test_regions": len(test["desc"]), "overlapping_images": overlap, "mIoU": float(iou[present].mean() * 100),
             "pixel_accuracy": float(np.trace(confusion) / max(confusion.sum(), 1) * 100),
             "classes_scored": int(present.sum()),
-            "per_class_iou": {names[c]: float(iou[c] * 100) for c in np.flatnonzero(present)}}
+            "per_class_iou": {names[c]: float(iou[c] * 100) for c in np.flatnonzero(present)},
+            "skipped_images": [{"split": split, **s} for split, src, regions in
+                               ((train_split, train_src, train), (test_split, test_src, test))
+                               for s in skipped_images(src, _unmapped(regions))]}
+
+
+def _unmapped(regions: dict[str, np.ndarray]) -> list[int]:
+    """Images that got no region map (they could not be decoded; every decoded image has at least one region)."""
+    return np.flatnonzero((regions["maps"] == NO_REGION).all(axis=(1, 2))).tolist()

@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -49,6 +50,7 @@ from sslcli.data.sources import ImageSource
 from sslcli.data.store import FORMAT, EncodedResult, ImageResult, encode, write_store
 from sslcli.errors import CorruptImageError, InputError, SslcliError
 from sslcli.io import atomic_path, write_json_atomic
+from sslcli.process import available_cores
 from sslcli.proposals.inputs import content_digests, input_hash, list_hash
 from sslcli.proposals.shards import Shard
 
@@ -280,11 +282,13 @@ def _results_in_order(source: ImageSource, job: Job, compute: ComputeFn, indices
 
 
 # -- the run ----------------------------------------------------------------------------------------------------------
-def run_job(source: ImageSource, out: str | os.PathLike, job: Job, compute: ComputeFn, workers: int = 1,
+def run_job(source: ImageSource, out: str | os.PathLike, job: Job, compute: ComputeFn, workers: int | None = None,
             flush_every: int = 64, overwrite: bool = False, shard: Shard | None = None) -> dict[str, Any]:
     """Compute ``job`` for every image of ``source`` (or the range of ``shard``) into the store ``out``; resumable,
-    parallel, atomic. Returns a report: path, images stored, skipped images (with reasons), and the status:
-    computed, resumed or already complete."""
+    parallel (``workers`` processes; None: one per core this process may use), atomic. Returns a report: path,
+    images stored, skipped images (with reasons), the status (computed, resumed or already complete) and, when it
+    computed, the images it computed, its workers and images/s."""
+    workers = available_cores() if workers is None else workers
     if workers < 1:
         raise InputError(f"--workers {workers}: expected a positive number of processes")
     if flush_every < 1:
@@ -300,12 +304,14 @@ def run_job(source: ImageSource, out: str | os.PathLike, job: Job, compute: Comp
     plan.work.mkdir(exist_ok=True)
     with _Lock(plan.work / "lock"):
         flush_every, status = _open_work_folder(plan, job, flush_every, overwrite)
-        missing = _compute_missing_blocks(source, plan, job, compute, workers, flush_every)
+        start = time.perf_counter()
+        missing, speed = _compute_missing_blocks(source, plan, job, compute, workers, flush_every)
+        speed["images_per_s"] = round(speed["computed_images"] / max(time.perf_counter() - start, 1e-9), 3)
         if status == "resumed" and missing == _n_blocks(plan, flush_every):
             status = "computed"
         _write_from_blocks(plan, job, flush_every)
     shutil.rmtree(plan.work)
-    return _report(plan.out, status)
+    return {**_report(plan.out, status), **speed}
 
 
 def _n_blocks(plan: Plan, flush_every: int) -> int:
@@ -336,23 +342,25 @@ def _open_work_folder(plan: Plan, job: Job, flush_every: int, overwrite: bool) -
 
 
 def _compute_missing_blocks(source: ImageSource, plan: Plan, job: Job, compute: ComputeFn, workers: int,
-                            flush_every: int) -> int:
-    """Compute the blocks not on disk yet, writing each as soon as its images are done; returns how many."""
+                            flush_every: int) -> tuple[int, dict[str, Any]]:
+    """Compute the blocks not on disk yet, writing each as soon as its images are done; returns how many, and
+    the images computed and the workers that computed them (no more workers than images)."""
     n = len(plan.indices)
     missing = [k for k in range(_n_blocks(plan, flush_every)) if not _block_path(plan.work, k).exists()]
     positions = [p for k in missing for p in range(k * flush_every, min((k + 1) * flush_every, n))]
+    workers = max(1, min(workers, len(positions)))
     current().info(f"{job.method}: {n} images, {n - len(positions)} already done, {len(positions)} to compute "
                    f"with {workers} worker(s)")
     buffer: list[EncodedResult] = []
     blocks = iter(missing)
     k = next(blocks, None)
     for result in progress(_results_in_order(source, job, compute, [plan.indices[p] for p in positions], workers),
-                           total=len(positions), description=f"prepare {job.kind} ({job.method})"):
+                           total=len(positions), description=f"prepare {job.kind} ({job.method})", unit="images"):
         buffer.append(result)
         if k is not None and len(buffer) == min((k + 1) * flush_every, n) - k * flush_every:
             _write_block(_block_path(plan.work, k), buffer)
             buffer, k = [], next(blocks, None)
-    return len(missing)
+    return len(missing), {"computed_images": len(positions), "workers": workers}
 
 
 def _write_from_blocks(plan: Plan, job: Job, flush_every: int) -> None:

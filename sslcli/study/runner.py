@@ -33,7 +33,7 @@ import yaml
 from sslcli.errors import InputError, SslcliError
 from sslcli.io import write_json_atomic, write_text_atomic
 from sslcli.spec import dump_spec
-from sslcli.study.estimate import estimate_gpu_hours
+from sslcli.study.estimate import estimate_hours
 from sslcli.study.metrics import EVAL_KINDS, flatten, per_checkpoint
 from sslcli.study.spec import (
     PlannedRun,
@@ -99,7 +99,7 @@ def plan_summary(study: Study) -> dict:
             "prepare": study.file.prepare,
             "evaluate": [e.model_dump() for e in study.file.evaluate],
             "expect": [e.model_dump() for e in study.file.expect],
-            "estimate": estimate_gpu_hours(study)}
+            "estimate": estimate_hours(study)}
 
 
 # ------------------------------------------------------------------------------------------------------ execution
@@ -241,10 +241,7 @@ def _finished_steps(run: PlannedRun) -> int | None:
     import torch  # only on this rare path: the study process itself stays light
 
     state = torch.load(Path(run.spec.output_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
-    spe = state["steps_per_epoch"]
-    total = run.spec.epochs * spe
-    stop = min(total, run.spec.max_steps) if run.spec.max_steps else total
-    return int(state["step"]) if state["step"] >= stop else None
+    return int(state["step"]) if state["step"] >= run.spec.stop_step(state["steps_per_epoch"]) else None
 
 
 def _evaluate(study: Study, runs: list[PlannedRun], option_args: OptionArgs, log: Log, verbose: bool,
