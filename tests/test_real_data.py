@@ -1,0 +1,65 @@
+"""Issue 26: what a new user on real data hit — a deleted data set, silently wrong inputs, errors that were not one
+line. Items 1-5 run on small copies of the real tiny-COCO photographs made in tmp_path (they need real photographs:
+what is lost, mirrored or duplicated must be a real data set's files); the one-line errors of item 8 are in
+tests/test_bad_input.py's table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def coco_copy(tiny_coco: Path, root: Path, n_train: int = 6, n_val: int = 4) -> Path:
+    """The first ``n_train`` / ``n_val`` images of tiny-COCO's splits with their annotations, copied under ``root``."""
+    (root / "annotations").mkdir(parents=True)
+    for split, n in (("train2017", n_train), ("val2017", n_val)):
+        data = json.loads((tiny_coco / "annotations" / f"instances_{split}.json").read_text())
+        data["images"] = data["images"][:n]
+        ids = {image["id"] for image in data["images"]}
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
+        (root / split).mkdir()
+        for image in data["images"]:
+            shutil.copy(tiny_coco / split / image["file_name"], root / split / image["file_name"])
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ 1: prepare synthetic --force deletes only its own
+def test_prepare_synthetic_force_refuses_a_real_coco_folder_and_touches_nothing(cli, tiny_coco, tmp_path):
+    root = coco_copy(tiny_coco, tmp_path / "coco")
+    before = _tree(root)
+    for as_json in (False, True):
+        code, out, err = cli(["prepare", "synthetic", root, "--images", "2", "--size", "32", "--force",
+                              *(["--json"] if as_json else [])])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert str(root) in err and "train2017/" in err and "not made by `sslcli prepare synthetic`" in err
+        if as_json:
+            assert json.loads(out) == {"error": err.strip().removeprefix("error: "), "exit_code": 2}
+    assert _tree(root) == before  # every real image and annotation file is still there, byte for byte
+
+
+def test_prepare_synthetic_force_replaces_its_own_data_and_keeps_other_files(cli, tmp_path):
+    out = tmp_path / "data"
+    args = ["prepare", "synthetic", out, "--images", "3", "--val-images", "1", "--size", "32", "-q"]
+    assert cli(args)[0] == 0 and (out / ".sslcli-synthetic").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert cli([*args, "--images", "2", "--force"])[0] == 0
+    assert len(list((out / "train2017").iterdir())) == 2 and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_study_prepare_step_cannot_replace_a_real_data_set(cli, tiny_coco, tmp_path):
+    # studies/tiny.yaml prepares `synthetic {out}/data ... --force`; here {out}/data already holds a real data set.
+    data = coco_copy(tiny_coco, tmp_path / "study" / "data")
+    before = _tree(data)
+    code, _, err = cli(["study", "run", REPO / "studies" / "tiny.yaml", "--out", tmp_path / "study"])
+    assert code == 2 and "not made by `sslcli prepare synthetic`" in err, err
+    assert _tree(data) == before
