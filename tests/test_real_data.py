@@ -63,3 +63,32 @@ def test_a_study_prepare_step_cannot_replace_a_real_data_set(cli, tiny_coco, tmp
     code, _, err = cli(["study", "run", REPO / "studies" / "tiny.yaml", "--out", tmp_path / "study"])
     assert code == 2 and "not made by `sslcli prepare synthetic`" in err, err
     assert _tree(data) == before
+
+
+# --------------------------------------------------------------- 3: analyze oknn checks bank/query overlap as probes do
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    import torch
+
+    from sslcli.models.backbone import build_backbone
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.save({"format": "sslcli-checkpoint", "arch": "resnet18", "width": 4,
+                "backbone": build_backbone("resnet18", width=4).state_dict()}, path)
+    return path
+
+
+def test_oknn_refuses_queries_that_are_bank_images_unless_allowed(cli, tiny_coco, tiny_checkpoint, tmp_path):
+    # The data set: val2017 holds the same photographs as train2017 (copied under the same names).
+    root = coco_copy(tiny_coco, tmp_path / "coco", n_train=4, n_val=0)
+    shutil.rmtree(root / "val2017")
+    shutil.copytree(root / "train2017", root / "val2017")
+    shutil.copy(root / "annotations" / "instances_train2017.json", root / "annotations" / "instances_val2017.json")
+    args = ["analyze", "oknn", tiny_checkpoint, "--data", root, "--short-side", "64", "--min-size", "8",
+            "--out", tmp_path / "out", "--json"]
+    code, out, err = cli(args)
+    assert code == 2 and "4 of the 4 evaluation images are also training images" in err and "--allow-overlap" in err
+    assert json.loads(out)["exit_code"] == 2 and not (tmp_path / "out" / "oknn.json").exists()
+    code, out, err = cli([*args, "--allow-overlap"])
+    assert code == 0 and "OVERLAP" in err and json.loads(out)["settings"]["overlapping_images"] == 4
