@@ -92,3 +92,53 @@ def test_oknn_refuses_queries_that_are_bank_images_unless_allowed(cli, tiny_coco
     assert json.loads(out)["exit_code"] == 2 and not (tmp_path / "out" / "oknn.json").exists()
     code, out, err = cli([*args, "--allow-overlap"])
     assert code == 0 and "OVERLAP" in err and json.loads(out)["settings"]["overlapping_images"] == 4
+
+
+# ------------------------------------------------ 5: empty/corrupt images are no overlap, counted once, named by path
+def test_empty_images_in_both_splits_are_not_an_overlap(cli, tiny_coco, tiny_checkpoint, tmp_path):
+    root = coco_copy(tiny_coco, tmp_path / "coco", n_train=6, n_val=4)
+    for split in ("train2017", "val2017"):  # one zero-byte image in each split
+        first = json.loads((root / "annotations" / f"instances_{split}.json").read_text())["images"][0]
+        (root / split / first["file_name"]).write_bytes(b"")
+    code, out, err = cli(["probe", "knn", tiny_checkpoint, "--data", root, "--image-size", "32", "--k", "3",
+                          "--no-cache", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["overlapping_images"] == 0 and "same bytes" not in err
+
+
+def test_an_empty_or_corrupt_file_is_no_evidence_but_a_real_copy_is(tiny_coco, tmp_path):
+    from sslcli.eval.overlap import overlapping_images
+
+    photo = next((tiny_coco / "train2017").iterdir())
+    train, test = tmp_path / "train", tmp_path / "test"
+    train.mkdir(), test.mkdir()
+    for folder in (train, test):
+        (folder / "empty.jpg").write_bytes(b"")
+        (folder / "broken.jpg").write_bytes(photo.read_bytes()[:200])  # the same truncated bytes on both sides
+    shutil.copy(photo, train / "a.jpg")
+    shutil.copy(photo, test / "b.jpg")
+    pairs = overlapping_images(sorted(train.iterdir()), sorted(test.iterdir()))
+    assert pairs == [(test / "b.jpg", train / "a.jpg")]
+    assert overlapping_images([train / "empty.jpg"], [train / "empty.jpg"]) == []  # the same empty file too
+
+
+def test_pretrain_counts_each_corrupt_image_once_and_names_its_file(cli, tiny_coco, tmp_path):
+    import yaml
+
+    root = coco_copy(tiny_coco, tmp_path / "coco", n_train=6, n_val=0)
+    names = [i["file_name"] for i in json.loads((root / "annotations" / "instances_train2017.json").read_text())
+             ["images"]]
+    for name in names[:3]:  # three files that are no image at all
+        (root / "train2017" / name).write_bytes(b"this is not a JPEG file")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "data": {"root": str(root), "format": "coco", "image_size": 32, "workers": 0, "pin_memory": False},
+        "model": {"arch": "resnet18", "width": 4}, "method": {"name": "simclr", "dim": 8, "hidden_dim": 16},
+        "batch_size": 3, "epochs": 3, "output_dir": str(tmp_path / "run")}))
+    code, out, err = cli(["pretrain", spec, "--json"])
+    assert code == 0, err
+    assert json.loads(out)["corrupt_images"] == 3
+    warnings = [line for line in err.splitlines() if "skipped corrupt image" in line]
+    assert len(warnings) == 3 and "BytesIO" not in err
+    assert sorted(w.split("skipped corrupt image: ")[1].split(":")[0] for w in warnings) == \
+        sorted(str(root / "train2017" / n) for n in names[:3])

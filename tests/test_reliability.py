@@ -289,13 +289,17 @@ def test_probes_find_copies_by_content_and_warn_with_allow_overlap(cli, tiny_coc
 def test_disjoint_splits_pass_the_overlap_check(tmp_path):
     from sslcli.eval.overlap import overlapping_images
 
-    a, b, c = (tmp_path / n for n in ("a.jpg", "b.jpg", "c.jpg"))
-    a.write_bytes(b"x" * 10)
-    b.write_bytes(b"y" * 10)  # same size as a, other bytes: hashed, not matched
-    c.write_bytes(b"x" * 10)  # same bytes as a
+    import cv2
+    import numpy as np
+
+    a, b, c = (tmp_path / n for n in ("a.bmp", "b.bmp", "c.bmp"))
+    cv2.imwrite(str(a), np.zeros((4, 4, 3), np.uint8))
+    cv2.imwrite(str(b), np.ones((4, 4, 3), np.uint8))  # same size as a (BMP), other bytes: hashed, not matched
+    c.write_bytes(a.read_bytes())  # same bytes as a
     assert overlapping_images([a], [b]) == []
     assert overlapping_images([a], [c, b]) == [(c, a)]
-    assert overlapping_images([a], [tmp_path / "." / "a.jpg"]) == [(tmp_path / "a.jpg", a)]
+    assert a.stat().st_size == b.stat().st_size
+    assert overlapping_images([a], [tmp_path / "." / "a.bmp"]) == [(tmp_path / "a.bmp", a)]
 
 
 # ---------------------------------------------------------------------- 14: resume with the root written otherwise

@@ -316,12 +316,12 @@ def _prepare_output_dir(output_dir: Path, spec: RunSpec) -> None:
 
 
 def _corrupt_on_all_ranks(corrupt: set[str]) -> set[str]:
-    """Each rank saw other images: every distinct corrupt file, counted once."""
+    """Each rank saw other images: every distinct corrupt file (its path), counted once."""
     if not dist.is_distributed():
         return corrupt
     seen: list[Any] = [None] * dist.world_size()
     torch_dist.all_gather_object(seen, sorted(corrupt))
-    return {msg for msgs in seen for msg in msgs}
+    return {path for paths in seen for path in paths}
 
 
 class EpochLoop:
@@ -340,7 +340,7 @@ class EpochLoop:
                     if self.is_main else None)
         self.bar = TrainProgress(self.stop_at, position.done, spec.logging.every_steps, enabled=self.is_main)
         self.throughput = Throughput(spec.batch_size)
-        self.corrupt: set[str] = set()
+        self.corrupt: set[str] = set()  # paths of the corrupt images met so far, each warned about once
 
     def run(self) -> None:
         try:
@@ -372,10 +372,10 @@ class EpochLoop:
             if position.done >= self.stop_at:
                 break
 
-    def _warn_corrupt(self, messages: list[str]) -> None:
-        for msg in messages:
-            if msg not in self.corrupt:
-                self.corrupt.add(msg)
+    def _warn_corrupt(self, skipped: list[tuple[str, str]]) -> None:
+        for path, msg in skipped:  # keyed by path: one file may fail with different messages (header, decode)
+            if path not in self.corrupt:
+                self.corrupt.add(path)
                 current().warn(f"skipped corrupt image: {msg}")
 
     def _log_step(self, epoch: int, result: StepResult, images_per_s: float) -> None:
