@@ -81,6 +81,28 @@ def backbone_file(tmp: Path) -> Path:
     return path
 
 
+def damaged_mask_store(tmp: Path) -> Path:
+    """A mask store of `coco`'s two images whose first blob was overwritten on disk (a bad disk, a partial copy)."""
+    import h5py
+
+    from sslcli.data.store import ImageResult, encode, write_store
+
+    rng = np.random.default_rng(0)
+    results = [encode(ImageResult(str(i), masks=rng.integers(0, 4, (1, 40, 48)).astype(np.int32)), "masks")
+               for i in (1, 2)]
+    path = tmp / "fh.h5"
+    write_store(path, "masks", {"method": "fh", "parameters": '{"scales": [500]}', "input_hash": "x", "n_inputs": 2,
+                                "sslcli_version": "test"},
+                results, {"images": 2, "payload": sum(len(r.payload) for r in results), "values": 0})
+    with h5py.File(path, "r") as f:
+        start = f["blobs"].id.get_chunk_info(0).byte_offset
+        length = int(f["offsets"][1])
+    with open(path, "r+b") as fh:
+        fh.seek(start + 2)  # keep the zlib header, overwrite the compressed data of image 1
+        fh.write(b"\xff" * (length - 2))
+    return path
+
+
 def drop(key):
     def mutate(d):
         del d["images"][0][key]
@@ -136,6 +158,11 @@ CASES = [
      ["instances_train2017.json", "list"]),
     ("coco-not-json", lambda t: ["pretrain", spec(t, data=coco(t, lambda d: "{oops"))], 2,
      ["instances_train2017.json", "JSON"]),
+    ("coco-no-height-gt-masks", lambda t: ["prepare", "masks", coco(t, drop("height")), "--method", "gt", "--out",
+                                           t / "gt.h5", "-q"], 2, ["instances_train2017.json", "image 1", '"height"']),
+    # region stores
+    ("store-damaged-bytes", lambda t: ["analyze", "abo", damaged_mask_store(t), "--gt", coco(t), "-q"], 2,
+     ["fh.h5", "image '1'", "corrupt"]),
     # output folders that cannot be written, named before any work
     ("pretrain-output-under-file", lambda t: ["pretrain", spec(t, output_dir=str(a_file(t) / "run"))], 2,
      ["output_dir", "plain-file"]),
