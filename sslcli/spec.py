@@ -483,7 +483,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise InputError(f"--set {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:  # a tag (!!python/...), an unclosed bracket: the option, not a traceback
+            raise InputError(f"--set {item!r}: the value is not plain YAML ({str(exc).splitlines()[0]})") from None
     return data
 
 

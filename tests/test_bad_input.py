@@ -137,6 +137,8 @@ CASES = [
     ("spec-two-problems", lambda t: ["pretrain", spec(t, precision="fp8", batch_size=0), "--dry-run"], 2,
      ["precision", "batch_size"]),
     ("spec-bad-set", lambda t: ["pretrain", spec(t), "--dry-run", "--set", "epochs"], 2, ["--set", "epochs"]),
+    ("spec-set-yaml-tag", lambda t: ["pretrain", spec(t), "--dry-run", "--set", "epochs=!!python/object:os.system x"],
+     2, ["--set", "epochs=", "not plain YAML"]),
     ("dry-run-missing-root", lambda t: ["pretrain", spec(t, data=t / "no-data"), "--dry-run"], 2,
      ["data.root", "no-data"]),
     ("dry-run-no-annotations", lambda t: ["pretrain", spec(t, data=(t / "annotations").mkdir() or t), "--dry-run"],
