@@ -103,6 +103,14 @@ def damaged_mask_store(tmp: Path) -> Path:
     return path
 
 
+def study_named(tmp: Path, name: str) -> Path:
+    """studies/tiny.yaml under another name."""
+    text = (Path(__file__).resolve().parents[1] / "studies" / "tiny.yaml").read_text()
+    path = tmp / "study.yaml"
+    path.write_text(text.replace("\nname: tiny\n", f"\nname: {json.dumps(name)}\n"))
+    return path
+
+
 def drop(key):
     def mutate(d):
         del d["images"][0][key]
@@ -187,6 +195,9 @@ CASES = [
                                          "/sys/sslcli-test-analysis"], 2, ["--out", "/sys/sslcli-test-analysis"]),
     ("analyze-out-under-file", lambda t: ["analyze", "coupling", backbone_file(t), "--data", coco(t), "--out",
                                           a_file(t) / "res"], 2, ["--out", "plain-file"]),
+    # studies
+    ("study-name-climbs-out", lambda t: ["study", "run", study_named(t, "../../x"), "--dry-run"], 2,
+     ["study.yaml", "name", "'../../x'", "plain folder name"]),
     # checkpoints
     ("checkpoint-random-bytes", lambda t: ["export", random_bytes(t), "--out", t / "x.pth"], 2,
      ["random.pt", "not a readable"]),
