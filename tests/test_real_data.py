@@ -142,3 +142,50 @@ def test_pretrain_counts_each_corrupt_image_once_and_names_its_file(cli, tiny_co
     assert len(warnings) == 3 and "BytesIO" not in err
     assert sorted(w.split("skipped corrupt image: ")[1].split(":")[0] for w in warnings) == \
         sorted(str(root / "train2017" / n) for n in names[:3])
+
+
+# ---------------------------------------------------------- 2: pretrain refuses a region store of other image contents
+def _mirror_every_image(root: Path) -> None:
+    """Every training image flipped left-right: the same ids, file names and sizes, other contents."""
+    import cv2
+
+    for path in (root / "train2017").iterdir():
+        cv2.imwrite(str(path), cv2.flip(cv2.imread(str(path)), 1))
+
+
+def _region_spec(tmp: Path, root: Path, method: dict, c4: bool) -> Path:
+    import yaml
+
+    spec = tmp / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "data": {"root": str(root), "format": "coco", "image_size": 32, "workers": 0, "pin_memory": False},
+        "model": {"arch": "resnet18", "width": 4, "c4": c4}, "method": method, "batch_size": 2, "epochs": 1,
+        "max_steps": 1, "output_dir": str(tmp / "run")}))
+    return spec
+
+
+@pytest.mark.parametrize("kind", ["masks", "boxes"])
+def test_pretrain_refuses_a_store_computed_from_other_image_contents(cli, tiny_coco, tmp_path, kind):
+    root = coco_copy(tiny_coco, tmp_path / "coco", n_train=3, n_val=0)
+    store = tmp_path / f"{kind}.h5"
+    prepare = ["prepare", "masks", root, "--method", "grid"] if kind == "masks" else ["prepare", "boxes", root]
+    assert cli([*prepare, "--out", store, "-q"])[0] == 0
+    if kind == "masks":
+        spec = _region_spec(tmp_path, root, {"name": "detcon", "variant": "S", "dim": 8, "hidden_dim": 16,
+                                             "num_samples": 4, "masks": {"kind": "store", "path": str(store)}},
+                            c4=False)
+    else:
+        spec = _region_spec(tmp_path, root, {"name": "soco", "boxes": str(store), "dim": 8, "hidden_dim": 16},
+                            c4=True)
+    code, _, err = cli(["pretrain", spec, "-q", "--set", f"output_dir={tmp_path / 'ok'}"])
+    assert code == 0, err  # the store of these very images is accepted
+    _mirror_every_image(root)
+    field = "method.masks.path" if kind == "masks" else "method.boxes"
+    for as_json in (False, True):
+        code, out, err = cli(["pretrain", spec, "-q", *(["--json"] if as_json else [])])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert field in err and str(store) in err and "3 of the 3 training images differ" in err
+        assert str(root / "train2017") in err  # names an image
+        if as_json:
+            assert json.loads(out)["exit_code"] == 2
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -287,10 +287,10 @@ def test_probes_find_copies_by_content_and_warn_with_allow_overlap(cli, tiny_coc
 
 
 def test_disjoint_splits_pass_the_overlap_check(tmp_path):
-    from sslcli.eval.overlap import overlapping_images
-
     import cv2
     import numpy as np
+
+    from sslcli.eval.overlap import overlapping_images
 
     a, b, c = (tmp_path / n for n in ("a.bmp", "b.bmp", "c.bmp"))
     cv2.imwrite(str(a), np.zeros((4, 4, 3), np.uint8))
