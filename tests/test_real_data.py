@@ -189,3 +189,63 @@ def test_pretrain_refuses_a_store_computed_from_other_image_contents(cli, tiny_c
         if as_json:
             assert json.loads(out)["exit_code"] == 2
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+# ------------------------------------------------ 4: a diverged run keeps its last healthy checkpoint; probes refuse one
+def test_a_diverging_run_stops_and_keeps_the_last_healthy_checkpoint(cli, tiny_coco, tmp_path):
+    import yaml
+
+    root = coco_copy(tiny_coco, tmp_path / "coco", n_train=8, n_val=4)
+    spec = tmp_path / "spec.yaml"  # one step per epoch; the first at lr 1e-3 (warm-up), then lr ~1000: weights blow up
+    spec.write_text(yaml.safe_dump({
+        "data": {"root": str(root), "format": "coco", "image_size": 32, "workers": 0, "pin_memory": False},
+        "model": {"arch": "resnet18", "width": 4}, "method": {"name": "moco", "dim": 16, "hidden_dim": 32,
+                                                               "queue_size": 64},
+        "optimizer": {"name": "sgd", "base_lr": 1000.0, "weight_decay": 1e-4},
+        "schedule": {"name": "cosine", "warmup_epochs": 1, "warmup_start_factor": 1e-6},
+        "batch_size": 8, "epochs": 6, "checkpoint_every": 1, "output_dir": str(tmp_path / "run")}))
+    code, _, err = cli(["pretrain", spec, "-q"])
+    assert code == 1 and "training diverged" in err and "the last good checkpoint is kept" in err, err
+    last = tmp_path / "run" / "last.pt"
+    import torch
+
+    state = torch.load(last, weights_only=False)
+    assert 1 <= state["step"] < 6
+    # The kept state is usable: a probe on it runs and its features are finite.
+    code, out, err = cli(["probe", "knn", last, "--data", root, "--image-size", "32", "--k", "3", "--no-cache",
+                          "--json"])
+    assert code == 0, err
+
+
+def _scaled_checkpoint(tmp_path: Path, factor: float, nan: bool = False) -> Path:
+    """An sslcli checkpoint whose conv weights were multiplied by ``factor`` (finite weights whose activations
+    overflow float32), or with one NaN weight."""
+    import torch
+
+    from sslcli.models.backbone import build_backbone
+
+    torch.manual_seed(0)
+    state = build_backbone("resnet18", width=4).state_dict()
+    for key, value in state.items():
+        if key.endswith("conv1.weight") or key.endswith("conv2.weight"):
+            state[key] = value * factor
+    if nan:
+        state["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / ("nan.pt" if nan else "huge.pt")
+    torch.save({"format": "sslcli-checkpoint", "arch": "resnet18", "width": 4, "backbone": state}, path)
+    return path
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["overflowing-weights", "nan-weight"])
+@pytest.mark.parametrize("probe", ["knn", "linear"])
+def test_a_probe_on_a_diverged_checkpoint_is_one_line_exit_2(cli, tiny_coco, tmp_path, probe, nan):
+    root = coco_copy(tiny_coco, tmp_path / "coco", n_train=6, n_val=4)
+    checkpoint = _scaled_checkpoint(tmp_path, 1e4, nan)
+    args = ["probe", probe, checkpoint, "--data", root, "--image-size", "32", "--no-cache", "-q"]
+    for as_json in (False, True):
+        code, out, err = cli([*args, *(["--json"] if as_json else [])])
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and str(checkpoint) in lines[0], err
+        assert ("NaN or inf" in lines[0]) and "diverged" in lines[0]
+        if as_json:
+            assert json.loads(out) == {"error": lines[0].removeprefix("error: "), "exit_code": 2}
