@@ -244,8 +244,8 @@ def tiny_checkpoint(tmp_path):
     return path
 
 
-def test_quiet_silences_progress_but_prints_the_result(cli, tiny_coco, tiny_checkpoint, tmp_path):
-    common = ["probe", "knn", tiny_checkpoint, "--data", tiny_coco, "--image-size", "32", "--k", "5",
+def test_quiet_silences_progress_but_prints_the_result(cli, coco_data, tiny_checkpoint, tmp_path):
+    common = ["probe", "knn", tiny_checkpoint, "--data", coco_data, "--image-size", "32", "--k", "5",
               "--cache", tmp_path / "cache"]
     code, out, err = cli([*common, "-q"])
     assert code == 0 and err == ""
@@ -255,8 +255,8 @@ def test_quiet_silences_progress_but_prints_the_result(cli, tiny_coco, tiny_chec
     assert code == 0 and err.count("feature cache: ") == 1 and str(tmp_path / "cache") in err
 
 
-def test_probes_refuse_evaluation_images_that_are_training_images(cli, tiny_coco, tiny_checkpoint, tmp_path):
-    common = ["--data", tiny_coco, "--image-size", "32", "--no-cache", "--json"]
+def test_probes_refuse_evaluation_images_that_are_training_images(cli, coco_data, tiny_checkpoint, tmp_path):
+    common = ["--data", coco_data, "--image-size", "32", "--no-cache", "--json"]
     code, out, err = cli(["probe", "knn", tiny_checkpoint, *common, "--test-split", "train2017", "--k", "5"])
     assert code == 2 and "evaluation images are also training images" in err and "--allow-overlap" in err
     assert json.loads(out)["exit_code"] == 2
@@ -264,19 +264,19 @@ def test_probes_refuse_evaluation_images_that_are_training_images(cli, tiny_coco
     assert code == 2 and "training images" in err
 
 
-def test_probes_find_copies_by_content_and_warn_with_allow_overlap(cli, tiny_coco, tiny_checkpoint, tmp_path):
+def test_probes_find_copies_by_content_and_warn_with_allow_overlap(cli, coco_data, tiny_checkpoint, tmp_path):
     # A val split whose first 3 images are byte copies of training images under new names.
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
-    shutil.copytree(tiny_coco / "train2017", root / "train2017")
-    shutil.copy(tiny_coco / "annotations" / "instances_train2017.json", root / "annotations")
-    val = json.loads((tiny_coco / "annotations" / "instances_val2017.json").read_text())
-    train = json.loads((tiny_coco / "annotations" / "instances_train2017.json").read_text())
+    shutil.copytree(coco_data / "train2017", root / "train2017")
+    shutil.copy(coco_data / "annotations" / "instances_train2017.json", root / "annotations")
+    val = json.loads((coco_data / "annotations" / "instances_val2017.json").read_text())
+    train = json.loads((coco_data / "annotations" / "instances_train2017.json").read_text())
     (root / "val2017").mkdir()
     for image in val["images"]:
-        shutil.copy(tiny_coco / "val2017" / image["file_name"], root / "val2017" / image["file_name"])
+        shutil.copy(coco_data / "val2017" / image["file_name"], root / "val2017" / image["file_name"])
     for image, source in zip(val["images"][:3], train["images"][:3]):
-        shutil.copy(tiny_coco / "train2017" / source["file_name"], root / "val2017" / image["file_name"])
+        shutil.copy(coco_data / "train2017" / source["file_name"], root / "val2017" / image["file_name"])
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(val))
     common = ["probe", "knn", tiny_checkpoint, "--data", root, "--image-size", "32", "--no-cache", "--k", "5",
               "--json"]
