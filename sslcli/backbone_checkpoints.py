@@ -437,6 +437,10 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None, width: int |
             raise InputError(f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)} "
                              f"for {found_arch} width {found_width}")
     loadable = {k: v.to(expected[k].dtype) for k, v in state.items() if k in expected}
+    broken = next((k for k, v in loadable.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise InputError(f"{path}: {broken} holds NaN or inf: the checkpoint's weights diverged; use an earlier "
+                         "checkpoint")
     backbone.load_state_dict(loadable, strict=False)
     backbone.eval()
     report = LoadReport(str(path), fmt, found_arch, found_width, file_sha256(path), loaded=sorted(loadable),

@@ -230,10 +230,42 @@ class D3sslSpec(Strict):
     base_momentum: float = Field(0.99, ge=0.0, le=1.0)
 
 
+def available_memory() -> int:
+    """Bytes of memory a new process can take here: Linux's MemAvailable (free memory plus reclaimable caches);
+    the physical memory where /proc/meminfo does not exist."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _memory_problems(field: str, value: int, columns: int, what: str) -> list[str]:
+    """Refuse a queue or bank that cannot be built: a ``columns`` × ``value`` float32 buffer is drawn at random and
+    then normalised into a second one, so building it takes twice its size, all in host memory (methods are built
+    on the CPU, then moved to the device)."""
+    needed, limit = 2 * 4 * columns * value, available_memory()
+    if needed <= limit:
+        return []
+    return [f"{field}: {value} {what} of {columns} float32 need about {needed / 1e9:.1f} GB while the method is built "
+            f"(the buffer twice over), above the {limit / 1e9:.1f} GB of memory available on this machine"]
+
+
+def _resnet_feature_channels(arch: str, width: int) -> int:
+    """Channels of res5 (the backbone feature): 8·width, ×4 for the bottleneck ResNets (50 and deeper)."""
+    return 8 * width * (1 if arch in ("resnet18", "resnet34") else 4)
+
+
 def _moco_problems(spec) -> list[str]:
     method, problems = spec.method, []
     if method.queue_size % spec.batch_size:
         problems.append(f"method.queue_size: must be divisible by the global batch size {spec.batch_size}")
+    columns = method.dim + (_resnet_feature_channels(spec.model.arch, spec.model.width) if method.knn.enabled else 0)
+    problems.extend(_memory_problems("method.queue_size", method.queue_size, columns,
+                                     "keys" + (" (and kNN backbone features)" if method.knn.enabled else "")))
     if method.constrained.enabled and not method.multi_crop.enabled:
         problems.append("method.constrained.enabled: constrained multi-crop needs method.multi_crop.enabled: true")
     for name in ("large_scale", "small_scale"):  # crop areas as fractions of the image (a negative one failed in
@@ -266,6 +298,7 @@ def _d3ssl_problems(spec) -> list[str]:
     method, problems = spec.method, []
     if method.bank_size % spec.batch_size:
         problems.append(f"method.bank_size: must be divisible by the global batch size {spec.batch_size}")
+    problems.extend(_memory_problems("method.bank_size", method.bank_size, method.dim, "region features"))
     return problems
 
 
@@ -497,7 +530,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise InputError(f"--set {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:  # a tag (!!python/...), an unclosed bracket: the option, not a traceback
+            raise InputError(f"--set {item!r}: the value is not plain YAML ({str(exc).splitlines()[0]})") from None
     return data
 
 

@@ -34,10 +34,30 @@ def _process_state_per_test():
 
 
 @pytest.fixture
-def tiny_coco() -> Path:
+def tiny_coco(request) -> Path:
+    """The real tiny-COCO photographs, for the tests that truly need them: each says why with
+    ``@pytest.mark.photographs("...")``, and skips with that reason where the data is absent. Every other test of
+    COCO data runs on `coco_data`, so it runs everywhere."""
+    marker = request.node.get_closest_marker("photographs")
+    if marker is None or not marker.args:
+        pytest.fail("a test using the real tiny-COCO photographs says why: @pytest.mark.photographs('reason'); "
+                    "or it runs on the generated coco_data fixture")
     if not (TINY_COCO / "annotations" / "instances_train2017.json").is_file():
-        pytest.skip(f"real tiny-COCO data not found at {TINY_COCO} (set SSLCLI_TINY_COCO)")
+        pytest.skip(f"real tiny-COCO data not found at {TINY_COCO} (set SSLCLI_TINY_COCO); this test needs real "
+                    f"photographs: {marker.args[0]}")
     return TINY_COCO
+
+
+@pytest.fixture(scope="session")
+def coco_data(tmp_path_factory) -> Path:
+    """Generated scenes in tiny-COCO's layout and size (`sslcli prepare synthetic`: 50 train + 50 val images with a
+    640 px long side, COCO instance annotations with RLE masks, 10 classes), made once per session; read-only, like
+    the shared tiny-COCO folder it stands in for."""
+    from sslcli.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("coco-data") / "coco"
+    generate(root, n_train=50, n_val=50, seed=0, size=640)
+    return root
 
 
 @pytest.fixture

@@ -270,10 +270,10 @@ def test_resize_short_side_scales_and_caps():
     assert out.shape[:2] == (40, 120) and scale == pytest.approx(0.4)
 
 
-def test_bank_plan_takes_one_object_per_class_per_image(tiny_coco):
+def test_bank_plan_takes_one_object_per_class_per_image(coco_data):
     from sslcli.data.sources import open_source
 
-    source = open_source(tiny_coco, "train2017")
+    source = open_source(coco_data, "train2017")
     class_ids = source.category_ids
     plan = plan_objects(source, class_ids, per_image=0, min_size=32, seed=0)
     queries = plan_objects(source, class_ids, per_image=None, min_size=32, seed=0)
@@ -289,11 +289,11 @@ def test_bank_plan_takes_one_object_per_class_per_image(tiny_coco):
     assert all(np.array_equal(x, y) for x, y in zip(plan.boxes, again.boxes))  # seeded
 
 
-def test_cut_out_blacks_out_pixels_outside_the_gt_mask(tiny_coco):
+def test_cut_out_blacks_out_pixels_outside_the_gt_mask(coco_data):
     from sslcli.data.objects import cut_out, eligible_objects, integer_box
     from sslcli.data.sources import open_source
 
-    source = open_source(tiny_coco, "val2017")
+    source = open_source(coco_data, "val2017")
     ref = eligible_objects(source, 32)[0]
     image = source.load(ref.image_index)
     mask = source.instance_masks(ref.image_index)[0][ref.instance_index]
@@ -306,12 +306,12 @@ def test_cut_out_blacks_out_pixels_outside_the_gt_mask(tiny_coco):
     assert crop[~inside].max() == 0
 
 
-def test_pairs_and_tilings_are_seeded(tiny_coco):
+def test_pairs_and_tilings_are_seeded(coco_data):
     from sslcli.analysis.coupling import sample_pairs
     from sslcli.analysis.positional import sample_tilings
     from sslcli.data.sources import open_source
 
-    source = open_source(tiny_coco, "val2017")
+    source = open_source(coco_data, "val2017")
     first, again = sample_pairs(source, 4, seed=5, cell=32), sample_pairs(source, 4, seed=5, cell=32)
     assert [s.meta for s in first] == [s.meta for s in again]
     assert all(s.meta["a"]["class"] != s.meta["b"]["class"] for s in first)
@@ -341,9 +341,9 @@ def _check_outputs(out_dir, name, result, n_checkpoints):
     return written
 
 
-def test_cli_coupling_end_to_end(cli, tiny_coco, two_checkpoints, tmp_path):
+def test_cli_coupling_end_to_end(cli, coco_data, two_checkpoints, tmp_path):
     out = tmp_path / "out"
-    code, stdout, stderr = cli(["analyze", "coupling", *two_checkpoints, "--data", tiny_coco, "--pairs", "3",
+    code, stdout, stderr = cli(["analyze", "coupling", *two_checkpoints, "--data", coco_data, "--pairs", "3",
                                 "--cell", "64", "--out", out, "--json", "--device", "cpu"])
     assert code == 0, stderr
     result = json.loads(stdout)
@@ -357,11 +357,11 @@ def test_cli_coupling_end_to_end(cli, tiny_coco, two_checkpoints, tmp_path):
     assert a["class"] != b["class"]
 
 
-def test_cli_positional_end_to_end_and_plot_has_every_checkpoint(cli, tiny_coco, two_checkpoints, tmp_path):
+def test_cli_positional_end_to_end_and_plot_has_every_checkpoint(cli, coco_data, two_checkpoints, tmp_path):
     from sslcli.analysis.plots import plot_against_depth
 
     out = tmp_path / "out"
-    code, stdout, stderr = cli(["analyze", "positional", *two_checkpoints, "--data", tiny_coco, "--objects", "3",
+    code, stdout, stderr = cli(["analyze", "positional", *two_checkpoints, "--data", coco_data, "--objects", "3",
                                 "--tile", "32", "--out", out, "--json"])
     assert code == 0, stderr
     written = _check_outputs(out, "positional", json.loads(stdout), 2)
@@ -373,9 +373,9 @@ def test_cli_positional_end_to_end_and_plot_has_every_checkpoint(cli, tiny_coco,
         assert all(0 < entry["layers"][s]["mean"] <= 1 + 1e-6 for s in STAGES)
 
 
-def test_cli_oknn_end_to_end_with_disturbed(cli, tiny_coco, two_checkpoints, tmp_path):
+def test_cli_oknn_end_to_end_with_disturbed(cli, coco_data, two_checkpoints, tmp_path):
     out = tmp_path / "out"
-    code, stdout, stderr = cli(["analyze", "oknn", two_checkpoints[0], "--data", tiny_coco, "--disturbed",
+    code, stdout, stderr = cli(["analyze", "oknn", two_checkpoints[0], "--data", coco_data, "--disturbed",
                                 "--short-side", "96", "--max-images", "12", "--out", out, "--json"])
     assert code == 0, stderr
     written = _check_outputs(out, "oknn", json.loads(stdout), 1)
@@ -385,7 +385,7 @@ def test_cli_oknn_end_to_end_with_disturbed(cli, tiny_coco, two_checkpoints, tmp
         assert entry[variant]["bank_objects"] > 0 and entry[variant]["query_objects"] > 0
 
 
-def test_same_weights_in_every_checkpoint_format_give_identical_results(cli, tiny_coco, tmp_path):
+def test_same_weights_in_every_checkpoint_format_give_identical_results(cli, coco_data, tmp_path):
     from sslcli.backbone_checkpoints import backbone_to_haiku
 
     torch.manual_seed(3)
@@ -405,7 +405,7 @@ def test_same_weights_in_every_checkpoint_format_give_identical_results(cli, tin
     for fmt, path in paths.items():
         out = tmp_path / fmt
         trust = ["--trust-checkpoint"] if fmt == "soco" else []  # only SoCo's pickled Namespace needs it
-        code, stdout, stderr = cli(["analyze", "positional", path, "--data", tiny_coco, "--objects", "2",
+        code, stdout, stderr = cli(["analyze", "positional", path, "--data", coco_data, "--objects", "2",
                                     "--tile", "32", "--out", out, "--json", *trust])
         assert code == 0, stderr
         entry = json.loads(stdout)["checkpoints"][0]
@@ -416,7 +416,7 @@ def test_same_weights_in_every_checkpoint_format_give_identical_results(cli, tin
             np.testing.assert_allclose(layers[fmt][stage], layers["torchvision"][stage], rtol=0, atol=1e-6)
 
 
-def test_cli_rejects_bad_input_with_one_line_and_exit_2(cli, tmp_path, two_checkpoints, tiny_coco):
+def test_cli_rejects_bad_input_with_one_line_and_exit_2(cli, tmp_path, two_checkpoints, coco_data):
     folder = tmp_path / "plain"
     folder.mkdir()
     import cv2
@@ -424,21 +424,21 @@ def test_cli_rejects_bad_input_with_one_line_and_exit_2(cli, tmp_path, two_check
     cv2.imwrite(str(folder / "a.png"), np.zeros((8, 8, 3), np.uint8))
     code, _, err = cli(["analyze", "coupling", two_checkpoints[0], "--data", folder, "--out", tmp_path / "o"])
     assert code == 2 and "COCO-layout" in err and err.strip().count("\n") == 0
-    code, _, err = cli(["analyze", "positional", tmp_path / "missing.pth", "--data", tiny_coco])
+    code, _, err = cli(["analyze", "positional", tmp_path / "missing.pth", "--data", coco_data])
     assert code == 2 and "missing.pth" in err
-    code, _, err = cli(["analyze", "positional", two_checkpoints[0], "--data", tiny_coco, "--device", "tpu"])
+    code, _, err = cli(["analyze", "positional", two_checkpoints[0], "--data", coco_data, "--device", "tpu"])
     assert code == 2 and "--device" in err
-    code, _, err = cli(["analyze", "oknn", two_checkpoints[0], "--data", tiny_coco, "--disturbed", "--disturb", "x"])
+    code, _, err = cli(["analyze", "oknn", two_checkpoints[0], "--data", coco_data, "--disturbed", "--disturb", "x"])
     assert code == 2 and "--disturb" in err
     assert not (tmp_path / "o").exists()
     (tmp_path / "taken").write_text("not a folder")
     for name in ("coupling", "positional", "oknn"):  # --out names a folder: a file is refused before any work
-        code, _, err = cli(["analyze", name, two_checkpoints[0], "--data", tiny_coco, "--out", tmp_path / "taken"])
+        code, _, err = cli(["analyze", name, two_checkpoints[0], "--data", coco_data, "--out", tmp_path / "taken"])
         assert code == 2 and "--out" in err and err.strip().count("\n") == 0, (name, err)
     assert (tmp_path / "taken").read_text() == "not a folder"
 
 
-def test_every_analysis_labels_a_run_checkpoint_by_its_run(cli, tiny_coco, tmp_path):
+def test_every_analysis_labels_a_run_checkpoint_by_its_run(cli, coco_data, tmp_path):
     from sslcli.cli.analyze import _labels
 
     run = tmp_path / "runs" / "moco-tiny"
@@ -448,7 +448,7 @@ def test_every_analysis_labels_a_run_checkpoint_by_its_run(cli, tiny_coco, tmp_p
     labels = {}
     for name, extra in (("positional", ["--objects", "2", "--tile", "32"]),
                         ("oknn", ["--max-images", "3", "--short-side", "64"])):
-        code, stdout, stderr = cli(["analyze", name, run / "last.pt", "--data", tiny_coco, "--out", tmp_path / name,
+        code, stdout, stderr = cli(["analyze", name, run / "last.pt", "--data", coco_data, "--out", tmp_path / name,
                                     "--json", *extra])
         assert code == 0, stderr
         labels[name] = json.loads(stdout)["checkpoints"][0]["label"]

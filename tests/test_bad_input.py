@@ -81,6 +81,36 @@ def backbone_file(tmp: Path) -> Path:
     return path
 
 
+def damaged_mask_store(tmp: Path) -> Path:
+    """A mask store of `coco`'s two images whose first blob was overwritten on disk (a bad disk, a partial copy)."""
+    import h5py
+
+    from sslcli.data.store import ImageResult, encode, write_store
+
+    rng = np.random.default_rng(0)
+    results = [encode(ImageResult(str(i), masks=rng.integers(0, 4, (1, 40, 48)).astype(np.int32)), "masks")
+               for i in (1, 2)]
+    path = tmp / "fh.h5"
+    write_store(path, "masks", {"method": "fh", "parameters": '{"scales": [500]}', "input_hash": "x", "n_inputs": 2,
+                                "sslcli_version": "test"},
+                results, {"images": 2, "payload": sum(len(r.payload) for r in results), "values": 0})
+    with h5py.File(path, "r") as f:
+        start = f["blobs"].id.get_chunk_info(0).byte_offset
+        length = int(f["offsets"][1])
+    with open(path, "r+b") as fh:
+        fh.seek(start + 2)  # keep the zlib header, overwrite the compressed data of image 1
+        fh.write(b"\xff" * (length - 2))
+    return path
+
+
+def study_named(tmp: Path, name: str) -> Path:
+    """studies/tiny.yaml under another name."""
+    text = (Path(__file__).resolve().parents[1] / "studies" / "tiny.yaml").read_text()
+    path = tmp / "study.yaml"
+    path.write_text(text.replace("\nname: tiny\n", f"\nname: {json.dumps(name)}\n"))
+    return path
+
+
 def drop(key):
     def mutate(d):
         del d["images"][0][key]
@@ -112,9 +142,14 @@ CASES = [
      ["optimizer.base_lr"]),
     ("spec-unknown-key", lambda t: ["pretrain", spec(t), "--dry-run", "--set", "data.colour=red"], 2,
      ["data.colour", "unknown key"]),
+    ("spec-queue-beyond-memory", lambda t: ["pretrain", spec(t, method={"name": "moco", "dim": 128, "hidden_dim": 16}),
+                                            "--dry-run", "--set", "method.queue_size=10000000000"], 2,
+     ["spec.yaml", "method.queue_size", "10240.0 GB", "memory available on this machine"]),
     ("spec-two-problems", lambda t: ["pretrain", spec(t, precision="fp8", batch_size=0), "--dry-run"], 2,
      ["precision", "batch_size"]),
     ("spec-bad-set", lambda t: ["pretrain", spec(t), "--dry-run", "--set", "epochs"], 2, ["--set", "epochs"]),
+    ("spec-set-yaml-tag", lambda t: ["pretrain", spec(t), "--dry-run", "--set", "epochs=!!python/object:os.system x"],
+     2, ["--set", "epochs=", "not plain YAML"]),
     ("dry-run-missing-root", lambda t: ["pretrain", spec(t, data=t / "no-data"), "--dry-run"], 2,
      ["data.root", "no-data"]),
     ("dry-run-no-annotations", lambda t: ["pretrain", spec(t, data=(t / "annotations").mkdir() or t), "--dry-run"],
@@ -136,6 +171,11 @@ CASES = [
      ["instances_train2017.json", "list"]),
     ("coco-not-json", lambda t: ["pretrain", spec(t, data=coco(t, lambda d: "{oops"))], 2,
      ["instances_train2017.json", "JSON"]),
+    ("coco-no-height-gt-masks", lambda t: ["prepare", "masks", coco(t, drop("height")), "--method", "gt", "--out",
+                                           t / "gt.h5", "-q"], 2, ["instances_train2017.json", "image 1", '"height"']),
+    # region stores
+    ("store-damaged-bytes", lambda t: ["analyze", "abo", damaged_mask_store(t), "--gt", coco(t), "-q"], 2,
+     ["fh.h5", "image '1'", "corrupt"]),
     # output folders that cannot be written, named before any work
     ("pretrain-output-under-file", lambda t: ["pretrain", spec(t, output_dir=str(a_file(t) / "run"))], 2,
      ["output_dir", "plain-file"]),
@@ -155,6 +195,9 @@ CASES = [
                                          "/sys/sslcli-test-analysis"], 2, ["--out", "/sys/sslcli-test-analysis"]),
     ("analyze-out-under-file", lambda t: ["analyze", "coupling", backbone_file(t), "--data", coco(t), "--out",
                                           a_file(t) / "res"], 2, ["--out", "plain-file"]),
+    # studies
+    ("study-name-climbs-out", lambda t: ["study", "run", study_named(t, "../../x"), "--dry-run"], 2,
+     ["study.yaml", "name", "'../../x'", "plain folder name"]),
     # checkpoints
     ("checkpoint-random-bytes", lambda t: ["export", random_bytes(t), "--out", t / "x.pth"], 2,
      ["random.pt", "not a readable"]),

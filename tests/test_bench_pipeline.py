@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_bench_pipeline_runs_every_section(tiny_coco):
-    cmd = [sys.executable, str(REPO / "bench" / "bench_pipeline.py"), "--data", str(tiny_coco), "--device", "cpu",
+def test_bench_pipeline_runs_every_section(coco_data):
+    cmd = [sys.executable, str(REPO / "bench" / "bench_pipeline.py"), "--data", str(coco_data), "--device", "cpu",
            "--engine", "--size", "32", "--arch", "resnet18", "--width", "8", "--batch", "4", "--steps", "1",
            "--seconds", "0", "--rounds", "1", "--images", "4", "--workers", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(REPO),

@@ -279,16 +279,16 @@ def test_forward_rejects_a_grid_that_does_not_match_res5():
         detcon({"views": _views(), "masks": torch.zeros(4, 2, 3, 3, dtype=torch.long)}, _info())
 
 
-def test_transform_end_to_end_on_real_coco(tiny_coco):
+def test_transform_end_to_end_on_coco_data(coco_data):
     # The real pipeline: COCO image → GT label map → two mask-aware views → ids on the res5 grid.
     import pickle
 
     from sslcli.data.sources import open_source
     from sslcli.methods.detcon import Detcon
 
-    source = open_source(tiny_coco, "train2017")
+    source = open_source(coco_data, "train2017")
     detcon = Detcon(_spec({"name": "detcon", "variant": "B", "dim": 16, "hidden_dim": 32, "masks": {"kind": "gt"}},
-                          image_size=96, root=str(tiny_coco)))
+                          image_size=96, root=str(coco_data)))
     transform = pickle.loads(pickle.dumps(detcon.transform()))
     samples = [transform(source.sample(i)) for i in range(4)]
     batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}

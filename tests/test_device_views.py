@@ -186,11 +186,11 @@ def test_exif_rotated_jpeg_decodes_as_load_image(tmp_path):
     assert np.abs(img.permute(1, 2, 0).numpy().astype(int) - full.astype(int)).mean() < 2.0
 
 
-def test_views_match_the_cpu_path_for_the_same_crops(tiny_coco):
+def test_views_match_the_cpu_path_for_the_same_crops(coco_data):
     no_colour = ColorAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     views = CropViews(64, (0.2, 1.0), (no_colour, no_colour), small_size=32, n_small=2)
     dv = DeviceViews(views)
-    paths = sorted((tiny_coco / "train2017").glob("*.jpg"))[:4]
+    paths = sorted((coco_data / "train2017").glob("*.jpg"))[:4]
     torch.manual_seed(0)
     samples = [dv({"image": EncodedImage.read(p), "index": i}) for i, p in enumerate(paths)]
     out = dv.apply(collate(samples), torch.device("cpu"))
@@ -237,10 +237,10 @@ def test_unsupported_methods_are_refused_naming_the_field(tmp_path, monkeypatch)
         parse_spec({**base, "data": {"root": "d", "pipeline": "tpu"}})
 
 
-def test_engine_loader_yields_device_views_reproducibly(tmp_path, tiny_coco):
+def test_engine_loader_yields_device_views_reproducibly(tmp_path, coco_data):
     from sslcli.methods.moco import moco_views
 
-    spec = parse_spec(_spec(tmp_path, tiny_coco))
+    spec = parse_spec(_spec(tmp_path, coco_data))
     loader, sampler = build_loader(spec, moco_views(spec), rank=0, world_size=1, start_epoch=0, pin_memory=False)
     sampler.set_epoch(0)
     first = next(iter(loader))
@@ -250,10 +250,10 @@ def test_engine_loader_yields_device_views_reproducibly(tmp_path, tiny_coco):
     assert first["_skipped"] == []
 
 
-def test_pretrain_runs_with_the_device_pipeline_on_cpu(tmp_path, tiny_coco):
+def test_pretrain_runs_with_the_device_pipeline_on_cpu(tmp_path, coco_data):
     from sslcli.engine.launch import launch
 
-    result = launch(parse_spec(_spec(tmp_path, tiny_coco)))
+    result = launch(parse_spec(_spec(tmp_path, coco_data)))
     assert result["steps"] == 2 and np.isfinite(result["final_loss"])
 
 

@@ -21,6 +21,7 @@ def _jpegs(root: Path, n: int) -> list[Path]:
     return sorted((root / "train2017").glob("*.jpg"))[:n]
 
 
+@pytest.mark.photographs("the reduced JPEG decode must match on camera JPEGs (their encoders, chroma subsampling and sizes), not only OpenCV's own")
 def test_header_size_matches_the_decode(tiny_coco):
     for path in _jpegs(tiny_coco, 5):
         enc = EncodedImage.read(path)
@@ -43,6 +44,7 @@ def test_reduction_hand_worked():
     assert draft_reduction(png, [whole], [64]) == 1
 
 
+@pytest.mark.photographs("the reduced-decode tolerance is about camera JPEGs (their encoders, chroma subsampling and 640x480 sizes)")
 def test_crops_of_the_reported_boxes_within_tolerance(tiny_coco, monkeypatch):
     # The expected pixels: OpenCV's area resize of the full decode cut at the boxes the views report (full-image
     # coordinates), flipped or not, normalised with ImageNet's mean and std; no replay of the views' draws.

@@ -132,14 +132,14 @@ def test_mask_source_store_samples_one_scale_per_image(tmp_path):
         MaskSource.from_spec(Spec, Data)
 
 
-def test_mask_source_gt_reads_coco_instances(tiny_coco):
+def test_mask_source_gt_reads_coco_instances(coco_data):
     from sslcli.data.sources import open_source
 
-    source = open_source(tiny_coco, "train2017")
+    source = open_source(coco_data, "train2017")
     index = next(i for i in range(len(source)) if len(source.instances(i)) >= 2)
     record = source[index]
     image = source.load(index)
-    masks = MaskSource("gt", data_root=str(tiny_coco), split="train2017")
+    masks = MaskSource("gt", data_root=str(coco_data), split="train2017")
     label_map = masks.label_map({"image": image, "image_id": record.image_id, "index": index})
     instance_masks, _ = source.instance_masks(index)
     assert label_map.shape == image.shape[:2]

@@ -22,25 +22,25 @@ from sslcli.proposals.gt import gt_label_map
 from sslcli.proposals.mcg import read_mcg
 from sslcli.proposals.selective_search import selective_search
 
-TINY_IMAGES = ("000000005802.jpg", "000000012448.jpg", "000000051191.jpg")
+SCENES = ("000000000001.jpg", "000000000002.jpg", "000000000003.jpg")  # of the generated coco_data
 
 
-def link_images(tiny_coco: Path, folder: Path, names=TINY_IMAGES) -> Path:
+def link_images(coco_data: Path, folder: Path, names=SCENES) -> Path:
     folder.mkdir()
     for name in names:
-        os.symlink(tiny_coco / "train2017" / name, folder / name)
+        os.symlink(coco_data / "train2017" / name, folder / name)
     return folder
 
 
-def test_fh_label_maps_equal_skimage_called_directly(tiny_coco, tmp_path, cli):
-    images = link_images(tiny_coco, tmp_path / "imgs", TINY_IMAGES[1:])
+def test_fh_label_maps_equal_skimage_called_directly(coco_data, tmp_path, cli):
+    images = link_images(coco_data, tmp_path / "imgs", SCENES[1:])
     out = tmp_path / "fh.h5"
     code, _, err = cli(["prepare", "masks", images, "--method", "fh", "--out", out, "--workers", "2", "-q"])
     assert code == 0, err
     store = RegionStore(out)
     assert store.scales == [500, 1000, 1500] and store.attrs["parameters"]["sigma"] == 0.8
-    assert store.image_ids == list(TINY_IMAGES[1:])
-    for name in TINY_IMAGES[1:]:
+    assert store.image_ids == list(SCENES[1:])
+    for name in SCENES[1:]:
         image = load_image(images / name)
         for k, scale in enumerate((500, 1000, 1500)):
             expected = felzenszwalb(image, scale=scale, sigma=0.8, min_size=scale)
@@ -80,6 +80,7 @@ def test_gt_label_map_keeps_small_instances_on_top():
     assert np.array_equal(gt_label_map(np.zeros((0, 3, 4), bool)), np.zeros((3, 4)))  # an image without instances
 
 
+@pytest.mark.photographs("crowd annotations (iscrowd RLE) exist only in the real COCO files")
 def test_gt_store_from_coco_annotations(tiny_coco, tmp_path, cli):
     out = tmp_path / "gt.h5"
     assert cli(["prepare", "masks", tiny_coco, "--method", "gt", "--out", out, "-q"])[0] == 0
@@ -211,8 +212,8 @@ def test_soco_filter_fallbacks_keep_the_size_rule():
 
 
 @pytest.mark.parametrize("backend", ["vectorized", "opencv", "reference"])
-def test_selective_search_backends_give_valid_deterministic_boxes(tiny_coco, backend):
-    image = np.ascontiguousarray(load_image(tiny_coco / "train2017" / TINY_IMAGES[0])[100:260, 200:400])
+def test_selective_search_backends_give_valid_deterministic_boxes(coco_data, backend):
+    image = np.ascontiguousarray(load_image(coco_data / "train2017" / SCENES[0])[100:260, 200:400])
     boxes = selective_search(image, backend)
     assert boxes.dtype == np.float32 and boxes.ndim == 2 and boxes.shape[1] == 4 and len(boxes) > 5
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
@@ -222,15 +223,15 @@ def test_selective_search_backends_give_valid_deterministic_boxes(tiny_coco, bac
     assert np.array_equal(boxes, selective_search(image, backend))
 
 
-def test_prepare_boxes_store(tiny_coco, tmp_path, cli):
-    images = link_images(tiny_coco, tmp_path / "imgs", TINY_IMAGES[:2])
+def test_prepare_boxes_store(coco_data, tmp_path, cli):
+    images = link_images(coco_data, tmp_path / "imgs", SCENES[:2])
     code, stdout, _ = cli(["prepare", "boxes", images, "--json", "-q"])
     assert code == 0
     result = json.loads(stdout)
     assert result["store"] == str(images / "sslcli" / "ss-soco.h5") and result["images"] == 2
     assert result["parameters"]["strategies"] == "diverse"
     store = RegionStore(result["store"])
-    for name in TINY_IMAGES[:2]:
+    for name in SCENES[:2]:
         image = load_image(images / name)
         h, w = image.shape[:2]
         expected = soco_filter(selective_search(image, "vectorized", "diverse"), h, w)  # the default grouping
@@ -257,8 +258,8 @@ def test_vectorized_grouping_on_stripes():
     assert pair in ([0, 0, 80, 60], [40, 0, 120, 60])
 
 
-def test_diverse_strategies_add_to_the_soco_hierarchy(tiny_coco):
-    image = np.ascontiguousarray(load_image(tiny_coco / "train2017" / TINY_IMAGES[0])[:200, :300])
+def test_diverse_strategies_add_to_the_soco_hierarchy(coco_data):
+    image = np.ascontiguousarray(load_image(coco_data / "train2017" / SCENES[0])[:200, :300])
     soco = {tuple(b) for b in selective_search(image, "vectorized", "soco").tolist()}
     diverse = {tuple(b) for b in selective_search(image, "vectorized", "diverse").tolist()}
     assert soco < diverse  # a union of hierarchies on the same segmentation, the SoCo one included
@@ -266,15 +267,15 @@ def test_diverse_strategies_add_to_the_soco_hierarchy(tiny_coco):
         selective_search(image, "opencv", "diverse")
 
 
-def test_prepare_boxes_soco_strategies_reproduce_socos_grouping(tiny_coco, tmp_path, cli):
-    images = link_images(tiny_coco, tmp_path / "imgs", TINY_IMAGES[:1])
+def test_prepare_boxes_soco_strategies_reproduce_socos_grouping(coco_data, tmp_path, cli):
+    images = link_images(coco_data, tmp_path / "imgs", SCENES[:1])
     code, stdout, err = cli(["prepare", "boxes", images, "--strategies", "soco", "--json", "-q"])
     assert code == 0, err
     result = json.loads(stdout)
     assert result["store"] == str(images / "sslcli" / "ss-soco-soco-strategies.h5")
     assert result["parameters"]["strategies"] == "soco"
-    image = load_image(images / TINY_IMAGES[0])
+    image = load_image(images / SCENES[0])
     expected = soco_filter(selective_search(image, "vectorized", "soco"), *image.shape[:2])
-    assert np.array_equal(RegionStore(result["store"]).boxes(TINY_IMAGES[0]), expected)
+    assert np.array_equal(RegionStore(result["store"]).boxes(SCENES[0]), expected)
     code, _, err = cli(["prepare", "boxes", images, "--backend", "opencv", "--strategies", "diverse"])
     assert code == 2 and "only the vectorized backend" in err

@@ -244,8 +244,8 @@ def tiny_checkpoint(tmp_path):
     return path
 
 
-def test_quiet_silences_progress_but_prints_the_result(cli, tiny_coco, tiny_checkpoint, tmp_path):
-    common = ["probe", "knn", tiny_checkpoint, "--data", tiny_coco, "--image-size", "32", "--k", "5",
+def test_quiet_silences_progress_but_prints_the_result(cli, coco_data, tiny_checkpoint, tmp_path):
+    common = ["probe", "knn", tiny_checkpoint, "--data", coco_data, "--image-size", "32", "--k", "5",
               "--cache", tmp_path / "cache"]
     code, out, err = cli([*common, "-q"])
     assert code == 0 and err == ""
@@ -255,8 +255,8 @@ def test_quiet_silences_progress_but_prints_the_result(cli, tiny_coco, tiny_chec
     assert code == 0 and err.count("feature cache: ") == 1 and str(tmp_path / "cache") in err
 
 
-def test_probes_refuse_evaluation_images_that_are_training_images(cli, tiny_coco, tiny_checkpoint, tmp_path):
-    common = ["--data", tiny_coco, "--image-size", "32", "--no-cache", "--json"]
+def test_probes_refuse_evaluation_images_that_are_training_images(cli, coco_data, tiny_checkpoint, tmp_path):
+    common = ["--data", coco_data, "--image-size", "32", "--no-cache", "--json"]
     code, out, err = cli(["probe", "knn", tiny_checkpoint, *common, "--test-split", "train2017", "--k", "5"])
     assert code == 2 and "evaluation images are also training images" in err and "--allow-overlap" in err
     assert json.loads(out)["exit_code"] == 2
@@ -264,19 +264,19 @@ def test_probes_refuse_evaluation_images_that_are_training_images(cli, tiny_coco
     assert code == 2 and "training images" in err
 
 
-def test_probes_find_copies_by_content_and_warn_with_allow_overlap(cli, tiny_coco, tiny_checkpoint, tmp_path):
+def test_probes_find_copies_by_content_and_warn_with_allow_overlap(cli, coco_data, tiny_checkpoint, tmp_path):
     # A val split whose first 3 images are byte copies of training images under new names.
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
-    shutil.copytree(tiny_coco / "train2017", root / "train2017")
-    shutil.copy(tiny_coco / "annotations" / "instances_train2017.json", root / "annotations")
-    val = json.loads((tiny_coco / "annotations" / "instances_val2017.json").read_text())
-    train = json.loads((tiny_coco / "annotations" / "instances_train2017.json").read_text())
+    shutil.copytree(coco_data / "train2017", root / "train2017")
+    shutil.copy(coco_data / "annotations" / "instances_train2017.json", root / "annotations")
+    val = json.loads((coco_data / "annotations" / "instances_val2017.json").read_text())
+    train = json.loads((coco_data / "annotations" / "instances_train2017.json").read_text())
     (root / "val2017").mkdir()
     for image in val["images"]:
-        shutil.copy(tiny_coco / "val2017" / image["file_name"], root / "val2017" / image["file_name"])
+        shutil.copy(coco_data / "val2017" / image["file_name"], root / "val2017" / image["file_name"])
     for image, source in zip(val["images"][:3], train["images"][:3]):
-        shutil.copy(tiny_coco / "train2017" / source["file_name"], root / "val2017" / image["file_name"])
+        shutil.copy(coco_data / "train2017" / source["file_name"], root / "val2017" / image["file_name"])
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(val))
     common = ["probe", "knn", tiny_checkpoint, "--data", root, "--image-size", "32", "--no-cache", "--k", "5",
               "--json"]
@@ -287,15 +287,19 @@ def test_probes_find_copies_by_content_and_warn_with_allow_overlap(cli, tiny_coc
 
 
 def test_disjoint_splits_pass_the_overlap_check(tmp_path):
+    import cv2
+    import numpy as np
+
     from sslcli.eval.overlap import overlapping_images
 
-    a, b, c = (tmp_path / n for n in ("a.jpg", "b.jpg", "c.jpg"))
-    a.write_bytes(b"x" * 10)
-    b.write_bytes(b"y" * 10)  # same size as a, other bytes: hashed, not matched
-    c.write_bytes(b"x" * 10)  # same bytes as a
+    a, b, c = (tmp_path / n for n in ("a.bmp", "b.bmp", "c.bmp"))
+    cv2.imwrite(str(a), np.zeros((4, 4, 3), np.uint8))
+    cv2.imwrite(str(b), np.ones((4, 4, 3), np.uint8))  # same size as a (BMP), other bytes: hashed, not matched
+    c.write_bytes(a.read_bytes())  # same bytes as a
     assert overlapping_images([a], [b]) == []
     assert overlapping_images([a], [c, b]) == [(c, a)]
-    assert overlapping_images([a], [tmp_path / "." / "a.jpg"]) == [(tmp_path / "a.jpg", a)]
+    assert a.stat().st_size == b.stat().st_size
+    assert overlapping_images([a], [tmp_path / "." / "a.bmp"]) == [(tmp_path / "a.bmp", a)]
 
 
 # ---------------------------------------------------------------------- 14: resume with the root written otherwise

@@ -159,21 +159,21 @@ def test_a_store_of_other_images_with_the_same_names_is_stale(tmp_path, cli, mon
     assert code == 2 and "interrupted run with other parameters or inputs" in err
 
 
-def test_inspect_warns_when_the_images_differ_from_the_stores(tiny_coco, tmp_path, cli):
+def test_inspect_warns_when_the_images_differ_from_the_stores(coco_data, tmp_path, cli):
     out = tmp_path / "grid.h5"
-    assert cli(["prepare", "masks", tiny_coco, "--method", "grid", "--grid", "2", "--out", out, "-q"])[0] == 0
-    code, stdout, err = cli(["prepare", "inspect", out, "--gt", tiny_coco, "--json"])
+    assert cli(["prepare", "masks", coco_data, "--method", "grid", "--grid", "2", "--out", out, "-q"])[0] == 0
+    code, stdout, err = cli(["prepare", "inspect", out, "--gt", coco_data, "--json"])
     assert code == 0 and '"stale_images": 0' in stdout and "warning" not in err
     # The same data set with two images replaced by other content under the same names.
     copy = tmp_path / "coco"
     (copy / "train2017").mkdir(parents=True)
-    os.symlink(tiny_coco / "annotations", copy / "annotations")
-    names = sorted(p.name for p in (tiny_coco / "train2017").iterdir())
+    os.symlink(coco_data / "annotations", copy / "annotations")
+    names = sorted(p.name for p in (coco_data / "train2017").iterdir())
     for name in names:
-        os.symlink(tiny_coco / "train2017" / name, copy / "train2017" / name)
+        os.symlink(coco_data / "train2017" / name, copy / "train2017" / name)
     for name in names[:2]:
         (copy / "train2017" / name).unlink()
-        (copy / "train2017" / name).write_bytes((tiny_coco / "train2017" / name).read_bytes())
+        (copy / "train2017" / name).write_bytes((coco_data / "train2017" / name).read_bytes())
         _flip_in_place(copy / "train2017" / name)
     code, stdout, err = cli(["prepare", "inspect", out, "--gt", copy, "--json"])
     assert code == 0 and '"stale_images": 2' in stdout

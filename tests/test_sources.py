@@ -10,6 +10,7 @@ from sslcli.data.sources import iter_images, open_source, write_manifest
 from sslcli.errors import InputError
 
 
+@pytest.mark.photographs("real COCO annotations: 80 categories, polygon segmentations and crowd RLEs, as pycocotools reads them")
 def test_coco_reader_on_real_tiny_coco(tiny_coco):
     src = open_source(tiny_coco, "train2017")
     assert src.kind == "coco" and len(src) == 50 and len(src.classes) == 80

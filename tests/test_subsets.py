@@ -347,6 +347,7 @@ def test_openimages_layout_errors_name_the_expected_files(cli, tmp_path):
 # ------------------------------------------------------------------------------------------- real tiny-COCO
 
 
+@pytest.mark.photographs("the caps come from COCO's 80 category names and their counts in a real annotation file")
 def test_oi_mini_caps_from_real_tiny_coco(cli, tiny_coco, openimages, tmp_path):
     data = json.loads((tiny_coco / "annotations" / "instances_train2017.json").read_text())
     names = {c["id"]: c["name"] for c in data["categories"]}

@@ -211,16 +211,16 @@ def test_crop_iou_pairs_use_the_training_sampler():
     assert ious.tolist() == expected
 
 
-def test_analyze_crop_iou_on_real_coco(cli, tiny_coco, tmp_path):
+def test_analyze_crop_iou_on_coco_data(cli, coco_data, tmp_path):
     import json
 
-    code, out, err = cli(["analyze", "crop-iou", tiny_coco, "--pairs", 400, "--out", tmp_path / "a", "--json"])
+    code, out, err = cli(["analyze", "crop-iou", coco_data, "--pairs", 400, "--out", tmp_path / "a", "--json"])
     assert code == 0, err
     result = json.loads(out)
     assert result["pairs"] == 400 and result["images"] == 50 and 0 < result["mean_iou"] < 1
     saved = json.loads((tmp_path / "a" / "crop-iou.json").read_text())
     assert sum(saved["counts"]) == 400 and (tmp_path / "a" / "crop-iou.png").stat().st_size > 1000
-    code, out, err = cli(["analyze", "crop-iou", tiny_coco, "--pairs", 200, "--max-iou", 0.3, "--out",
+    code, out, err = cli(["analyze", "crop-iou", coco_data, "--pairs", 200, "--max-iou", 0.3, "--out",
                           tmp_path / "b", "--json"])
     assert code == 0, err
     # Pairs over the bound are the documented fallback (no candidate in 50 tries): rare at scale 0.2–1.

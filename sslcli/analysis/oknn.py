@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -51,6 +52,10 @@ class ObjectPlan:
     @property
     def n_objects(self) -> int:
         return int(sum(len(b) for b in self.boxes))
+
+    def paths(self) -> list[Path]:
+        """The image files the plan reads objects from (for the bank/query overlap check)."""
+        return [Path(self.source.records[i].path) for i in self.images]
 
 
 def plan_objects(source: ImageSource, class_ids: list[int], per_image: int | None, min_size: float = 32,

@@ -19,6 +19,7 @@ from sslcli.cli import render
 from sslcli.cli.apps import analyze_app
 from sslcli.cli.common import command, current
 from sslcli.errors import InputError
+from sslcli.eval.overlap import ALLOW_HELP
 from sslcli.io import check_writable_dir, write_json_atomic
 
 if TYPE_CHECKING:  # torch and the models load only when a command runs, so `sslcli --help` stays fast
@@ -264,6 +265,8 @@ def analyze_oknn(
     max_side: int = typer.Option(1024, "--max-side", min=32, help="...unless the longer side would exceed this."),
     max_images: int | None = typer.Option(None, "--max-images", min=1, help="Use only the first N images per split."),
     workers: int = typer.Option(2, "--workers", min=1, help="Image-decoding threads."),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help=ALLOW_HELP.replace("evaluation images",
+                                       "query images").replace("training images", "bank images")),
     out: Path = OUT, arch: str | None = ARCH, width: int | None = WIDTH, trust_checkpoint: bool = TRUST,
     device: str = DEVICE, batch_size: int = BATCH, seed: int = SEED, min_size: float = MIN_SIZE,
 ):
@@ -273,7 +276,8 @@ def analyze_oknn(
     average-pooled, L2-normalised. Bank: --train-split, one object per class present in each image (seeded) or
     --bank-per-image N. Queries: every object of --split. k-NN with k = --k, votes exp(cos/0.07). Images are resized
     to --short-side (default 512, for speed). --disturbed adds the disturbed variant: every pixel outside the
-    image's selected boxes replaced by a random other image of the same split (resized; seeded).
+    image's selected boxes replaced by a random other image of the same split (resized; seeded). Query images that
+    are also bank images (same file or same bytes) are refused, as the probes refuse them, unless --allow-overlap.
 
     Example: sslcli analyze oknn ckpt.pt --data coco/ --disturbed --out results/
     """
@@ -281,6 +285,7 @@ def analyze_oknn(
     from sslcli.analysis.plots import plot_oknn
     from sslcli.data.objects import require_coco
     from sslcli.data.sources import open_source
+    from sslcli.eval.overlap import check_disjoint
 
     if disturb not in ("both", "val"):
         raise InputError(f"--disturb {disturb!r}: expected both or val")
@@ -297,13 +302,14 @@ def analyze_oknn(
     for plan, name in ((bank_plan, train_split), (query_plan, split)):
         if not plan.n_objects:
             raise InputError(f"{data}: no object in {name} qualifies (non-crowd, both box sides >= {min_size} px)")
+    overlap = check_disjoint(bank_plan.paths(), query_plan.paths(), allow_overlap)
     if disturbed:
         assign_backgrounds(bank_plan, seed + 1)
         assign_backgrounds(query_plan, seed + 2)
     settings = {"data": str(data), "split": split, "train_split": train_split, "k": k, "temperature": temperature,
                 "bank_per_image": per_image, "disturbed": disturbed, "disturb": disturb, "short_side": short_side,
                 "max_side": max_side, "max_images": max_images, "min_size": min_size, "roi_size": 7, "seed": seed,
-                "classes": len(class_ids)}
+                "classes": len(class_ids), "overlapping_images": overlap}
     results, bars = [], {}
     for label, backbone, report in load_all(checkpoints, arch, width, trust_checkpoint, dev):
         scores = object_knn(backbone, bank_plan, query_plan, len(class_ids), k, temperature, disturbed,

@@ -62,7 +62,13 @@ def _concat(a, b):
 def _features(opts: _Options):
     """Load the backbone, build train/test rows, extract (or reuse) their features; drop undecodable rows."""
     from sslcli.backbone_checkpoints import load_backbone
-    from sslcli.eval.features import Preprocess, default_cache_dir, extract_features, skipped_images
+    from sslcli.eval.features import (
+        Preprocess,
+        default_cache_dir,
+        extract_features,
+        require_finite,
+        skipped_images,
+    )
     from sslcli.eval.labels import check_same_classes, default_splits, labeled_set, open_split
     from sslcli.eval.overlap import check_disjoint
 
@@ -88,6 +94,7 @@ def _features(opts: _Options):
     for rows, split in ((train, train_split), (test, test_split)):
         feats, ok = extract_features(backbone, rows, pre, checkpoint_sha256=report.identity, cache_dir=cache,
                                      batch_size=opts.batch_size, device=opts.device, workers=opts.workers)
+        require_finite(feats, ok, opts.checkpoint)
         out.append((rows.subset(np.flatnonzero(ok)), feats[ok]))
         out_ok.append(ok)
         skipped += [{"split": split, **s} for s in skipped_images(rows.source, rows.image_index[~ok].tolist())]

@@ -84,7 +84,9 @@ class EncodedImage:
                 orientation = int(im.getexif().get(0x0112, 1))
                 if orientation in _TRANSPOSED_ORIENTATIONS:
                     width, height = height, width
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except UnidentifiedImageError:  # its message names the in-memory buffer, not the file: the path says which
+            raise CorruptImageError(path, "cannot read image header (not an image format PIL recognises)") from None
+        except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptImageError(path, f"cannot read image header ({exc})") from None
         return cls(path, data, height, width, is_jpeg, orientation if 1 <= orientation <= 8 else 1)
 

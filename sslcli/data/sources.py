@@ -69,6 +69,7 @@ class CocoSource(ImageSource):
 
     coco: object = None
     category_ids: list[int] = field(default_factory=list)
+    annotation_file: Path | None = None  # named in errors about its entries
 
     def instances(self, index: int) -> list[Instance]:
         image_id = self.records[index].image_id
@@ -86,6 +87,10 @@ class CocoSource(ImageSource):
         image_id = self.records[index].image_id
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id]))  # type: ignore[attr-defined]
         rec = self.records[index]
+        for key in ("height", "width"):  # pycocotools draws masks on a canvas of the image record's size
+            if anns and not isinstance(getattr(rec, key), int):
+                raise InputError(f"{self.annotation_file}: image {image_id} ({rec.path.name}) has no integer "
+                                 f"\"{key}\" (instance masks are drawn at the image size the record gives)")
         masks = np.zeros((len(anns), rec.height or 0, rec.width or 0), dtype=bool)
         for i, ann in enumerate(anns):
             if "segmentation" not in ann:
@@ -117,7 +122,8 @@ def _load_coco(root: Path, split: str) -> CocoSource:
         records.append(ImageRecord(image_id, image_dir / info["file_name"], None, info.get("width"), info.get("height")))
     category_ids = sorted(coco.cats)
     classes = [coco.cats[c]["name"] for c in category_ids]
-    return CocoSource(root=root, kind="coco", records=records, classes=classes, coco=coco, category_ids=category_ids)
+    return CocoSource(root=root, kind="coco", records=records, classes=classes, coco=coco, category_ids=category_ids,
+                      annotation_file=ann_file)
 
 
 def check_coco(data: object, path: Path) -> None:

@@ -33,6 +33,7 @@ import json
 import os
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,9 +396,20 @@ class RegionStore:
         (K ≤ 16, H, W) uint8 binary masks sorted by decreasing score."""
         self._require("masks")
         i, meta = self.index_of(image_id), self._load_meta()
-        blob = self._h5()["blobs"][meta["offsets"][i]:meta["offsets"][i + 1]].tobytes()
-        masks = decode_masks(blob, tuple(meta["shapes"][i]), int(meta["dtypes"][i]))
+        with self._reading(image_id):
+            blob = self._h5()["blobs"][meta["offsets"][i]:meta["offsets"][i + 1]].tobytes()
+            masks = decode_masks(blob, tuple(meta["shapes"][i]), int(meta["dtypes"][i]))
         return masks.astype(np.uint8) if self.method == "mcg" else masks.astype(np.int32)
+
+    @contextmanager
+    def _reading(self, image_id: int | str) -> Iterator[None]:
+        """Bytes damaged inside the file (a bad disk, a partial copy) fail the read or the decompression: one line
+        naming the store and the image, instead of zlib's or HDF5's message alone."""
+        try:
+            yield
+        except (zlib.error, OSError, ValueError) as exc:
+            raise InputError(f"{self.path}: the stored regions of image {image_id!r} are corrupt ({exc}); recompute "
+                             "the store (delete it and rerun the prepare command)") from None
 
     def label_map(self, image_id: int | str, k: int = 0) -> np.ndarray:
         """One (H, W) int32 label map: label map k of the store, or for binary-mask stores (MCG) the masks
@@ -416,7 +428,8 @@ class RegionStore:
         """(M, 4) float32 boxes x0, y0, x1, y1 in pixels of the original image."""
         self._require("boxes")
         i, meta = self.index_of(image_id), self._load_meta()
-        return self._h5()["boxes"][meta["offsets"][i]:meta["offsets"][i + 1]]
+        with self._reading(image_id):
+            return self._h5()["boxes"][meta["offsets"][i]:meta["offsets"][i + 1]]
 
     def region_counts(self) -> np.ndarray:
         """(N, S) int32 regions per image and label map (boxes: S = 1), in ``image_ids`` order; no decoding."""

@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from sslcli.data.digests import require_store_matches
 from sslcli.data.store import RegionStore
 from sslcli.errors import InputError
 
 
-def open_box_store(path: str) -> RegionStore:
-    """The box store named by ``method.boxes``, checked at start-up (exists, is complete, holds boxes)."""
+def open_box_store(path: str, data) -> RegionStore:
+    """The box store named by ``method.boxes``, checked at start-up (exists, is complete, holds boxes, was computed
+    from the images of the run spec's ``data`` section)."""
     try:
         store = RegionStore(path)
         kind, method = store.kind, store.method
@@ -27,6 +29,7 @@ def open_box_store(path: str) -> RegionStore:
     if kind != "boxes":
         raise InputError(f"method.boxes: {path} holds {kind} (method {method}), expected boxes "
                          "(made by `sslcli prepare boxes`)")
+    require_store_matches(store, data, "method.boxes")
     return store
 
 

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from sslcli.errors import InputError
-from sslcli.io import atomic_path, check_writable_dir, write_json_atomic
+from sslcli.io import atomic_path, check_writable_dir, write_json_atomic, write_text_atomic
 
 SPLITS = ("train2017", "val2017")
 JPEG_QUALITY = 90
@@ -30,6 +30,7 @@ MIN_VISIBLE_PIXELS = 24  # an object with fewer visible pixels is not annotated 
 MIN_VISIBLE_FRACTION = 0.2  # ... nor one whose visible part is under this fraction of its in-frame area
 OBJECTS_PER_IMAGE = (3, 8)  # inclusive range of objects painted per scene
 RADIUS_FRACTION = (0.07, 0.2)  # radius of the disc of equal area, as a fraction of the short side (log-uniform)
+MARKER = ".sslcli-synthetic"  # written into OUT first: what --force may replace is ours
 IMAGE_ID_STRIDE = 10**9  # image ids: train 1.., val 10**9 + 1..: unique across the two splits, as in COCO
 
 
@@ -269,10 +270,16 @@ def _write_jpeg(path: Path, image: np.ndarray) -> None:
 
 
 def _check_out(out: Path, force: bool) -> None:
+    """Refuse an OUT whose data set this generator did not make; with --force (or after a killed run of it) remove
+    its own splits and annotation files, nothing else. Then mark OUT as made by it, before the first image."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder (expected an output folder)")
     if out.is_dir() and any(out.iterdir()):
-        if not force and not _killed_run(out):
+        ours, parts = (out / MARKER).is_file(), _data_set_parts(out)
+        if parts and not ours:
+            raise InputError(f"{out}: holds {', '.join(parts)} not made by `sslcli prepare synthetic` "
+                             f"(no {MARKER} marker), so even --force will not replace them; choose a new folder")
+        if not force and not (ours and _killed_run(out)):
             raise InputError(f"{out}: output folder is not empty (pass --force to overwrite it)")
         # Remove the annotation files first: until the new ones are written, OUT must not look complete.
         for split in SPLITS:
@@ -281,13 +288,24 @@ def _check_out(out: Path, force: bool) -> None:
             if (out / split).is_dir():
                 shutil.rmtree(out / split)
     check_writable_dir(out, "OUT")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / MARKER, "made by sslcli prepare synthetic; its --force replaces train2017/, val2017/ and "
+                              "annotations/instances_*2017.json here\n")
+
+
+def _data_set_parts(out: Path) -> list[str]:
+    """The split folders and annotation files in OUT that --force would replace."""
+    parts = [f"{split}/" for split in SPLITS if (out / split).exists()]
+    return parts + [f"annotations/instances_{split}.json" for split in SPLITS
+                    if (out / "annotations" / f"instances_{split}.json").exists()]
 
 
 def _killed_run(out: Path) -> bool:
-    """A run of this generator that was stopped before its last step: only its folders, no annotation file yet (they
-    are written last). Rerunning it starts over, as --force would, so the result is the same as one clean run."""
+    """A run of this generator that was stopped before its last step: only its marker and folders, no annotation file
+    yet (they are written last). Rerunning it starts over, as --force would, so the result is the same as one clean
+    run."""
     names = {p.name for p in out.iterdir()}
-    return names <= {"annotations", *SPLITS} and not any(
+    return names <= {MARKER, "annotations", *SPLITS} and not any(
         (out / "annotations" / f"instances_{split}.json").exists() for split in SPLITS)
 
 

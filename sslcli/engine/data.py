@@ -30,7 +30,7 @@ from sslcli.engine.threads import worker_threads
 from sslcli.errors import CorruptImageError, InputError, SslcliError
 from sslcli.spec import RunSpec
 
-SKIPPED_KEY = "_skipped"  # per-sample list of corrupt-image messages, removed by `collate`
+SKIPPED_KEY = "_skipped"  # per-sample list of corrupt images as (path, message), removed by `collate`
 
 Sample = dict[str, Any]  # one image's views (a transform's output) or, collated, a batch of them
 Transform = Callable[[Sample], Sample]
@@ -119,7 +119,7 @@ class TrainDataset(Dataset[Sample]):
                     out = self.transform(sample)
                 break
             except CorruptImageError as exc:
-                skipped.append(str(exc))
+                skipped.append((exc.path, str(exc)))
         else:
             raise SslcliError(f"{self.source.root}: no image of the data set could be decoded")
         out[SKIPPED_KEY] = skipped
@@ -127,7 +127,7 @@ class TrainDataset(Dataset[Sample]):
 
 
 def collate(samples: list[Sample]) -> Sample:
-    """`default_collate` over the samples, with the corrupt-image messages gathered into one flat list and the
+    """`default_collate` over the samples, with the corrupt images (path, message) gathered into one flat list and the
     variable-size entries of the device pipeline (`LIST_KEYS`: file bytes, paths) kept as lists."""
     skipped = [msg for s in samples for msg in s.pop(SKIPPED_KEY, [])]
     lists = {k: [s.pop(k) for s in samples] for k in LIST_KEYS if k in samples[0]}

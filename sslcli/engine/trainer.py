@@ -63,6 +63,19 @@ class NonFiniteLoss(SslcliError):
     """The loss became NaN or infinite; the run stops, the last good checkpoint is left untouched."""
 
 
+# |value| no healthy run's parameters, floating buffers or eval-mode features approach: weights start below 1 and
+# weight decay keeps them near it, BatchNorm's running variance of normalised inputs stays within a few orders of 1,
+# queues hold unit vectors and features are O(1), while a diverged run passes it within an epoch (MoCo-v2 at lr 1000 on tiny-COCO: conv weights of ~200
+# and BN running variances of 1.5e8 after one epoch, at a chance-level loss that never became NaN; such a checkpoint
+# gives NaN features). Above it a checkpoint is not written.
+WEIGHT_LIMIT = 1e6
+
+
+class DivergedWeights(SslcliError):
+    """A parameter, floating buffer or eval-mode feature became non-finite or exceeded WEIGHT_LIMIT; the run stops
+    before writing that state, so the last checkpoint on disk is the last healthy one."""
+
+
 @dataclass
 class StepResult:
     losses: dict[str, float]
@@ -173,6 +186,36 @@ class Trainer:
                 "rng": {"ranks": ranks}, "epoch_stats": epoch_stats or {"loss_sum": 0.0, "steps": 0},
                 "threads": torch.get_num_threads(),
                 "sslcli_version": sslcli.__version__}
+
+    def health_problem(self) -> str | None:
+        """Why the current state is not worth a checkpoint (diverged), or None: a parameter or floating buffer that is
+        non-finite or beyond WEIGHT_LIMIT, or eval-mode backbone features (what probes compute) that are."""
+        tensors = [*self.method.named_parameters(), *self.method.named_buffers()]
+        names, values = zip(*[(n, t) for n, t in tensors if t.is_floating_point() and t.numel()])
+        peaks = torch.stack([t.detach().abs().amax().float() for t in values]).tolist()  # one device sync
+        for name, peak in zip(names, peaks):
+            if not math.isfinite(peak) or peak > WEIGHT_LIMIT:
+                return f"{name} reached |value| {peak:.3g}"
+        peak = self.eval_feature_peak()
+        if not math.isfinite(peak) or peak > WEIGHT_LIMIT:
+            return f"the backbone's eval-mode features reached |value| {peak:.3g}"
+        return None
+
+    def eval_feature_peak(self) -> float:
+        """Largest |feature| of the backbone in eval mode, as probes run it, on two fixed noise images. Weights that
+        jumped in one step leave BatchNorm's running statistics behind, so eval-mode activations overflow although
+        every weight is moderate. Uses its own generator: the run's random streams are untouched."""
+        backbone = self.method.backbone()
+        modes = {module: module.training for module in backbone.modules()}
+        size = self.spec.data.image_size
+        noise = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
+        backbone.eval()
+        try:
+            with torch.no_grad():
+                return float(backbone(noise).abs().amax().float())
+        finally:
+            for module, training in modes.items():
+                module.training = training
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
@@ -327,12 +370,12 @@ def _prepare_output_dir(output_dir: Path, spec: RunSpec) -> None:
 
 
 def _corrupt_on_all_ranks(corrupt: set[str]) -> set[str]:
-    """Each rank saw other images: every distinct corrupt file, counted once."""
+    """Each rank saw other images: every distinct corrupt file (its path), counted once."""
     if not dist.is_distributed():
         return corrupt
     seen: list[Any] = [None] * dist.world_size()
     torch_dist.all_gather_object(seen, sorted(corrupt))
-    return {msg for msgs in seen for msg in msgs}
+    return {path for paths in seen for path in paths}
 
 
 class EpochLoop:
@@ -353,7 +396,7 @@ class EpochLoop:
                     if self.is_main else None)
         self.bar = TrainProgress(self.stop_at, position.done, spec.logging.every_steps, enabled=self.is_main)
         self.throughput = Throughput(spec.batch_size)
-        self.corrupt: set[str] = set()
+        self.corrupt: set[str] = set()  # paths of the corrupt images met so far, each warned about once
 
     def run(self) -> None:
         try:
@@ -385,10 +428,10 @@ class EpochLoop:
             if position.done >= self.stop_at:
                 break
 
-    def _warn_corrupt(self, messages: list[str]) -> None:
-        for msg in messages:
-            if msg not in self.corrupt:
-                self.corrupt.add(msg)
+    def _warn_corrupt(self, skipped: list[tuple[str, str]]) -> None:
+        for path, msg in skipped:  # keyed by path: one file may fail with different messages (header, decode)
+            if path not in self.corrupt:
+                self.corrupt.add(path)
                 current().warn(f"skipped corrupt image: {msg}")
 
     def _log_step(self, epoch: int, result: StepResult, images_per_s: float) -> None:
@@ -409,12 +452,22 @@ class EpochLoop:
         if position.epoch_done:
             position.new_epoch()
 
+    def _refuse_diverged_weights(self) -> None:
+        """Stop instead of checkpointing weights that diverged (the same weights on every rank: all stop together)."""
+        problem = self.trainer.health_problem()
+        if problem is not None:
+            raise DivergedWeights(f"{problem} by step {self.position.done}, beyond "
+                                  f"{WEIGHT_LIMIT:.0e}: training diverged (lower optimizer.base_lr, or set "
+                                  "optimizer.grad_clip); stopped without writing this state, the last good "
+                                  "checkpoint is kept")
+
     def save_checkpoints(self) -> None:
         """``epoch_XXXX.pt`` every ``checkpoint_every`` epochs, then ``last.pt``. last.pt is written last: it is what
         a resume starts from, so a run killed before it is complete redoes the epoch and writes its metrics line and
         epoch checkpoint again (the log is cut back to last.pt's step on resume)."""
         position, spe = self.position, self.position.steps_per_epoch
         epochs = position.done // spe
+        self._refuse_diverged_weights()
         state = self.trainer.state(epochs, position.done, spe, None if position.epoch_done else position.epoch_stats)
         if self.is_main:
             if position.epoch_done and epochs % self.spec.checkpoint_every == 0:

@@ -192,6 +192,15 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None
                 fh.attrs[key] = value
 
 
+def require_finite(features: np.ndarray, ok: np.ndarray, checkpoint: str | os.PathLike) -> None:
+    """Refuse (exit 2) the features of a checkpoint whose weights diverged: NaN or inf in a decoded image's row would
+    otherwise fail deep inside a classifier (or silently rank neighbours by NaN)."""
+    bad = ~np.isfinite(features[ok]).all(axis=1)
+    if bad.any():
+        raise InputError(f"{checkpoint}: the features of {int(bad.sum())} of {int(ok.sum())} images are not finite "
+                         "(NaN or inf): the checkpoint's weights diverged; evaluate an earlier checkpoint")
+
+
 def extract_features(backbone: nn.Module, rows: LabeledSet, pre: Preprocess, *, checkpoint_sha256: str | None = None,
                      cache_dir: str | os.PathLike | None = None, batch_size: int = 64, device: str = "auto",
                      workers: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,8 @@
 A probe whose test split repeats training images scores memorisation, not features (a random-init kNN probe scored
 mAP 71.0 on a split that repeats train vs 14.4 on a disjoint one). Paths are compared resolved; contents by SHA-256,
 hashing only the files whose byte size also occurs on the other side (sizes come from one ``stat`` each, so a large
-training set costs no full read).
+training set costs no full read). Empty and undecodable files are no evidence of overlap (two empty files hold "the
+same bytes" by accident, and every reader skips them): a match counts only when the evaluation image decodes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from sslcli.console import current
-from sslcli.errors import InputError
+from sslcli.data.images import load_image
+from sslcli.errors import CorruptImageError, InputError
 
 ALLOW_HELP = ("Evaluate even when evaluation images are also training images (same file or same bytes); the scores "
               "are then inflated, and a warning says how many images overlap.")
@@ -35,11 +37,23 @@ def _size(path: Path) -> int | None:
         return None  # a missing file is reported (and skipped) where it is read, not here
 
 
+def _is_image(path: Path) -> bool:
+    """Whether ``path`` decodes (called only for matched files, so a large data set is not decoded)."""
+    try:
+        load_image(path)
+    except CorruptImageError:
+        return False
+    return True
+
+
 def overlapping_images(train_paths: list[Path], test_paths: list[Path]) -> list[tuple[Path, Path]]:
-    """(test image, training image) pairs that are the same file or hold the same bytes."""
+    """(test image, training image) pairs that are the same file or hold the same bytes, empty and undecodable files
+    left out."""
     train_resolved = {Path(p).resolve(): Path(p) for p in train_paths}
     pairs, rest = [], []
     for path in test_paths:
+        if not _size(path):  # empty (or missing): skipped wherever it is read
+            continue
         same = train_resolved.get(Path(path).resolve())
         if same is not None:
             pairs.append((Path(path), same))
@@ -48,7 +62,7 @@ def overlapping_images(train_paths: list[Path], test_paths: list[Path]) -> list[
     by_size: dict[int, list[Path]] = defaultdict(list)
     for path in train_resolved.values():
         size = _size(path)
-        if size is not None:
+        if size:
             by_size[size].append(path)
     hashes: dict[Path, str] = {}
 
@@ -64,7 +78,7 @@ def overlapping_images(train_paths: list[Path], test_paths: list[Path]) -> list[
             match = next((c for c in candidates if sha(c) == digest), None)
             if match is not None:
                 pairs.append((path, match))
-    return pairs
+    return [(test, train) for test, train in pairs if _is_image(test)]
 
 
 def check_disjoint(train_paths: list[Path], test_paths: list[Path], allow: bool) -> int:

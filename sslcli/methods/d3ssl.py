@@ -168,7 +168,7 @@ class D3ssl(MomentumMethod):
                            tuple(method.prm.scale), tuple(method.prm.ratio), tuple(method.rbj.scale),
                            method.rbj.shift, method.decoupling, method.depositioning,
                            view_colours(self.spec.views.colour, BYOL))
-        return StoredBoxViews(open_box_store(method.boxes), views)
+        return StoredBoxViews(open_box_store(method.boxes, self.spec.data), views)
 
     def _embed(self, encoder, projector, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images, (B, K, 4) boxes → (B, K, D) normalised region features."""

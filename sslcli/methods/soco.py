@@ -65,7 +65,7 @@ class Soco(MomentumMethod):
                             method.jitter_p, method.jitter_scale, recipe=method.recipe, padding=method.padding,
                             cutout_p=method.cutout_p, cutout_scale=tuple(method.cutout_scale),
                             colors=view_colours(self.spec.views.colour, BYOL))
-        return StoredBoxViews(open_box_store(method.boxes), views)
+        return StoredBoxViews(open_box_store(method.boxes, self.spec.data), views)
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """``batch["view1"]``, ``["view2"]``: (B, 3, S, S); ``["view3"]``: (B, 3, S/2, S/2) (not for c4-code);

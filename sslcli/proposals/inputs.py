@@ -3,7 +3,8 @@
 - ``list_hash``: sha256 of the ordered (image id, path relative to the root) lines. Cheap (no file is read); every
   shard of a ``--shard I/N`` run computes it for the whole list, so parts of different lists are never merged.
 - per-image digests: sha256 of each image file's bytes (32 zero bytes for a file that cannot be read). Stored in the
-  store (``input_digests``), so a store used with other images of the same names is detected (`stale_images`).
+  store (``input_digests``), so a store used with other images of the same names is detected (`stale_images`;
+  `sslcli.data.digests` holds the digests and the start-up check of `pretrain`).
 - ``input_hash`` = sha256(list hash ‖ digests in source order): the store's identity of its inputs. A part of a
   sharded run hashes its own range into it too; `sslcli.proposals.merge` recomputes the unsharded value from the
   parts' digests, so a merged store carries exactly the hash of one unsharded run.
@@ -16,16 +17,15 @@ scratch disks, say) keep their bytes but rarely their times.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from sslcli.data.digests import UNREADABLE, content_digests, file_digest, unknown_images
 from sslcli.data.sources import ImageSource
 
-UNREADABLE = bytes(32)
+__all__ = ["UNREADABLE", "content_digests", "file_digest", "input_hash", "list_hash", "stale_images"]
 
 
 def list_hash(source: ImageSource) -> str:
@@ -38,26 +38,6 @@ def list_hash(source: ImageSource) -> str:
             rel = Path(rec.path)
         digest.update(f"{rec.image_id}\t{rel.as_posix()}\n".encode())
     return digest.hexdigest()
-
-
-def file_digest(path: str | os.PathLike) -> bytes:
-    """sha256 of a file's bytes; 32 zero bytes when it cannot be read (the image is then skipped as corrupt)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return UNREADABLE
-    return digest.digest()
-
-
-def content_digests(source: ImageSource, indices: Sequence[int], threads: int = 8) -> np.ndarray:
-    """(len(indices), 32) uint8: `file_digest` of each image (threads overlap the reads; hashlib drops the GIL)."""
-    paths = [source.records[i].path for i in indices]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        digests = list(pool.map(file_digest, paths, chunksize=64))
-    return np.frombuffer(b"".join(digests), np.uint8).reshape(len(paths), 32)
 
 
 def input_hash(list_hex: str, digests: np.ndarray, shard_range: tuple[int, int] | None = None) -> str:
@@ -75,5 +55,4 @@ def stale_images(stored_digests: np.ndarray | None, source: ImageSource, indices
     digests (made before they were recorded)."""
     if stored_digests is None:
         return None
-    known = {bytes(row) for row in stored_digests}
-    return sum(bytes(row) not in known for row in content_digests(source, indices))
+    return len(unknown_images(stored_digests, source, indices))

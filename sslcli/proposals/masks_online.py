@@ -58,6 +58,9 @@ class MaskSource:
         # Fail at start-up, not in a DataLoader worker, when the store, a scale or the annotations are wrong.
         if source.kind == "store":
             source.scale_indices()
+            from sslcli.data.digests import require_store_matches
+
+            require_store_matches(source.store(), data_spec, "method.masks.path")
         elif source.kind == "gt":
             from pathlib import Path
 

@@ -233,6 +233,7 @@ def load_study(path: str | Path, out: str | Path | None = None, world_size: int 
         study = StudyFile.model_validate(raw)
     except ValidationError as exc:
         raise InputError(_one_line(str(path), exc)) from None
+    _check_name(path, study.name)
     out_dir = Path(out) if out is not None else Path("studies-out") / study.name
     out_dir = out_dir.resolve()
     out_str = str(out_dir)
@@ -254,6 +255,13 @@ def load_study(path: str | Path, out: str | Path | None = None, world_size: int 
     arm_names = [*study.arms, *([RANDOM_INIT] if study.random_init else [])]
     _check_expectations(path, study, arm_names)
     return Study(path, study, out_dir, runs, prepare_hash, arm_names)
+
+
+def _check_name(path: Path, name: str) -> None:
+    """The name is the default output folder studies-out/<name>: one plain folder name, so it stays inside."""
+    if name.strip() in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise InputError(f"{path}: name: {name!r} names the default output folder studies-out/<name>; expected a "
+                         "plain folder name (no /, \\ or .., not empty)")
 
 
 def _base_spec(path: Path, study: StudyFile) -> dict:
