@@ -1,10 +1,13 @@
-"""Process lifetime helpers: child processes that die with their parent, and one run per output folder.
+"""Process lifetime helpers: child processes that die with their parent, one run per output folder, and
+`sslcli ... --json` child commands.
 
 - `die_with_parent`: a worker or rank process asks the Linux kernel to SIGKILL it when its parent dies (a killed
   ``sslcli pretrain --gpus 2`` would otherwise leave its ranks training on, writing checkpoints).
 - `FolderLock`: an exclusive ``fcntl.flock`` on ``<folder>/.sslcli.lock`` that records the holder's pid. The kernel
   releases a flock when its holder dies, however it dies, so a killed run never leaves a stale lock behind (only,
   perhaps, an unlocked file, which the next run takes over).
+- `call`: run ``sslcli ARGS --json`` as a child that dies with this process (a killed ``study run`` must not leave
+  its ``sslcli pretrain`` training on, holding the run folder's lock) and return its JSON result.
 """
 
 from __future__ import annotations
@@ -12,12 +15,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
+import shlex
 import signal
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from sslcli.errors import InputError
+from sslcli.errors import InputError, SslcliError
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LOCK_NAME = ".sslcli.lock"
@@ -81,3 +90,64 @@ class FolderLock:
             if self.created and not any(self.folder.iterdir()):
                 with contextlib.suppress(OSError):  # something appeared meanwhile: keep it
                     self.folder.rmdir()  # a run that failed before writing anything leaves no trace
+
+
+# ------------------------------------------------------------------------------------------ sslcli child commands
+def sslcli_command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "sslcli", *args, "--json"]
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as the user would type it."""
+    return "sslcli " + shlex.join(cmd[3:]) if cmd[1:3] == ["-m", "sslcli"] else shlex.join(cmd)
+
+
+def _dies_with(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` (runs in the forked child before exec) that ties the child's life to ``parent_pid``. prctl
+    is looked up here, in the parent: the child only makes the call (no loader lock taken after fork)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+    def tie() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died between fork and here
+            os._exit(1)
+
+    return tie
+
+
+def call(args: list[str], log: Callable[[str], None], verbose: bool,
+         on_start: Callable[[subprocess.Popen], None] | None = None) -> tuple[dict, float, str]:
+    """Run ``sslcli ARGS --json``; return (its JSON result, wall seconds, the command line). stderr is forwarded
+    line by line when ``verbose``; a failure raises with the child's last error line and its exit code class.
+
+    The child is SIGKILLed by the kernel when the thread that started it dies (kill -9 of this process included).
+    ``on_start`` gets the child process (e.g. to wait for it from a signal handler)."""
+    cmd = sslcli_command(args)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,
+                                preexec_fn=_dies_with(os.getpid()))
+        if on_start is not None:
+            on_start(proc)
+        tail: list[str] = []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            tail = [*tail[-19:], line]
+            if verbose:
+                log(f"    {line}")
+        code = proc.wait()
+        stdout.seek(0)
+        text = stdout.read()
+    seconds = time.perf_counter() - start
+    if code != 0:
+        last = next((t for t in reversed(tail) if t.strip()), "(no message)")
+        error = InputError if code == 2 else SslcliError
+        raise error(f"{last.removeprefix('error: ')} [from: {shown(cmd)}]")
+    lines = text.strip().splitlines()
+    try:
+        return json.loads(lines[-1]), seconds, shown(cmd)
+    except (IndexError, json.JSONDecodeError):
+        raise SslcliError(f"{shown(cmd)}: printed no JSON result") from None

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sslcli.errors import InputError
+from sslcli.slurm import SlurmOptions
 from sslcli.spec import RunSpec, SpecError, apply_overrides, parse_spec
 from sslcli.study.metrics import EVAL_KINDS, declared_metric_ok
 
@@ -72,6 +73,13 @@ class Estimate(_Strict):
                                        "cannot be read here.")
 
 
+class ExecutorSection(SlurmOptions):
+    """Where the training runs happen: ``kind: local`` (this machine) or ``slurm`` (one job per run, these
+    resources); `study run --executor` and its flags override it."""
+
+    kind: Literal["local", "slurm"] = "local"
+
+
 class StudyFile(_Strict):
     name: str
     description: str | None = None
@@ -83,6 +91,7 @@ class StudyFile(_Strict):
     random_init: bool = False
     expect: list[Expectation] = Field(default_factory=list)
     estimate: Estimate = Estimate()
+    executor: ExecutorSection = ExecutorSection()
 
 
 @dataclass
