@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,30 @@ def live_job(name: str) -> str | None:
                           timeout=120)
     ids = proc.stdout.split() if proc.returncode == 0 else []
     return ids[0] if ids else None
+
+
+def wait_for_jobs(jobs: dict[str, dict[str, str]], done: Callable[[str], bool], poll_s: float,
+                  log: Callable[[str], None], label: Callable[[str], str] = str) -> list[str]:
+    """Wait until every job (``{key: {"job_id", "log"}}``) is done (``done(key)``: its output is there) or failed,
+    logging each change of state; return one line per failure: what, the job and its log."""
+    shown: dict[str, str] = {}
+    failures: list[str] = []
+    pending = list(jobs)
+    while pending:
+        states = job_states([jobs[k]["job_id"] for k in pending])
+        for key in list(pending):
+            job = jobs[key]
+            state = state_of(job, states, lambda key=key: done(key))
+            if state != shown.get(key):
+                shown[key] = state
+                log(f"{label(key)}: Slurm job {job['job_id']} {state}")
+            if state in (DONE, FAILED):
+                pending.remove(key)
+            if state == FAILED:
+                failures.append(f"{label(key)}: job {job['job_id']}, log {job['log']}")
+        if pending:
+            time.sleep(poll_s)
+    return failures
 
 
 def state_of(job: dict[str, str] | None, states: dict[str, str], done: Callable[[], bool]) -> str:

@@ -18,7 +18,6 @@ Layout added to the study folder:
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from sslcli.errors import SslcliError
@@ -36,6 +35,7 @@ from sslcli.slurm import (
     log_path,
     slurm_executor,
     state_of,
+    wait_for_jobs,
 )
 from sslcli.study.runner import RUN_MARKER, Log, _write_spec, record_run, run_done, run_identity
 from sslcli.study.spec import PlannedRun, Study, content_hash
@@ -118,26 +118,11 @@ class SlurmExecutor:
 
     def _wait(self, runs: list[PlannedRun], book: JobBook, log: Log, counts: dict) -> list[str]:
         """Until every job is done or failed; returns one line per failure (the run, the job and its log)."""
-        shown: dict[str, str] = {}
-        failures: list[str] = []
-        pending = list(runs)
-        while pending:
-            states = job_states([book.jobs[r.hash]["job_id"] for r in pending])
-            for run in list(pending):
-                job = book.jobs[run.hash]
-                state = state_of(job, states, lambda run=run: run_done(run))
-                if state != shown.get(run.hash):
-                    shown[run.hash] = state
-                    log(f"[study] {run.key} ({run.hash}): Slurm job {job['job_id']} {state}")
-                if state in (DONE, FAILED):
-                    pending.remove(run)
-                if state == DONE:
-                    counts["trained"] += 1
-                elif state == FAILED:
-                    failures.append(f"{run.key}: job {job['job_id']}, log {job['log']}")
-            if pending:
-                time.sleep(self.options.poll_s)
-        return failures
+        by_hash = {r.hash: r for r in runs}
+        failures = wait_for_jobs({h: book.jobs[h] for h in by_hash}, lambda h: run_done(by_hash[h]),
+                                 self.options.poll_s, log, lambda h: f"[study] {by_hash[h].key} ({h})")
+        counts["trained"] += len(runs) - len(failures)
+        return [f.removeprefix("[study] ") for f in failures]
 
 
 def study_status(folder: Path) -> dict:
