@@ -270,9 +270,9 @@ def test_failed_job_is_reported_with_its_log(slurm, tmp_path):
     proc = _sslcli("study", "run", path, "--out", out, "--json")
     assert proc.returncode == 1, proc.stderr
     error = json.loads(proc.stdout)["error"]
-    job = json.loads((out / "slurm" / "jobs.json").read_text())
-    (job,) = job.values()
-    assert f"broken seed 0: job {job['job_id']}, log {job['log']}" in error
+    jobs = json.loads((out / "slurm" / "jobs.json").read_text())
+    (job,) = jobs.values()
+    assert f"broken seed 0 ({next(iter(jobs))}): job {job['job_id']}, log {job['log']}" in error
     assert "no-such-data" in Path(job["log"]).read_text()  # the log holds the command's own error line
     status = json.loads(_sslcli("study", "status", out, "--json").stdout)
     assert [(r["state"], r["log"]) for r in status["runs"]] == [("failed", job["log"])]

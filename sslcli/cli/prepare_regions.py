@@ -80,6 +80,7 @@ def prepare_masks(
     from sslcli.proposals import grid as grid_masks
     from sslcli.proposals.runner import Job, run_job
 
+    given = dict(locals())  # this command's options, for its Slurm shards
     part = _parse_shard(shard)
     slurm = _slurm_options(executor, shards, part, {"partition": partition, "account": account, "time": time_limit,
                                                     "cpus_per_task": cpus_per_task, "mem": mem, "sbatch": sbatch})
@@ -112,7 +113,7 @@ def prepare_masks(
         compute, name = functools.partial(mcg.compute_mcg, mcg_index=index), "mcg"
     path = out if out is not None else default_store_path(root, source, name, split)
     if slurm is not None:
-        return _on_slurm(path, slurm, overwrite)
+        return _on_slurm("boxes", given, path, slurm, overwrite)
     return run_job(source, path if part is None else part.part_path(path), job, compute, workers=workers,
                    flush_every=flush_every, overwrite=overwrite, shard=part)
 
@@ -136,17 +137,17 @@ def _slurm_options(executor: str, shards: int | None, part, flags: dict):
     return options_from({}, flags, "slurm options"), shards
 
 
-def _on_slurm(store: Path, slurm: tuple, overwrite: bool) -> dict:
-    """Every shard of this very command as a Slurm array task (``--shard I/N``), then the merge."""
-    import click
+def _on_slurm(name: str, given: dict, store: Path, slurm: tuple, overwrite: bool) -> dict:
+    """Every shard of this very command (``given``: its options) as a Slurm array task with ``--shard I/N``, then
+    the merge."""
+    import typer.main
 
     from sslcli.cli.common import current
     from sslcli.proposals.slurm_shards import prepare_on_slurm
 
-    ctx = click.get_current_context()
-    args = [ctx.parent.info_name, ctx.info_name]  # prepare boxes
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
+    args = ["prepare", name]
+    for param in typer.main.get_command(prepare_app).commands[name].params:  # type: ignore[attr-defined]
+        value = given.get(param.name)
         if param.name in NOT_FOR_SHARDS or value is None or value is False:
             continue
         if param.param_type_name == "argument":
@@ -204,6 +205,7 @@ def prepare_boxes(
     from sslcli.proposals import selective_search as ss
     from sslcli.proposals.runner import Job, run_job
 
+    given = dict(locals())  # this command's options, for its Slurm shards
     part = _parse_shard(shard)
     slurm = _slurm_options(executor, shards, part, {"partition": partition, "account": account, "time": time_limit,
                                                     "cpus_per_task": cpus_per_task, "mem": mem, "sbatch": sbatch})
@@ -228,7 +230,7 @@ def prepare_boxes(
         name += f"-{strategies}-strategies"
     path = out if out is not None else default_store_path(root, source, name, split)
     if slurm is not None:
-        return _on_slurm(path, slurm, overwrite)
+        return _on_slurm("boxes", given, path, slurm, overwrite)
     return run_job(source, path if part is None else part.part_path(path), job, compute, workers=workers,
                    flush_every=flush_every, overwrite=overwrite, shard=part)
 
