@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -249,7 +250,7 @@ def test_slurm_study_equals_local_survives_kill_9_and_reattaches(slurm, tmp_path
     rerun = _sslcli("study", "run", path, "--out", out)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "submitted as Slurm job" not in rerun.stderr
-    assert rerun.stderr.count("attached to Slurm job") + rerun.stderr.count("skipped (done)") == 4
+    assert len(re.findall(r"seed \d \(\w+\): (?:attached to Slurm job|skipped \(done\))", rerun.stderr)) == 4
     assert json.loads(jobs_file.read_text()) == jobs  # the same jobs: none submitted twice
     names = [n for n in _squeue("-o", "%j") if n.endswith(content_hash(str(out), 8))]
     assert len(names) == len(set(names)) == 4
