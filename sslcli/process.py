@@ -1,11 +1,17 @@
-"""Process lifetime helpers: child processes that die with their parent, one run per output folder, and
-`sslcli ... --json` child commands.
+"""Process lifetime helpers: child processes that die with their parent, one run per output folder, stop
+signals, and `sslcli ... --json` child commands.
 
 - `die_with_parent`: a worker or rank process asks the Linux kernel to SIGKILL it when its parent dies (a killed
   ``sslcli pretrain --gpus 2`` would otherwise leave its ranks training on, writing checkpoints).
 - `FolderLock`: an exclusive ``fcntl.flock`` on ``<folder>/.sslcli.lock`` that records the holder's pid. The kernel
   releases a flock when its holder dies, however it dies, so a killed run never leaves a stale lock behind (only,
   perhaps, an unlocked file, which the next run takes over).
+- Stop signals (`STOP_SIGNALS`: SIGINT, SIGTERM, SIGUSR1; a scheduler's preemption or time limit, Ctrl-C):
+  `signals_raise` makes SIGTERM and SIGUSR1 raise `Interrupted` as SIGINT raises KeyboardInterrupt (`pretrain` runs
+  under it: one clean line and exit code 128 + the signal's number instead of a silent death); `StopRequests` makes
+  all three only record a request that the training loop acts on between steps; `SignalForwarder` passes them from
+  a launcher to the ranks it spawned; `ignore_stop_signals` is for DataLoader workers. Python runs signal handlers in the main thread only, so each does nothing
+  (leaves the handlers as they are) in another thread.
 - `call`: run ``sslcli ARGS --json`` as a child that dies with this process (a killed ``study run`` must not leave
   its ``sslcli pretrain`` training on, holding the run folder's lock) and return its JSON result.
 """
@@ -22,11 +28,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from sslcli.errors import InputError, SslcliError
+from sslcli.errors import InputError, Interrupted, SslcliError
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LOCK_NAME = ".sslcli.lock"
@@ -90,6 +99,103 @@ class FolderLock:
             if self.created and not any(self.folder.iterdir()):
                 with contextlib.suppress(OSError):  # something appeared meanwhile: keep it
                     self.folder.rmdir()  # a run that failed before writing anything leaves no trace
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+Handler = Callable[[int, FrameType | None], Any]
+
+
+@contextlib.contextmanager
+def _handling(signals: Iterable[int], handler: Handler) -> Iterator[bool]:
+    """Install ``handler`` for ``signals`` inside the block and restore the previous handlers after it; yields
+    whether it could (only the main thread can)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in signals}
+    try:
+        yield True
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def signals_raise() -> contextlib.AbstractContextManager[bool]:
+    """Inside the block SIGTERM and SIGUSR1 raise `Interrupted` (SIGINT keeps raising KeyboardInterrupt), so a
+    stopped command unwinds: its atomic writes drop their temporary files, locks are released, the error is reported."""
+    return _handling((signal.SIGTERM, signal.SIGUSR1), _raise_interrupted)
+
+
+def ignore_stop_signals() -> None:
+    """For a helper process whose parent decides when to stop (a DataLoader worker): a scheduler signals every process
+    of a job, and a worker that died of it would fail the step its parent is finishing before the checkpoint."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+class StopRequests:
+    """``with StopRequests() as stops:`` a stop signal only sets ``stops.signum`` (the first one received; 0 while
+    none came); the training loop reads it between steps, saves and stops. Signals after the first are only counted
+    in ``stops.repeats``: a second Ctrl-C or a repeated SIGTERM cannot break into the checkpoint being written. The
+    handler neither prints nor raises (either could corrupt what the main thread is in the middle of)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.repeats = 0
+        self._scope: contextlib.AbstractContextManager[bool] | None = None
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum:
+            self.repeats += 1
+        else:
+            self.signum = signum
+
+    def __enter__(self) -> StopRequests:
+        self._scope = _handling(STOP_SIGNALS, self._record)
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._scope is not None
+        self._scope.__exit__(None, None, None)
+
+
+class SignalForwarder:
+    """``with SignalForwarder() as fwd:`` a stop signal to this process (a launcher) is sent on to the processes of
+    ``fwd.add(pids)`` (its ranks, which save and stop) instead of stopping it; ``fwd.signum`` is the first one
+    received. A signal that comes before the pids are known is sent to them when they are added."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.pids: list[int] = []
+        self._scope: contextlib.AbstractContextManager[bool] | None = None
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = self.signum or signum
+        self._send(signum)
+
+    def _send(self, signum: int) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):  # a rank that has already exited
+                os.kill(pid, signum)
+
+    def add(self, pids: Iterable[int]) -> None:
+        self.pids.extend(pids)
+        if self.signum:
+            self._send(self.signum)
+
+    def __enter__(self) -> SignalForwarder:
+        self._scope = _handling(STOP_SIGNALS, self._forward)
+        self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._scope is not None
+        self._scope.__exit__(None, None, None)
 
 
 # ------------------------------------------------------------------------------------------ sslcli child commands
