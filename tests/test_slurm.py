@@ -23,7 +23,6 @@ import yaml
 
 from sslcli.errors import InputError
 from sslcli.slurm import CommandJob, expand_ids, options_from, parse_time, rank_args, sbatch_option
-from sslcli.spec import RunSpec
 from sslcli.study.spec import content_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +88,10 @@ def _cluster_up() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0 and any(s.rstrip("*~#") in UP_STATES for s in proc.stdout.split())
+
+
+def _cluster_idle() -> bool:
+    return subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True).stdout.split() == ["idle"]
 
 
 @pytest.fixture(scope="module")
@@ -281,14 +284,6 @@ def test_failed_job_is_reported_with_its_log(slurm, tmp_path):
     assert "failed" in human.stdout and job["log"] in human.stdout
 
 
-def _engine_checkpoints_steps_on_signal() -> bool:
-    """The preemption-safe engine (issue 24 part 1) is merged: its spec has checkpoint_every_steps."""
-    return "checkpoint_every_steps" in RunSpec.model_fields
-
-
-@pytest.mark.xfail(not _engine_checkpoints_steps_on_signal(), strict=True,
-                   reason="needs the engine's step checkpoint on SIGUSR1 (branch preempt); without it a signalled "
-                          "run loses its epoch")
 def test_usr1_mid_epoch_checkpoints_requeues_and_finishes_bit_identical(slurm, tmp_path):
     long = {"max_steps": 40, "epochs": 10, "batch_size": 4}  # 96 images / 4: 24 steps an epoch
     path = _study(tmp_path, prepare=["synthetic {out}/data --preset planted --images 96 --size 64 --force"],
@@ -305,8 +300,12 @@ def test_usr1_mid_epoch_checkpoints_requeues_and_finishes_bit_identical(slurm, t
         subprocess.run(["scancel", "--signal=USR1", job["job_id"]], check=True)
         submitit_log = Path(job["log"]).with_suffix(".out")
         _wait_for(lambda: "Requeued job" in submitit_log.read_text(), 120, "the job requeued", proc)
-        # Slurm holds a requeued job back for two minutes (its begin time); the test need not wait for that.
-        _wait_for(lambda: _squeue("-o", "%T", "-j", job["job_id"]) == ["PENDING"], 120, "the job pending", proc)
+        # Slurm holds a requeued job back for two minutes (its begin time); the test need not wait for that, only
+        # for the node to have cleaned up the first attempt and for slurmd's revocation of that attempt's
+        # credential (whole seconds) to lie in the past.
+        _wait_for(lambda: _squeue("-o", "%T", "-j", job["job_id"]) == ["PENDING"] and _cluster_idle(), 120,
+                  "the job pending on an idle node", proc)
+        time.sleep(2)
         subprocess.run(["scontrol", "update", f"JobId={job['job_id']}", "StartTime=now"], check=True)
         stdout, stderr = proc.communicate(timeout=600)
     finally:
@@ -316,9 +315,9 @@ def test_usr1_mid_epoch_checkpoints_requeues_and_finishes_bit_identical(slurm, t
     log = submitit_log.read_text()  # submitit's own lines: the signal, the checkpoint, the requeue, the restart
     assert "Caught signal SIGUSR1" in log and "Calling checkpoint method" in log
     assert log.count("Starting with JobEnvironment") == 2 and "Job completed successfully" in log
-    # The command's progress lines, attempt by attempt (each starts with its --resume line): the requeued attempt
+    # The command's progress lines, attempt by attempt (each starts with its "threads:" line): the requeued attempt
     # starts where the signalled one stopped, at most one step (the one in flight) redone.
-    attempts = re.split(r"--resume auto", Path(job["log"]).read_text())[1:]
+    attempts = re.split(r"\n\s*threads: ", Path(job["log"]).read_text())[1:]
     assert len(attempts) == 2
     first, second = ([int(n) for n in re.findall(r"step (\d+)/40", a)] for a in attempts)
     assert first and second and second[0] >= first[-1], (first, second)
