@@ -10,6 +10,8 @@ Layout of the study folder DIR:
   evals/<eval hash>.json     one evaluation of one checkpoint: command, wall time, the command's JSON for it
   results.jsonl              one row per arm x seed x metric, rebuilt from the files above after every run
   environment.json           software versions and the training device
+  slurm/                     --executor slurm: jobs.json (each run's job id and log) and logs/ (sslcli.study.slurm_executor)
+  .sslcli.lock               held by the running `study run` (a second one on the folder is refused at once)
 """
 
 from __future__ import annotations
