@@ -6,6 +6,8 @@ with the code below. Anything else is a bug and gets a traceback under ``--debug
 
 from __future__ import annotations
 
+import signal
+
 
 class SslcliError(Exception):
     """A runtime failure the user can act on (exit code 1)."""
@@ -35,3 +37,28 @@ class CorruptImageError(SslcliError):
     def __init__(self, path, reason: str = "cannot decode"):
         self.path = str(path)
         super().__init__(f"{path}: {reason}")
+
+
+class Interrupted(BaseException):
+    """A stop signal ended the command: SIGINT, SIGTERM or SIGUSR1; exit code 128 + the signal's number (130, 143,
+    138), as a shell reports a process killed by it.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` takes it for a failure. A training run
+    that stopped on it sets ``step`` (steps completed) and ``checkpoint`` (the ``last.pt`` that holds them; None when
+    the signal came before any step, so there was nothing to save).
+    """
+
+    def __init__(self, signum: int, step: int | None = None, checkpoint: str | None = None):
+        self.signum, self.step, self.checkpoint = int(signum), step, checkpoint
+        self.signal_name = signal.Signals(self.signum).name
+        self.exit_code = 128 + self.signum
+        if checkpoint is None:
+            message = f"interrupted by {self.signal_name}"
+        else:
+            message = (f"interrupted by {self.signal_name} after step {step}; saved {checkpoint} "
+                       "(continue with --resume auto)")
+        super().__init__(message)
+
+    def details(self) -> dict[str, object]:
+        """What a --json report adds to ``error`` and ``exit_code``."""
+        return {"interrupted": self.signal_name, "step": self.step, "checkpoint": self.checkpoint}

@@ -399,6 +399,11 @@ class RunSpec(Strict):
     seed: int = 0
     output_dir: str = "runs/run"
     checkpoint_every: int = Field(10, ge=1, description="Keep a checkpoint every N epochs (plus `last`).")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Also overwrite `last` every N steps, mid-epoch too (long epochs; preemption).")
+    checkpoint_every_minutes: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Also overwrite `last` once this many minutes passed since the last save (rank 0's clock).")
     logging: LoggingSpec = LoggingSpec()
     views: ViewsSpec = ViewsSpec()
 

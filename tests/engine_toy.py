@@ -173,3 +173,23 @@ class FailingToy(ToyMethod):
 def install_failing() -> None:
     _import_all()
     METHODS["simclr"] = FailingToy
+
+
+class LauncherSignallingToy(ToyMethod):
+    """The toy whose rank 0 sends SIGTERM to its launcher (its parent) during step index 2 and then sleeps a second,
+    so the launcher's forwarded signal reaches every rank inside that step: all must stop after step 3."""
+
+    def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:
+        if step.step == 2 and dist.rank() == 0:
+            import os
+            import signal
+            import time
+
+            os.kill(os.getppid(), signal.SIGTERM)
+            time.sleep(1.0)
+        return super().forward(batch, step)
+
+
+def install_signalling_launcher() -> None:
+    _import_all()
+    METHODS["simclr"] = LauncherSignallingToy

@@ -84,6 +84,28 @@ def test_nan_stops_every_rank_then_resume_reproduces_the_uninterrupted_run(image
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sigterm_to_the_launcher_stops_both_ranks_after_one_step_then_resume_is_bit_identical(images, tmp_path,
+                                                                                             two_process_run):
+    """Rank 0 sends SIGTERM to the launcher inside step 3 (and sleeps there a second); the launcher forwards it to
+    both ranks, which agree to stop after that step: last.pt at step 3 (mid-epoch 2) with both ranks' RNG states,
+    and resuming it gives bit-identical weights to the uninterrupted 2-process run."""
+    import signal
+
+    from sslcli.errors import Interrupted
+
+    out2, _ = two_process_run
+    run = tmp_path / "run"
+    spec = parse_spec(toy.spec_dict(images, run, epochs=3), world_size=2)
+    with pytest.raises(Interrupted) as stop:
+        launch(spec, gpus=2, master_port=free_port(), init_hook=toy.install_signalling_launcher)
+    assert (stop.value.signum, stop.value.step, stop.value.checkpoint) == (signal.SIGTERM, 3, str(run / "last.pt"))
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["step"] == 3 and len(saved["rng"]["ranks"]) == 2
+    launch(spec, resume="auto", gpus=2, master_port=free_port(), init_hook=toy.install)
+    a, b = _tensors(load_checkpoint(out2 / "last.pt")["method"]), _tensors(load_checkpoint(run / "last.pt")["method"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_moco_with_every_option_trains_on_two_processes(tmp_path):
     """The real MoCo (shuffle-BN across ranks, gathered keys, kNN bank, multi-crop) under DDP with 2 gloo processes."""
     from sslcli.data.synthetic import generate

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from typer.exceptions import Abort
 
 from sslcli.cli.render import key_values
 from sslcli.console import Output, current, progress, set_current
-from sslcli.errors import SslcliError
+from sslcli.errors import Interrupted, SslcliError
 
 __all__ = ["Output", "command", "current", "progress", "run_guarded", "set_current"]  # output lives in sslcli.console
 
@@ -53,12 +54,13 @@ def _message(exc: BaseException) -> str:
     return text
 
 
-def report_error(message: str, exit_code: int, as_json: bool) -> None:
-    """The one error report every failure gets: one line on stderr and, under --json, one JSON object on stdout."""
+def report_error(message: str, exit_code: int, as_json: bool, details: dict[str, Any] | None = None) -> None:
+    """The one error report every failure gets: one line on stderr and, under --json, one JSON object on stdout
+    (``details`` adds fields to it)."""
     message = " ".join(message.split())  # one line, whatever the message held
     print(f"error: {message}", file=sys.stderr, flush=True)
     if as_json:
-        print(json.dumps({"error": message, "exit_code": exit_code}), flush=True)
+        print(json.dumps({"error": message, "exit_code": exit_code, **(details or {})}), flush=True)
 
 
 def _os_error_message(exc: OSError) -> str:
@@ -70,19 +72,21 @@ def _os_error_message(exc: OSError) -> str:
 
 
 def run_guarded(fn: Callable[[], Any], out: Output) -> Any:
-    """Run ``fn`` mapping errors to one-line messages and exit codes (shared by commands and tests)."""
+    """Run ``fn`` mapping errors to one-line messages and exit codes (shared by commands and tests). `Interrupted`
+    (a stop signal; `pretrain` saves a checkpoint first) and KeyboardInterrupt exit with 128 + the signal's number."""
     try:
         return fn()
     except typer.Exit:
         raise
+    except (Interrupted, KeyboardInterrupt) as exc:  # KeyboardInterrupt: SIGINT outside a training loop
+        stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        report_error(str(stop), stop.exit_code, out.json, stop.details())
+        raise typer.Exit(stop.exit_code) from None
     except SslcliError as exc:
         if out.debug:
             traceback.print_exc()
         report_error(_message(exc), exc.exit_code, out.json)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        report_error("interrupted", 130, out.json)
-        raise typer.Exit(130) from None
     except OSError as exc:  # permissions, a full disk, a folder where a file should be: the path and the reason
         if out.debug:
             traceback.print_exc()

@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # the readers (OpenCV, numpy) load when a command runs, not a
 MASK_METHODS = ("fh", "grid", "gt", "mcg")
 WORKERS_HELP = ("Worker processes (default: one per core this process may use, its CPU affinity; results do not "
                 "depend on it).")
+SLURM = "Slurm (--executor slurm --shards N; docs/slurm.md)"
+# Options of this command that the Slurm shards do not repeat (they get --shard I/N and the resolved --out).
+NOT_FOR_SHARDS = {"executor", "shards", "partition", "account", "time_limit", "cpus_per_task", "mem", "sbatch",
+                  "shard", "out", "json_output", "quiet", "debug"}
 SHARD_HELP = ("Compute only part I of N (0 <= I < N) into <store>.shard-IIII-of-NNNN.h5; join the N parts with "
               "`prepare merge`.")
 
@@ -56,6 +60,18 @@ def prepare_masks(
     flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
+    executor: str = typer.Option("local", "--executor", help="local | slurm: the --shards N shards as a Slurm job "
+                                 "array, then the merge (docs/slurm.md)."),
+    shards: int = typer.Option(None, "--shards", help="slurm: the number of shards (array tasks)."),
+    partition: str = typer.Option(None, "--partition", help="slurm: sbatch --partition.", rich_help_panel=SLURM),
+    account: str = typer.Option(None, "--account", help="slurm: sbatch --account.", rich_help_panel=SLURM),
+    time_limit: str = typer.Option(None, "--time", help="slurm: sbatch --time per shard (default 24:00:00).",
+                                   rich_help_panel=SLURM),
+    cpus_per_task: int = typer.Option(None, "--cpus-per-task", min=1, help="slurm: CPUs per shard (give --workers "
+                                      "as many).", rich_help_panel=SLURM),
+    mem: str = typer.Option(None, "--mem", help="slurm: memory per shard, e.g. 8G.", rich_help_panel=SLURM),
+    sbatch: list[str] = typer.Option(None, "--sbatch", help="slurm: an extra sbatch option, e.g. "
+                                     "--sbatch=--qos=high (repeatable).", rich_help_panel=SLURM),
 ):
     """Precompute region masks into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
@@ -66,7 +82,10 @@ def prepare_masks(
     from sslcli.proposals import grid as grid_masks
     from sslcli.proposals.runner import Job, run_job
 
+    given = dict(locals())  # this command's options, for its Slurm shards
     part = _parse_shard(shard)
+    slurm = _slurm_options(executor, shards, part, {"partition": partition, "account": account, "time": time_limit,
+                                                    "cpus_per_task": cpus_per_task, "mem": mem, "sbatch": sbatch})
     if method not in MASK_METHODS:
         raise InputError(f"--method {method!r}: expected one of {', '.join(MASK_METHODS)}")
     source = open_source(root, split)
@@ -95,8 +114,53 @@ def prepare_masks(
         job = Job("masks", "mcg", {"top_k": mcg.TOP_K}, region_values_name="score")
         compute, name = functools.partial(mcg.compute_mcg, mcg_index=index), "mcg"
     path = out if out is not None else default_store_path(root, source, name, split)
+    if slurm is not None:
+        return _on_slurm("boxes", given, path, slurm, overwrite)
     return run_job(source, path if part is None else part.part_path(path), job, compute, workers=workers,
                    flush_every=flush_every, overwrite=overwrite, shard=part)
+
+
+def _slurm_options(executor: str, shards: int | None, part, flags: dict):
+    """The Slurm options when --executor slurm (with --shards N), else None; wrong combinations in one line."""
+    from sslcli.slurm import options_from
+
+    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v not in (None, [], ())]
+    if executor not in ("local", "slurm"):
+        raise InputError(f"--executor {executor!r}: expected local or slurm")
+    if executor == "local":
+        if given or shards is not None:
+            raise InputError(f"{', '.join(given + (['--shards'] if shards is not None else []))}: need "
+                             "--executor slurm")
+        return None
+    if shards is None or shards < 1:
+        raise InputError(f"--executor slurm: give --shards N (N >= 1), got {shards}")
+    if part is not None:
+        raise InputError("--shard I/N with --executor slurm: the executor runs every shard; drop --shard")
+    return options_from({}, flags, "slurm options"), shards
+
+
+def _on_slurm(name: str, given: dict, store: Path, slurm: tuple, overwrite: bool) -> dict:
+    """Every shard of this very command (``given``: its options) as a Slurm array task with ``--shard I/N``, then
+    the merge."""
+    import typer.main
+
+    from sslcli.cli.common import current
+    from sslcli.proposals.slurm_shards import prepare_on_slurm
+
+    args = ["prepare", name]
+    for param in typer.main.get_command(prepare_app).commands[name].params:  # type: ignore[attr-defined]
+        value = given.get(param.name)
+        if param.name in NOT_FOR_SHARDS or value is None or value is False:
+            continue
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif param.is_flag:
+            args.append(param.opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    options, count = slurm
+    return prepare_on_slurm(lambda shard: [*args, "--out", str(store), "--shard", str(shard)], store, count,
+                            options, overwrite, current().info)
 
 
 def _parse_shard(text: str | None):
@@ -122,6 +186,18 @@ def prepare_boxes(
     flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
+    executor: str = typer.Option("local", "--executor", help="local | slurm: the --shards N shards as a Slurm job "
+                                 "array, then the merge (docs/slurm.md)."),
+    shards: int = typer.Option(None, "--shards", help="slurm: the number of shards (array tasks)."),
+    partition: str = typer.Option(None, "--partition", help="slurm: sbatch --partition.", rich_help_panel=SLURM),
+    account: str = typer.Option(None, "--account", help="slurm: sbatch --account.", rich_help_panel=SLURM),
+    time_limit: str = typer.Option(None, "--time", help="slurm: sbatch --time per shard (default 24:00:00).",
+                                   rich_help_panel=SLURM),
+    cpus_per_task: int = typer.Option(None, "--cpus-per-task", min=1, help="slurm: CPUs per shard (give --workers "
+                                      "as many).", rich_help_panel=SLURM),
+    mem: str = typer.Option(None, "--mem", help="slurm: memory per shard, e.g. 8G.", rich_help_panel=SLURM),
+    sbatch: list[str] = typer.Option(None, "--sbatch", help="slurm: an extra sbatch option, e.g. "
+                                     "--sbatch=--qos=high (repeatable).", rich_help_panel=SLURM),
 ):
     """Precompute box proposals into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
@@ -131,7 +207,10 @@ def prepare_boxes(
     from sslcli.proposals import selective_search as ss
     from sslcli.proposals.runner import Job, run_job
 
+    given = dict(locals())  # this command's options, for its Slurm shards
     part = _parse_shard(shard)
+    slurm = _slurm_options(executor, shards, part, {"partition": partition, "account": account, "time": time_limit,
+                                                    "cpus_per_task": cpus_per_task, "mem": mem, "sbatch": sbatch})
     if method != "selective-search":
         raise InputError(f"--method {method!r}: expected selective-search")
     if box_filter not in ("soco", "none"):
@@ -152,6 +231,8 @@ def prepare_boxes(
     if backend == "vectorized" and strategies != ss.DEFAULT_STRATEGIES:
         name += f"-{strategies}-strategies"
     path = out if out is not None else default_store_path(root, source, name, split)
+    if slurm is not None:
+        return _on_slurm("boxes", given, path, slurm, overwrite)
     return run_job(source, path if part is None else part.part_path(path), job, compute, workers=workers,
                    flush_every=flush_every, overwrite=overwrite, shard=part)
 

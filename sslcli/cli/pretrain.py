@@ -10,6 +10,7 @@ import typer
 from sslcli.cli.apps import app
 from sslcli.cli.common import command, current
 from sslcli.errors import InputError
+from sslcli.process import signals_raise
 from sslcli.spec import dump_spec, load_spec, spec_schema
 
 
@@ -54,7 +55,10 @@ def pretrain(
         print(dump_spec(spec), end="")
         current().info(f"{spec_path}: valid ({spec.method.name}, global batch {spec.batch_size}, lr {spec.lr:g})")
         return None
-    from sslcli.engine.launch import launch
+    # SIGTERM and SIGUSR1 (a scheduler's preemption) end the command as Ctrl-C does, with one line and exit code
+    # 128 + the signal's number; once training runs, the engine saves a step checkpoint first (docs/pretrain.md).
+    with signals_raise():
+        from sslcli.engine.launch import launch
 
-    return launch(spec, resume=resume, gpus=gpus, nodes=nodes, node_rank=node_rank, master_addr=master_addr,
-                  master_port=master_port)
+        return launch(spec, resume=resume, gpus=gpus, nodes=nodes, node_rank=node_rank, master_addr=master_addr,
+                      master_port=master_port)

@@ -17,6 +17,7 @@ from sslcli.cli.apps import study_app
 from sslcli.cli.common import command, current
 from sslcli.errors import InputError
 
+SLURM = "Slurm (--executor slurm; docs/slurm.md)"
 # Options the study sets itself on every evaluation command.
 RESERVED = {"out", "json", "quiet", "debug", "help"}
 
@@ -82,11 +83,27 @@ def study_run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate; list the runs, their spec hashes and the "
                                                           "estimated GPU- and CPU-hours; run nothing."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Forward every command's log lines."),
+    executor: str = typer.Option(None, "--executor", help="local (subprocesses here) | slurm (one Slurm job per "
+                                 "run, submitit; default: the study file's executor.kind, else local)."),
+    partition: str = typer.Option(None, "--partition", help="slurm: sbatch --partition.", rich_help_panel=SLURM),
+    account: str = typer.Option(None, "--account", help="slurm: sbatch --account.", rich_help_panel=SLURM),
+    time_limit: str = typer.Option(None, "--time", help="slurm: sbatch --time per job (minutes, HH:MM:SS, "
+                                   "D-HH:MM:SS; default 24:00:00).", rich_help_panel=SLURM),
+    gpus_per_node: int = typer.Option(None, "--gpus-per-node", min=0, help="slurm: GPUs (training processes) per "
+                                      "node.", rich_help_panel=SLURM),
+    nodes: int = typer.Option(None, "--nodes", min=1, help="slurm: nodes per run (multi-node torch.distributed).",
+                              rich_help_panel=SLURM),
+    cpus_per_task: int = typer.Option(None, "--cpus-per-task", min=1, help="slurm: CPUs per node.",
+                                      rich_help_panel=SLURM),
+    mem: str = typer.Option(None, "--mem", help="slurm: memory per node, e.g. 64G.", rich_help_panel=SLURM),
+    sbatch: list[str] = typer.Option(None, "--sbatch", help="slurm: an extra sbatch option, e.g. --sbatch=--qos=high "
+                                     "(repeatable).", rich_help_panel=SLURM),
 ):
     """Run a study: every arm x seed trained, every evaluation run, results.jsonl and the report written.
 
-    Each run and evaluation is a real `sslcli pretrain|probe|analyze ... --json` subprocess, content-addressed in
-    the study folder: a rerun (also after a kill) redoes only what is missing or changed.
+    Each run and evaluation is a real `sslcli pretrain|probe|analyze ... --json` subprocess (with --executor slurm
+    each training is a Slurm job), content-addressed in the study folder: a rerun (also after a kill) redoes only
+    what is missing or changed, and re-attaches to Slurm jobs still queued or running.
 
     Example: sslcli study run studies/tiny.yaml --out tiny-study
     """
@@ -96,7 +113,11 @@ def study_run(
     out_ctx = current()
     if jobs > 1 and gpus:
         raise InputError(f"--jobs {jobs} with --gpus {gpus}: parallel runs share no GPUs yet; use --jobs 1")
-    study = load_study(study_file, out, world_size=max(gpus, 1))
+    flags = {"partition": partition, "account": account, "time": time_limit, "gpus_per_node": gpus_per_node,
+             "nodes": nodes, "cpus_per_task": cpus_per_task, "mem": mem, "sbatch": sbatch}
+    kind, options = _executor_choice(study_file, executor, flags)
+    world = max(gpus, 1) if kind == "local" else max(options.gpus_per_node, 1) * options.nodes
+    study = load_study(study_file, out, world_size=world)
     check_options(study, option_args)
     if dry_run:
         plan = plan_summary(study)
@@ -104,12 +125,39 @@ def study_run(
             return {"valid": True, **plan}
         _print_plan(plan)
         return None
-    summary = run_study(study, option_args, out_ctx.info, gpus=gpus, verbose=verbose, jobs=jobs)
+    summary = run_study(study, option_args, out_ctx.info, gpus=gpus, verbose=verbose, jobs=jobs,
+                        executor=_slurm_executor(study, options) if kind == "slurm" else None)
     from sslcli.study.report import write_report
 
     summary["report"] = write_report(study.out)
     out_ctx.info(f"[study] report: {summary['report']['html']}")
     return summary
+
+
+def _executor_choice(study_file: Path, executor: str | None, flags: dict):
+    """(local | slurm, the Slurm options) from the flags over the study file's executor section; one-line errors."""
+    from sslcli.slurm import options_from
+    from sslcli.study.spec import read_yaml
+
+    raw = read_yaml(study_file, "study file")
+    section = raw.get("executor") if isinstance(raw, dict) and isinstance(raw.get("executor"), dict) else {}
+    kind = executor or section.get("kind", "local")
+    if kind not in ("local", "slurm"):
+        raise InputError(f"--executor {kind!r}: expected local or slurm")
+    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v not in (None, [], ())]
+    if kind == "local" and given:
+        raise InputError(f"{', '.join(given)}: Slurm options need --executor slurm")
+    section = {k: v for k, v in section.items() if k != "kind"}
+    return kind, options_from(section, flags, f"{study_file}: executor" if not given else "slurm options")
+
+
+def _slurm_executor(study, options):
+    """The Slurm executor, its job script already accepted by `sbatch --test-only` (before anything runs)."""
+    from sslcli.study.slurm_executor import SlurmExecutor
+
+    executor = SlurmExecutor(options)
+    executor.check(study)
+    return executor
 
 
 def _print_plan(plan: dict) -> None:
@@ -158,3 +206,26 @@ def study_report(
     if not (folder / "study.json").is_file():
         raise InputError(f"{folder}: not a study folder (no study.json; run `sslcli study run` first)")
     return write_report(folder)
+
+
+@command(study_app, "status")
+def study_status(
+    folder: Path = typer.Argument(..., metavar="DIR", help="A study folder written by `sslcli study run`."),
+):
+    """Each run's state: done, queued, running (Slurm jobs), failed (with the job's log), or to do.
+
+    Example: sslcli study status studies-out/detcon
+    """
+    from sslcli.study.slurm_executor import study_status as status
+
+    result = status(folder)
+    out = current()
+    if out.json:
+        return result
+    print(f"study {result['study']} ({result['out']}): "
+          + ", ".join(f"{n} {s}" for s, n in result["totals"].items() if n))
+    for run in result["runs"]:
+        job = f"job {run['job_id']}" if run["job_id"] else ""
+        log = f"  log: {run['log']}" if run.get("log") else ""
+        print(f"  {run['arm']:<24} seed {run['seed']:<4} {run['hash']}  {run['state']:<8} {job}{log}")
+    return None

@@ -28,6 +28,7 @@ from sslcli.data.images import EncodedImage
 from sslcli.data.sources import ImageSource, open_source
 from sslcli.engine.threads import worker_threads
 from sslcli.errors import CorruptImageError, InputError, SslcliError
+from sslcli.process import ignore_stop_signals
 from sslcli.spec import RunSpec
 
 SKIPPED_KEY = "_skipped"  # per-sample list of corrupt images as (path, message), removed by `collate`
@@ -187,6 +188,18 @@ def _hand_over(out: Sample, done: torch.cuda.Event, stream: torch.cuda.Stream) -
     return out
 
 
+def stop_workers(loader: Iterable[Sample]) -> None:
+    """Shut down the loader's persistent worker processes now, as torch does when their iterator goes away. The
+    workers ignore stop signals, so none may be left for the interpreter's exit, which SIGTERMs leftover daemon
+    processes and waits for them."""
+    inner = loader.loader if isinstance(loader, DeviceLoader) else loader
+    iterator = getattr(inner, "_iterator", None)  # where a DataLoader keeps its persistent workers
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+        setattr(inner, "_iterator", None)  # noqa: B010 - torch's own attribute, no typed way to reset it
+
+
 def training_device() -> torch.device:
     """The device `sslcli.engine.launch` gives this rank: the current CUDA device if there is one, else the CPU."""
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -194,13 +207,16 @@ def training_device() -> torch.device:
 
 class _WorkerInit:
     """Gives each DataLoader worker one compute thread and seeds it from (seed, epoch, rank, worker); the per-sample
-    seeding makes views independent of it, this only keeps any stray randomness in a worker reproducible too."""
+    seeding makes views independent of it, this only keeps any stray randomness in a worker reproducible too.
+    Workers ignore stop signals (torch's own SIGTERM handler would end them): the training process stops them after
+    its checkpoint (docs/pretrain.md, "Preemption and signals")."""
 
     def __init__(self, seed: int, epoch: int, rank: int):
         self.seed, self.epoch, self.rank = seed, epoch, rank
 
     def __call__(self, worker_id: int) -> None:
         worker_threads()
+        ignore_stop_signals()
         s = derive_seed(self.seed, self.epoch, self.rank, worker_id)
         random.seed(s)
         np.random.seed(s)

@@ -7,6 +7,8 @@
 - under ``torchrun`` (RANK, WORLD_SIZE and LOCAL_RANK already in the environment) this process is one rank and
   nothing is spawned.
 Errors in any rank come back as one line (the first rank to report); the other ranks are stopped.
+A stop signal (SIGINT, SIGTERM, SIGUSR1) to the launcher is forwarded to its ranks, which save a step checkpoint and
+stop together (engine/trainer.py); the launcher then raises the ranks' `Interrupted`.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
 
 from sslcli import console
-from sslcli.errors import InputError, SslcliError
+from sslcli.errors import InputError, Interrupted, SslcliError
 from sslcli.io import check_writable_dir
-from sslcli.process import FolderLock, die_with_parent
+from sslcli.process import FolderLock, SignalForwarder, die_with_parent
 from sslcli.spec import RunSpec, consistency_problems
 
 # A rank that dies leaves the others blocked in a collective; the parent stops them, this is only the backstop.
@@ -136,13 +138,36 @@ def _spawn(spec: RunSpec, resume: str | None, procs: int, nodes: int, node_rank:
     out = console.current()
     args = (procs, nodes, node_rank, master_addr, master_port, spec, resume, init_hook, reports,
             (out.json, out.quiet, out.debug), os.getpid())
-    processes = start_processes(_child, args=args, nprocs=procs, join=False, start_method="spawn")
+    # A stop signal goes on to the ranks, which save and stop; this process waits for them instead of dying.
+    with SignalForwarder() as forwarder:
+        processes = start_processes(_child, args=args, nprocs=procs, join=False, start_method="spawn")
+        forwarder.add(processes.pids())
+        failure = _join(processes, out.debug)
+    results: list[tuple[Any, ...]] = []
+    errors: list[tuple[Any, ...]] = []
+    while not reports.empty():
+        kind, rank, *rest = reports.get()
+        if kind == "interrupted":  # rank 0 saved after the step every rank stopped at
+            raise Interrupted(*rest)
+        (results if kind == "ok" else errors).append((rank, *rest))
+    if forwarder.signum and (errors or failure is not None):  # the signal stopped the ranks before they could save
+        raise Interrupted(forwarder.signum)
+    if errors:
+        _, code, message = errors[0]
+        raise (InputError if code == 2 else SslcliError)(message)
+    if failure is not None:
+        raise SslcliError(f"training process {failure.error_index} of node {node_rank} failed: {failure}")
+    return results[0][1] if results else {"node_rank": node_rank, "world_size": procs * nodes}
+
+
+def _join(processes: Any, debug: bool) -> ProcessExitedException | ProcessRaisedException | None:
+    """Wait for every rank; the exception of the first rank that failed, or None."""
     failure = None
     # When one rank fails torch stops the others with a logged "Terminating process … via signal SIGTERM": that is
     # the expected clean-up, the user gets the failing rank's one-line error instead (and the log with --debug).
     spawn_log = logging.getLogger("torch.multiprocessing.spawn")
     level = spawn_log.level
-    if not out.debug:
+    if not debug:
         spawn_log.setLevel(logging.ERROR)
     try:
         while not processes.join():
@@ -151,17 +176,7 @@ def _spawn(spec: RunSpec, resume: str | None, procs: int, nodes: int, node_rank:
         failure = exc
     finally:
         spawn_log.setLevel(level)
-    results: list[tuple[Any, ...]] = []
-    errors: list[tuple[Any, ...]] = []
-    while not reports.empty():
-        kind, rank, *rest = reports.get()
-        (results if kind == "ok" else errors).append((rank, *rest))
-    if errors:
-        _, code, message = errors[0]
-        raise (InputError if code == 2 else SslcliError)(message)
-    if failure is not None:
-        raise SslcliError(f"training process {failure.error_index} of node {node_rank} failed: {failure}")
-    return results[0][1] if results else {"node_rank": node_rank, "world_size": procs * nodes}
+    return failure
 
 
 def _child(local_rank: int, procs: int, nodes: int, node_rank: int, master_addr: str, master_port: int,
@@ -180,6 +195,9 @@ def _child(local_rank: int, procs: int, nodes: int, node_rank: int, master_addr:
         result = _run_rank(local_rank, spec, resume, distributed=True)
         if rank == 0:
             reports.put(("ok", rank, result))
+    except Interrupted as exc:  # every rank stopped after the same step; exit 0, or torch would stop the others
+        if rank == 0:
+            reports.put(("interrupted", rank, exc.signum, exc.step, exc.checkpoint))
     except SslcliError as exc:
         reports.put(("error", rank, exc.exit_code, str(exc)))
         sys.exit(exc.exit_code)

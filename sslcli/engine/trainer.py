@@ -4,7 +4,14 @@ Per step: move the batch to the device → ``losses = method(batch, StepInfo)`` 
 check the loss is finite on every rank → backward (GradScaler for fp16) → optional gradient-norm clipping →
 optimiser step → ``method.after_step`` (momentum encoders, queues). The lr comes from a pure schedule function of the
 step, so resumed runs match uninterrupted ones; at each epoch end rank 0 writes ``last.pt`` (and
-``epoch_XXXX.pt`` every ``checkpoint_every`` epochs) atomically.
+``epoch_XXXX.pt`` every ``checkpoint_every`` epochs) atomically, and mid-epoch every ``checkpoint_every_steps`` steps
+or ``checkpoint_every_minutes`` minutes.
+
+Stop signals (SIGINT, SIGTERM, SIGUSR1; `sslcli.process.StopRequests`): the handler only records the signal; after
+each step the ranks agree on it (an all-reduce, so all stop after the same step and none waits alone in a
+collective), write ``last.pt`` (rank 0, every rank gathering its RNG state, then a barrier) and raise
+`sslcli.errors.Interrupted`: exit code 128 + the signal's number. ``--resume auto`` continues from that step
+bit-identically.
 
 Distributed: the method is wrapped in DDP without per-forward buffer sync (``broadcast_buffers=False``, called
 ``forward_sync_buffers=False`` since torch 2.14; buffers are still synced once when wrapping): queues are kept identical on every rank by
@@ -23,7 +30,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as torch_dist
@@ -32,7 +39,7 @@ from torch import nn
 import sslcli
 from sslcli import distributed as dist
 from sslcli.console import current
-from sslcli.engine.data import SKIPPED_KEY, EpochBatchSampler, Sample, build_loader, derive_seed
+from sslcli.engine.data import SKIPPED_KEY, EpochBatchSampler, Sample, build_loader, derive_seed, stop_workers
 from sslcli.engine.metrics import MetricsLog, TrainProgress
 from sslcli.engine.optim import build_optimizer, set_lr
 from sslcli.engine.schedules import lr_at
@@ -50,10 +57,11 @@ from sslcli.engine.training_checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from sslcli.errors import InputError, SslcliError
+from sslcli.errors import InputError, Interrupted, SslcliError
 from sslcli.io import write_text_atomic
 from sslcli.methods import build_method
 from sslcli.methods.base import Method, StepInfo
+from sslcli.process import StopRequests
 from sslcli.spec import RunSpec, dump_spec
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -287,7 +295,14 @@ class Throughput:
 
 def train(spec: RunSpec, device: torch.device, resume: str | None = None,
           threads_note: str | None = None) -> dict[str, Any]:
-    """Train ``spec`` in this process (rank and world from `sslcli.distributed`); returns the run's result dict."""
+    """Train ``spec`` in this process (rank and world from `sslcli.distributed`); returns the run's result dict.
+    A stop signal ends it after the current step with ``last.pt`` saved, raising `Interrupted`."""
+    with StopRequests() as stops:
+        return _train(spec, device, resume, threads_note, stops)
+
+
+def _train(spec: RunSpec, device: torch.device, resume: str | None, threads_note: str | None,
+           stops: StopRequests) -> dict[str, Any]:
     rank, world = dist.rank(), dist.world_size()
     output_dir = Path(spec.output_dir)
     resume_path = checkpoint_to_resume(resume, output_dir)
@@ -312,7 +327,7 @@ def train(spec: RunSpec, device: torch.device, resume: str | None = None,
     trainer.wrap_distributed()
     if rank == 0:
         _prepare_output_dir(output_dir, spec)
-    loop = EpochLoop(trainer, loader, sampler, position, resumed=resume_path is not None)
+    loop = EpochLoop(trainer, loader, sampler, position, resumed=resume_path is not None, stops=stops)
     loop.run()
     return {"output_dir": str(output_dir), "epochs": position.done / position.steps_per_epoch,
             "steps": position.done, "final_loss": position.last_loss,
@@ -379,11 +394,11 @@ def _corrupt_on_all_ranks(corrupt: set[str]) -> set[str]:
 
 
 class EpochLoop:
-    """The epochs of one process: steps, metrics lines, the progress display and the epoch-end checkpoints (rank 0
-    writes them; every rank takes part in gathering the RNG states)."""
+    """The epochs of one process: steps, metrics lines, the progress display, the checkpoints (rank 0 writes them;
+    every rank takes part in gathering the RNG states) and the stop on a signal."""
 
     def __init__(self, trainer: Trainer, loader: Iterable[Sample], sampler: EpochBatchSampler, position: Position,
-                 resumed: bool):
+                 resumed: bool, stops: StopRequests):
         spec = trainer.spec
         self.trainer, self.spec, self.loader, self.sampler, self.position = trainer, spec, loader, sampler, position
         self.output_dir = Path(spec.output_dir)
@@ -397,6 +412,10 @@ class EpochLoop:
         self.bar = TrainProgress(self.stop_at, position.done, spec.logging.every_steps, enabled=self.is_main)
         self.throughput = Throughput(spec.batch_size)
         self.corrupt: set[str] = set()  # paths of the corrupt images met so far, each warned about once
+        self.stops = stops
+        self.stop_signal = 0  # the signal all ranks agreed to stop on (0: none)
+        # The step last.pt holds (a resumed run's checkpoint; a new run has none, and 0 steps need no save) and when.
+        self.saved_step, self.saved_time = position.done, time.monotonic()
 
     def run(self) -> None:
         try:
@@ -405,7 +424,10 @@ class EpochLoop:
                     break
                 self.run_epoch(epoch)
                 self.end_epoch(epoch)
+                if self.stop_signal:
+                    self.stop_here()
         finally:
+            stop_workers(self.loader)
             self.bar.close()
             if self.log is not None:
                 self.log.close()
@@ -425,8 +447,44 @@ class EpochLoop:
             images_per_s = self.throughput.add(position.done, now - tick)
             tick = now
             self._log_step(epoch, result, images_per_s)
-            if position.done >= self.stop_at:
+            if position.done >= self.stop_at or self._between_steps():
                 break
+
+    def _between_steps(self) -> bool:
+        """After a step: agree with the other ranks on a stop signal (any rank's) and on a periodic checkpoint, and
+        write that checkpoint. True: stop now (`run` ends the epoch's bookkeeping, then `stop_here`)."""
+        self.stop_signal, save_due = self._agree(self.stops.signum, self._periodic_save_due())
+        if save_due and not self.stop_signal and not self.position.epoch_done:  # stops and epoch ends save anyway
+            self.save_checkpoints()
+        return self.stop_signal != 0
+
+    def _periodic_save_due(self) -> bool:
+        every_steps, every_minutes = self.spec.checkpoint_every_steps, self.spec.checkpoint_every_minutes
+        if every_steps is not None and self.position.done % every_steps == 0:
+            return True
+        # Rank 0's clock decides: the ranks' clocks differ, `_agree` hands its decision to all.
+        return (every_minutes is not None and self.is_main
+                and time.monotonic() - self.saved_time >= 60 * every_minutes)
+
+    def _agree(self, signum: int, save_due: bool) -> tuple[int, bool]:
+        """Over all ranks: the largest stop signal number received (0: none) and whether a save is due."""
+        if not dist.is_distributed():
+            return signum, save_due
+        flags = torch.tensor([signum, int(save_due)], device=self.trainer.device)
+        torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+        agreed_signum, agreed_save = flags.tolist()
+        return int(agreed_signum), bool(agreed_save)
+
+    def stop_here(self) -> NoReturn:
+        """Save the run where it stands (unless last.pt holds this step already) and raise `Interrupted`. Every rank
+        takes part in the save (RNG states are gathered) and waits at a barrier until rank 0 has written last.pt."""
+        if self.saved_step != self.position.done:
+            self.save_checkpoints()
+        if dist.is_distributed():
+            torch_dist.barrier()
+        if self.is_main and self.stops.repeats:
+            current().info(f"{self.stops.repeats} further stop signal(s) ignored while stopping")
+        raise Interrupted(self.stop_signal, self.position.done, str(self.output_dir / LAST))
 
     def _warn_corrupt(self, skipped: list[tuple[str, str]]) -> None:
         for path, msg in skipped:  # keyed by path: one file may fail with different messages (header, decode)
@@ -473,3 +531,4 @@ class EpochLoop:
             if position.epoch_done and epochs % self.spec.checkpoint_every == 0:
                 save_checkpoint(self.output_dir / epoch_name(epochs), state)
             save_checkpoint(self.output_dir / LAST, state)
+        self.saved_step, self.saved_time = position.done, time.monotonic()

@@ -30,7 +30,7 @@ LAST = "last.pt"
 # Spec fields a resumed run may change: they do not alter the numbers the run computes. The data order and the
 # augmentations are seeded per sample (engine/data.py), so the worker count does not change them either.
 RESUMABLE_CHANGES = ("epochs", "output_dir", "logging", "max_steps", "data.workers", "data.pin_memory",
-                     "data.threads")
+                     "data.threads", "checkpoint_every_steps", "checkpoint_every_minutes")
 
 
 def epoch_name(epoch: int) -> str:
@@ -162,7 +162,8 @@ def check_resumable(state: dict[str, Any], current_spec: dict[str, Any], path: P
     diffs = spec_differences(state["spec"], current_spec)
     if diffs:
         raise InputError(f"{path}: the checkpoint's spec differs in {', '.join(diffs)} (only epochs, output_dir, "
-                         f"logging, max_steps and data.workers/pin_memory/threads may change on resume)")
+                         "logging, max_steps, checkpoint_every_steps/minutes and data.workers/pin_memory/threads "
+                         "may change on resume)")
     if state.get("steps_per_epoch") != steps_per_epoch:
         raise InputError(f"{path}: saved with {state.get('steps_per_epoch')} steps per epoch, the data now gives "
                          f"{steps_per_epoch} (did the data set change?)")

@@ -10,6 +10,8 @@ Layout of the study folder DIR:
   evals/<eval hash>.json     one evaluation of one checkpoint: command, wall time, the command's JSON for it
   results.jsonl              one row per arm x seed x metric, rebuilt from the files above after every run
   environment.json           software versions and the training device
+  slurm/                     --executor slurm: jobs.json (each run's job id and log) and logs/ (sslcli.study.slurm_executor)
+  .sslcli.lock               held by the running `study run` (a second one on the folder is refused at once)
 """
 
 from __future__ import annotations
@@ -19,19 +21,18 @@ import math
 import os
 import platform
 import shlex
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
 from sslcli.errors import InputError, SslcliError
 from sslcli.io import write_json_atomic, write_text_atomic
+from sslcli.process import FolderLock, call
 from sslcli.spec import dump_spec
 from sslcli.study.estimate import estimate_hours
 from sslcli.study.metrics import EVAL_KINDS, flatten, per_checkpoint
@@ -103,65 +104,47 @@ def plan_summary(study: Study) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ execution
-def sslcli_command(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "sslcli", *args, "--json"]
+class TrainingExecutor(Protocol):
+    """Where the training runs happen: `LocalExecutor` (subprocesses here) or, in sslcli.study.slurm_executor,
+    one Slurm job per run. ``train`` returns once every run is trained (or raises); it returns their devices."""
+
+    def train(self, study: Study, runs: list[PlannedRun], log: Log, verbose: bool, counts: dict) -> set[str | None]:
+        ...
 
 
-def shown(cmd: list[str]) -> str:
-    """A command as the user would type it."""
-    return "sslcli " + shlex.join(cmd[3:]) if cmd[1:3] == ["-m", "sslcli"] else shlex.join(cmd)
+class LocalExecutor:
+    """Every run as an `sslcli pretrain` subprocess of this process, ``jobs`` at once."""
 
+    def __init__(self, gpus: int = 0, jobs: int = 1):
+        self.gpus, self.jobs = gpus, jobs
 
-def call(args: list[str], log: Log, verbose: bool) -> tuple[dict, float, str]:
-    """Run ``sslcli ARGS --json``; return (its JSON result, wall seconds, the command line). stderr is forwarded
-    line by line when ``verbose``; a failure raises with the child's last error line and its exit code class."""
-    cmd = sslcli_command(args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as stdout:
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
-        tail: list[str] = []
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            line = line.rstrip("\n")
-            tail = [*tail[-19:], line]
-            if verbose:
-                log(f"    {line}")
-        code = proc.wait()
-        stdout.seek(0)
-        text = stdout.read()
-    seconds = time.perf_counter() - start
-    if code != 0:
-        last = next((t for t in reversed(tail) if t.strip()), "(no message)")
-        error = InputError if code == 2 else SslcliError
-        raise error(f"{last.removeprefix('error: ')} [from: {shown(cmd)}]")
-    lines = text.strip().splitlines()
-    try:
-        return json.loads(lines[-1]), seconds, shown(cmd)
-    except (IndexError, json.JSONDecodeError):
-        raise SslcliError(f"{shown(cmd)}: printed no JSON result") from None
+    def train(self, study: Study, runs: list[PlannedRun], log: Log, verbose: bool, counts: dict) -> set[str | None]:
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:  # threads only wait on the subprocesses
+            return set(pool.map(lambda run: _train(study, run, log, verbose, self.gpus, counts), runs))
 
 
 def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, verbose: bool = False,
-              jobs: int = 1) -> dict:
+              jobs: int = 1, executor: TrainingExecutor | None = None) -> dict:
     """Run everything that is missing; return a summary (counts of done/skipped work and the results path).
-    ``jobs``: training runs at once (each its own subprocess and folder; evaluations run after all of them)."""
+    ``executor``: where the training runs happen (default: ``LocalExecutor(gpus, jobs)``, ``jobs`` runs at once,
+    each its own subprocess and folder). Evaluations run here, after all of them.
+
+    The study folder is locked for the whole call: a second `study run` on it is refused at once."""
     check_options(study, option_args)
     out = study.out
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "study.json", relative_to(plan_summary(study), str(out)))
-    write_text_atomic(out / "study.yaml", study.path.read_text())
-    counts = {"prepared": 0, "trained": 0, "evaluated": 0, "skipped": 0}
-    _prepare(study, log, verbose, counts)
-    for run in study.references:
-        _random_init(study, run, log, counts)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the `sslcli pretrain` subprocesses
-        devices = set(pool.map(lambda run: _train(study, run, log, verbose, gpus, counts), study.trained))
-    # One pass over every checkpoint at the end: an analysis builds its inputs once for all of them.
-    _evaluate(study, study.runs, option_args, log, verbose, counts)
-    rows = write_results(study)
-    write_json_atomic(out / "environment.json", environment(sorted(d for d in devices if d)))
-    write_json_atomic(out / "provenance.json", relative_to(provenance(study), str(out)))
+    with FolderLock(out, "study folder"):
+        write_json_atomic(out / "study.json", relative_to(plan_summary(study), str(out)))
+        write_text_atomic(out / "study.yaml", study.path.read_text())
+        counts = {"prepared": 0, "trained": 0, "evaluated": 0, "skipped": 0}
+        _prepare(study, log, verbose, counts)
+        for run in study.references:
+            _random_init(study, run, log, counts)
+        devices = (executor or LocalExecutor(gpus, jobs)).train(study, study.trained, log, verbose, counts)
+        # One pass over every checkpoint at the end: an analysis builds its inputs once for all of them.
+        _evaluate(study, study.runs, option_args, log, verbose, counts)
+        rows = write_results(study)
+        write_json_atomic(out / "environment.json", environment(sorted(d for d in devices if d)))
+        write_json_atomic(out / "provenance.json", relative_to(provenance(study), str(out)))
     return {"out": str(out), "results": str(out / "results.jsonl"), "rows": rows, **counts}
 
 
@@ -229,11 +212,21 @@ def _train(study: Study, run: PlannedRun, log: Log, verbose: bool, gpus: int, co
             f"{'steps' if run.spec.max_steps else 'epochs'})")
         args = ["pretrain", str(spec_path), "--resume", "auto"] + (["--gpus", str(gpus)] if gpus else [])
         result, seconds, cmd = call(args, log, verbose)
-    write_json_atomic(marker, {"arm": run.arm, "seed": run.seed, "hash": run.hash, "command": cmd,
-                               "wall_s": round(seconds, 3), "resumed": resuming, "result": result})
+    record_run(run_identity(run), marker, result, seconds, cmd, resuming)
     with _COUNTS_LOCK:
         counts["trained"] += 1
     return result.get("device")
+
+
+def run_identity(run: PlannedRun) -> dict:
+    return {"arm": run.arm, "seed": run.seed, "hash": run.hash}
+
+
+def record_run(identity: dict, marker: Path, result: dict, seconds: float, cmd: str, resumed: bool,
+               **extra) -> None:
+    """The run's marker (RUN_MARKER): written last, once its checkpoint is complete; the run is done from then on."""
+    write_json_atomic(marker, {**identity, "command": cmd, "wall_s": round(seconds, 3), "resumed": resumed,
+                               **extra, "result": result})
 
 
 def _finished_steps(run: PlannedRun) -> int | None:

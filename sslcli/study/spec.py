@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sslcli.errors import InputError
+from sslcli.slurm import SlurmOptions
 from sslcli.spec import RunSpec, SpecError, apply_overrides, parse_spec
 from sslcli.study.metrics import EVAL_KINDS, declared_metric_ok
 
@@ -83,6 +84,13 @@ class Estimate(_Strict):
                                        "cannot be read here.")
 
 
+class ExecutorSection(SlurmOptions):
+    """Where the training runs happen: ``kind: local`` (this machine) or ``slurm`` (one job per run, these
+    resources); `study run --executor` and its flags override it."""
+
+    kind: Literal["local", "slurm"] = "local"
+
+
 class StudyFile(_Strict):
     name: str
     description: str | None = None
@@ -97,6 +105,7 @@ class StudyFile(_Strict):
                            "fail; fewer gives INCONCLUSIVE whatever the p-value.")
     alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise error rate of the study's verdicts (Holm).")
     estimate: Estimate = Estimate()
+    executor: ExecutorSection = ExecutorSection()
 
 
 @dataclass
