@@ -61,8 +61,9 @@ def test_prepare_synthetic_force_replaces_its_own_data_and_keeps_other_files(cli
 
 
 def test_a_study_prepare_step_cannot_replace_a_real_data_set(cli, tiny_coco, tmp_path):
-    # studies/tiny.yaml prepares `synthetic {out}/data ... --force`; here {out}/data already holds a real data set.
-    data = coco_copy(tiny_coco, tmp_path / "study" / "data")
+    # studies/tiny.yaml prepares `synthetic {out}/data-{seed} ... --force` per seed; here {out}/data-0 (seed 0's
+    # folder) already holds a real data set.
+    data = coco_copy(tiny_coco, tmp_path / "study" / "data-0")
     before = _tree(data)
     code, _, err = cli(["study", "run", REPO / "studies" / "tiny.yaml", "--out", tmp_path / "study"])
     assert code == 2 and "not made by `sslcli prepare synthetic`" in err, err

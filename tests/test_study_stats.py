@@ -136,7 +136,7 @@ def test_inconclusive_verdict_states_the_seeds_needed():
     got = judge_all([(_by_seed(diffs), _by_seed([0.0] * 5), "higher")])[0]
     assert got["verdict"] == INCONCLUSIVE
     want = max(5, next(n for n in range(2, 500) if _power_statsmodels(got["effect_size"], n, 0.05) >= 0.8))
-    assert got["seeds_needed"] == want and f"~{want} seeds for 80 % power" in got["why"]
+    assert got["seeds_needed"] == want and f"{want} seeds for 80 % power" in got["why"]
 
 
 # ------------------------------------------------------------------------------------------------- calibration

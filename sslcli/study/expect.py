@@ -31,8 +31,8 @@ BOOTSTRAP_RESAMPLES = 9999
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 RULE = "paired-t"
 RULE_TEXT = ("two-sided paired t-test of the per-seed differences, Holm-corrected across the study's expectations: "
-             "holds if n >= {min_seeds} seeds and the Holm-adjusted p < {alpha} with the mean difference in the expected "
-             "direction; does not hold if the same with the opposite direction; else inconclusive")
+             "holds with at least {min_seeds} seeds and a Holm-adjusted p below {alpha} with the mean difference in the "
+             "expected direction; does not hold with the same in the opposite direction; else inconclusive")
 
 
 def paired(arm: Mapping[int, float | None], than: Mapping[int, float | None]) -> tuple[list[int], list[float]]:
@@ -145,7 +145,7 @@ def _verdict(d: dict, min_seeds: int, alpha: float) -> tuple[str, str]:
     if n == 0:
         return INCONCLUSIVE, "no seed has values for both arms"
     if n < 2:
-        return INCONCLUSIVE, "1 seed: no interval or test is possible (needs >= 2, and >= {min_seeds} for a verdict)"
+        return INCONCLUSIVE, f"1 seed: no interval or test is possible (needs 2, and {min_seeds} for a verdict)"
     if d["zero_variance"]:
         if d["mean_diff"] == 0:
             return INCONCLUSIVE, f"all {n} seeds give equal values for both arms: no difference was measured"
@@ -157,14 +157,14 @@ def _verdict(d: dict, min_seeds: int, alpha: float) -> tuple[str, str]:
         more = " (significant before that rule)" if significant else ""
         return INCONCLUSIVE, f"{n} seeds, fewer than the {min_seeds} a verdict needs{more}{_needed(d)}"
     if significant and sign * d["mean_diff"] > 0:
-        return HOLDS, f"Holm-adjusted p = {p_holm:.3g} < {alpha}, difference in the expected direction"
+        return HOLDS, f"Holm-adjusted p = {p_holm:.3g}, below {alpha}, difference in the expected direction"
     if significant:
-        return FAILS, f"Holm-adjusted p = {p_holm:.3g} < {alpha}, difference in the opposite direction"
-    return INCONCLUSIVE, f"Holm-adjusted p = {p_holm:.3g} (not < {alpha}){_needed(d)}"
+        return FAILS, f"Holm-adjusted p = {p_holm:.3g}, below {alpha}, difference in the opposite direction"
+    return INCONCLUSIVE, f"Holm-adjusted p = {p_holm:.3g}, not below {alpha}{_needed(d)}"
 
 
 def _needed(d: dict) -> str:
-    return "" if d["seeds_needed"] is None else f"; ~{d['seeds_needed']} seeds for 80 % power at the observed effect"
+    return "" if d["seeds_needed"] is None else f"; {d['seeds_needed']} seeds for 80 % power at the observed effect"
 
 
 def _finite(value) -> bool:

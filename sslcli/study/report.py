@@ -304,7 +304,7 @@ def write_report(folder: str | Path) -> dict:
     checks = verdicts(plan, by_metric, errors)
     parts = {"plan": plan, "env": env, "sections": sections, "checks": checks, "loss_png": loss_png,
              "commands": prov.get("commands"), "rows": len(rows), "costs": cost(rows, arms),
-             "summary": summary(checks)}
+             "summary": summary(checks), "kept_copy": (folder / "study.yaml").is_file()}
     write_text_atomic(folder / "report.md", _markdown(parts))
     write_text_atomic(folder / "report.html", _html(parts))
     keys = ("metric", "arm", "direction", "than", "verdict", "why", "n", "mean_diff", "ci", "bootstrap_ci",
@@ -396,9 +396,11 @@ def _env_lines(env: dict) -> list[str]:
     return lines
 
 
-def _intro(plan: dict, n_rows: int) -> str:
-    return (f"Study file {plan['file']} (as run: study.yaml in this folder when kept); arms: {', '.join(plan['arms'])}; "
-            f"seeds: {plan['seeds']}; {n_rows} result rows (results.jsonl). Paths are relative to this folder.")
+def _intro(plan: dict, n_rows: int, kept_copy: bool) -> str:
+    copy = " (its copy as run: study.yaml)" if kept_copy else ""
+    return (f"Study file {plan['file']}{copy}; arms: {', '.join(plan['arms'])}; seeds: "
+            f"{', '.join(str(s) for s in plan['seeds'])}; {n_rows} result rows (results.jsonl). Paths are relative to "
+            "this folder.")
 
 
 _MD_SPECIAL = re.compile(r"([\\`*\[\]<>|~])")  # what can start markup inside a line (intraword _ cannot)
@@ -416,7 +418,7 @@ def _markdown(p: dict) -> str:
         return "\n".join(lines)
 
     plan, checks = p["plan"], p["checks"]
-    out = [f"# Study: {_md(plan['study'])}", "", _md(_intro(plan, p["rows"])), "", "## Summary", ""]
+    out = [f"# Study: {_md(plan['study'])}", "", _md(_intro(plan, p["rows"], p["kept_copy"])), "", "## Summary", ""]
     out += [f"- {_md(line)}" for line in p["summary"]] or ["(no expectations)"]
     out += ["", "## Expectations", ""]
     if checks:
@@ -455,7 +457,7 @@ def _html(p: dict) -> str:
         return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
     plan, checks = p["plan"], p["checks"]
-    parts = [f"<h1>Study: {e(plan['study'])}</h1>", f"<p>{e(_intro(plan, p['rows']))}</p>", "<h2>Summary</h2>",
+    parts = [f"<h1>Study: {e(plan['study'])}</h1>", f"<p>{e(_intro(plan, p['rows'], p['kept_copy']))}</p>", "<h2>Summary</h2>",
              "<ul>" + "".join(f"<li>{e(line)}</li>" for line in p["summary"]) + "</ul>", "<h2>Expectations</h2>"]
     if checks:
         parts.append(table(CHECK_HEADER, [_check_cells(c) for c in checks], verdict_col=1))

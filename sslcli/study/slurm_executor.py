@@ -137,7 +137,7 @@ def study_status(folder: Path) -> dict:
     states = _squeue_if_any(book)
     runs = []
     for run in plan["runs"]:
-        out = Path(run["output_dir"])
+        out = folder / run["output_dir"]  # study.json keeps it relative to the study folder
         job = book.get(run["hash"])
         state = state_of(job, states, lambda out=out: (out / RUN_MARKER).is_file())
         entry = {"arm": run["arm"], "seed": run["seed"], "hash": run["hash"], "state": state,
