@@ -59,6 +59,9 @@ class Interrupted(BaseException):
                        "(continue with --resume auto)")
         super().__init__(message)
 
+    def __reduce__(self):  # pickled with its fields (a job runner such as submitit sends it to another process)
+        return type(self), (self.signum, self.step, self.checkpoint)
+
     def details(self) -> dict[str, object]:
         """What a --json report adds to ``error`` and ``exit_code``."""
         return {"interrupted": self.signal_name, "step": self.step, "checkpoint": self.checkpoint}

@@ -378,6 +378,11 @@ class LoggingSpec(Strict):
 
 
 # ---------------------------------------------------------------------------------------------------------- the spec
+# Fields that only say when a run saves: they change no number it computes, so a resume may change them and a study's
+# run hash leaves them out (a study planned before they existed keeps its hashes).
+SAVE_SCHEDULE_FIELDS = ("checkpoint_every_steps", "checkpoint_every_minutes")
+
+
 class RunSpec(Strict):
     # `method` is any registered method's spec: `run_spec_model` derives the model that validates it (the union of
     # the registered spec classes, discriminated by `name`); every validated spec is an instance of that subclass.

@@ -193,3 +193,21 @@ class LauncherSignallingToy(ToyMethod):
 def install_signalling_launcher() -> None:
     _import_all()
     METHODS["simclr"] = LauncherSignallingToy
+
+
+class RankSignallingToy(ToyMethod):
+    """The toy whose rank 1 alone sends SIGTERM to itself during step index 2: rank 0 learns of it only through the
+    ranks' agreement after the step."""
+
+    def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:
+        if step.step == 2 and dist.rank() == 1:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(batch, step)
+
+
+def install_rank_signalling() -> None:
+    _import_all()
+    METHODS["simclr"] = RankSignallingToy

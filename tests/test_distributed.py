@@ -106,6 +106,22 @@ def test_sigterm_to_the_launcher_stops_both_ranks_after_one_step_then_resume_is_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(images, tmp_path):
+    """Only rank 1 gets SIGTERM (as when one node's processes are signalled): the ranks' agreement after each step
+    stops rank 0 too, after the same step, instead of leaving it to wait alone in the next step's collective."""
+    import signal
+
+    from sslcli.errors import Interrupted
+
+    run = tmp_path / "run"
+    spec = parse_spec(toy.spec_dict(images, run, epochs=3), world_size=2)
+    with pytest.raises(Interrupted) as stop:
+        launch(spec, gpus=2, master_port=free_port(), init_hook=toy.install_rank_signalling)
+    assert (stop.value.signum, stop.value.step) == (signal.SIGTERM, 3)
+    saved = load_checkpoint(run / "last.pt")
+    assert saved["step"] == 3 and len(saved["rng"]["ranks"]) == 2
+
+
 def test_moco_with_every_option_trains_on_two_processes(tmp_path):
     """The real MoCo (shuffle-BN across ranks, gathered keys, kNN bank, multi-crop) under DDP with 2 gloo processes."""
     from sslcli.data.synthetic import generate

@@ -308,3 +308,49 @@ def test_the_study_runner_does_not_take_a_stopped_run_for_a_finished_one(images,
     assert _finished_steps(SimpleNamespace(spec=spec)) is None
     launch(spec, resume="auto")
     assert _finished_steps(SimpleNamespace(spec=spec)) == 10
+
+
+def test_checkpoint_periods_leave_a_studys_run_hashes_as_they_were(tmp_path):
+    """They change no number a run computes: setting them must not make `study run` retrain every run."""
+    from sslcli.study.spec import load_study
+
+    base = {"data": {"root": "{out}/data", "format": "coco", "image_size": 32, "workers": 0},
+            "model": {"arch": "resnet18", "width": 8}, "method": {"name": "moco", "queue_size": 64},
+            "batch_size": 16, "epochs": 2}
+
+    def hashes(**changes) -> list[str]:
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump({"name": "s", "base": {**base, **changes}, "arms": {"a": {}}, "seeds": [0, 1]}))
+        return [run.hash for run in load_study(path, tmp_path / "out").runs]
+
+    plain = hashes()
+    assert hashes(checkpoint_every_steps=100, checkpoint_every_minutes=20.0) == plain
+    assert hashes(epochs=3) != plain  # a field that does change the run changes its hash
+
+
+# ------------------------------------------------------------------------------------------- the signal helpers
+def test_the_forwarder_sends_a_stop_signal_on_to_the_ranks_instead_of_stopping_the_launcher():
+    from sslcli.process import SignalForwarder
+
+    early, late = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2))
+    try:
+        with SignalForwarder() as forwarder:
+            forwarder.add([early.pid])
+            os.kill(os.getpid(), signal.SIGUSR1)  # would end this process (pytest) without the forwarder
+            forwarder.add([late.pid])  # started after the signal: it gets it when it is added
+        assert forwarder.signum == signal.SIGUSR1
+        assert early.wait(timeout=30) == late.wait(timeout=30) == -signal.SIGUSR1
+    finally:
+        for proc in (early, late):
+            proc.kill()
+            proc.wait()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_interrupted_survives_pickling_with_its_fields():
+    """A job runner (submitit) pickles what the job raised to hand it to the submitting process."""
+    import pickle
+
+    stop = pickle.loads(pickle.dumps(Interrupted(signal.SIGUSR1, 7, "run/last.pt")))
+    assert (stop.exit_code, stop.step, stop.checkpoint, str(stop)) == (
+        138, 7, "run/last.pt", "interrupted by SIGUSR1 after step 7; saved run/last.pt (continue with --resume auto)")

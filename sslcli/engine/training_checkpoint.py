@@ -22,6 +22,7 @@ import torch
 
 from sslcli.errors import InputError
 from sslcli.io import atomic_path
+from sslcli.spec import SAVE_SCHEDULE_FIELDS
 
 FORMAT = "sslcli-checkpoint"
 VERSION = 1
@@ -30,7 +31,7 @@ LAST = "last.pt"
 # Spec fields a resumed run may change: they do not alter the numbers the run computes. The data order and the
 # augmentations are seeded per sample (engine/data.py), so the worker count does not change them either.
 RESUMABLE_CHANGES = ("epochs", "output_dir", "logging", "max_steps", "data.workers", "data.pin_memory",
-                     "data.threads", "checkpoint_every_steps", "checkpoint_every_minutes")
+                     "data.threads", *SAVE_SCHEDULE_FIELDS)
 
 
 def epoch_name(epoch: int) -> str:
