@@ -164,3 +164,86 @@ def test_export_says_a_small_stem_is_not_the_stock_stem(tmp_path, cli):
     from sslcli.backbone_checkpoints import load_backbone
 
     assert load_backbone(tmp_path / "out-detectron2")[1].stem == "small"
+
+
+# ---------------------------------------------------------------------------- methods and analyses on a small stem
+SMALL_METHODS = {
+    "detcon": ({"name": "detcon", "variant": "S", "masks": {"kind": "grid", "grid": 3}, "num_samples": 4, "dim": 16,
+                "hidden_dim": 32}, False),
+    "soco": ({"name": "soco", "boxes": "BOXES", "dim": 16, "hidden_dim": 32}, True),
+    "d3ssl": ({"name": "d3ssl", "boxes": "BOXES", "dim": 16, "hidden_dim": 32, "bank_size": 64}, True),
+}
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory) -> dict:
+    """Synthetic data (`sslcli prepare synthetic`), a box store, and DetCon / SoCo / D3SSL trained 2 steps at 48 px
+    on resnet18 width 8 with ``model.stem: small``; returns the data root and each run's pretrain result."""
+    from typer.testing import CliRunner
+
+    from sslcli.cli import app
+
+    base = tmp_path_factory.mktemp("stem")
+    root, boxes = base / "data", base / "boxes.h5"
+    runner = CliRunner()
+
+    def run(args: list) -> dict:
+        result = runner.invoke(app, [str(a) for a in [*args, "--json", "--quiet"]])
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    run(["prepare", "synthetic", root, "--images", 12, "--val-images", 8, "--size", 96])
+    run(["prepare", "boxes", root, "--out", boxes])
+    results = {}
+    for name, (method, c4) in SMALL_METHODS.items():
+        spec = {"spec_version": 1, "name": f"{name}-small",
+                "data": {"root": str(root), "image_size": 48, "workers": 0, "pin_memory": False},
+                "model": {"arch": "resnet18", "width": 8, "c4": c4, "stem": "small"},
+                "method": {k: (str(boxes) if v == "BOXES" else v) for k, v in method.items()},
+                "optimizer": {"name": "sgd", "base_lr": 0.05, "weight_decay": 1e-4},
+                "schedule": {"name": "cosine", "warmup_epochs": 0}, "batch_size": 4, "epochs": 1, "max_steps": 2,
+                "precision": "fp32", "output_dir": str(base / name)}
+        path = base / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        results[name] = run(["pretrain", path]) | {"checkpoint": base / name / "last.pt"}
+    return {"root": root, "runs": results, "run": run, "base": base}
+
+
+@pytest.mark.parametrize("method", sorted(SMALL_METHODS))
+def test_region_methods_train_on_the_small_stem(method, small_runs):
+    result = small_runs["runs"][method]
+    assert result["steps"] == 2 and math.isfinite(result["final_loss"])
+    state = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)
+    assert state["stem"] == "small" and state["spec"]["model"]["stem"] == "small"
+    assert tuple(state["backbone"]["conv1.weight"].shape) == (8, 3, 3, 3)
+
+
+def test_detcon_pools_masks_on_the_6x6_grid_of_48_px_views(small_runs):
+    from sslcli.methods import build_method
+    from sslcli.spec import load_spec
+
+    spec = load_spec(small_runs["base"] / "detcon.yaml")
+    assert build_method(spec).transform().grid_side == 6  # 48 / 8; the ImageNet stem would give 2
+
+
+def test_analyses_and_the_object_probe_run_on_small_stem_checkpoints(small_runs):
+    run, root, base = small_runs["run"], small_runs["root"], small_runs["base"]
+    soco, detcon = small_runs["runs"]["soco"]["checkpoint"], small_runs["runs"]["detcon"]["checkpoint"]
+    coupling = run(["analyze", "coupling", soco, detcon, "--data", root, "--pairs", 4, "--cell", 48,
+                    "--min-size", 8, "--out", base / "coupling"])
+    positional = run(["analyze", "positional", soco, detcon, "--data", root, "--objects", 4, "--tile", 32,
+                      "--min-size", 8, "--out", base / "positional"])
+    for result in (coupling, positional):
+        for checkpoint in result["checkpoints"]:
+            assert checkpoint["checkpoint"]["stem"] == "small"
+            assert list(checkpoint["layers"]) == ["res2", "res3", "res4", "res5"]
+            assert all(layer["n"] == 4 and math.isfinite(layer["mean"]) for layer in checkpoint["layers"].values())
+    oknn = run(["analyze", "oknn", soco, "--data", root, "--short-side", 64, "--max-side", 96, "--min-size", 8,
+                "--out", base / "oknn"])
+    clean = oknn["checkpoints"][0]["clean"]
+    assert oknn["checkpoints"][0]["checkpoint"]["stem"] == "small"
+    assert clean["query_objects"] > 0 and clean["bank_objects"] > 0 and 0.0 <= clean["top1"] <= 100.0
+    probe = run(["probe", "knn", small_runs["runs"]["d3ssl"]["checkpoint"], "--data", root, "--labels", "object",
+                 "--image-size", 96, "--min-size", 8, "--k", "5", "--no-cache"])
+    assert probe["checkpoint"]["stem"] == "small" and probe["labels"] == "object"
+    assert probe["test_rows"] > 0 and 0.0 <= probe["k"]["5"]["top1"] <= 100.0
