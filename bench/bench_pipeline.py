@@ -119,8 +119,9 @@ def view_makers(paths: list[Path], size: int) -> dict[str, tuple]:
     masks = MaskSource("grid", grid=5)
     old_pair, new_pair = MaskViewPair(size, "S"), MaskViewPair(size, "S")
     old_pair._pipelines = (old_pair._build()[0], old_colours(COLOR_PRESETS["S"], size))
-    new = DetconTransform(masks, new_pair)
-    makers["DetCon_S"] = (DetconTransform(masks, old_pair), new, DeviceViews(new), "region")
+    grid_side = -(-size // 32)  # res5 of the ImageNet stem, as the bench's DetCon spec trains it
+    new = DetconTransform(masks, new_pair, grid_side)
+    makers["DetCon_S"] = (DetconTransform(masks, old_pair, grid_side), new, DeviceViews(new), "region")
     store = RandomProposals(paths)
     old_views, new_views = RegionViews(size), RegionViews(size)
     old_views._colors = tuple(old_colours(old_views.colors, size))

@@ -4,8 +4,8 @@ This module reads checkpoints for evaluation (ours and third-party ones); the en
 format, atomic saves, resume) is `sslcli.engine.training_checkpoint`. Formats, detected from the file's content
 (METHODS.md §8):
 
-- ``sslcli``: the engine's training checkpoint, ``{"format": "sslcli-checkpoint", "arch", "width", "backbone": state
-  dict, ...}``; only the backbone is read.
+- ``sslcli``: the engine's training checkpoint, ``{"format": "sslcli-checkpoint", "arch", "width", "stem", "backbone":
+  state dict, ...}``; only the backbone is read (checkpoints written before ``stem`` existed have the ImageNet stem).
 - ``torchvision``: a plain state dict (``conv1.weight``, ``layer1.0...``; ``fc.*`` ignored), optionally with a DDP
   ``module.`` prefix or wrapped in ``{"state_dict": ...}``.
 - ``moco``: ``{epoch, arch, state_dict, optimizer}`` with ``module.encoder_q.*`` keys; ``fc.*`` (the MLP head),
@@ -17,7 +17,9 @@ format, atomic saves, resume) is `sslcli.engine.training_checkpoint`. Formats, d
   ``shortcut_conv``...). Read with a restricted unpickler that only builds numpy arrays and dicts.
 - ``detectron2``: a ``.pkl`` written by :func:`export_backbone` (or MoCo's converter), read the same safe way.
 
-A load that leaves any backbone parameter or buffer unset is refused (InputError naming a few missing keys).
+A load that leaves any backbone parameter or buffer unset is refused (InputError naming a few missing keys). The stem
+(``imagenet`` or ``small``, `sslcli.models.backbone`) is the one an sslcli checkpoint records, else the one conv1's
+kernel implies (7×7 or 3×3), so every probe and analysis rebuilds the network that was trained.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from sslcli.engine.training_checkpoint import FORMAT as SSLCLI_FORMAT
 from sslcli.engine.training_checkpoint import load_error_reason
 from sslcli.errors import InputError
 from sslcli.io import atomic_path, check_writable_dir
-from sslcli.models.backbone import ResNetBackbone, build_backbone
+from sslcli.models.backbone import STEMS, ResNetBackbone, build_backbone
 
 TRUST_HINT = ("rerun with --trust-checkpoint only if you trust this file: loading it needs torch.load(weights_only=False), "
               "which can execute arbitrary code stored in the pickle")
@@ -61,6 +63,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # deliberately dropped: heads, momentum encoder, queues, fc
     prefix: str | None = None
+    stem: str = "imagenet"
 
     @property
     def identity(self) -> str:
@@ -68,7 +71,7 @@ class LoadReport:
         return self.sha256 if self.prefix is None else f"{self.sha256}:{self.prefix}"
 
     def summary(self) -> str:
-        text = (f"{Path(self.path).name}: {self.format} checkpoint, {self.arch} width {self.width}, "
+        text = (f"{Path(self.path).name}: {self.format} checkpoint, {self.arch} width {self.width}, {self.stem} stem, "
                 f"loaded {len(self.loaded)} tensors, missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
                 f"ignored {len(self.ignored)} (heads/momentum encoder/fc)")
         if self.unexpected:
@@ -76,7 +79,8 @@ class LoadReport:
         return text
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "format": self.format, "arch": self.arch, "width": self.width, "sha256": self.sha256,
+        return {"path": self.path, "format": self.format, "arch": self.arch, "width": self.width, "stem": self.stem,
+                "sha256": self.sha256,
                 "loaded": len(self.loaded), "missing": self.missing, "unexpected": self.unexpected,
                 "ignored": len(self.ignored)}
 
@@ -229,7 +233,7 @@ def detect_and_convert(obj, path: Path, prefix: str | None = None) -> tuple[str,
         if "backbone" not in obj:
             raise InputError(f"{path}: sslcli checkpoint has no \"backbone\" entry")
         state, fc = _drop_fc(dict(obj["backbone"]))
-        return "sslcli", state, fc, {"arch": obj.get("arch"), "width": obj.get("width")}
+        return "sslcli", state, fc, {"arch": obj.get("arch"), "width": obj.get("width"), "stem": obj.get("stem")}
     if isinstance(obj.get("model"), dict) and "__author__" in obj:
         return "detectron2", *detectron2_to_torchvision(obj["model"]), {}
     # MoCo/SoCo trained with DDP have a "module." prefix; single-GPU runs do not.
@@ -395,8 +399,24 @@ def infer_arch(state: dict, path: Path) -> tuple[str, int]:
     return _ARCHS[(counts, bottleneck)], int(state["conv1.weight"].shape[0])
 
 
+# conv1's kernel side → stem: torchvision's 7×7 stride-2 conv, or the small stem's 3×3 stride-1 conv.
+_STEM_OF_KERNEL = {7: "imagenet", 3: "small"}
+
+
+def infer_stem(state: dict, path: Path) -> str:
+    """The stem conv1's kernel implies (checkpoints that do not record it: third-party ones, sslcli before stems)."""
+    if "conv1.weight" not in state:
+        raise InputError(f"{path}: no conv1.weight among the backbone keys; cannot tell the stem")
+    kernel = tuple(state["conv1.weight"].shape[-2:])
+    stem = _STEM_OF_KERNEL.get(kernel[0]) if kernel[0] == kernel[1] else None
+    if stem is None:
+        raise InputError(f"{path}: conv1.weight has a {kernel[0]}×{kernel[1]} kernel; expected 7×7 (ImageNet stem) or "
+                         "3×3 (small stem)")
+    return stem
+
+
 def load_state(path: str | os.PathLike, trust: bool = False, prefix: str | None = None):
-    """(format, torchvision-named state dict, ignored keys, arch, width) without building a network."""
+    """(format, torchvision-named state dict, ignored keys, arch, width, stem) without building a network."""
     path = Path(path)
     obj = read_checkpoint_file(path, trust)
     fmt, state, ignored, meta = detect_and_convert(obj, path, prefix)
@@ -404,7 +424,10 @@ def load_state(path: str | os.PathLike, trust: bool = False, prefix: str | None 
     arch, width = meta.get("arch"), meta.get("width")
     if not arch or not width:
         arch, width = infer_arch(state, path)
-    return fmt, state, ignored, arch, int(width)
+    stem = meta.get("stem") or infer_stem(state, path)
+    if stem not in STEMS:
+        raise InputError(f"{path}: stem {stem!r}: expected one of {', '.join(STEMS)}")
+    return fmt, state, ignored, arch, int(width), stem
 
 
 def load_backbone(path: str | os.PathLike, arch: str | None = None, width: int | None = None, trust: bool = False,
@@ -416,13 +439,13 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None, width: int |
     Raises InputError on missing backbone keys or shape mismatches: a partial load is never returned.
     """
     path = Path(path)
-    fmt, state, ignored, found_arch, found_width = load_state(path, trust, prefix)
+    fmt, state, ignored, found_arch, found_width, stem = load_state(path, trust, prefix)
     if arch is not None and arch != found_arch:
         raise InputError(f"{path}: --arch {arch} but the checkpoint holds a {found_arch}")
     if width is not None and width != found_width:
         raise InputError(f"{path}: --width {width} but the checkpoint's stem has {found_width} channels")
     try:
-        backbone = build_backbone(found_arch, found_width, **backbone_kwargs)
+        backbone = build_backbone(found_arch, found_width, stem=stem, **backbone_kwargs)
     except (ValueError, NotImplementedError) as exc:  # e.g. torchvision cannot dilate BasicBlock ResNets
         raise InputError(f"{path}: cannot build {found_arch} with {backbone_kwargs}: {exc}") from None
     expected = backbone.state_dict()
@@ -435,7 +458,7 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None, width: int |
     for key, ref in expected.items():
         if key in state and state[key].shape != ref.shape:
             raise InputError(f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)} "
-                             f"for {found_arch} width {found_width}")
+                             f"for {found_arch} width {found_width} with the {stem} stem")
     loadable = {k: v.to(expected[k].dtype) for k, v in state.items() if k in expected}
     broken = next((k for k, v in loadable.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if broken is not None:
@@ -444,7 +467,7 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None, width: int |
     backbone.load_state_dict(loadable, strict=False)
     backbone.eval()
     report = LoadReport(str(path), fmt, found_arch, found_width, file_sha256(path), loaded=sorted(loadable),
-                        missing=[], unexpected=unexpected, ignored=ignored, prefix=prefix)
+                        missing=[], unexpected=unexpected, ignored=ignored, prefix=prefix, stem=stem)
     return backbone, report
 
 

@@ -53,6 +53,9 @@ class ModelSpec(Strict):
                                                      "smaller values make tiny test models).")
     c4: bool = Field(False, description="Split at res4 (ResNet-C4) for region-level methods: RoIAlign on res4, "
                                         "then res5 as the head (METHODS.md §4).")
+    stem: Literal["imagenet", "small"] = Field(
+        "imagenet", description="imagenet: torchvision's 7×7/2 conv + max-pool (res5 at stride 32); small: a 3×3/1 conv "
+                                "and no max-pool (res5 at stride 8: 48 px → 6×6), a deviation from the papers.")
 
 
 # ------------------------------------------------------------------------------------------------------ augmentation
@@ -578,6 +581,23 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, world
 
 def spec_schema() -> dict:
     return run_spec_model().model_json_schema()
+
+
+# Fields added after study run hashes were first computed, with the value every spec had before: a study hashes its runs
+# without them while they hold that value (`hashed_spec`), so adding one keeps existing study folders' run hashes.
+HASH_NEUTRAL_DEFAULTS = {("model", "stem"): "imagenet"}
+
+
+def hashed_spec(dumped: dict) -> dict:
+    """A ``model_dump(mode="json")`` of a run spec as study run hashes see it: where and when the run saves
+    (`output_dir`, `SAVE_SCHEDULE_FIELDS`: they change none of its numbers) and `HASH_NEUTRAL_DEFAULTS` (fields added
+    later, at their default) left out, so adding a field does not make `study run` retrain finished studies."""
+    out = {section: dict(value) if isinstance(value, dict) else value for section, value in dumped.items()
+           if section not in ("output_dir", *SAVE_SCHEDULE_FIELDS)}
+    for (section, name), default in HASH_NEUTRAL_DEFAULTS.items():
+        if isinstance(out.get(section), dict) and out[section].get(name) == default:
+            del out[section][name]
+    return out
 
 
 def dump_spec(spec: RunSpec) -> str:

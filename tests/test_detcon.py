@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.losses.detcon import detcon_loss
-from sslcli.methods.detcon import label_grid, res5_side, sample_ids
+from sslcli.methods.detcon import label_grid, sample_ids
 from sslcli.models.region_pooling import mask_pool
 
 
@@ -125,14 +125,21 @@ def test_loss_gradients_are_finite_with_masked_columns():
 
 
 # --------------------------------------------------------------------------------------- grid, sampling, pooling
-def test_res5_side_matches_the_backbone():
-    from sslcli.models.backbone import build_backbone
+def test_map_side_matches_the_backbone_for_both_stems():
+    from sslcli.models.backbone import build_backbone, map_side
 
-    net = build_backbone("resnet18", width=4).eval()
-    for size in (32, 64, 70, 97):
-        with torch.no_grad():
-            assert net.forward_map(torch.zeros(1, 3, size, size)).shape[-1] == res5_side(size)
-    assert res5_side(224) == 7
+    for stem in ("imagenet", "small"):
+        net = build_backbone("resnet18", width=4, stem=stem).eval()
+        for size in (32, 48, 64, 70, 97):
+            with torch.no_grad():
+                maps = net.features(torch.zeros(1, 3, size, size))
+            for stage, fmap in maps.items():
+                assert fmap.shape[-1] == map_side(net, size, stage), (stem, size, stage)
+    # By hand: five stride-2 steps (224/32 = 7, ⌈97/32⌉ = 4); the small stem has three (48/8 = 6, ⌈70/8⌉ = 9).
+    assert map_side(build_backbone("resnet18", width=4), 224) == 7
+    assert map_side(build_backbone("resnet18", width=4), 97) == 4
+    assert map_side(build_backbone("resnet18", width=4, stem="small"), 48) == 6
+    assert map_side(build_backbone("resnet18", width=4, stem="small"), 70) == 9
 
 
 def test_label_grid_is_argmax_of_average_pooled_one_hot():

@@ -90,8 +90,8 @@ def test_label_grids_equal_detcons_label_grid(side, n):
 
 # ------------------------------------------------------------------------------------------------------------ DetCon
 def _detcon(size=64, sampler="authors", variant="S", grid=3) -> MaskDeviceViews:
-    return DeviceViews(DetconTransform(MaskSource("grid", grid=grid), MaskViewPair(size, variant,
-                                                                                   crop_sampler=sampler)))
+    return DeviceViews(DetconTransform(MaskSource("grid", grid=grid), MaskViewPair(size, variant, crop_sampler=sampler),
+                                       grid_side=-(-size // 32)))  # the ImageNet stem's res5: ⌈size/32⌉
 
 
 def test_detcon_transform_gets_mask_device_views():
@@ -180,7 +180,7 @@ def test_detcon_device_views_equal_the_cpu_path_on_the_same_draws(tmp_path):
     resampling rounding (the CPU path resizes uint8 with torchvision's kernel)."""
     pair = MaskViewPair(64, "S", crop_sampler="authors")
     pair._pipelines = (pair._build()[0], [_normalise_only] * 2)  # colour off on the CPU path too
-    transform = DetconTransform(MaskSource("grid", grid=3), pair)
+    transform = DetconTransform(MaskSource("grid", grid=3), pair, grid_side=2)  # 64 px / 32
     dv = DeviceViews(transform)
     dv.colours = (NO_COLOUR, NO_COLOUR)
     image, ids = _painted_grid(tmp_path, 60, 80, 3)

@@ -81,7 +81,7 @@ def test_roialign_reads_res4_at_stride_16_with_aligned_boxes():
     res4 = torch.randn(2, 5, 4, 4)
     boxes = torch.tensor([[[0.0, 0.0, 32.0, 32.0], [16.0, 32.0, 48.0, 64.0]],
                           [[32.0, 0.0, 64.0, 32.0], [0.0, 16.0, 32.0, 48.0]]])
-    rois = align_rois(res4, boxes, 2)
+    rois = align_rois(res4, boxes, 2, stride=16)
     assert rois.shape == (4, 5, 2, 2)
     want = [res4[0, :, 0:2, 0:2], res4[0, :, 2:4, 1:3], res4[1, :, 0:2, 2:4], res4[1, :, 1:3, 0:2]]
     for got, expected in zip(rois, want):

@@ -45,8 +45,8 @@ def export(
 
         spec = load_spec(random_init, [f"seed={seed}"] if seed is not None else [])
         result = write_random_init(spec, out)
-        current().info(f"{out}: untrained {spec.model.arch} width {spec.model.width} ({spec.method.name}, "
-                       f"seed {spec.seed})")
+        current().info(f"{out}: untrained {spec.model.arch} width {spec.model.width}, {spec.model.stem} stem "
+                       f"({spec.method.name}, seed {spec.seed})")
         return result
     if checkpoint is None:
         raise InputError("sslcli export: missing argument CHECKPOINT (a checkpoint to convert, or --random-init SPEC)")
@@ -54,7 +54,7 @@ def export(
 
     report, written = export_backbone(checkpoint, out, to=to, trust=trust_checkpoint, prefix=prefix)
     current().info(report.summary())
-    note = stock_model_note(report.arch, report.width, to)
+    note = stock_model_note(report.arch, report.width, to, report.stem)
     if note is not None:
         current().warn(f"{out}: {note}")
     return {"out": str(out), "to": to, "keys": written, "checkpoint": report.to_dict(),
@@ -65,9 +65,15 @@ STOCK_WIDTH = 64  # the stem width of every torchvision ResNet (and of detectron
 BASIC_BLOCK_ARCHS = ("resnet18", "resnet34")  # res2 outputs `width` channels; bottleneck ResNets 4 x width
 
 
-def stock_model_note(arch: str, width: int, to: str) -> str | None:
-    """Why the export will not load into the stock model of its format (None when it will): the stock ResNets have
-    a 64-channel stem, so every tensor of another width has another shape."""
+def stock_model_note(arch: str, width: int, to: str, stem: str = "imagenet") -> str | None:
+    """Why the export will not load into (or not behave as) the stock model of its format, None when it will: the
+    stock ResNets have a 64-channel stem, so every tensor of another width has another shape; and an ImageNet stem
+    (7×7 stride-2 conv1 + max-pool), which a small-stem backbone (3×3 stride-1 conv1, no max-pool) does not match."""
+    notes = [note for note in (_width_note(arch, width, to), _stem_note(arch, width, to, stem)) if note]
+    return "; ".join(notes) or None
+
+
+def _width_note(arch: str, width: int, to: str) -> str | None:
     if width == STOCK_WIDTH:
         return None
     if to == "torchvision":
@@ -77,3 +83,15 @@ def stock_model_note(arch: str, width: int, to: str) -> str | None:
     res2 = width * (1 if arch in BASIC_BLOCK_ARCHS else 4)
     return (f"{arch} of width {width} will not load into detectron2's default ResNet (stem width {STOCK_WIDTH}); "
             f"set MODEL.RESNETS.STEM_OUT_CHANNELS {width} and RES2_OUT_CHANNELS {res2}")
+
+
+def _stem_note(arch: str, width: int, to: str, stem: str) -> str | None:
+    if stem == "imagenet":
+        return None
+    if to == "torchvision":
+        return (f"the small stem (3×3 stride-1 conv1, no max-pool) does not match torchvision.models.{arch}()'s "
+                f"stem (7×7 stride-2 conv1 + max-pool): conv1.weight will not load; build the model with "
+                f"sslcli.models.backbone.build_backbone({arch!r}, width={width}, stem='small')")
+    return ("the small stem (3×3 stride-1 conv1, no max-pool) does not match detectron2's BasicStem (7×7 stride-2 "
+            "conv + max-pool): stem.conv1.weight will not load; register a stem with a 3×3 stride-1 conv and no "
+            "max-pool, and feature strides 1, 2, 4, 8 for res2..res5")

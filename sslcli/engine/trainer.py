@@ -188,6 +188,7 @@ class Trainer:
             torch_dist.all_gather_object(ranks, rng)
         return {"format": FORMAT, "version": VERSION, "spec": self.spec.model_dump(mode="json"),
                 "arch": self.spec.model.arch, "width": self.spec.model.width,
+                "stem": self.spec.model.stem,
                 "backbone": _cpu(self.method.backbone().state_dict()), "method": _cpu(self.method.state_dict()),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch, "world_size": dist.world_size(),

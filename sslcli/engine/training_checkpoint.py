@@ -148,7 +148,7 @@ def spec_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 
 
 # Fields added after checkpoints were first written: a saved spec without them had their default.
-ADDED_DEFAULTS = {"data.pipeline": "cpu"}
+ADDED_DEFAULTS = {"data.pipeline": "cpu", "model.stem": "imagenet"}
 
 
 def _norm(path: str, value: Any) -> Any:

@@ -16,26 +16,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD
-from sslcli.models.backbone import STAGES
-
-STEM_STRIDE = 4  # conv1 (stride 2) + max-pool (stride 2)
-
-
-def stage_strides(backbone: nn.Module) -> dict[str, int]:
-    """Nominal stride of every stage: {"res2": 4, "res3": 8, "res4": 16, "res5": 32} (res5 16 when dilated).
-
-    Read from the first block of each torchvision stage (its ``stride`` attribute), so dilated stages are right.
-    A module that is not a torchvision ResNet may declare its own ``stage_strides`` dict.
-    """
-    declared = getattr(backbone, "stage_strides", None)
-    if declared is not None:
-        return dict(declared)
-    strides, stride = {}, STEM_STRIDE
-    for name in STAGES:
-        first_block = next(iter(backbone.stage(name).children()))
-        stride *= int(getattr(first_block, "stride", 1))
-        strides[name] = stride
-    return strides
+from sslcli.models.backbone import STAGES, stage_strides
 
 
 def to_input(images: Sequence[np.ndarray] | np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

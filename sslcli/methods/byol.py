@@ -32,7 +32,7 @@ class BYOL(MomentumMethod):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        self.encoder = build_backbone(spec.model.arch, spec.model.width, stem=spec.model.stem)
         self.projector, self.predictor = byol_heads(self.encoder.out_channels, spec.method.hidden_dim,
                                                     spec.method.dim)
         self.init_momentum_targets()

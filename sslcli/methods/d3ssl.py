@@ -155,7 +155,7 @@ class D3ssl(MomentumMethod):
         if method.bank_size < per_step:
             raise InputError(f"method.bank_size: {method.bank_size} is below the {per_step} region features "
                              "enqueued per step (2 × boxes_per_image × batch_size)")
-        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        self.encoder = build_backbone(spec.model.arch, spec.model.width, stem=spec.model.stem)
         self.projector = mlp(self.encoder.out_channels, method.hidden_dim, method.dim, batch_norm=True)
         self.init_momentum_targets()
         self.bank = RegionBank(method.dim, method.bank_size)

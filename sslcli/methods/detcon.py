@@ -2,9 +2,10 @@
 
 Per sample (in DataLoader workers, `DetconTransform`): the image's label map comes from a `MaskSource` (store,
 grid or COCO ground truth); two views get the same crop and flip as their label maps (`MaskViewPair`; the crop
-window is drawn as the authors' code does, ``method.crop_sampler``); each view's
-label map is then brought onto the res5 grid (7×7 at 224 px) by average-pooling its one-hot masks and taking the
-argmax per cell (`label_grid`), so each cell owns exactly one id. Only these small id grids travel to the model.
+window is drawn as the authors' code does, ``method.crop_sampler``); each view's label map is then brought onto the
+encoder's res5 grid (`map_side`: 7×7 at 224 px; 6×6 at 48 px with ``model.stem: small``) by average-pooling its
+one-hot masks and taking the argmax per cell (`label_grid`), so each cell owns exactly one id. Only these small id
+grids travel to the model.
 
 Per batch (`Detcon.forward`): 16 ids per image and view are sampled uniformly with replacement among the ids owning
 ≥ 1 cell; the same ids serve the online and the target network. Mask pooling h_m = Σ m·h / max(Σ m, 1) over the res5
@@ -24,19 +25,12 @@ from sslcli.data.mask_views import COLOR_PRESETS, CROP_SCALE, MaskViewPair
 from sslcli.errors import InputError
 from sslcli.losses.detcon import detcon_loss
 from sslcli.methods.base import MomentumMethod, StepInfo
-from sslcli.models.backbone import build_backbone
+from sslcli.models.backbone import build_backbone, map_side
 from sslcli.models.heads import byol_heads, simclr_projector
 from sslcli.models.region_pooling import mask_pool
 from sslcli.proposals.masks_online import MaskSource
 
 DEFAULT_DIMS = {"S": (128, 2048), "B": (256, 4096)}  # (dim, hidden_dim): SimCLR's and BYOL's heads
-
-
-def res5_side(size: int) -> int:
-    """Side of a torchvision ResNet's res5 map for a size×size input: five stride-2 stages, each ⌈x/2⌉ (224 → 7)."""
-    for _ in range(5):
-        size = (size + 1) // 2
-    return size
 
 
 def label_grid(label_map: torch.Tensor, n: int) -> torch.Tensor:
@@ -77,9 +71,9 @@ def sample_ids(grid: torch.Tensor, num_samples: int) -> torch.Tensor:
 class DetconTransform:
     """Sample dict → ``{"views": (2, 3, S, S) float, "masks": (2, n, n) int64}``; picklable (runs in workers)."""
 
-    def __init__(self, masks: MaskSource, views: MaskViewPair):
-        self.masks, self.views = masks, views
-        self.grid_side = res5_side(views.size)
+    def __init__(self, masks: MaskSource, views: MaskViewPair, grid_side: int):
+        """``grid_side``: the side of the encoder's res5 map for ``views.size`` px views (`map_side`)."""
+        self.masks, self.views, self.grid_side = masks, views, grid_side
 
     def __call__(self, sample: dict) -> dict:
         label_map = self.masks.label_map(sample)
@@ -99,7 +93,7 @@ class Detcon(MomentumMethod):
             self.momentum_pairs = (("encoder", "target_encoder"), ("projector", "target_projector"))
         default_dim, default_hidden = DEFAULT_DIMS[self.variant]
         dim, hidden = method.dim or default_dim, method.hidden_dim or default_hidden
-        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        self.encoder = build_backbone(spec.model.arch, spec.model.width, stem=spec.model.stem)
         if self.variant == "S":
             self.projector = simclr_projector(self.encoder.out_channels, hidden, dim)
         else:
@@ -112,7 +106,7 @@ class Detcon(MomentumMethod):
         views = MaskViewPair(spec.data.image_size, self.variant, scale=spec.views.crop_scale or CROP_SCALE,
                              crop_sampler=spec.method.crop_sampler,
                              colors=view_colours(spec.views.colour, COLOR_PRESETS[self.variant]))
-        return DetconTransform(masks, views)
+        return DetconTransform(masks, views, map_side(self.encoder, views.size))
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """``batch["views"]``: (B, 2, 3, S, S); ``batch["masks"]``: (B, 2, n, n) ids on the res5 grid."""

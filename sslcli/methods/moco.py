@@ -58,7 +58,7 @@ class MoCo(MomentumMethod):
     def __init__(self, spec):
         super().__init__(spec)
         m = spec.method
-        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        self.encoder = build_backbone(spec.model.arch, spec.model.width, stem=spec.model.stem)
         self.head = mlp(self.encoder.out_channels, m.hidden_dim, m.dim, batch_norm=False)
         self.init_momentum_targets()
         self.register_buffer("queue", F.normalize(torch.randn(m.dim, m.queue_size), dim=0))

@@ -31,7 +31,7 @@ class SimCLR(Method):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        self.encoder = build_backbone(spec.model.arch, spec.model.width, stem=spec.model.stem)
         self.projector = simclr_projector(self.encoder.out_channels, spec.method.hidden_dim, spec.method.dim)
 
     def transform(self) -> CropViews:

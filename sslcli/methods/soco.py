@@ -6,14 +6,14 @@ whole image at S², V2 a crop at S², V3 = V2 at (S/2)²; c4-code: V1 and V2; fp
 the keys "view1", "view2", "view3" (SoCo's V3, the small view), and box sets of K boxes with the proposal id of every
 slot (``method.padding``).
 
-Per batch (`Soco.forward`), ResNet-C4 (`sslcli.models.region_pooling.roi_features`): res4 (stride 16) → RoIAlign
-(aligned=True, ``roi_size``², spatial scale 1/16) per box → res5 (``layer4``) → global average pool → projector
-(→4096→BN→ReLU→256); the online branch adds the predictor (→4096→BN→ReLU→256). The target (encoder + projector) is an
-EMA of the online one, momentum 1 − (1 − m₀)(cos(πk/K) + 1)/2. Loss (`sslcli.losses.regression.soco_loss`): for every
-view pair (a, b) and both directions, BYOL's 2 − 2·cos(p_a,k, z_b,k) between the online prediction of box k in view a
-and the target projection of the same box in view b, averaged over the boxes of the batch. SoCo's pairs are V1↔V2 and
-V1↔V3 (its loss L = L₁₂ + L₁₃, each symmetrised; V2 and V3 share a crop and are not compared); ``method.view_pairs:
-all`` adds V2↔V3.
+Per batch (`Soco.forward`), ResNet-C4 (`sslcli.models.region_pooling.roi_features`): res4 (stride 16, 4 with a small
+stem) → RoIAlign (aligned=True, ``roi_size``², spatial scale 1/stride, `stage_strides`) per box → res5 (``layer4``)
+→ global average pool → projector (→4096→BN→ReLU→256); the online branch adds the predictor (→4096→BN→ReLU→256).
+The target (encoder + projector) is an EMA of the online one, momentum 1 − (1 − m₀)(cos(πk/K) + 1)/2. Loss
+(`sslcli.losses.regression.soco_loss`): for every view pair (a, b) and both directions, BYOL's
+2 − 2·cos(p_a,k, z_b,k) between the online prediction of box k in view a and the target projection of the same box in
+view b, averaged over the boxes of the batch. SoCo's pairs are V1↔V2 and V1↔V3 (its loss L = L₁₂ + L₁₃, each
+symmetrised; V2 and V3 share a crop and are not compared); ``method.view_pairs: all`` adds V2↔V3.
 SoCo writes each direction as −2·Σ C_ij p̂_i·ẑ_j / ΣC per image, C_ij = [box i and box j are the same proposal];
 `corresponding_regression` is that plus a constant 2 (same gradients), so every copy of a padded box is a positive of
 every copy in the other view, as in the authors' code. With ``padding: slots`` the ids are slot numbers (C = I).
@@ -55,7 +55,7 @@ class Soco(MomentumMethod):
             raise InputError("model.c4: SoCo is a ResNet-C4 method (RoIAlign on res4, res5 as the box head); "
                              "set model.c4: true")
         method = spec.method
-        self.encoder = build_backbone(spec.model.arch, spec.model.width)
+        self.encoder = build_backbone(spec.model.arch, spec.model.width, stem=spec.model.stem)
         self.projector, self.predictor = byol_heads(self.encoder.out_channels, method.hidden_dim, method.dim)
         self.init_momentum_targets()
 

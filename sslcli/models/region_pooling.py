@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import roi_align
 
-from sslcli.models.backbone import ResNetBackbone
-
-RES4_STRIDE = 16
+from sslcli.models.backbone import ResNetBackbone, stage_strides
 
 
 def mask_pool(features: torch.Tensor, grid: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -34,13 +32,14 @@ def roi_features(encoder: ResNetBackbone, images: torch.Tensor, boxes: torch.Ten
         (B·K, C5) features, image-major (row b·K + k is box k of image b).
     """
     res4 = encoder.features(images, upto="res4")["res4"]
-    pooled: torch.Tensor = encoder.layer4(align_rois(res4, boxes, roi_size))
+    pooled: torch.Tensor = encoder.layer4(align_rois(res4, boxes, roi_size, stage_strides(encoder)["res4"]))
     return pooled.mean(dim=(2, 3))
 
 
-def align_rois(res4: torch.Tensor, boxes: torch.Tensor, roi_size: int) -> torch.Tensor:
+def align_rois(res4: torch.Tensor, boxes: torch.Tensor, roi_size: int, stride: int) -> torch.Tensor:
     """RoIAlign (aligned=True: box corners are continuous pixel coordinates) of (B, K, 4) image-pixel boxes on a
-    (B, C, H/16, W/16) res4 map → (B·K, C, roi_size, roi_size), image-major."""
+    (B, C, H/stride, W/stride) res4 map (stride 16 with the ImageNet stem, 4 with the small one; `stage_strides`)
+    → (B·K, C, roi_size, roi_size), image-major."""
     aligned: torch.Tensor = roi_align(res4, list(boxes.to(res4.dtype).unbind(0)), output_size=roi_size,
-                                      spatial_scale=1.0 / RES4_STRIDE, sampling_ratio=-1, aligned=True)
+                                      spatial_scale=1.0 / stride, sampling_ratio=-1, aligned=True)
     return aligned

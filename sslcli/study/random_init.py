@@ -21,7 +21,8 @@ def random_init_state(spec: RunSpec) -> dict:
     method = build_method(spec)
     backbone = {k: v.detach().cpu().clone() for k, v in method.backbone().state_dict().items()}
     return {"format": FORMAT, "version": VERSION, "random_init": True, "spec": spec.model_dump(mode="json"),
-            "arch": spec.model.arch, "width": spec.model.width, "backbone": backbone, "step": 0,
+            "arch": spec.model.arch, "width": spec.model.width, "stem": spec.model.stem, "backbone": backbone,
+            "step": 0,
             "sslcli_version": sslcli.__version__}
 
 
@@ -34,5 +35,6 @@ def write_random_init(spec: RunSpec, out: str | os.PathLike) -> dict:
     state = random_init_state(spec)
     with atomic_path(Path(out), suffix=".pt") as tmp:
         torch.save(state, tmp)
-    return {"out": str(out), "arch": spec.model.arch, "width": spec.model.width, "seed": spec.seed,
+    return {"out": str(out), "arch": spec.model.arch, "width": spec.model.width, "stem": spec.model.stem,
+            "seed": spec.seed,
             "method": spec.method.name, "tensors": len(state["backbone"])}

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sslcli.errors import InputError
 from sslcli.slurm import SlurmOptions
-from sslcli.spec import SAVE_SCHEDULE_FIELDS, RunSpec, SpecError, apply_overrides, parse_spec
+from sslcli.spec import RunSpec, SpecError, apply_overrides, hashed_spec, parse_spec
 from sslcli.study.metrics import EVAL_KINDS, declared_metric_ok
 
 RANDOM_INIT = "random-init"
@@ -301,9 +301,7 @@ def _resolve(path: Path, arm: str, value, seed: int, base: dict, out: str, prepa
         where = "base" if not value else f"arms.{arm}"
         raise InputError(f"{path}: {where}: resolved run spec (seed {seed}) is invalid: "
                          + "; ".join(exc.problems)) from None
-    resolved = spec.model_dump(mode="json")
-    for key in ("output_dir", *SAVE_SCHEDULE_FIELDS):  # where and when a run saves changes none of its numbers
-        resolved.pop(key)
+    resolved = hashed_spec(spec.model_dump(mode="json"))
     run_hash = content_hash({"spec": tokenise(resolved, out), "prepare": prepare_hash,
                              "kind": "train" if trained else RANDOM_INIT})
     spec.output_dir = str(Path(out) / "runs" / run_hash)
