@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -232,7 +233,10 @@ def test_knn_top1_top5_on_a_hand_built_bank():
     truth = torch.tensor([0, 2, 6, 5])
     acc = classify(bank, labels, queries, truth, n_classes=7, k=7, temperature=0.07)
     # top-1: queries 0 and 2 right (50 %); top-5: class 2 is 2nd/3rd for query 1, class 5 is 6th for query 3.
-    assert acc == {"top1": pytest.approx(50.0), "top5": pytest.approx(75.0)}
+    assert acc == {"top1": pytest.approx(50.0), "top5": pytest.approx(75.0),
+                   # binomial standard errors over the 4 queries: 100 sqrt(p (1 - p) / 4)
+                   "top1_se": pytest.approx(100 * math.sqrt(0.5 * 0.5 / 4)),
+                   "top5_se": pytest.approx(100 * math.sqrt(0.75 * 0.25 / 4))}
 
 
 def test_oknn_top5_ignores_classes_nobody_voted_for():
@@ -241,7 +245,9 @@ def test_oknn_top5_ignores_classes_nobody_voted_for():
     bank, labels = _unit(0, 5, 90), torch.tensor([40, 40, 50])
     queries = _unit(*([10] * 80))
     acc = classify(bank, labels, queries, torch.arange(80), n_classes=80, k=3)
-    assert acc == {"top1": pytest.approx(100 / 80), "top5": pytest.approx(200 / 80)}  # only classes 40 and 50 hit
+    assert acc == {"top1": pytest.approx(100 / 80), "top5": pytest.approx(200 / 80),  # only classes 40 and 50 hit
+                   "top1_se": pytest.approx(100 * math.sqrt((1 / 80) * (79 / 80) / 80)),
+                   "top5_se": pytest.approx(100 * math.sqrt((2 / 80) * (78 / 80) / 80))}
 
 
 def test_k_larger_than_the_bank_uses_the_whole_bank():
