@@ -295,3 +295,21 @@ def test_dry_run_estimates_cpu_time_from_the_measured_rates(cli, tmp_path):
     code, stdout, stderr = cli(["study", "run", path, "--out", tmp_path / "out", "--dry-run"])
     assert code == 0, stderr
     assert "estimated CPU time, all runs: <1 CPU-s (estimate only:" in stdout
+
+
+def test_the_estimate_counts_the_small_stems_16x_cells(tmp_path):
+    """The small stem (stride-1 conv1, no max-pool) feeds every stage 4 x 4 = 16 times the cells: 16x the time."""
+    import yaml
+
+    from sslcli.study.estimate import estimate_hours
+    from sslcli.study.spec import load_study
+
+    times = {}
+    for stem in ("imagenet", "small"):
+        tiny = yaml.safe_load((Path(__file__).resolve().parents[1] / "studies" / "tiny.yaml").read_text())
+        tiny["base"]["model"]["stem"] = stem
+        path = tmp_path / f"{stem}.yaml"
+        path.write_text(yaml.safe_dump(tiny))
+        times[stem] = estimate_hours(load_study(path, tmp_path / stem))
+    for key in ("cpu_per_run", "per_run"):
+        assert times["small"][key]["moco seed 0"] == pytest.approx(16 * times["imagenet"][key]["moco seed 0"])

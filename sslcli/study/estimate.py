@@ -60,6 +60,9 @@ GPU_REFERENCE = Reference("resnet50", 64, 224)
 CPU_REFERENCE = Reference("resnet18", 16, 48)
 
 
+STEM_COST = {"imagenet": 1.0, "small": 16.0}
+
+
 def scaled_rate(run: PlannedRun, base: float, ref: Reference) -> float:
     """``base`` images/s of the reference model and views, scaled to ``run``'s crops, depth and width."""
     spec = run.spec
@@ -68,7 +71,10 @@ def scaled_rate(run: PlannedRun, base: float, ref: Reference) -> float:
     if multi_crop is not None and multi_crop.enabled:  # two large crops and n small ones replace the two views
         pixels = 2 * multi_crop.large_size ** 2 + multi_crop.n_small * multi_crop.small_size ** 2
     depth = ARCH_FLOPS_VS_R50[spec.model.arch] / ARCH_FLOPS_VS_R50[ref.arch]
-    cost = pixels / (2 * ref.size ** 2) * depth * (spec.model.width / ref.width) ** 2
+    # The small stem keeps full resolution into res2 (no stride-2 conv1, no max-pool): every stage sees 16x the
+    # cells of the ImageNet stem, which the reference rates use.
+    stem = STEM_COST[spec.model.stem]
+    cost = pixels / (2 * ref.size ** 2) * depth * (spec.model.width / ref.width) ** 2 * stem
     return base / cost
 
 
