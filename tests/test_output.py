@@ -312,4 +312,4 @@ def test_the_estimate_counts_the_small_stems_16x_cells(tmp_path):
         path.write_text(yaml.safe_dump(tiny))
         times[stem] = estimate_hours(load_study(path, tmp_path / stem))
     for key in ("cpu_per_run", "per_run"):
-        assert times["small"][key]["moco seed 0"] == pytest.approx(16 * times["imagenet"][key]["moco seed 0"])
+        assert times["small"][key]["moco seed 0"] == pytest.approx(16 * times["imagenet"][key]["moco seed 0"], rel=1e-3)
