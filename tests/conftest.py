@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,16 @@ def _process_state_per_test():
     from sslcli import console
 
     threads = torch.get_num_threads()
+    # Stop-signal dispositions: a test that runs a DataLoader worker's init in-process leaves them ignored, and an
+    # ignored SIGTERM is inherited by every child the later tests start.
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     console.set_current(console.Output())
     torch.manual_seed(0)
     yield
     console.set_current(console.Output())
     torch.set_num_threads(threads)
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 @pytest.fixture

@@ -231,7 +231,7 @@ def test_same_seed_gives_identical_files(tmp_path):
         generate(tmp_path / name, 6, 3, 1, size=96, preset="planted")
     generate(tmp_path / "c", 6, 3, 2, size=96, preset="planted")
     first, second, other = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
-    assert first == second and len(first) == 11
+    assert first == second and len(first) == 12  # 6 + 3 images, 2 annotation files, the .sslcli-synthetic marker
     assert all(first[k] != other[k] for k in first if k.endswith(".jpg"))
 
 
