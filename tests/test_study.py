@@ -304,3 +304,25 @@ def test_report_tables_verdicts_and_plots_from_hand_made_results(tmp_path):
     # Cost: a's five runs took 100 ... 500 s (mean 300); 15 evaluations of 2 s, each counted once.
     assert "| a | 5 | 300 | 100 | 500 |" in md and "Training 1500 s and evaluation 30 s" in md
     assert "| b |" not in md.split("## Cost")[1].split("## Commands")[0]  # no training time recorded for b
+
+
+def test_seed_token_gives_each_seed_its_own_data(tmp_path):
+    from sslcli.study.spec import prepare_commands, relative_to
+
+    path = tmp_path / "study.yaml"
+    study = _study(prepare=["synthetic {out}/data-{seed} --seed {seed}", "inspect {out}/x"],
+                   base={**BASE, "data": {**BASE["data"], "root": "{out}/data-{seed}"}})
+    path.write_text(yaml.safe_dump(study))
+    loaded = load_study(path, tmp_path / "o")
+    roots = {(r.arm, r.seed): r.spec.data.root for r in loaded.runs}
+    assert roots[("a", 0)] == roots[("b", 0)] == str(tmp_path / "o" / "data-0")
+    assert roots[("a", 1)] == str(tmp_path / "o" / "data-1")
+    # A step naming {seed} runs once per seed (its own done-marker each); the others once.
+    steps = prepare_commands(loaded.file.prepare, loaded.file.seeds)
+    assert [(s.seed, s.args("/s")) for s in steps] == [
+        (0, ["synthetic", "/s/data-0", "--seed", "0"]), (1, ["synthetic", "/s/data-1", "--seed", "1"]),
+        (None, ["inspect", "/s/x"])]
+    assert len({s.marker for s in steps}) == 3
+    # study.json keeps paths relative to the study folder; a sibling folder whose name starts the same is not touched.
+    out = str(tmp_path / "o")
+    assert relative_to({"a": [f"{out}/runs/x", out, f"{out}2/y"]}, out) == {"a": ["runs/x", ".", f"{out}2/y"]}
