@@ -22,6 +22,19 @@ SLURM = "Slurm (--executor slurm --shards N; docs/slurm.md)"
 # Options of this command that the Slurm shards do not repeat (they get --shard I/N and the resolved --out).
 NOT_FOR_SHARDS = {"executor", "shards", "partition", "account", "time_limit", "cpus_per_task", "mem", "sbatch",
                   "shard", "out", "json_output", "quiet", "debug"}
+# The Slurm options, declared once for `prepare masks` and `prepare boxes`.
+EXECUTOR_OPTION = typer.Option("local", "--executor", help="local | slurm: the --shards N shards as a Slurm job array, "
+                               "then the merge (docs/slurm.md).")
+SHARDS_OPTION = typer.Option(None, "--shards", help="slurm: the number of shards (array tasks).")
+PARTITION_OPTION = typer.Option(None, "--partition", help="slurm: sbatch --partition.", rich_help_panel=SLURM)
+ACCOUNT_OPTION = typer.Option(None, "--account", help="slurm: sbatch --account.", rich_help_panel=SLURM)
+TIME_OPTION = typer.Option(None, "--time", help="slurm: sbatch --time per shard (default 24:00:00).",
+                           rich_help_panel=SLURM)
+CPUS_OPTION = typer.Option(None, "--cpus-per-task", min=1, help="slurm: CPUs per shard (give --workers as many).",
+                           rich_help_panel=SLURM)
+MEM_OPTION = typer.Option(None, "--mem", help="slurm: memory per shard, e.g. 8G.", rich_help_panel=SLURM)
+SBATCH_OPTION = typer.Option(None, "--sbatch", help="slurm: an extra sbatch option, e.g. --sbatch=--qos=high "
+                             "(repeatable).", rich_help_panel=SLURM)
 SHARD_HELP = ("Compute only part I of N (0 <= I < N) into <store>.shard-IIII-of-NNNN.h5; join the N parts with "
               "`prepare merge`.")
 
@@ -60,18 +73,14 @@ def prepare_masks(
     flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
-    executor: str = typer.Option("local", "--executor", help="local | slurm: the --shards N shards as a Slurm job "
-                                 "array, then the merge (docs/slurm.md)."),
-    shards: int = typer.Option(None, "--shards", help="slurm: the number of shards (array tasks)."),
-    partition: str = typer.Option(None, "--partition", help="slurm: sbatch --partition.", rich_help_panel=SLURM),
-    account: str = typer.Option(None, "--account", help="slurm: sbatch --account.", rich_help_panel=SLURM),
-    time_limit: str = typer.Option(None, "--time", help="slurm: sbatch --time per shard (default 24:00:00).",
-                                   rich_help_panel=SLURM),
-    cpus_per_task: int = typer.Option(None, "--cpus-per-task", min=1, help="slurm: CPUs per shard (give --workers "
-                                      "as many).", rich_help_panel=SLURM),
-    mem: str = typer.Option(None, "--mem", help="slurm: memory per shard, e.g. 8G.", rich_help_panel=SLURM),
-    sbatch: list[str] = typer.Option(None, "--sbatch", help="slurm: an extra sbatch option, e.g. "
-                                     "--sbatch=--qos=high (repeatable).", rich_help_panel=SLURM),
+    executor: str = EXECUTOR_OPTION,
+    shards: int = SHARDS_OPTION,
+    partition: str = PARTITION_OPTION,
+    account: str = ACCOUNT_OPTION,
+    time_limit: str = TIME_OPTION,
+    cpus_per_task: int = CPUS_OPTION,
+    mem: str = MEM_OPTION,
+    sbatch: list[str] = SBATCH_OPTION,
 ):
     """Precompute region masks into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
@@ -186,18 +195,14 @@ def prepare_boxes(
     flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
     shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
-    executor: str = typer.Option("local", "--executor", help="local | slurm: the --shards N shards as a Slurm job "
-                                 "array, then the merge (docs/slurm.md)."),
-    shards: int = typer.Option(None, "--shards", help="slurm: the number of shards (array tasks)."),
-    partition: str = typer.Option(None, "--partition", help="slurm: sbatch --partition.", rich_help_panel=SLURM),
-    account: str = typer.Option(None, "--account", help="slurm: sbatch --account.", rich_help_panel=SLURM),
-    time_limit: str = typer.Option(None, "--time", help="slurm: sbatch --time per shard (default 24:00:00).",
-                                   rich_help_panel=SLURM),
-    cpus_per_task: int = typer.Option(None, "--cpus-per-task", min=1, help="slurm: CPUs per shard (give --workers "
-                                      "as many).", rich_help_panel=SLURM),
-    mem: str = typer.Option(None, "--mem", help="slurm: memory per shard, e.g. 8G.", rich_help_panel=SLURM),
-    sbatch: list[str] = typer.Option(None, "--sbatch", help="slurm: an extra sbatch option, e.g. "
-                                     "--sbatch=--qos=high (repeatable).", rich_help_panel=SLURM),
+    executor: str = EXECUTOR_OPTION,
+    shards: int = SHARDS_OPTION,
+    partition: str = PARTITION_OPTION,
+    account: str = ACCOUNT_OPTION,
+    time_limit: str = TIME_OPTION,
+    cpus_per_task: int = CPUS_OPTION,
+    mem: str = MEM_OPTION,
+    sbatch: list[str] = SBATCH_OPTION,
 ):
     """Precompute box proposals into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
