@@ -382,7 +382,8 @@ def _notes(checks: list[dict]) -> list[str]:
             "narrower than the t-interval and less reliable); d_z: mean difference / SD of the differences.",
             f"Holm p: Holm-adjusted over the study's {len(checks)} expectations (statsmodels); power: of a two-sided "
             f"test at level alpha / {len(checks)} with this many seeds if the true d_z were the observed one; seeds "
-            "for 80 % power: the fewest seeds giving that power (statsmodels), at least the minimum a verdict needs. "
+            "for 80 % power: the fewest seeds giving that power (scipy's noncentral t), at least the minimum a verdict "
+            "needs. "
             "Both use the observed d_z, which is noisy with few seeds.",
             "probe SE: the evaluation's own sampling noise on one seed's difference, sqrt(SE_a^2 + SE_b^2) from each "
             "probe's binomial standard error over its evaluated objects or images (blank where the probe records "
