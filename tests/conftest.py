@@ -101,3 +101,15 @@ def toy_method(monkeypatch):
 
     _import_all()
     monkeypatch.setitem(METHODS, "simclr", toy.ToyMethod)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """An untrained width-8 ResNet-18 backbone in sslcli's checkpoint format (for probes and analyses)."""
+    from sslcli.models.backbone import build_backbone
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.save({"format": "sslcli-checkpoint", "arch": "resnet18", "width": 8,
+                "backbone": build_backbone("resnet18", width=8).state_dict()}, path)
+    return path

@@ -211,3 +211,14 @@ class RankSignallingToy(ToyMethod):
 def install_rank_signalling() -> None:
     _import_all()
     METHODS["simclr"] = RankSignallingToy
+
+
+def tensors(state) -> list[torch.Tensor]:
+    """Every tensor of a nested state (dicts in key order, lists in order): for bit-identity checks."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for k in sorted(state, key=str) for t in tensors(state[k])]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in tensors(v)]
+    return []

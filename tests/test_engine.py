@@ -192,16 +192,6 @@ def test_training_writes_checkpoints_metrics_and_spec(images, tmp_path, toy_meth
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1, 2]
 
 
-def _tensors(state):
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for k in sorted(state, key=str) for t in _tensors(state[k])]
-    if isinstance(state, (list, tuple)):
-        return [t for v in state for t in _tensors(v)]
-    return []
-
-
 def test_resume_at_an_epoch_boundary_is_bit_identical(images, tmp_path, toy_method):
     full = launch(parse_spec(toy.spec_dict(images, tmp_path / "full", epochs=3)))
     # "Killed" after epoch 1: max_steps stops at the boundary and leaves last.pt; the schedule is the 3-epoch one.
@@ -211,7 +201,7 @@ def test_resume_at_an_epoch_boundary_is_bit_identical(images, tmp_path, toy_meth
     assert resumed["steps"] == full["steps"] == 6
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
     for key in ("method", "optimizer"):
-        ta, tb = _tensors(a[key]), _tensors(b[key])
+        ta, tb = toy.tensors(a[key]), toy.tensors(b[key])
         assert len(ta) == len(tb) > 0
         assert all(torch.equal(x, y) for x, y in zip(ta, tb)), key
     assert resumed["final_loss"] == full["final_loss"]
@@ -225,7 +215,7 @@ def test_resume_mid_epoch_is_bit_identical(images, tmp_path, toy_method):
     launch(parse_spec(toy.spec_dict(images, tmp_path / "cut", epochs=2, max_steps=3)))
     launch(parse_spec(toy.spec_dict(images, tmp_path / "cut", epochs=2)), resume=str(tmp_path / "cut" / "last.pt"))
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
-    assert all(torch.equal(x, y) for x, y in zip(_tensors(a["method"]), _tensors(b["method"])))
+    assert all(torch.equal(x, y) for x, y in zip(toy.tensors(a["method"]), toy.tensors(b["method"])))
 
 
 def test_resume_refuses_a_different_spec(images, tmp_path, toy_method):
@@ -263,7 +253,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(images, tmp_path, toy
     assert code == 1
     assert "loss is nan at step 4 (epoch 2)" in err and "last good checkpoint is kept" in err
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert ckpt["step"] == 2 and all(torch.isfinite(t).all() for t in _tensors(ckpt["method"]))
+    assert ckpt["step"] == 2 and all(torch.isfinite(t).all() for t in toy.tensors(ckpt["method"]))
 
 
 def test_nan_check_happens_before_any_update(images, tmp_path, toy_method):
@@ -334,7 +324,7 @@ def test_resume_after_a_real_kill_reproduces_the_uninterrupted_run(images, tmp_p
     resumed = launch(parse_spec(toy.spec_dict(images, tmp_path / "killed", epochs=3)), resume="auto")
     assert resumed["steps"] == 6 and resumed["final_loss"] == full["final_loss"]
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(last)
-    assert all(torch.equal(x, y) for x, y in zip(_tensors(a["method"]), _tensors(b["method"])))
+    assert all(torch.equal(x, y) for x, y in zip(toy.tensors(a["method"]), toy.tensors(b["method"])))
 
 
 def test_launch_checks_the_spec_against_the_number_of_processes(images, tmp_path):

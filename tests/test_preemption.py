@@ -57,16 +57,6 @@ def _signal_during_step(monkeypatch, step_index: int, *signums: int) -> None:
     monkeypatch.setattr(Trainer, "step", signalled_step)
 
 
-def _tensors(state) -> list[torch.Tensor]:
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for k in sorted(state, key=str) for t in _tensors(state[k])]
-    if isinstance(state, (list, tuple)):
-        return [t for v in state for t in _tensors(v)]
-    return []
-
-
 def _records(run: Path) -> list[tuple]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [(r["type"], r["step"], r["loss"]) for r in map(json.loads, lines)]
@@ -77,7 +67,7 @@ def _assert_same_run(full: Path, resumed: Path) -> None:
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(resumed / "last.pt")
     assert a["step"] == b["step"]
     for key in ("method", "optimizer", "rng"):
-        ta, tb = _tensors(a[key]), _tensors(b[key])
+        ta, tb = toy.tensors(a[key]), toy.tensors(b[key])
         assert len(ta) == len(tb) > 0, key
         assert all(torch.equal(x, y) for x, y in zip(ta, tb)), key
     assert a["rng"]["ranks"][0]["python"] == b["rng"]["ranks"][0]["python"]

@@ -71,19 +71,6 @@ def test_a_study_prepare_step_cannot_replace_a_real_data_set(cli, tiny_coco, tmp
 
 
 # --------------------------------------------------------------- 3: analyze oknn checks bank/query overlap as probes do
-@pytest.fixture
-def tiny_checkpoint(tmp_path):
-    import torch
-
-    from sslcli.models.backbone import build_backbone
-
-    torch.manual_seed(0)
-    path = tmp_path / "tiny.pt"
-    torch.save({"format": "sslcli-checkpoint", "arch": "resnet18", "width": 4,
-                "backbone": build_backbone("resnet18", width=4).state_dict()}, path)
-    return path
-
-
 def test_oknn_refuses_queries_that_are_bank_images_unless_allowed(cli, tiny_coco, tiny_checkpoint, tmp_path):
     # The data set: val2017 holds the same photographs as train2017 (copied under the same names).
     root = coco_copy(tiny_coco, tmp_path / "coco", n_train=4, n_val=0)

@@ -233,17 +233,6 @@ def test_runtime_failures_print_a_json_error_object_too(capsys):
 
 
 # --------------------------------------------------------------------- 11, 12, 15: probes on the real tiny-COCO
-@pytest.fixture
-def tiny_checkpoint(tmp_path):
-    from sslcli.models.backbone import build_backbone
-
-    torch.manual_seed(0)
-    path = tmp_path / "tiny.pt"
-    torch.save({"format": "sslcli-checkpoint", "arch": "resnet18", "width": 8,
-                "backbone": build_backbone("resnet18", width=8).state_dict()}, path)
-    return path
-
-
 def test_quiet_silences_progress_but_prints_the_result(cli, coco_data, tiny_checkpoint, tmp_path):
     common = ["probe", "knn", tiny_checkpoint, "--data", coco_data, "--image-size", "32", "--k", "5",
               "--cache", tmp_path / "cache"]
