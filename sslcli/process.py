@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from sslcli.errors import InputError, Interrupted, SslcliError
 
@@ -146,25 +146,19 @@ def ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-class StopRequests:
-    """``with StopRequests() as stops:`` a stop signal only sets ``stops.signum`` (the first one received; 0 while
-    none came); the training loop reads it between steps, saves and stops. Signals after the first are only counted
-    in ``stops.repeats``: a second Ctrl-C or a repeated SIGTERM cannot break into the checkpoint being written. The
-    handler neither prints nor raises (either could corrupt what the main thread is in the middle of)."""
+_Scope = TypeVar("_Scope", bound="_StopSignalScope")
 
-    def __init__(self) -> None:
-        self.signum = 0
-        self.repeats = 0
-        self._scope: contextlib.AbstractContextManager[bool] | None = None
 
-    def _record(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum:
-            self.repeats += 1
-        else:
-            self.signum = signum
+class _StopSignalScope:
+    """While entered, the stop signals call ``self._on_signal``; the previous handlers come back on exit."""
 
-    def __enter__(self) -> StopRequests:
-        self._scope = _handling(STOP_SIGNALS, self._record)
+    _scope: contextlib.AbstractContextManager[bool] | None = None
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Scope) -> _Scope:
+        self._scope = _handling(STOP_SIGNALS, self._on_signal)
         self._scope.__enter__()
         return self
 
@@ -173,7 +167,24 @@ class StopRequests:
         self._scope.__exit__(None, None, None)
 
 
-class SignalForwarder:
+class StopRequests(_StopSignalScope):
+    """``with StopRequests() as stops:`` a stop signal only sets ``stops.signum`` (the first one received; 0 while
+    none came); the training loop reads it between steps, saves and stops. Signals after the first are only counted
+    in ``stops.repeats``: a second Ctrl-C or a repeated SIGTERM cannot break into the checkpoint being written. The
+    handler neither prints nor raises (either could corrupt what the main thread is in the middle of)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.repeats = 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum:
+            self.repeats += 1
+        else:
+            self.signum = signum
+
+
+class SignalForwarder(_StopSignalScope):
     """``with SignalForwarder() as fwd:`` a stop signal to this process (a launcher) is sent on to the processes of
     ``fwd.add(pids)`` (its ranks, which save and stop) instead of stopping it; ``fwd.signum`` is the first one
     received. A signal that comes before the pids are known is sent to them when they are added."""
@@ -181,9 +192,8 @@ class SignalForwarder:
     def __init__(self) -> None:
         self.signum = 0
         self.pids: list[int] = []
-        self._scope: contextlib.AbstractContextManager[bool] | None = None
 
-    def _forward(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signum = self.signum or signum
         self._send(signum)
 
@@ -196,15 +206,6 @@ class SignalForwarder:
         self.pids.extend(pids)
         if self.signum:
             self._send(self.signum)
-
-    def __enter__(self) -> SignalForwarder:
-        self._scope = _handling(STOP_SIGNALS, self._forward)
-        self._scope.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._scope is not None
-        self._scope.__exit__(None, None, None)
 
 
 # ------------------------------------------------------------------------------------------ sslcli child commands
