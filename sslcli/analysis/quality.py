@@ -97,8 +97,8 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
     images only.
     """
     from sslcli.console import current, progress
-    from sslcli.data.sources import CocoSource, open_source
-    from sslcli.data.store import RegionStore
+    from sslcli.data.readers.sources import CocoSource, open_source
+    from sslcli.data.stores.store import RegionStore
     from sslcli.errors import InputError
     from sslcli.proposals.inputs import stale_images
 
@@ -178,8 +178,8 @@ def render_regions(store_path: str | Path, root: str | Path, out_dir: str | Path
     import cv2
     from skimage.segmentation import find_boundaries
 
-    from sslcli.data.sources import open_source
-    from sslcli.data.store import RegionStore
+    from sslcli.data.readers.sources import open_source
+    from sslcli.data.stores.store import RegionStore
     from sslcli.errors import InputError
     from sslcli.io import atomic_path
 

@@ -149,8 +149,8 @@ def analyze_coupling(
         summarize,
     )
     from sslcli.analysis.plots import plot_against_depth
-    from sslcli.data.objects import require_coco
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.objects import require_coco
+    from sslcli.data.readers.sources import open_source
     from sslcli.eval.features import resolve_device
     from sslcli.models.backbone import STAGES
 
@@ -223,7 +223,7 @@ def analyze_positional(
     from sslcli.analysis.coupling import summarize
     from sslcli.analysis.plots import plot_against_depth
     from sslcli.analysis.positional import mean_cosine_similarity, sample_tilings
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
     from sslcli.eval.features import resolve_device
     from sslcli.models.backbone import STAGES
 
@@ -283,8 +283,8 @@ def analyze_oknn(
     """
     from sslcli.analysis.oknn import assign_backgrounds, object_knn, plan_objects
     from sslcli.analysis.plots import plot_oknn
-    from sslcli.data.objects import require_coco
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.objects import require_coco
+    from sslcli.data.readers.sources import open_source
     from sslcli.eval.overlap import check_disjoint
 
     if disturb not in ("both", "val"):

@@ -13,7 +13,7 @@ from sslcli.cli.common import command
 from sslcli.errors import InputError
 
 if TYPE_CHECKING:  # the readers (OpenCV, numpy) load when a command runs, not at CLI start-up
-    from sslcli.data.sources import ImageSource
+    from sslcli.data.readers.sources import ImageSource
 
 MASK_METHODS = ("fh", "grid", "gt", "mcg")
 WORKERS_HELP = ("Worker processes (default: one per core this process may use, its CPU affinity; results do not "
@@ -86,7 +86,7 @@ def prepare_masks(
 
     Example: sslcli prepare masks coco/ --method fh --scales 500,1000,1500 --workers 8
     """
-    from sslcli.data.sources import CocoSource, open_source
+    from sslcli.data.readers.sources import CocoSource, open_source
     from sslcli.proposals import fh, gt, mcg
     from sslcli.proposals import grid as grid_masks
     from sslcli.proposals.runner import Job, run_job
@@ -208,7 +208,7 @@ def prepare_boxes(
 
     Example: sslcli prepare boxes coco/ --method selective-search --filter soco --workers 8
     """
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
     from sslcli.proposals import selective_search as ss
     from sslcli.proposals.runner import Job, run_job
 

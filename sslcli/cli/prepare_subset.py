@@ -9,7 +9,7 @@ import typer
 
 from sslcli.cli.apps import prepare_app
 from sslcli.cli.common import command
-from sslcli.data import subsets
+from sslcli.data.readers import subsets
 from sslcli.errors import InputError
 
 
