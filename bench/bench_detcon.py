@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from common import model_bench_parser  # bench/ is on sys.path when a script here runs
 
-from sslcli.data.sources import open_source
-from sslcli.data.store import encode, write_store
+from sslcli.data.readers.sources import open_source
+from sslcli.data.stores.store import encode, write_store
 from sslcli.methods.base import StepInfo
 from sslcli.methods.byol import BYOL
 from sslcli.methods.detcon import Detcon

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sslcli.cli import common  # noqa: E402
-from sslcli.data.synthetic import generate  # noqa: E402
+from sslcli.data.scenes.synthetic import generate  # noqa: E402
 from sslcli.engine.data import SKIPPED_KEY, build_loader  # noqa: E402
 from sslcli.engine.trainer import Trainer, train  # noqa: E402
 from sslcli.methods.base import StepInfo  # noqa: E402

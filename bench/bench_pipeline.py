@@ -48,10 +48,10 @@ from common import TINY_COCO  # noqa: E402
 from sslcli.cli import common as cli_common  # noqa: E402
 from sslcli.data.color import torchvision_color_transform  # noqa: E402
 from sslcli.data.device_views import DeviceViews, decode_batch  # noqa: E402
-from sslcli.data.images import EncodedImage, load_image  # noqa: E402
 from sslcli.data.mask_views import COLOR_PRESETS, MaskViewPair  # noqa: E402
+from sslcli.data.readers.images import EncodedImage, load_image  # noqa: E402
+from sslcli.data.readers.sources import write_manifest  # noqa: E402
 from sslcli.data.region_views import RegionViews  # noqa: E402
-from sslcli.data.sources import write_manifest  # noqa: E402
 from sslcli.data.stored_boxes import StoredBoxViews  # noqa: E402
 from sslcli.engine.data import collate  # noqa: E402
 from sslcli.engine.launch import launch  # noqa: E402

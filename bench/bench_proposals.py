@@ -33,8 +33,8 @@ from skimage.segmentation import felzenszwalb  # noqa: E402
 
 from sslcli.analysis.quality import boxes_best_overlaps, summarize_overlaps  # noqa: E402
 from sslcli.cli import common  # noqa: E402
-from sslcli.data.images import load_image  # noqa: E402
-from sslcli.data.sources import open_source, write_manifest  # noqa: E402
+from sslcli.data.readers.images import load_image  # noqa: E402
+from sslcli.data.readers.sources import open_source, write_manifest  # noqa: E402
 from sslcli.proposals import fh  # noqa: E402
 from sslcli.proposals.filters import soco_filter  # noqa: E402
 from sslcli.proposals.runner import Job, run_job  # noqa: E402

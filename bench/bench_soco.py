@@ -22,7 +22,7 @@ from common import model_bench_parser  # bench/ is on sys.path when a script her
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
-from sslcli.data.sources import open_source
+from sslcli.data.readers.sources import open_source
 from sslcli.methods.base import StepInfo
 from sslcli.methods.byol import BYOL
 from sslcli.methods.soco import Soco

@@ -34,7 +34,7 @@ def authors_detcon_window(height: int, width: int, rng: np.random.Generator) -> 
 
 def detcon(args) -> None:
     from sslcli.data.mask_views import MaskViewPair
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
     from sslcli.methods.detcon import label_grid
     from sslcli.proposals.masks_online import MaskSource
 
@@ -84,7 +84,7 @@ def detcon(args) -> None:
 
 def soco(args) -> None:
     from sslcli.data.region_views import overlapping, sanitize_boxes
-    from sslcli.data.store import RegionStore
+    from sslcli.data.stores.store import RegionStore
     from sslcli.data.transforms import sample_crop_box
 
     store = RegionStore(str(args.boxes))
@@ -127,7 +127,7 @@ def soco(args) -> None:
     # Resizing: the authors' PIL bilinear (torchvision's PIL path) vs sslcli's tensor bilinear with antialias.
     from PIL import Image
 
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
     from sslcli.data.transforms import crop_resize
 
     source = open_source(args.data, "train2017")

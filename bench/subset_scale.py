@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from sslcli.cli.common import Output
-from sslcli.data import subsets
-from sslcli.data.coco_openimages import COCO_TO_OPENIMAGES
+from sslcli.data.readers import subsets
+from sslcli.data.readers.coco_openimages import COCO_TO_OPENIMAGES
 
 HEADER = ["ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax", "IsOccluded",
           "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside"]

@@ -70,3 +70,15 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
         reason = exc.strerror or type(exc).__name__
         raise InputError(f"{what} {path}: not writable ({existing}: {reason})") from None
     return path
+
+
+def check_output_writable(out: str | os.PathLike) -> None:
+    """Fail before any work when the file ``out`` cannot be created (a one-line input error). Creates its folder."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"{out}: output is not writable ({exc.strerror})") from None

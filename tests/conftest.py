@@ -59,7 +59,7 @@ def coco_data(tmp_path_factory) -> Path:
     """Generated scenes in tiny-COCO's layout and size (`sslcli prepare synthetic`: 50 train + 50 val images with a
     640 px long side, COCO instance annotations with RLE masks, 10 classes), made once per session; read-only, like
     the shared tiny-COCO folder it stands in for."""
-    from sslcli.data.synthetic import generate
+    from sslcli.data.scenes.synthetic import generate
 
     root = tmp_path_factory.mktemp("coco-data") / "coco"
     generate(root, n_train=50, n_val=50, seed=0, size=640)

@@ -277,7 +277,7 @@ def test_resize_short_side_scales_and_caps():
 
 
 def test_bank_plan_takes_one_object_per_class_per_image(coco_data):
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
 
     source = open_source(coco_data, "train2017")
     class_ids = source.category_ids
@@ -296,8 +296,8 @@ def test_bank_plan_takes_one_object_per_class_per_image(coco_data):
 
 
 def test_cut_out_blacks_out_pixels_outside_the_gt_mask(coco_data):
-    from sslcli.data.objects import cut_out, eligible_objects, integer_box
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.objects import cut_out, eligible_objects, integer_box
+    from sslcli.data.readers.sources import open_source
 
     source = open_source(coco_data, "val2017")
     ref = eligible_objects(source, 32)[0]
@@ -315,7 +315,7 @@ def test_cut_out_blacks_out_pixels_outside_the_gt_mask(coco_data):
 def test_pairs_and_tilings_are_seeded(coco_data):
     from sslcli.analysis.coupling import sample_pairs
     from sslcli.analysis.positional import sample_tilings
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
 
     source = open_source(coco_data, "val2017")
     first, again = sample_pairs(source, 4, seed=5, cell=32), sample_pairs(source, 4, seed=5, cell=32)

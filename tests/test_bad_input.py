@@ -85,7 +85,7 @@ def damaged_mask_store(tmp: Path) -> Path:
     """A mask store of `coco`'s two images whose first blob was overwritten on disk (a bad disk, a partial copy)."""
     import h5py
 
-    from sslcli.data.store import ImageResult, encode, write_store
+    from sslcli.data.stores.store import ImageResult, encode, write_store
 
     rng = np.random.default_rng(0)
     results = [encode(ImageResult(str(i), masks=rng.integers(0, 4, (1, 40, 48)).astype(np.int32)), "masks")

@@ -290,7 +290,7 @@ def test_transform_end_to_end_on_coco_data(coco_data):
     # The real pipeline: COCO image → GT label map → two mask-aware views → ids on the res5 grid.
     import pickle
 
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
     from sslcli.methods.detcon import Detcon
 
     source = open_source(coco_data, "train2017")
@@ -378,7 +378,7 @@ def test_two_gloo_processes_give_the_single_process_loss_and_gradients(tmp_path,
 
 def test_two_process_gloo_run_of_the_tiny_example(tmp_path):
     # The shipped tiny DetCon_B twin through the real engine on 2 gloo processes (GT masks from the annotations).
-    from sslcli.data.synthetic import generate
+    from sslcli.data.scenes.synthetic import generate
     from sslcli.engine.launch import launch
     from sslcli.engine.training_checkpoint import load_checkpoint
     from sslcli.spec import load_spec

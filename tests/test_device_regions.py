@@ -27,8 +27,8 @@ from sslcli.data.device_regions import (
     zero_rects,
 )
 from sslcli.data.device_views import DeviceViews
-from sslcli.data.images import EncodedImage
 from sslcli.data.mask_views import MaskViewPair
+from sslcli.data.readers.images import EncodedImage
 from sslcli.data.region_views import RegionViews, cutout_in_boxes
 from sslcli.data.stored_boxes import StoredBoxViews
 from sslcli.engine.data import collate
@@ -343,7 +343,7 @@ def dataset(tmp_path_factory) -> Path:
     from typer.testing import CliRunner
 
     from sslcli.cli import app
-    from sslcli.data.synthetic import generate
+    from sslcli.data.scenes.synthetic import generate
 
     root = tmp_path_factory.mktemp("regions") / "data"
     generate(root, n_train=12, n_val=0, seed=0, size=64)

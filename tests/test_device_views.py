@@ -32,7 +32,7 @@ from sslcli.data.device_views import (
     resized_crops,
     sample_colour_params,
 )
-from sslcli.data.images import EncodedImage, load_image
+from sslcli.data.readers.images import EncodedImage, load_image
 from sslcli.data.transforms import CropViews, crop_resize
 from sslcli.engine.data import build_loader, collate
 from sslcli.errors import InputError

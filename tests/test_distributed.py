@@ -124,7 +124,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(images, tmp_p
 
 def test_moco_with_every_option_trains_on_two_processes(tmp_path):
     """The real MoCo (shuffle-BN across ranks, gathered keys, kNN bank, multi-crop) under DDP with 2 gloo processes."""
-    from sslcli.data.synthetic import generate
+    from sslcli.data.scenes.synthetic import generate
     from sslcli.spec import load_spec
 
     data = tmp_path / "demo-data"

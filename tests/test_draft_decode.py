@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sslcli.data.color import ColorAug
-from sslcli.data.images import EncodedImage, load_image
+from sslcli.data.readers.images import EncodedImage, load_image
 from sslcli.data.transforms import CropViews, draft_reduction
 from sslcli.errors import CorruptImageError
 

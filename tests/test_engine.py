@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from sslcli.data.sources import open_source
+from sslcli.data.readers.sources import open_source
 from sslcli.engine.data import EpochBatchSampler, TrainDataset, collate, seeded_rng
 from sslcli.engine.launch import launch
 from sslcli.engine.optim import LARS, build_optimizer, split_parameters

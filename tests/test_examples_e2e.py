@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from sslcli.data.synthetic import generate
+from sslcli.data.scenes.synthetic import generate
 from sslcli.engine.data import SKIPPED_KEY, build_loader
 from sslcli.engine.trainer import Trainer
 from sslcli.engine.training_checkpoint import load_checkpoint

@@ -100,7 +100,7 @@ def test_mask_view_pair_rejects_misaligned_label_map():
 def _write_fh_store(path, label_maps: dict[str, np.ndarray], scales: list[int] | None, method: str = "fh"):
     import json
 
-    from sslcli.data.store import ImageResult, encode, write_store
+    from sslcli.data.stores.store import ImageResult, encode, write_store
 
     results = [encode(ImageResult(k, masks=v), "masks") for k, v in label_maps.items()]
     totals = {"images": len(results), "payload": sum(len(r.payload) for r in results), "values": 0}
@@ -133,7 +133,7 @@ def test_mask_source_store_samples_one_scale_per_image(tmp_path):
 
 
 def test_mask_source_gt_reads_coco_instances(coco_data):
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
 
     source = open_source(coco_data, "train2017")
     index = next(i for i in range(len(source)) if len(source.instances(i)) >= 2)

@@ -56,7 +56,7 @@ def _make_data(root: Path) -> dict[str, Path]:
     from typer.testing import CliRunner
 
     from sslcli.cli import app
-    from sslcli.data.synthetic import generate
+    from sslcli.data.scenes.synthetic import generate
 
     generate(root, n_train=32, n_val=0, seed=0, size=96)
     fh = root / "sslcli" / "fh-golden.h5"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslcli.data.synthetic import generate
+from sslcli.data.scenes.synthetic import generate
 from sslcli.models.backbone import STAGES, build_backbone
 
 

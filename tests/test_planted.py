@@ -19,7 +19,7 @@ from pycocotools.coco import COCO
 from scipy.ndimage import distance_transform_edt
 from scipy.stats import chi2_contingency, chisquare
 
-from sslcli.data.planted import (
+from sslcli.data.scenes.planted import (
     MIN_GAP,
     PLANTED_CLASSES,
     REGIONS,
@@ -28,7 +28,7 @@ from sslcli.data.planted import (
     render_planted_scene,
     touching,
 )
-from sslcli.data.synthetic import generate, render_scene
+from sslcli.data.scenes.synthetic import generate, render_scene
 from sslcli.errors import InputError
 
 SEED, SIZE, N_TRAIN, N_VAL = 5, 160, 60, 60
@@ -307,7 +307,7 @@ def test_cli_bad_rule_options_exit_2(cli, tmp_path, args, named):
 
 def test_coupling_pairs_are_restricted_to_the_declared_or_undeclared_class_pairs(planted):
     from sslcli.analysis.coupling import allowed_label_pairs, planted_class_pairs, sample_pairs
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
 
     declared = planted_class_pairs(planted)
     assert declared == {frozenset((a, b)) for a, b, _ in PAIRS}  # read back from train's info.planted

@@ -93,7 +93,7 @@ def test_a_stop_signal_mid_epoch_saves_that_step_and_the_resume_is_bit_identical
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    from sslcli.data.synthetic import generate
+    from sslcli.data.scenes.synthetic import generate
 
     root = tmp_path_factory.mktemp("synthetic") / "demo-data"
     generate(root, n_train=80, n_val=0, seed=0, size=96)  # 80 images: 5 batches of 16, as the tiny specs assume

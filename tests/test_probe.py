@@ -227,7 +227,7 @@ def test_kmeans_separates_two_blobs():
 
 
 def test_semantic_mask_paints_small_objects_on_top_and_ignores_crowds():
-    from sslcli.data.sources import Instance
+    from sslcli.data.readers.sources import Instance
 
     masks = np.zeros((3, 6, 6), dtype=bool)
     masks[0, :4, :4] = True  # big object, label 2
@@ -347,7 +347,7 @@ def test_probes_on_an_image_folder(cli, coco_data, tiny_checkpoint, tmp_path):
 def test_region_labels_and_scoring_by_hand():
     from types import SimpleNamespace
 
-    from sslcli.data.sources import Instance
+    from sslcli.data.readers.sources import Instance
     from sslcli.eval.segment_retrieval import label_train_regions, score_regions
 
     mask = np.zeros((1, 4, 4), dtype=bool)

@@ -13,9 +13,9 @@ import pytest
 import scipy.io
 from skimage.segmentation import felzenszwalb
 
-from sslcli.data.images import load_image
-from sslcli.data.sources import open_source
-from sslcli.data.store import RegionStore
+from sslcli.data.readers.images import load_image
+from sslcli.data.readers.sources import open_source
+from sslcli.data.stores.store import RegionStore
 from sslcli.proposals.filters import soco_filter
 from sslcli.proposals.grid import grid_label_map
 from sslcli.proposals.gt import gt_label_map

@@ -17,7 +17,7 @@ from sslcli.analysis.quality import (
     masks_best_overlaps,
     summarize_overlaps,
 )
-from sslcli.data.store import ImageResult, encode, write_store
+from sslcli.data.stores.store import ImageResult, encode, write_store
 
 LIMIT = 8  # images of tiny-COCO the pinned figures cover (the independent port below is slow on purpose)
 

@@ -18,7 +18,7 @@ def dataset(tmp_path_factory) -> Path:
     from typer.testing import CliRunner
 
     from sslcli.cli import app
-    from sslcli.data.synthetic import generate
+    from sslcli.data.scenes.synthetic import generate
 
     root = tmp_path_factory.mktemp("regions") / "data"
     generate(root, n_train=16, n_val=0, seed=0, size=64)
@@ -82,7 +82,7 @@ def test_a_non_c4_model_is_refused(method, dataset, tmp_path, cli):
 
 
 def test_soco_boxes_of_other_images_are_refused(dataset, tmp_path, cli):
-    from sslcli.data.synthetic import generate
+    from sslcli.data.scenes.synthetic import generate
 
     other = tmp_path / "other"
     generate(other, n_train=16, n_val=0, seed=0, size=96)  # same ids, other sizes
@@ -96,7 +96,7 @@ def test_soco_transform_reads_the_store_and_collates(dataset):
     import torch
     from torch.utils.data import default_collate
 
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
     from sslcli.methods.soco import Soco
     from sslcli.spec import parse_spec
 

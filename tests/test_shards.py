@@ -224,3 +224,23 @@ def _group_members(pgid: int) -> list[int]:
         if group == pgid and state not in ("Z", "X"):
             members.append(int(stat.parent.name))
     return members
+
+
+@pytest.mark.parametrize("kind, options", [("masks", ["--method", "grid", "--grid", "3"]), ("boxes", ["--filter", "none"])])
+def test_slurm_shards_rerun_the_command_they_came_from(tmp_path, cli, monkeypatch, kind, options):
+    # `prepare masks --executor slurm` once sent its shards `prepare boxes` argument lists.
+    images = make_images(tmp_path / "imgs", 2)
+    store = tmp_path / "store.h5"
+    shard_commands = []
+
+    def submit(shard_args, store, count, options, overwrite, log):  # stands in for the Slurm job array
+        shard_commands.extend(shard_args(shard) for shard in (Shard(0, count), Shard(1, count)))
+        return {"status": "merged"}
+
+    monkeypatch.setattr("sslcli.proposals.slurm_shards.prepare_on_slurm", submit)
+    code, _, err = cli(["prepare", kind, images, *options, "--out", store, "--executor", "slurm", "--shards", "2"])
+    assert code == 0, err
+    for i, args in enumerate(shard_commands):
+        assert args[:3] == ["prepare", kind, str(images)]
+        assert args[-4:] == ["--out", str(store), "--shard", f"{i}/2"]
+        assert all(option in args for option in options)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslcli.data.sources import iter_images, open_source, write_manifest
+from sslcli.data.readers.sources import iter_images, open_source, write_manifest
 from sslcli.errors import InputError
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslcli.data.store import ImageResult, RegionStore, encode, write_store
+from sslcli.data.stores.store import ImageResult, RegionStore, encode, write_store
 from sslcli.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]

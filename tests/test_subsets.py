@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from sslcli.data import subsets
-from sslcli.data.coco_openimages import BY_COCO_NAME, COCO_TO_OPENIMAGES
-from sslcli.data.sources import open_source
+from sslcli.data.readers import subsets
+from sslcli.data.readers.coco_openimages import BY_COCO_NAME, COCO_TO_OPENIMAGES
+from sslcli.data.readers.sources import open_source
 from sslcli.errors import InputError
 
 TINY_JPEG = cv2.imencode(".jpg", np.full((8, 8, 3), 127, np.uint8))[1].tobytes()

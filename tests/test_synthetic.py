@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sslcli.data.sources import CocoSource, open_source
-from sslcli.data.synthetic import CLASSES, SPLITS, generate, render_scene
+from sslcli.data.readers.sources import CocoSource, open_source
+from sslcli.data.scenes.synthetic import CLASSES, SPLITS, generate, render_scene
 from sslcli.errors import InputError
 
 SEED, SIZE = 3, 64

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn.functional import cosine_similarity
 
-from sslcli.data.objects import ObjectRef, cut_out, eligible_objects, fit_longer_side, require_coco
-from sslcli.data.sources import CocoSource, ImageSource
+from sslcli.data.readers.objects import ObjectRef, cut_out, eligible_objects, fit_longer_side, require_coco
+from sslcli.data.readers.sources import CocoSource, ImageSource
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.eval.roi import box_features
 from sslcli.models.backbone import STAGES

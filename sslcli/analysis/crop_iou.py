@@ -14,7 +14,7 @@ import torch
 
 from sslcli.console import current, progress
 from sslcli.data.color import MOCO_V2
-from sslcli.data.sources import ImageSource, open_source
+from sslcli.data.readers.sources import ImageSource, open_source
 from sslcli.data.transforms import CropViews, box_iou
 from sslcli.errors import InputError
 from sslcli.io import atomic_path, write_json_atomic

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn.functional import normalize
 
-from sslcli.data.objects import integer_box, qualifies, require_coco
-from sslcli.data.sources import CocoSource, ImageSource
+from sslcli.data.readers.objects import integer_box, qualifies, require_coco
+from sslcli.data.readers.sources import CocoSource, ImageSource
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.eval.knn import knn_scores, voted_topk_accuracy
 from sslcli.eval.roi import box_features

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn.functional import cosine_similarity
 
-from sslcli.data.objects import cut_out, eligible_objects, require_coco
-from sslcli.data.sources import ImageSource
+from sslcli.data.readers.objects import cut_out, eligible_objects, require_coco
+from sslcli.data.readers.sources import ImageSource
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.eval.roi import box_features
 from sslcli.models.backbone import STAGES

@@ -96,27 +96,54 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
     (a warning is printed; None for stores without input digests). ``limit`` evaluates the first ``limit`` stored
     images only.
     """
-    from sslcli.console import current, progress
-    from sslcli.data.sources import CocoSource, open_source
-    from sslcli.data.store import RegionStore
-    from sslcli.errors import InputError
+    from sslcli.console import current
+    from sslcli.data.stores.store import RegionStore
     from sslcli.proposals.inputs import stale_images
 
     store = RegionStore(store_path)
     ids = store.image_ids[:limit] if limit is not None else store.image_ids
+    report = _store_summary(store, store_path, ids)
+    if gt_root is None:
+        return report
+    source, index_of, matched = _matched_ground_truth(gt_root, split, ids)
+    stale = stale_images(store.input_digests(), source, [index_of[image_id] for image_id in matched])
+    if stale:
+        current().warn(f"{store_path}: {stale} of the {len(matched)} evaluated images in {gt_root} differ from the "
+                       "images the store was computed from (content hash): its figures are not this data set's; "
+                       "rebuild the store with prepare masks|boxes")
+    best, with_gt = _best_overlaps(store, store_path, source, index_of, matched)
+    pooled = [summarize_overlaps(np.concatenate(b) if b else np.zeros(0)) for b in best]
+    report.update({"gt": str(gt_root), "split": split, "images_with_gt": with_gt,
+                   "images_without_gt": len(matched) - with_gt, "instances": pooled[0]["instances"],
+                   "stale_images": stale})
+    if len(pooled) == 1:
+        report.update({"abo": pooled[0]["abo"], "recall@0.5": pooled[0]["recall@0.5"]})
+    else:  # one figure per label map, keyed by FH scale (or map index)
+        keys = [str(s) for s in store.scales] if store.scales and len(store.scales) == len(pooled) else \
+            [str(k) for k in range(len(pooled))]
+        report["abo"] = {k: q["abo"] for k, q in zip(keys, pooled)}
+        report["recall@0.5"] = {k: q["recall@0.5"] for k, q in zip(keys, pooled)}
+    return report
+
+
+def _store_summary(store, store_path: str | Path, ids: list[str]) -> dict[str, Any]:
+    """What the store holds, from its attributes and recorded region counts (no decoding)."""
     attrs = store.attrs
     counts = store.region_counts()[:len(ids)]  # recorded at write time: no decoding
-    n_maps = counts.shape[1]
-    per_map = [_stats(counts[:, k].tolist()) for k in range(n_maps)]
-    report: dict[str, Any] = {
+    per_map = [_stats(counts[:, k].tolist()) for k in range(counts.shape[1])]
+    return {
         "store": str(store_path), "kind": store.kind, "method": store.method, "parameters": store.parameters,
         "images": len(store), "images_summarized": len(ids), "skipped": len(store.skipped),
         "skipped_images": store.skipped,
         "regions_per_image": per_map[0] if len(per_map) == 1 else {"per_map": per_map},
         "sslcli_version": attrs.get("sslcli_version"), "input_hash": attrs.get("input_hash"),
     }
-    if gt_root is None:
-        return report
+
+
+def _matched_ground_truth(gt_root: str | Path, split: str, ids: list[str]):
+    """The COCO source of ``gt_root``, its record index by image id, and the stored ids it annotates."""
+    from sslcli.data.readers.sources import CocoSource, open_source
+    from sslcli.errors import InputError
 
     source = open_source(gt_root, split)
     if not isinstance(source, CocoSource):
@@ -126,12 +153,16 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
     if not matched:
         raise InputError(f"--gt {gt_root}: none of the store's image ids are in instances_{split}.json "
                          "(wrong --split or data set?)")
-    stale = stale_images(store.input_digests(), source, [index_of[image_id] for image_id in matched])
-    if stale:
-        current().warn(f"{store_path}: {stale} of the {len(matched)} evaluated images in {gt_root} differ from the "
-                       "images the store was computed from (content hash): its figures are not this data set's; "
-                       "rebuild the store with prepare masks|boxes")
-    best: list[list[np.ndarray]] = [[] for _ in range(n_maps)]
+    return source, index_of, matched
+
+
+def _best_overlaps(store, store_path: str | Path, source, index_of: dict[str, int],
+                   matched: list[str]) -> tuple[list[list[np.ndarray]], int]:
+    """Per label map, each image's best overlap of every (non-crowd) GT instance; and how many images have one."""
+    from sslcli.console import progress
+    from sslcli.errors import InputError
+
+    best: list[list[np.ndarray]] = [[] for _ in range(store.region_counts().shape[1])]
     with_gt = 0
     for image_id in progress(matched, description="measuring overlap with ground truth"):
         i = index_of[image_id]
@@ -155,18 +186,7 @@ def store_report(store_path: str | Path, gt_root: str | Path | None = None, spli
         else:
             for k, label_map in enumerate(masks):
                 best[k].append(label_map_best_overlaps(gt_masks, label_map))
-    pooled = [summarize_overlaps(np.concatenate(b) if b else np.zeros(0)) for b in best]
-    report.update({"gt": str(gt_root), "split": split, "images_with_gt": with_gt,
-                   "images_without_gt": len(matched) - with_gt, "instances": pooled[0]["instances"],
-                   "stale_images": stale})
-    if len(pooled) == 1:
-        report.update({"abo": pooled[0]["abo"], "recall@0.5": pooled[0]["recall@0.5"]})
-    else:  # one figure per label map, keyed by FH scale (or map index)
-        keys = [str(s) for s in store.scales] if store.scales and len(store.scales) == len(pooled) else \
-            [str(k) for k in range(len(pooled))]
-        report["abo"] = {k: q["abo"] for k, q in zip(keys, pooled)}
-        report["recall@0.5"] = {k: q["recall@0.5"] for k, q in zip(keys, pooled)}
-    return report
+    return best, with_gt
 
 
 def render_regions(store_path: str | Path, root: str | Path, out_dir: str | Path, count: int = 4,
@@ -178,8 +198,8 @@ def render_regions(store_path: str | Path, root: str | Path, out_dir: str | Path
     import cv2
     from skimage.segmentation import find_boundaries
 
-    from sslcli.data.sources import open_source
-    from sslcli.data.store import RegionStore
+    from sslcli.data.readers.sources import open_source
+    from sslcli.data.stores.store import RegionStore
     from sslcli.errors import InputError
     from sslcli.io import atomic_path
 

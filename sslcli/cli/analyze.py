@@ -11,13 +11,14 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from sslcli.cli import render
 from sslcli.cli.apps import analyze_app
 from sslcli.cli.common import command, current
+from sslcli.cli.options import BatchSize, Device, TrustCheckpoint
 from sslcli.errors import InputError
 from sslcli.eval.overlap import ALLOW_HELP
 from sslcli.io import check_writable_dir, write_json_atomic
@@ -25,19 +26,19 @@ from sslcli.io import check_writable_dir, write_json_atomic
 if TYPE_CHECKING:  # torch and the models load only when a command runs, so `sslcli --help` stays fast
     import torch
 
-CHECKPOINTS = typer.Argument(..., help="One or more checkpoints (sslcli, torchvision, MoCo-v2, SoCo, DetCon .npy).")
-DATA = typer.Option(..., "--data", help="COCO-layout data set root (annotations/instances_<split>.json).")
-OUT = typer.Option(Path("analysis"), "--out", help="Directory for the JSON result and the PNG plot.")
-ARCH = typer.Option(None, "--arch", help="Expected architecture (default: what the checkpoint implies).")
-WIDTH = typer.Option(None, "--width", help="Expected stem width (default: what the checkpoint implies).")
-TRUST = typer.Option(False, "--trust-checkpoint",
-                     help="Allow full unpickling (SoCo files hold an argparse Namespace): runs code from the file, "
-                          "so only for files you trust.")
-DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
-BATCH = typer.Option(16, "--batch-size", min=1, help="Images per forward pass.")
-SEED = typer.Option(0, "--seed", help="Seed for choosing objects, pairs and backgrounds.")
-MIN_SIZE = typer.Option(32.0, "--min-size", min=1, help="Objects qualify when both box sides are ≥ this (pixels).")
-ROI = typer.Option(7, "--roi-size", min=1, help="RoIAlign output grid (then average-pooled).")
+# Options of all three analyses (--device, --batch-size, --trust-checkpoint: sslcli.cli.options, shared with the probes).
+Checkpoints = Annotated[list[Path], typer.Argument(
+    help="One or more checkpoints (sslcli, torchvision, MoCo-v2, SoCo, DetCon .npy).")]
+Data = Annotated[Path, typer.Option("--data", help="COCO-layout data set root (annotations/instances_<split>.json).")]
+Out = Annotated[Path, typer.Option("--out", help="Directory for the JSON result and the PNG plot.")]
+Arch = Annotated[str | None, typer.Option("--arch", help="Expected architecture (default: what the checkpoint implies).")]
+Width = Annotated[int | None, typer.Option("--width", help="Expected stem width (default: what the checkpoint implies).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for choosing objects, pairs and backgrounds.")]
+MinSize = Annotated[float, typer.Option("--min-size", min=1,
+                                        help="Objects qualify when both box sides are ≥ this (pixels).")]
+RoiSize = Annotated[int, typer.Option("--roi-size", min=1, help="RoIAlign output grid (then average-pooled).")]
+ObjectSplit = Annotated[str, typer.Option("--split", help="Split to draw the objects from.")]
+ANALYSIS_OUT = Path("analysis")
 
 
 def checkpoint_label(path: Path) -> str:
@@ -113,8 +114,8 @@ def _log_layers(label: str, layers: dict) -> None:
 
 @command(analyze_app, "coupling", human=render.analysis)
 def analyze_coupling(
-    checkpoints: list[Path] = CHECKPOINTS, data: Path = DATA,
-    split: str = typer.Option("val2017", "--split", help="Split to draw the objects from."),
+    checkpoints: Checkpoints, data: Data,
+    split: ObjectSplit = "val2017",
     pairs: int = typer.Option(200, "--pairs", min=1, help="Number of object pairs (A, B of different classes)."),
     cell: int = typer.Option(128, "--cell", min=16, help="Each object is scaled so its longer side is this (px)."),
     gap: int = typer.Option(0, "--gap", min=0, help="Pixels between A's right edge and B's left edge."),
@@ -124,8 +125,8 @@ def analyze_coupling(
                                      "train split's info.planted (data from `prepare synthetic --preset planted`)."),
     groups: bool = typer.Option(False, "--groups", help="Report planted and unplanted pairs in one run (--pairs "
                                 "of each), under groups.planted / groups.unplanted of every checkpoint."),
-    out: Path = OUT, arch: str | None = ARCH, width: int | None = WIDTH, trust_checkpoint: bool = TRUST,
-    device: str = DEVICE, batch_size: int = BATCH, seed: int = SEED, min_size: float = MIN_SIZE, roi_size: int = ROI,
+    out: Out = ANALYSIS_OUT, arch: Arch = None, width: Width = None, trust_checkpoint: TrustCheckpoint = False,
+    device: Device = "auto", batch_size: BatchSize = 16, seed: Seed = 0, min_size: MinSize = 32.0, roi_size: RoiSize = 7,
 ):
     """Coupling rate per layer (res2..res5): CR = cos(f(A|A+B), f(B|A+B)) / cos(f(A|A alone), f(B|A+B)).
 
@@ -140,17 +141,8 @@ def analyze_coupling(
     Example: sslcli analyze coupling moco.pth soco.pth --data coco/ --pairs 500 --out results/
     Example: sslcli analyze coupling soco.pth --data planted/ --groups --pairs 200 --out results/
     """
-    from sslcli.analysis.coupling import (
-        PAIR_GROUPS,
-        allowed_label_pairs,
-        coupling_rates,
-        planted_class_pairs,
-        sample_pairs,
-        summarize,
-    )
+    from sslcli.analysis.coupling import PAIR_GROUPS, coupling_rates
     from sslcli.analysis.plots import plot_against_depth
-    from sslcli.data.objects import require_coco
-    from sslcli.data.sources import open_source
     from sslcli.eval.features import resolve_device
     from sslcli.models.backbone import STAGES
 
@@ -162,8 +154,30 @@ def analyze_coupling(
     check_paths(checkpoints)
     check_out_dir(out)
     skipped: list[str] = []
-    source = open_source(data, split)
     wanted = PAIR_GROUPS if groups else (pair_classes,)
+    scenes, group_of = _coupling_scenes(data, split, wanted, pairs, seed, min_size, cell, gap, masked, skipped)
+    settings = {"data": str(data), "split": split, "pairs": pairs, "cell": cell, "gap": gap, "masked": masked,
+                "min_size": min_size, "roi_size": roi_size, "seed": seed, "pair_classes": pair_classes,
+                "groups": groups}
+    results, curves = [], {}
+    for label, backbone, report in load_all(checkpoints, arch, width, trust_checkpoint, dev):
+        rates = coupling_rates(backbone, scenes, STAGES, roi_size, batch_size=batch_size, device=dev)
+        results.append(_coupling_entry(label, report, rates, group_of if groups else None, curves))
+    plot_against_depth(curves, out / "coupling.png", "coupling rate (CR)", "Object coupling (1 = none)")
+    result = {"analysis": "coupling", "settings": settings, "pairs": [s.meta for s in scenes],
+              "checkpoints": results, "skipped_images": skipped}
+    return _write(out, "coupling", result)
+
+
+def _coupling_scenes(data: Path, split: str, wanted: tuple[str, ...], pairs: int, seed: int, min_size: float,
+                     cell: int, gap: int, masked: bool, skipped: list[str]) -> tuple[list, list[str]]:
+    """The pair scenes of every wanted group ("all", "planted", "unplanted"), drawn once for all checkpoints, and
+    the group of each scene."""
+    from sslcli.analysis.coupling import allowed_label_pairs, planted_class_pairs, sample_pairs
+    from sslcli.data.readers.objects import require_coco
+    from sslcli.data.readers.sources import open_source
+
+    source = open_source(data, split)
     planted = planted_class_pairs(data) if wanted != ("all",) else set()
     scenes, group_of = [], []  # group_of[k]: the group of scenes[k]
     for group in wanted:
@@ -175,42 +189,39 @@ def analyze_coupling(
                 scene.meta["group"] = group
         scenes += drawn
         group_of += [group] * len(drawn)
-    settings = {"data": str(data), "split": split, "pairs": pairs, "cell": cell, "gap": gap, "masked": masked,
-                "min_size": min_size, "roi_size": roi_size, "seed": seed, "pair_classes": pair_classes,
-                "groups": groups}
-    results, curves = [], {}
-    for label, backbone, report in load_all(checkpoints, arch, width, trust_checkpoint, dev):
-        rates = coupling_rates(backbone, scenes, STAGES, roi_size, batch_size=batch_size, device=dev)
-        layers = {s: summarize(r) for s, r in rates.items()}
-        _log_layers(f"{label} CR", layers)
-        entry = {"label": label, "checkpoint": report, "layers": layers,
-                 "per_pair": {s: _finite(r) for s, r in rates.items()}}
-        if groups:
-            entry["groups"] = {}
-            for group in PAIR_GROUPS:
-                pick = [k for k, g in enumerate(group_of) if g == group]
-                group_layers = {s: summarize(r[pick]) for s, r in rates.items()}
-                _log_layers(f"{label} CR {group}", group_layers)
-                entry["groups"][group] = {"pairs": len(pick), "layers": group_layers}
-                curves[f"{label} ({group})"] = group_layers
-        else:
-            curves[label] = layers
-        results.append(entry)
-    plot_against_depth(curves, out / "coupling.png", "coupling rate (CR)", "Object coupling (1 = none)")
-    result = {"analysis": "coupling", "settings": settings, "pairs": [s.meta for s in scenes],
-              "checkpoints": results, "skipped_images": skipped}
-    return _write(out, "coupling", result)
+    return scenes, group_of
+
+
+def _coupling_entry(label: str, report: dict, rates: dict, group_of: list[str] | None, curves: dict) -> dict:
+    """One checkpoint's result (per layer, and per group when ``group_of`` is given); adds its curves to ``curves``."""
+    from sslcli.analysis.coupling import PAIR_GROUPS, summarize
+
+    layers = {s: summarize(r) for s, r in rates.items()}
+    _log_layers(f"{label} CR", layers)
+    entry = {"label": label, "checkpoint": report, "layers": layers,
+             "per_pair": {s: _finite(r) for s, r in rates.items()}}
+    if group_of is None:
+        curves[label] = layers
+        return entry
+    entry["groups"] = {}
+    for group in PAIR_GROUPS:
+        pick = [k for k, g in enumerate(group_of) if g == group]
+        group_layers = {s: summarize(r[pick]) for s, r in rates.items()}
+        _log_layers(f"{label} CR {group}", group_layers)
+        entry["groups"][group] = {"pairs": len(pick), "layers": group_layers}
+        curves[f"{label} ({group})"] = group_layers
+    return entry
 
 
 @command(analyze_app, "positional", human=render.analysis)
 def analyze_positional(
-    checkpoints: list[Path] = CHECKPOINTS, data: Path = DATA,
-    split: str = typer.Option("val2017", "--split", help="Split to draw the objects from."),
+    checkpoints: Checkpoints, data: Data,
+    split: ObjectSplit = "val2017",
     objects: int = typer.Option(100, "--objects", min=1, help="Number of objects to tile (distinct, seeded)."),
     tile: int = typer.Option(96, "--tile", min=16, help="Side of each of the 3x3 tiles (px)."),
     masked: bool = typer.Option(False, "--masked/--box", help="Black out pixels outside the object's GT mask."),
-    out: Path = OUT, arch: str | None = ARCH, width: int | None = WIDTH, trust_checkpoint: bool = TRUST,
-    device: str = DEVICE, batch_size: int = BATCH, seed: int = SEED, min_size: float = MIN_SIZE, roi_size: int = ROI,
+    out: Out = ANALYSIS_OUT, arch: Arch = None, width: Width = None, trust_checkpoint: TrustCheckpoint = False,
+    device: Device = "auto", batch_size: BatchSize = 16, seed: Seed = 0, min_size: MinSize = 32.0, roi_size: RoiSize = 7,
 ):
     """Positional bias per layer: mean cosine similarity (MCS) between the centre tile and the 8 others.
 
@@ -223,7 +234,7 @@ def analyze_positional(
     from sslcli.analysis.coupling import summarize
     from sslcli.analysis.plots import plot_against_depth
     from sslcli.analysis.positional import mean_cosine_similarity, sample_tilings
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
     from sslcli.eval.features import resolve_device
     from sslcli.models.backbone import STAGES
 
@@ -251,7 +262,7 @@ def analyze_positional(
 
 @command(analyze_app, "oknn", human=render.analysis)
 def analyze_oknn(
-    checkpoints: list[Path] = CHECKPOINTS, data: Path = DATA,
+    checkpoints: Checkpoints, data: Data,
     split: str = typer.Option("val2017", "--split", help="Split of the query objects."),
     train_split: str = typer.Option("train2017", "--train-split", help="Split of the bank objects."),
     k: int = typer.Option(20, "--k", min=1, help="Neighbours voting."),
@@ -267,8 +278,8 @@ def analyze_oknn(
     workers: int = typer.Option(2, "--workers", min=1, help="Image-decoding threads."),
     allow_overlap: bool = typer.Option(False, "--allow-overlap", help=ALLOW_HELP.replace("evaluation images",
                                        "query images").replace("training images", "bank images")),
-    out: Path = OUT, arch: str | None = ARCH, width: int | None = WIDTH, trust_checkpoint: bool = TRUST,
-    device: str = DEVICE, batch_size: int = BATCH, seed: int = SEED, min_size: float = MIN_SIZE,
+    out: Out = ANALYSIS_OUT, arch: Arch = None, width: Width = None, trust_checkpoint: TrustCheckpoint = False,
+    device: Device = "auto", batch_size: BatchSize = 16, seed: Seed = 0, min_size: MinSize = 32.0,
 ):
     """Object-level kNN (top-1/top-5 %) on ground-truth boxes, optionally with disturbed backgrounds.
 
@@ -281,31 +292,17 @@ def analyze_oknn(
 
     Example: sslcli analyze oknn ckpt.pt --data coco/ --disturbed --out results/
     """
-    from sslcli.analysis.oknn import assign_backgrounds, object_knn, plan_objects
+    from sslcli.analysis.oknn import object_knn
     from sslcli.analysis.plots import plot_oknn
-    from sslcli.data.objects import require_coco
-    from sslcli.data.sources import open_source
-    from sslcli.eval.overlap import check_disjoint
+    from sslcli.eval.features import resolve_device
 
     if disturb not in ("both", "val"):
         raise InputError(f"--disturb {disturb!r}: expected both or val")
-    from sslcli.eval.features import resolve_device
-
     dev = resolve_device(device)
     check_paths(checkpoints)
     check_out_dir(out)
-    train = require_coco(open_source(data, train_split), "analyze oknn")
-    val = require_coco(open_source(data, split), "analyze oknn")
-    class_ids = sorted(set(train.category_ids) | set(val.category_ids))
-    bank_plan = plan_objects(train, class_ids, per_image, min_size, seed, max_images)
-    query_plan = plan_objects(val, class_ids, None, min_size, seed, max_images)
-    for plan, name in ((bank_plan, train_split), (query_plan, split)):
-        if not plan.n_objects:
-            raise InputError(f"{data}: no object in {name} qualifies (non-crowd, both box sides >= {min_size} px)")
-    overlap = check_disjoint(bank_plan.paths(), query_plan.paths(), allow_overlap)
-    if disturbed:
-        assign_backgrounds(bank_plan, seed + 1)
-        assign_backgrounds(query_plan, seed + 2)
+    bank_plan, query_plan, class_ids, overlap = _oknn_plans(data, train_split, split, per_image, min_size, seed,
+                                                            max_images, disturbed, allow_overlap)
     settings = {"data": str(data), "split": split, "train_split": train_split, "k": k, "temperature": temperature,
                 "bank_per_image": per_image, "disturbed": disturbed, "disturb": disturb, "short_side": short_side,
                 "max_side": max_side, "max_images": max_images, "min_size": min_size, "roi_size": 7, "seed": seed,
@@ -321,3 +318,27 @@ def analyze_oknn(
     plot_oknn(bars, out / "oknn.png")
     result = {"analysis": "oknn", "settings": settings, "checkpoints": results}
     return _write(out, "oknn", result)
+
+
+def _oknn_plans(data: Path, train_split: str, split: str, per_image: int, min_size: float, seed: int,
+                max_images: int | None, disturbed: bool, allow_overlap: bool) -> tuple:
+    """The bank and query objects (with their backgrounds when ``disturbed``), the class ids, and how many query
+    images are also bank images (refused unless ``allow_overlap``)."""
+    from sslcli.analysis.oknn import assign_backgrounds, plan_objects
+    from sslcli.data.readers.objects import require_coco
+    from sslcli.data.readers.sources import open_source
+    from sslcli.eval.overlap import check_disjoint
+
+    train = require_coco(open_source(data, train_split), "analyze oknn")
+    val = require_coco(open_source(data, split), "analyze oknn")
+    class_ids = sorted(set(train.category_ids) | set(val.category_ids))
+    bank_plan = plan_objects(train, class_ids, per_image, min_size, seed, max_images)
+    query_plan = plan_objects(val, class_ids, None, min_size, seed, max_images)
+    for plan, name in ((bank_plan, train_split), (query_plan, split)):
+        if not plan.n_objects:
+            raise InputError(f"{data}: no object in {name} qualifies (non-crowd, both box sides >= {min_size} px)")
+    overlap = check_disjoint(bank_plan.paths(), query_plan.paths(), allow_overlap)
+    if disturbed:
+        assign_backgrounds(bank_plan, seed + 1)
+        assign_backgrounds(query_plan, seed + 2)
+    return bank_plan, query_plan, class_ids, overlap

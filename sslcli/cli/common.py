@@ -130,7 +130,9 @@ def command(app: typer.Typer, name: str, human: Callable[[dict[str, Any]], str] 
     ``human``: how the result reads without --json (default: `render.key_values`, one line per key)."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        sig = inspect.signature(fn)
+        # Annotations evaluated (modules use `from __future__ import annotations`): typer then sees the options
+        # declared as `Annotated[..., typer.Option(...)]` (sslcli.cli.options).
+        sig = inspect.signature(fn, eval_str=True)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, json_output: bool = False, quiet: bool = False, debug: bool = False,

@@ -8,10 +8,8 @@ import typer
 
 from sslcli.cli.apps import app
 from sslcli.cli.common import command, current
+from sslcli.cli.options import Prefix, TrustCheckpoint
 from sslcli.errors import InputError
-
-TRUST_HELP = ("Allow full unpickling (torch.load weights_only=False). Needed for SoCo checkpoints, whose argparse "
-              "Namespace cannot be read otherwise; unpickling can execute code, so use it only for files you trust.")
 
 
 @command(app, "export")
@@ -19,8 +17,7 @@ def export(
     checkpoint: Path = typer.Argument(None, help="Checkpoint to convert (sslcli, torchvision, MoCo, SoCo, DetCon .npy)."),
     to: str = typer.Option("torchvision", "--to", help="torchvision | detectron2"),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (.pth for torchvision, .pkl for detectron2)."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP),
-    prefix: str = typer.Option(None, "--prefix", help="Take the backbone from keys under this exact prefix."),
+    trust_checkpoint: TrustCheckpoint = False, prefix: Prefix = None,
     random_init: Path = typer.Option(None, "--random-init", metavar="SPEC",
                                      help="Instead of converting: write the untrained backbone of this run spec, "
                                           "built as the engine builds it (spec seed), as an sslcli checkpoint."),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,7 +14,8 @@ from sslcli.cli.common import command
 from sslcli.errors import InputError
 
 if TYPE_CHECKING:  # the readers (OpenCV, numpy) load when a command runs, not at CLI start-up
-    from sslcli.data.sources import ImageSource
+    from sslcli.data.readers.sources import ImageSource
+    from sslcli.proposals.runner import Job
 
 MASK_METHODS = ("fh", "grid", "gt", "mcg")
 WORKERS_HELP = ("Worker processes (default: one per core this process may use, its CPU affinity; results do not "
@@ -22,21 +24,29 @@ SLURM = "Slurm (--executor slurm --shards N; docs/slurm.md)"
 # Options of this command that the Slurm shards do not repeat (they get --shard I/N and the resolved --out).
 NOT_FOR_SHARDS = {"executor", "shards", "partition", "account", "time_limit", "cpus_per_task", "mem", "sbatch",
                   "shard", "out", "json_output", "quiet", "debug"}
-# The Slurm options, declared once for `prepare masks` and `prepare boxes`.
-EXECUTOR_OPTION = typer.Option("local", "--executor", help="local | slurm: the --shards N shards as a Slurm job array, "
-                               "then the merge (docs/slurm.md).")
-SHARDS_OPTION = typer.Option(None, "--shards", help="slurm: the number of shards (array tasks).")
-PARTITION_OPTION = typer.Option(None, "--partition", help="slurm: sbatch --partition.", rich_help_panel=SLURM)
-ACCOUNT_OPTION = typer.Option(None, "--account", help="slurm: sbatch --account.", rich_help_panel=SLURM)
-TIME_OPTION = typer.Option(None, "--time", help="slurm: sbatch --time per shard (default 24:00:00).",
-                           rich_help_panel=SLURM)
-CPUS_OPTION = typer.Option(None, "--cpus-per-task", min=1, help="slurm: CPUs per shard (give --workers as many).",
-                           rich_help_panel=SLURM)
-MEM_OPTION = typer.Option(None, "--mem", help="slurm: memory per shard, e.g. 8G.", rich_help_panel=SLURM)
-SBATCH_OPTION = typer.Option(None, "--sbatch", help="slurm: an extra sbatch option, e.g. --sbatch=--qos=high "
-                             "(repeatable).", rich_help_panel=SLURM)
+# Options of both `prepare masks` and `prepare boxes`, declared once (the Slurm ones in their own help panel).
+Root = Annotated[Path, typer.Argument(help="Data-set root (COCO, ImageFolder, a folder of images or a manifest).")]
+Split = Annotated[str, typer.Option("--split", help="COCO split (annotations/instances_<split>.json).")]
+Workers = Annotated[int | None, typer.Option("--workers", help=WORKERS_HELP)]
+FlushEvery = Annotated[int, typer.Option("--flush-every",
+                                         help="Images per crash-safe block (the unit a killed run resumes from).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a store or partial run with other parameters.")]
+Executor = Annotated[str, typer.Option("--executor", help="local | slurm: the --shards N shards as a Slurm job array, "
+                                       "then the merge (docs/slurm.md).")]
+Shards = Annotated[int | None, typer.Option("--shards", help="slurm: the number of shards (array tasks).")]
+Partition = Annotated[str | None, typer.Option("--partition", help="slurm: sbatch --partition.", rich_help_panel=SLURM)]
+Account = Annotated[str | None, typer.Option("--account", help="slurm: sbatch --account.", rich_help_panel=SLURM)]
+TimeLimit = Annotated[str | None, typer.Option("--time", help="slurm: sbatch --time per shard (default 24:00:00).",
+                                               rich_help_panel=SLURM)]
+CpusPerTask = Annotated[int | None, typer.Option("--cpus-per-task", min=1, rich_help_panel=SLURM,
+                                                 help="slurm: CPUs per shard (give --workers as many).")]
+Mem = Annotated[str | None, typer.Option("--mem", help="slurm: memory per shard, e.g. 8G.", rich_help_panel=SLURM)]
+Sbatch = Annotated[list[str] | None, typer.Option("--sbatch", rich_help_panel=SLURM,
+                                                  help="slurm: an extra sbatch option, e.g. --sbatch=--qos=high "
+                                                       "(repeatable).")]
 SHARD_HELP = ("Compute only part I of N (0 <= I < N) into <store>.shard-IIII-of-NNNN.h5; join the N parts with "
               "`prepare merge`.")
+Shard = Annotated[str | None, typer.Option("--shard", help=SHARD_HELP)]
 
 
 def parse_scales(text: str) -> list[int]:
@@ -60,36 +70,25 @@ def default_store_path(root: Path, source: ImageSource, name: str, split: str) -
 
 @command(prepare_app, "masks")
 def prepare_masks(
-    root: Path = typer.Argument(..., help="Data-set root (COCO, ImageFolder, a folder of images or a manifest)."),
+    root: Root,
     method: str = typer.Option("fh", "--method", help="fh | grid | gt | mcg"),
-    split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
+    split: Split = "train2017",
     out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/<method>-<params>.h5; "
                                     "docs/regions.md lists the names)."),
-    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
+    workers: Workers = None,
     scales: str = typer.Option("500,1000,1500", "--scales", help="fh: FH scales; min size = scale."),
     sigma: float = typer.Option(0.8, "--sigma", help="fh: Gaussian pre-smoothing."),
     grid: int = typer.Option(5, "--grid", help="grid: n for n×n cells."),
     mcg_dir: Path | None = typer.Option(None, "--mcg-dir", help="mcg: folder of per-image MCG .mat files."),
-    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
-    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
-    executor: str = EXECUTOR_OPTION,
-    shards: int = SHARDS_OPTION,
-    partition: str = PARTITION_OPTION,
-    account: str = ACCOUNT_OPTION,
-    time_limit: str = TIME_OPTION,
-    cpus_per_task: int = CPUS_OPTION,
-    mem: str = MEM_OPTION,
-    sbatch: list[str] = SBATCH_OPTION,
+    flush_every: FlushEvery = 64, overwrite: Overwrite = False, shard: Shard = None, executor: Executor = "local",
+    shards: Shards = None, partition: Partition = None, account: Account = None, time_limit: TimeLimit = None,
+    cpus_per_task: CpusPerTask = None, mem: Mem = None, sbatch: Sbatch = None,
 ):
     """Precompute region masks into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
     Example: sslcli prepare masks coco/ --method fh --scales 500,1000,1500 --workers 8
     """
-    from sslcli.data.sources import CocoSource, open_source
-    from sslcli.proposals import fh, gt, mcg
-    from sslcli.proposals import grid as grid_masks
-    from sslcli.proposals.runner import Job, run_job
+    from sslcli.data.readers.sources import open_source
 
     given = dict(locals())  # this command's options, for its Slurm shards
     part = _parse_shard(shard)
@@ -98,33 +97,49 @@ def prepare_masks(
     if method not in MASK_METHODS:
         raise InputError(f"--method {method!r}: expected one of {', '.join(MASK_METHODS)}")
     source = open_source(root, split)
+    job, compute, name = _mask_job(method, source, root, split, scales, sigma, grid, mcg_dir)
+    path = out if out is not None else default_store_path(root, source, name, split)
+    if slurm is not None:
+        return _on_slurm("masks", given, path, slurm, overwrite)
+    return _run_here(source, path, part, job, compute, workers, flush_every, overwrite)
+
+
+def _mask_job(method: str, source: ImageSource, root: Path, split: str, scales: str, sigma: float, grid: int,
+              mcg_dir: Path | None) -> tuple[Job, Callable, str]:
+    """What `prepare masks --method METHOD` computes: the store's job, the per-image function and the store name."""
+    from sslcli.data.readers.sources import CocoSource
+    from sslcli.proposals import fh, gt, mcg
+    from sslcli.proposals import grid as grid_masks
+    from sslcli.proposals.runner import Job
+
     if method == "fh":
         scale_list = parse_scales(scales)
         if sigma < 0:
             raise InputError(f"--sigma {sigma}: expected a non-negative number")
-        job = Job("masks", "fh", {"scales": scale_list, "min_sizes": scale_list, "sigma": sigma})
-        compute = functools.partial(fh.compute_fh, scales=tuple(scale_list), sigma=sigma)
         name = "fh-s" + "_".join(map(str, scale_list)) + ("" if sigma == fh.DEFAULT_SIGMA else f"-sigma{sigma:g}")
-    elif method == "grid":
+        return (Job("masks", "fh", {"scales": scale_list, "min_sizes": scale_list, "sigma": sigma}),
+                functools.partial(fh.compute_fh, scales=tuple(scale_list), sigma=sigma), name)
+    if method == "grid":
         if grid < 1:
             raise InputError(f"--grid {grid}: expected a positive integer")
-        job = Job("masks", "grid", {"grid": grid})
-        compute, name = functools.partial(grid_masks.compute_grid, n=grid), f"grid-{grid}"
-    elif method == "gt":
+        return Job("masks", "grid", {"grid": grid}), functools.partial(grid_masks.compute_grid, n=grid), f"grid-{grid}"
+    if method == "gt":
         if not isinstance(source, CocoSource):
             raise InputError(f"{root}: --method gt needs a COCO root with annotations/instances_{split}.json")
-        job = Job("masks", "gt", {"paint_order": "largest_first"}, region_values_name="iscrowd",
-                  needs_annotations=True)
-        compute, name = gt.compute_gt, "gt"
-    else:
-        if mcg_dir is None:
-            raise InputError("--method mcg needs --mcg-dir DIR (a folder of per-image MCG .mat files)")
-        index = mcg.index_mcg_dir(mcg_dir)
-        job = Job("masks", "mcg", {"top_k": mcg.TOP_K}, region_values_name="score")
-        compute, name = functools.partial(mcg.compute_mcg, mcg_index=index), "mcg"
-    path = out if out is not None else default_store_path(root, source, name, split)
-    if slurm is not None:
-        return _on_slurm("boxes", given, path, slurm, overwrite)
+        return (Job("masks", "gt", {"paint_order": "largest_first"}, region_values_name="iscrowd",
+                    needs_annotations=True), gt.compute_gt, "gt")
+    if mcg_dir is None:
+        raise InputError("--method mcg needs --mcg-dir DIR (a folder of per-image MCG .mat files)")
+    index = mcg.index_mcg_dir(mcg_dir)
+    return (Job("masks", "mcg", {"top_k": mcg.TOP_K}, region_values_name="score"),
+            functools.partial(mcg.compute_mcg, mcg_index=index), "mcg")
+
+
+def _run_here(source: ImageSource, path: Path, part, job: Job, compute: Callable, workers: int | None,
+              flush_every: int, overwrite: bool) -> dict:
+    """Compute the store (or, with --shard I/N, its part) in this process and its workers."""
+    from sslcli.proposals.runner import run_job
+
     return run_job(source, path if part is None else part.part_path(path), job, compute, workers=workers,
                    flush_every=flush_every, overwrite=overwrite, shard=part)
 
@@ -180,7 +195,7 @@ def _parse_shard(text: str | None):
 
 @command(prepare_app, "boxes")
 def prepare_boxes(
-    root: Path = typer.Argument(..., help="Data-set root (COCO, ImageFolder, a folder of images or a manifest)."),
+    root: Root,
     method: str = typer.Option("selective-search", "--method", help="selective-search"),
     box_filter: str = typer.Option("soco", "--filter", help="soco | none"),
     backend: str = typer.Option("vectorized", "--backend",
@@ -188,34 +203,37 @@ def prepare_boxes(
     strategies: str | None = typer.Option(
         None, "--strategies", help="vectorized: diverse (default: SoCo's similarity + 3 of Uijlings' "
         "diversifications; higher recall) | soco (colour+texture+size+fill only, as SoCo). Other backends: soco."),
-    split: str = typer.Option("train2017", "--split", help="COCO split (annotations/instances_<split>.json)."),
+    split: Split = "train2017",
     out: Path | None = typer.Option(None, "--out", help="Store path (default: ROOT/sslcli/ss-<filter>[-<backend>]"
                                     "[-soco-strategies].h5; docs/regions.md lists the names)."),
-    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP),
-    flush_every: int = typer.Option(64, "--flush-every", help="Images per crash-safe block (the unit a killed run resumes from)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store or partial run with other parameters."),
-    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
-    executor: str = EXECUTOR_OPTION,
-    shards: int = SHARDS_OPTION,
-    partition: str = PARTITION_OPTION,
-    account: str = ACCOUNT_OPTION,
-    time_limit: str = TIME_OPTION,
-    cpus_per_task: int = CPUS_OPTION,
-    mem: str = MEM_OPTION,
-    sbatch: list[str] = SBATCH_OPTION,
+    workers: Workers = None,
+    flush_every: FlushEvery = 64, overwrite: Overwrite = False, shard: Shard = None, executor: Executor = "local",
+    shards: Shards = None, partition: Partition = None, account: Account = None, time_limit: TimeLimit = None,
+    cpus_per_task: CpusPerTask = None, mem: Mem = None, sbatch: Sbatch = None,
 ):
     """Precompute box proposals into an HDF5 store (resumable: rerun the same command after a crash or kill).
 
     Example: sslcli prepare boxes coco/ --method selective-search --filter soco --workers 8
     """
-    from sslcli.data.sources import open_source
-    from sslcli.proposals import selective_search as ss
-    from sslcli.proposals.runner import Job, run_job
+    from sslcli.data.readers.sources import open_source
 
     given = dict(locals())  # this command's options, for its Slurm shards
     part = _parse_shard(shard)
     slurm = _slurm_options(executor, shards, part, {"partition": partition, "account": account, "time": time_limit,
                                                     "cpus_per_task": cpus_per_task, "mem": mem, "sbatch": sbatch})
+    job, compute, name = _box_job(method, box_filter, backend, strategies)
+    source = open_source(root, split)
+    path = out if out is not None else default_store_path(root, source, name, split)
+    if slurm is not None:
+        return _on_slurm("boxes", given, path, slurm, overwrite)
+    return _run_here(source, path, part, job, compute, workers, flush_every, overwrite)
+
+
+def _box_job(method: str, box_filter: str, backend: str, strategies: str | None) -> tuple[Job, Callable, str]:
+    """What `prepare boxes` computes: the store's job, the per-image function and the store name."""
+    from sslcli.proposals import selective_search as ss
+    from sslcli.proposals.runner import Job
+
     if method != "selective-search":
         raise InputError(f"--method {method!r}: expected selective-search")
     if box_filter not in ("soco", "none"):
@@ -228,18 +246,13 @@ def prepare_boxes(
         raise InputError(f"--strategies {strategies!r}: expected one of {', '.join(ss.STRATEGIES)}")
     if strategies != "soco" and backend != "vectorized":
         raise InputError(f"--strategies {strategies}: only the vectorized backend diversifies")
-    source = open_source(root, split)
     job = Job("boxes", "selective-search", {"scale": ss.SCALE, "sigma": ss.SIGMA, "min_size": ss.MIN_SIZE,
                                             "backend": backend, "filter": box_filter, "strategies": strategies})
     compute = functools.partial(ss.compute_boxes, backend=backend, box_filter=box_filter, strategies=strategies)
     name = f"ss-{box_filter}" + ("" if backend == ss.DEFAULT_BACKEND else f"-{backend}")
     if backend == "vectorized" and strategies != ss.DEFAULT_STRATEGIES:
         name += f"-{strategies}-strategies"
-    path = out if out is not None else default_store_path(root, source, name, split)
-    if slurm is not None:
-        return _on_slurm("boxes", given, path, slurm, overwrite)
-    return run_job(source, path if part is None else part.part_path(path), job, compute, workers=workers,
-                   flush_every=flush_every, overwrite=overwrite, shard=part)
+    return job, compute, name
 
 
 @command(prepare_app, "merge")

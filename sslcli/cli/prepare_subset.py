@@ -9,7 +9,7 @@ import typer
 
 from sslcli.cli.apps import prepare_app
 from sslcli.cli.common import command
-from sslcli.data import subsets
+from sslcli.data.readers import subsets
 from sslcli.errors import InputError
 
 
@@ -66,22 +66,26 @@ def prepare_subset(
         raise InputError(f"--out {out}: exists and is not a directory (expected an output folder)")
     if kind is not Kind.oi_mini and (coco is not None or cap_scale != 1.0):
         raise InputError(f"--coco/--cap-scale apply to --kind oi-mini only, not {kind.value}")
-    default_size = subsets.COCO_TRAIN_IMAGES if size is None else size
-    if kind is Kind.in118k:
-        subset = subsets.build_in118k(subsets.read_imagenet(root), default_size, seed)
-    elif kind is Kind.in118k_lt:
-        subset = subsets.build_in118k_lt(subsets.read_imagenet(root), default_size, seed)
-    elif kind is Kind.oi118k:
-        tree = subsets.read_openimages(root, split, need_boxes=False)
-        subset = subsets.build_oi118k(tree, default_size, seed)
-    else:
-        if coco is None:
-            raise InputError("--kind oi-mini needs --coco (COCO's instances_train2017.json, for the per-class caps)")
-        counts = subsets.read_coco_counts(coco)
-        subset = subsets.build_oi_mini(subsets.read_openimages(root, split), counts, seed, size, cap_scale)
+    subset = _build_subset(kind, root, size, seed, coco, cap_scale, split)
     name = f"{kind.value}-{len(subset.paths)}-seed{seed}"
     files = subsets.write_subset(subset, root, out, name)
     stats = subset.stats
     summary = {key: stats[key] for key in ("images", "classes", "objects_per_image", "categories_per_image",
                                            "categories") if key in stats}
     return {"kind": kind.value, "seed": seed, **summary, **files}
+
+
+def _build_subset(kind: Kind, root: Path, size: int | None, seed: int, coco: Path | None, cap_scale: float,
+                  split: str) -> subsets.Subset:
+    """Read the tree under ``root`` and draw the subset of ``kind``."""
+    default_size = subsets.COCO_TRAIN_IMAGES if size is None else size
+    if kind is Kind.in118k:
+        return subsets.build_in118k(subsets.read_imagenet(root), default_size, seed)
+    if kind is Kind.in118k_lt:
+        return subsets.build_in118k_lt(subsets.read_imagenet(root), default_size, seed)
+    if kind is Kind.oi118k:
+        return subsets.build_oi118k(subsets.read_openimages(root, split, need_boxes=False), default_size, seed)
+    if coco is None:
+        raise InputError("--kind oi-mini needs --coco (COCO's instances_train2017.json, for the per-class caps)")
+    counts = subsets.read_coco_counts(coco)
+    return subsets.build_oi_mini(subsets.read_openimages(root, split), counts, seed, size, cap_scale)

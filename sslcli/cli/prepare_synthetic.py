@@ -47,11 +47,11 @@ def prepare_synthetic(
     Example: sslcli prepare synthetic demo-data --images 64 --seed 0
     Example: sslcli prepare synthetic planted --preset planted --images 400 --pair 1,2,1.0 --region 5,top-left,0.9
     """
-    from sslcli.data.synthetic import generate
+    from sslcli.data.scenes.synthetic import generate
 
     planted_rules = None
     if pair or region or rules is not None:
-        from sslcli.data.planted import load_rules_file, make_rules, parse_rule_option
+        from sslcli.data.scenes.planted import load_rules_file, make_rules, parse_rule_option
 
         if rules is not None and (pair or region):
             from sslcli.errors import InputError

@@ -47,7 +47,7 @@ def pretrain(
     world = max(gpus, 1) * nodes
     spec = load_spec(spec_path, overrides, world_size=world)
     if dry_run:
-        from sslcli.data.sources import check_data_root
+        from sslcli.data.readers.sources import check_data_root
 
         check_data_root(spec.data.root, spec.data.split, spec.data.format)
         if current().json:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import typer
 
 from sslcli.cli.apps import probe_app
 from sslcli.cli.common import command, current
-from sslcli.cli.export import TRUST_HELP
+from sslcli.cli.options import BatchSize, Device, Prefix, TrustCheckpoint
 from sslcli.errors import InputError
 from sslcli.eval.overlap import ALLOW_HELP
 from sslcli.io import write_json_atomic
@@ -134,34 +135,31 @@ def _common(checkpoint, data, test_data, train_split, test_split, labels, min_si
                     workers, device, cache, no_cache, trust)
 
 
-# Options shared by the three probes (typer needs them spelled out in each signature).
-CKPT = typer.Argument(..., help="Backbone checkpoint (sslcli, torchvision, MoCo, SoCo, DetCon .npy, detectron2 .pkl).")
-DATA = typer.Option(..., "--data", help=DATA_HELP)
-TEST_DATA = typer.Option(None, "--test-data", help=TEST_DATA_HELP)
-TRAIN_SPLIT = typer.Option(None, "--train-split", help="Default: train2017 (COCO) or train (ImageFolder).")
-TEST_SPLIT = typer.Option(None, "--test-split", help="Default: val2017 (COCO) or val (ImageFolder).")
-MIN_SIZE = typer.Option(32.0, "--min-size", min=0, help="Object rows: minimum box side in pixels.")
-BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.")
-WORKERS = typer.Option(0, "--workers", min=0, help="DataLoader worker processes decoding images.")
-DEVICE = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N.")
-CACHE = typer.Option(None, "--cache", help=CACHE_HELP)
-NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the feature cache.")
-TRUST = typer.Option(False, "--trust-checkpoint", help=TRUST_HELP)
-PREFIX = typer.Option(None, "--prefix", help="Take the backbone from keys under this exact prefix (e.g. online_ for "
-                     "BYOL-style haiku files holding online and target networks).")
-OUT = typer.Option(None, "--out", help="Also write the result JSON to this file (atomically).")
-ALLOW_OVERLAP = typer.Option(False, "--allow-overlap", help=ALLOW_HELP)
+# Options of the probes (--device, --batch-size, --trust-checkpoint, --prefix: sslcli.cli.options, shared with the
+# analyses and export).
+Checkpoint = Annotated[Path, typer.Argument(
+    help="Backbone checkpoint (sslcli, torchvision, MoCo, SoCo, DetCon .npy, detectron2 .pkl).")]
+Data = Annotated[Path, typer.Option("--data", help=DATA_HELP)]
+TestData = Annotated[Path | None, typer.Option("--test-data", help=TEST_DATA_HELP)]
+TrainSplit = Annotated[str | None, typer.Option("--train-split", help="Default: train2017 (COCO) or train (ImageFolder).")]
+TestSplit = Annotated[str | None, typer.Option("--test-split", help="Default: val2017 (COCO) or val (ImageFolder).")]
+Labels = Annotated[str, typer.Option("--labels", help=LABELS_HELP)]
+MinSize = Annotated[float, typer.Option("--min-size", min=0, help="Object rows: minimum box side in pixels.")]
+ImageSize = Annotated[int | None, typer.Option("--image-size", help=IMAGE_SIZE_HELP)]
+Workers = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding images.")]
+Cache = Annotated[Path | None, typer.Option("--cache", help=CACHE_HELP)]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")]
+Out = Annotated[Path | None, typer.Option("--out", help="Also write the result JSON to this file (atomically).")]
+AllowOverlap = Annotated[bool, typer.Option("--allow-overlap", help=ALLOW_HELP)]
 
 
 @command(probe_app, "linear")
 def probe_linear(
-    checkpoint: Path = CKPT, data: Path = DATA, test_data: Path = TEST_DATA, train_split: str = TRAIN_SPLIT,
-    test_split: str = TEST_SPLIT,
-    labels: str = typer.Option("image", "--labels", help=LABELS_HELP),
-    min_size: float = MIN_SIZE,
-    image_size: int = typer.Option(None, "--image-size", help=IMAGE_SIZE_HELP),
-    batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
-    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
+    checkpoint: Checkpoint, data: Data, test_data: TestData = None, train_split: TrainSplit = None,
+    test_split: TestSplit = None,
+    labels: Labels = "image", min_size: MinSize = 32.0, image_size: ImageSize = None,
+    batch_size: BatchSize = 64, workers: Workers = 0, device: Device = "auto", cache: Cache = None,
+    no_cache: NoCache = False, trust_checkpoint: TrustCheckpoint = False, prefix: Prefix = None,
     c_grid: int = typer.Option(45, "--c-grid", help="Number of log-spaced C values in [1e-5, 1e5] to search."),
     search_max_iter: int = typer.Option(100, "--search-max-iter", min=1, help="L-BFGS iterations per C during the search "
                                         "(warm-started from the previous C)."),
@@ -169,7 +167,7 @@ def probe_linear(
     seed: int = typer.Option(0, "--seed", help="Seed of the 20 % validation split."),
     val_split: str = typer.Option(None, "--val-split", help="Predefined validation split of --data used to choose C "
                                   "(default: a seeded 20 % of the training split)."),
-    allow_overlap: bool = ALLOW_OVERLAP, out: Path = OUT,
+    allow_overlap: AllowOverlap = False, out: Out = None,
 ):
     """Linear probe (L-BFGS logistic regression on frozen features).
 
@@ -197,16 +195,14 @@ def probe_linear(
 
 @command(probe_app, "knn")
 def probe_knn(
-    checkpoint: Path = CKPT, data: Path = DATA, test_data: Path = TEST_DATA, train_split: str = TRAIN_SPLIT,
-    test_split: str = TEST_SPLIT,
-    labels: str = typer.Option("image", "--labels", help=LABELS_HELP),
-    min_size: float = MIN_SIZE,
-    image_size: int = typer.Option(None, "--image-size", help=IMAGE_SIZE_HELP),
-    batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
-    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
+    checkpoint: Checkpoint, data: Data, test_data: TestData = None, train_split: TrainSplit = None,
+    test_split: TestSplit = None,
+    labels: Labels = "image", min_size: MinSize = 32.0, image_size: ImageSize = None,
+    batch_size: BatchSize = 64, workers: Workers = 0, device: Device = "auto", cache: Cache = None,
+    no_cache: NoCache = False, trust_checkpoint: TrustCheckpoint = False, prefix: Prefix = None,
     k: str = typer.Option("10,20,100,200", "--k", help="Comma-separated neighbour counts."),
     temperature: float = typer.Option(0.07, "--temperature", min=1e-6, help="Vote weight exp(cosine / T)."),
-    allow_overlap: bool = ALLOW_OVERLAP, out: Path = OUT,
+    allow_overlap: AllowOverlap = False, out: Out = None,
 ):
     """Weighted k-nearest-neighbour probe.
 
@@ -231,17 +227,17 @@ def probe_knn(
 
 @command(probe_app, "segment-retrieval")
 def probe_segment_retrieval(
-    checkpoint: Path = CKPT, data: Path = DATA, test_data: Path = TEST_DATA, train_split: str = TRAIN_SPLIT,
-    test_split: str = TEST_SPLIT,
+    checkpoint: Checkpoint, data: Data, test_data: TestData = None, train_split: TrainSplit = None,
+    test_split: TestSplit = None,
     image_size: int = typer.Option(224, "--image-size", help="Images resized to this size squared."),
     clusters: int = typer.Option(15, "--clusters", help="K-means clusters (regions) per image."),
-    batch_size: int = BATCH, workers: int = WORKERS, device: str = DEVICE, cache: Path = CACHE,
-    no_cache: bool = NO_CACHE, trust_checkpoint: bool = TRUST, prefix: str = PREFIX,
+    batch_size: BatchSize = 64, workers: Workers = 0, device: Device = "auto", cache: Cache = None,
+    no_cache: NoCache = False, trust_checkpoint: TrustCheckpoint = False, prefix: Prefix = None,
     seed: int = typer.Option(0, "--seed", help="K-means seed (and of the image subsets)."),
     train_images: int = typer.Option(None, "--train-images", help="Use a seeded subset of this many training images "
                                      "(the region bank holds clusters x images descriptors; default: all)."),
     test_images: int = typer.Option(None, "--test-images", help="Use a seeded subset of this many test images."),
-    allow_overlap: bool = ALLOW_OVERLAP, out: Path = OUT,
+    allow_overlap: AllowOverlap = False, out: Out = None,
 ):
     """Semantic segment retrieval (dilated res5, K-means regions, nearest train region, mIoU).
 

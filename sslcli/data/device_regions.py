@@ -32,8 +32,8 @@ from sslcli.data.device_views import (
     encoded_fields,
     sample_colour_params,
 )
-from sslcli.data.images import EncodedImage
 from sslcli.data.mask_views import COLOR_PRESETS, clipped_window
+from sslcli.data.readers.images import EncodedImage
 from sslcli.data.region_aug import (
     _fill_values,
     depositioning_composite,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import InterpolationMode
 
 from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, ColorAug, blur_kernel_size
-from sslcli.data.images import EncodedImage
+from sslcli.data.readers.images import EncodedImage
 from sslcli.data.transforms import CropViews
 from sslcli.errors import CorruptImageError, InputError
 

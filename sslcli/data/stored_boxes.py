@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from sslcli.data.digests import require_store_matches
-from sslcli.data.store import RegionStore
+from sslcli.data.stores.digests import require_store_matches
+from sslcli.data.stores.store import RegionStore
 from sslcli.errors import InputError
 
 

@@ -21,7 +21,7 @@ import torch
 from torchvision.transforms import v2
 
 from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, ColorAug, color_transform
-from sslcli.data.images import DCT_REDUCTIONS, EncodedImage
+from sslcli.data.readers.images import DCT_REDUCTIONS, EncodedImage
 
 Box = tuple[int, int, int, int]
 

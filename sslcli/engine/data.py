@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sslcli.data.device_views import LIST_KEYS, DeviceViews, device_views_for
-from sslcli.data.images import EncodedImage
-from sslcli.data.sources import ImageSource, open_source
+from sslcli.data.readers.images import EncodedImage
+from sslcli.data.readers.sources import ImageSource, open_source
 from sslcli.engine.threads import worker_threads
 from sslcli.errors import CorruptImageError, InputError, SslcliError
 from sslcli.process import ignore_stop_signals

@@ -92,7 +92,7 @@ def _preflight(spec: RunSpec, resume: str | None, init_hook: Callable[[], None] 
     """Check the input once here, before N processes each fail on it and torch stops the others noisily."""
     from pathlib import Path
 
-    from sslcli.data.sources import open_source
+    from sslcli.data.readers.sources import open_source
     from sslcli.engine.trainer import checkpoint_to_resume
     from sslcli.methods import METHODS, _import_all, build_method
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from sslcli.console import current, progress
-from sslcli.data.sources import ImageSource
+from sslcli.data.readers.sources import ImageSource
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.eval.labels import LabeledSet
 from sslcli.eval.roi import pooled_roi_features, stage_strides, to_input

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sslcli.data.objects import qualifies
-from sslcli.data.sources import CocoSource, ImageSource, open_source
+from sslcli.data.readers.objects import qualifies
+from sslcli.data.readers.sources import CocoSource, ImageSource, open_source
 from sslcli.errors import InputError
 
 LEVELS = ("image", "object")

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from sslcli.console import current
-from sslcli.data.images import load_image
+from sslcli.data.readers.images import load_image
 from sslcli.errors import CorruptImageError, InputError
 
 ALLOW_HELP = ("Evaluate even when evaluation images are also training images (same file or same bytes); the scores "

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.console import current, progress
-from sslcli.data.sources import CocoSource
+from sslcli.data.readers.sources import CocoSource
 from sslcli.errors import InputError
 from sslcli.eval.features import (
     Preprocess,

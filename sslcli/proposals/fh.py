@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.segmentation import felzenszwalb
 
-from sslcli.data.sources import ImageSource
-from sslcli.data.store import ImageResult
+from sslcli.data.readers.sources import ImageSource
+from sslcli.data.stores.store import ImageResult
 
 DEFAULT_SIGMA = 0.8
 

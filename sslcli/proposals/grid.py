@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sslcli.data.sources import ImageSource
-from sslcli.data.store import ImageResult
+from sslcli.data.readers.sources import ImageSource
+from sslcli.data.stores.store import ImageResult
 
 
 def grid_label_map(height: int, width: int, n: int) -> np.ndarray:

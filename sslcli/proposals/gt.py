@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sslcli.data.sources import CocoSource, ImageSource
-from sslcli.data.store import ImageResult
+from sslcli.data.readers.sources import CocoSource, ImageSource
+from sslcli.data.stores.store import ImageResult
 from sslcli.errors import InputError
 
 

@@ -4,7 +4,7 @@
   shard of a ``--shard I/N`` run computes it for the whole list, so parts of different lists are never merged.
 - per-image digests: sha256 of each image file's bytes (32 zero bytes for a file that cannot be read). Stored in the
   store (``input_digests``), so a store used with other images of the same names is detected (`stale_images`;
-  `sslcli.data.digests` holds the digests and the start-up check of `pretrain`).
+  `sslcli.data.stores.digests` holds the digests and the start-up check of `pretrain`).
 - ``input_hash`` = sha256(list hash ‖ digests in source order): the store's identity of its inputs. A part of a
   sharded run hashes its own range into it too; `sslcli.proposals.merge` recomputes the unsharded value from the
   parts' digests, so a merged store carries exactly the hash of one unsharded run.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sslcli.data.digests import UNREADABLE, content_digests, file_digest, unknown_images
-from sslcli.data.sources import ImageSource
+from sslcli.data.readers.sources import ImageSource
+from sslcli.data.stores.digests import UNREADABLE, content_digests, file_digest, unknown_images
 
 __all__ = ["UNREADABLE", "content_digests", "file_digest", "input_hash", "list_hash", "stale_images"]
 

@@ -58,7 +58,7 @@ class MaskSource:
         # Fail at start-up, not in a DataLoader worker, when the store, a scale or the annotations are wrong.
         if source.kind == "store":
             source.scale_indices()
-            from sslcli.data.digests import require_store_matches
+            from sslcli.data.stores.digests import require_store_matches
 
             require_store_matches(source.store(), data_spec, "method.masks.path")
         elif source.kind == "gt":
@@ -73,7 +73,7 @@ class MaskSource:
     # -- store ---------------------------------------------------------------------------------------------------
     def store(self):
         if "store" not in self._cache:
-            from sslcli.data.store import RegionStore
+            from sslcli.data.stores.store import RegionStore
 
             store = RegionStore(self.path)
             if store.kind != "masks":
@@ -105,7 +105,7 @@ class MaskSource:
     # -- gt ------------------------------------------------------------------------------------------------------
     def _coco(self):
         if "coco" not in self._cache:
-            from sslcli.data.sources import CocoSource, open_source
+            from sslcli.data.readers.sources import CocoSource, open_source
 
             source = open_source(self.data_root, self.split)
             if not isinstance(source, CocoSource):

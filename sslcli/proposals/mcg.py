@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sslcli.data.sources import ImageSource
-from sslcli.data.store import ImageResult
+from sslcli.data.readers.sources import ImageSource
+from sslcli.data.stores.store import ImageResult
 from sslcli.errors import InputError
 
 TOP_K = 16

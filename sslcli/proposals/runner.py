@@ -46,10 +46,10 @@ import numpy as np
 
 from sslcli import __version__
 from sslcli.console import current, progress
-from sslcli.data.sources import ImageSource
-from sslcli.data.store import FORMAT, EncodedResult, ImageResult, encode, write_store
+from sslcli.data.readers.sources import ImageSource
+from sslcli.data.stores.store import FORMAT, EncodedResult, ImageResult, encode, write_store
 from sslcli.errors import CorruptImageError, InputError, SslcliError
-from sslcli.io import atomic_path, write_json_atomic
+from sslcli.io import atomic_path, check_output_writable, write_json_atomic
 from sslcli.process import available_cores
 from sslcli.proposals.inputs import content_digests, input_hash, list_hash
 from sslcli.proposals.shards import Shard
@@ -80,20 +80,9 @@ class Plan:
     attrs: dict[str, Any]
 
 
-def check_writable(out: Path) -> None:
-    """Fail before any work when ``out`` cannot be created (a one-line input error)."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.parent / f".{out.name}.probe"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"{out}: output is not writable ({exc.strerror})") from None
-
-
 def plan_job(source: ImageSource, out: Path, job: Job, shard: Shard | None = None) -> Plan:
     """Check the output, hash the inputs and build the attributes of the store (or of the shard's part)."""
-    check_writable(out)
+    check_output_writable(out)
     n = len(source)
     indices = range(*shard.range(n)) if shard is not None else range(n)
     digests = content_digests(source, indices)
@@ -374,7 +363,7 @@ def _write_from_blocks(plan: Plan, job: Job, flush_every: int) -> None:
 
 
 def _report(out: Path, status: str) -> dict[str, Any]:
-    from sslcli.data.store import RegionStore
+    from sslcli.data.stores.store import RegionStore
 
     store = RegionStore(out)
     try:

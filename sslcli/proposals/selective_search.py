@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sslcli.data.sources import ImageSource
-from sslcli.data.store import ImageResult
+from sslcli.data.readers.sources import ImageSource
+from sslcli.data.stores.store import ImageResult
 from sslcli.proposals.filters import soco_filter
 from sslcli.proposals.ss_vectorized import DIVERSE_STRATEGIES, SOCO_STRATEGY, selective_search_vectorized
 

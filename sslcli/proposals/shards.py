@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sslcli.errors import InputError
+from sslcli.io import check_output_writable
 
 SHARD_KEYS = ("shard", "shard_start", "shard_stop")
 # Attributes every part of one sharded run shares (the job and the whole input list).
@@ -61,7 +62,7 @@ def _plain(value: Any) -> Any:
 def _read_part(path: Path) -> dict[str, Any]:
     import h5py
 
-    from sslcli.data.store import FORMAT
+    from sslcli.data.stores.store import FORMAT
 
     if not path.is_file():
         raise InputError(f"{path}: part not found")
@@ -120,15 +121,14 @@ def merge_parts(paths: list[str | os.PathLike], out: str | os.PathLike, overwrit
     """Join the parts of a sharded run into the store an unsharded run writes; returns the store's summary."""
     import h5py
 
-    from sslcli.data.store import RegionStore, read_encoded, write_store
+    from sslcli.data.stores.store import RegionStore, read_encoded, write_store
     from sslcli.proposals.inputs import input_hash
-    from sslcli.proposals.runner import check_writable
 
     out = Path(out)
     parts = _check_parts([Path(p) for p in paths])
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
-    check_writable(out)
+    check_output_writable(out)
     files = [h5py.File(path, "r") for path, _ in parts]
     try:
         digests = np.concatenate([f["input_digests"][:] for f in files])

@@ -2,7 +2,7 @@
 import argparse, json, time, math
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from torchvision.ops import roi_align
-import sslcli.data.planted as P
+import sslcli.data.scenes.planted as P
 from sslcli.models.backbone import build_backbone
 from sslcli.models.queue import mean_pairwise_cosine
 
@@ -25,7 +25,7 @@ if a.bg == "plain":
         base = rng.uniform(0, 255, size=3)
         img = np.broadcast_to(base, (h, w, 3)).astype(np.float32).copy()
         return img + rng.normal(0, 10, size=(h, w, 3)).astype(np.float32)
-    P._background = bg
+    P.background = bg
 if a.colour.startswith("palette"):
     k = int(a.colour[7:] or 4)
     prng = np.random.default_rng(123)

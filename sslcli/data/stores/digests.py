@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from sslcli.console import current
-from sslcli.data.sources import ImageSource, open_source
+from sslcli.data.readers.sources import ImageSource, open_source
 from sslcli.errors import InputError
 
 UNREADABLE = bytes(32)

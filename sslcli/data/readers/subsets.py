@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from sslcli.console import current, progress
-from sslcli.data.coco_openimages import BY_COCO_NAME
-from sslcli.data.images import is_image_file
-from sslcli.data.sources import open_source, write_manifest
+from sslcli.data.readers.coco_openimages import BY_COCO_NAME
+from sslcli.data.readers.images import is_image_file
+from sslcli.data.readers.sources import open_source, write_manifest
 from sslcli.errors import InputError
 from sslcli.io import atomic_path, write_json_atomic
 
@@ -378,7 +378,7 @@ def read_coco_counts(path: str | os.PathLike) -> CocoCounts:
     unknown = sorted(set(names.values()) - set(BY_COCO_NAME))
     if unknown:
         raise InputError(f"{path}: categories {', '.join(map(repr, unknown[:5]))} are not COCO classes of the "
-                         "COCO↔OpenImages table (sslcli/data/coco_openimages.py)")
+                         "COCO↔OpenImages table (sslcli/data/readers/coco_openimages.py)")
     category_ids = sorted(names)
     class_of = {cid: i for i, cid in enumerate(category_ids)}
     image_of = {image_id: i for i, image_id in enumerate(image_ids)}

@@ -12,61 +12,26 @@ the same pixels and byte-identical JSON, whatever the number of images or the or
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from sslcli.data.scenes import planted
+from sslcli.data.scenes.painting import Scene, SceneObject, background, shape_mask, size_factor
 from sslcli.errors import InputError
 from sslcli.io import atomic_path, check_writable_dir, write_json_atomic, write_text_atomic
 
 SPLITS = ("train2017", "val2017")
 JPEG_QUALITY = 90
-MIN_VISIBLE_PIXELS = 24  # an object with fewer visible pixels is not annotated (a sliver, not an object)
-MIN_VISIBLE_FRACTION = 0.2  # ... nor one whose visible part is under this fraction of its in-frame area
 OBJECTS_PER_IMAGE = (3, 8)  # inclusive range of objects painted per scene
 RADIUS_FRACTION = (0.07, 0.2)  # radius of the disc of equal area, as a fraction of the short side (log-uniform)
 MARKER = ".sslcli-synthetic"  # written into OUT first: what --force may replace is ours
 IMAGE_ID_STRIDE = 10**9  # image ids: train 1.., val 10**9 + 1..: unique across the two splits, as in COCO
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Shapes: lists of (polygon, value) in unit coordinates (radius ~1), painted in order (value 0 cuts a hole).
-
-def _circle(radius: float = 1.0, cx: float = 0.0, cy: float = 0.0, n: int = 48) -> np.ndarray:
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], 1)
-
-
-def _regular(n: int, radius: float = 1.0, phase: float = -np.pi / 2) -> np.ndarray:
-    t = phase + np.arange(n) * 2 * np.pi / n
-    return np.stack([radius * np.cos(t), radius * np.sin(t)], 1)
-
-
-def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
-    t = -np.pi / 2 + np.arange(2 * points) * np.pi / points
-    r = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
-    return np.stack([r * np.cos(t), r * np.sin(t)], 1)
-
-
-_ARM = 0.32  # half-width of the cross's arms
-SHAPES: dict[str, list[tuple[np.ndarray, int]]] = {
-    "disc": [(_circle(), 1)],
-    "square": [(np.array([[-0.8, -0.8], [0.8, -0.8], [0.8, 0.8], [-0.8, 0.8]]), 1)],
-    "triangle": [(_regular(3), 1)],
-    "star": [(_star(), 1)],
-    "ring": [(_circle(), 1), (_circle(0.55), 0)],
-    "cross": [(np.array([[-_ARM, -1], [_ARM, -1], [_ARM, -_ARM], [1, -_ARM], [1, _ARM], [_ARM, _ARM], [_ARM, 1],
-                         [-_ARM, 1], [-_ARM, _ARM], [-1, _ARM], [-1, -_ARM], [-_ARM, -_ARM]]), 1)],
-    "ellipse": [(_circle() * [1.0, 0.55], 1)],
-    "hexagon": [(_regular(6, phase=0.0), 1)],
-    "diamond": [(np.array([[0, -1], [0.62, 0], [0, 1], [-0.62, 0]]), 1)],
-    "crescent": [(_circle(), 1), (_circle(0.85, cx=0.45), 0)],
-}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,84 +95,7 @@ def categories() -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Backgrounds: images shipped inside the scikit-image wheel (these load offline; the others need pooch).
-
-BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "brick",
-               "grass", "gravel", "camera", "moon", "coins", "clock", "cell")
-
-
-@functools.cache
-def _background_image(name: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; grey images are replicated to three channels (and tinted later)."""
-    import skimage.data
-
-    image = np.asarray(getattr(skimage.data, name)())
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3].astype(np.uint8))
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A random crop of a bundled image, resized to (height, width), flipped and colour-shifted: (H, W, 3) float32."""
-    source = _background_image(BACKGROUNDS[rng.integers(len(BACKGROUNDS))])
-    sh, sw = source.shape[:2]
-    aspect = width / height
-    scale = rng.uniform(0.25, 1.0)  # fraction of the source area
-    ch = int(min(sh, np.sqrt(scale * sh * sw / aspect)))
-    cw = int(min(sw, ch * aspect))
-    ch = int(min(ch, cw / aspect)) or 1
-    y0, x0 = rng.integers(sh - ch + 1), rng.integers(sw - cw + 1)
-    crop = cv2.resize(source[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=cv2.INTER_AREA)
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    gain = rng.uniform(0.6, 1.15, size=3)  # per-channel: also tints grey textures
-    offset = rng.uniform(-25, 25, size=3)
-    return np.clip(crop.astype(np.float32) * gain + offset, 0, 255)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Scenes.
-
-@dataclass
-class SceneObject:
-    """One painted object. ``full_mask`` is its whole in-frame shape, ``visible`` what later objects left uncovered."""
-
-    category_id: int
-    full_mask: np.ndarray  # (H, W) bool
-    visible: np.ndarray  # (H, W) bool, a subset of full_mask
-
-    @property
-    def annotated(self) -> bool:
-        area = int(self.visible.sum())
-        return area >= MIN_VISIBLE_PIXELS and area >= MIN_VISIBLE_FRACTION * int(self.full_mask.sum())
-
-
-@dataclass
-class Scene:
-    image: np.ndarray  # (H, W, 3) uint8 RGB
-    objects: list[SceneObject]  # in painting order (back to front), annotated or not
-
-
-def _shape_mask(shape: str, height: int, width: int, centre: np.ndarray, radius: float, stretch: np.ndarray,
-                angle: float) -> np.ndarray:
-    """Rasterise a shape placed at ``centre`` (x, y) with ``radius``, ``stretch`` (sx, sy) and ``angle``: (H, W) bool."""
-    canvas = np.zeros((height, width), np.uint8)
-    c, s = np.cos(angle), np.sin(angle)
-    rotation = np.array([[c, -s], [s, c]])
-    shift = 4  # sub-pixel vertices: cv2 takes fixed-point coordinates with `shift` fractional bits
-    for polygon, value in SHAPES[shape]:
-        points = (polygon * stretch * radius) @ rotation.T + centre
-        cv2.fillPoly(canvas, [np.round(points * (1 << shift)).astype(np.int32)], int(value), cv2.LINE_8, shift)
-    return canvas.astype(bool)
-
-
-@functools.cache
-def _size_factor(shape: str) -> float:
-    """Radius multiplier that gives ``shape`` the area of the unit disc, so that all classes share one area
-    distribution (measured by rasterising the shape at radius 100)."""
-    area = _shape_mask(shape, 256, 256, np.array([128.0, 128.0]), 100.0, np.ones(2), 0.0).sum() / 100.0**2
-    return float(np.sqrt(np.pi / area))
-
+# Scenes (shapes, backgrounds and the scene records: sslcli.data.scenes.painting).
 
 def _paint(image: np.ndarray, mask: np.ndarray, cls: ObjectClass, centre: np.ndarray, radius: float,
            stretch: np.ndarray, angle: float, rng: np.random.Generator) -> None:
@@ -227,16 +115,16 @@ def render_scene(rng: np.random.Generator, size: int) -> Scene:
     """One scene whose long side is ``size`` pixels (the short side 75–100 % of it, either orientation)."""
     short = int(round(size * rng.uniform(0.75, 1.0)))
     height, width = (size, short) if rng.random() < 0.5 else (short, size)
-    image = _background(rng, height, width)
+    image = background(rng, height, width)
     owner = np.full((height, width), -1, np.int32)  # index of the object each pixel shows
     full_masks, class_ids = [], []
     for k in range(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1)):
         cls = CLASSES[rng.integers(len(CLASSES))]
-        radius = min(height, width) * np.exp(rng.uniform(*np.log(RADIUS_FRACTION))) * _size_factor(cls.shape)
+        radius = min(height, width) * np.exp(rng.uniform(*np.log(RADIUS_FRACTION))) * size_factor(cls.shape)
         stretch = np.exp(rng.uniform(np.log(0.8), np.log(1.25), size=2))
         angle = rng.uniform(0, 2 * np.pi)
         centre = rng.uniform([0, 0], [width, height])  # objects may run off the edge (truncated, as in photos)
-        mask = _shape_mask(cls.shape, height, width, centre, radius, stretch, angle)
+        mask = shape_mask(cls.shape, height, width, centre, radius, stretch, angle)
         _paint(image, mask, cls, centre, radius, stretch, angle, rng)
         owner[mask] = k
         full_masks.append(mask)
@@ -316,31 +204,69 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int, size: 
              force: bool = False, on_image=None, preset: str = "default", rules=None) -> dict:
     """Write ``n_train`` + ``n_val`` scenes to ``out`` in COCO layout and return summary statistics.
 
-    ``preset`` "default" (this module's scenes; ``size`` defaults to 160) or "planted" (sslcli.data.planted:
+    ``preset`` "default" (this module's scenes; ``size`` defaults to 160) or "planted" (sslcli.data.scenes.planted:
     colour-free classes, ``rules`` planted in train, none in val; ``size`` defaults to 224; ``rules`` None = the
     preset's DEFAULT_RULES). ``on_image`` (optional) wraps the iterator of (split, index) jobs, e.g. to show
     progress. The annotation files are written last, so a run that was killed is never mistaken for a complete one.
     """
     out = Path(out)
+    preset_scenes = _preset_scenes(preset, size, rules)
+    _check_counts(n_train, n_val, preset_scenes.size)
+    _check_out(out, force)
+    counts = dict(zip(SPLITS, (n_train, n_val)))
+    datasets, occluded = _render_splits(out, preset_scenes, seed, counts, on_image)
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)  # an empty val split is still a valid COCO split
+        write_json_atomic(out / "annotations" / f"instances_{split}.json",
+                          {"info": _split_info(preset_scenes, seed, split), "licenses": [],
+                           "categories": preset_scenes.classes, **datasets[split]})
+    anns = [a for split in SPLITS for a in datasets[split]["annotations"]]
+    return {
+        "out": str(out),
+        "images": counts,
+        "objects": len(anns),
+        "objects_per_image": round(len(anns) / (n_train + n_val), 3),
+        "occluded_objects": occluded,
+        "classes": len(preset_scenes.classes),
+        "classes_used": len({a["category_id"] for a in anns}),
+        "size": preset_scenes.size,
+        "seed": seed,
+        "preset": preset,
+        **({"planted": preset_scenes.rules.to_info()} if preset == "planted" else {}),
+    }
+
+
+@dataclass(frozen=True)
+class PresetScenes:
+    """What a preset draws: its scene renderer ``render(rng, split)``, image side, categories and planted rules."""
+
+    preset: str
+    render: Callable[[np.random.Generator, str], Scene]
+    size: int
+    classes: list[dict]
+    rules: planted.PlantedRules | None
+
+
+def _preset_scenes(preset: str, size: int | None, rules) -> PresetScenes:
     if preset not in PRESETS:
         raise InputError(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
     if preset == "default" and rules is not None:
         raise InputError("planted rules (--pair, --region, --rules) need --preset planted")
     if preset == "planted":
-        from sslcli.data import planted
-
         rules = planted.DEFAULT_RULES if rules is None else rules
         size = planted.DEFAULT_SIZE if size is None else size
-        classes = planted.planted_categories()
 
-        def render(rng, split):
+        def render_planted(rng, split):
             return planted.render_planted_scene(rng, size, rules if split == SPLITS[0] else None)
-    else:
-        size = 160 if size is None else size
-        classes = categories()
+        return PresetScenes(preset, render_planted, size, planted.planted_categories(), rules)
+    size = 160 if size is None else size
 
-        def render(rng, split):
-            return render_scene(rng, size)
+    def render_default(rng, split):
+        return render_scene(rng, size)
+    return PresetScenes(preset, render_default, size, categories(), None)
+
+
+def _check_counts(n_train: int, n_val: int, size: int) -> None:
     if n_train < 1:
         raise InputError(f"--images {n_train}: expected at least 1 training image")
     if n_val < 0:
@@ -349,15 +275,18 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int, size: 
         raise InputError(f"--size {size}: expected an image side between 32 and 4096 pixels")
     if max(n_train, n_val) >= IMAGE_ID_STRIDE:
         raise InputError(f"--images {max(n_train, n_val)}: expected fewer than {IMAGE_ID_STRIDE} images per split")
-    _check_out(out, force)
 
-    counts = dict(zip(SPLITS, (n_train, n_val)))
-    datasets = {split: {"images": [], "annotations": []} for split in SPLITS}
+
+def _render_splits(out: Path, preset_scenes: PresetScenes, seed: int, counts: dict[str, int],
+                   on_image) -> tuple[dict[str, dict], int]:
+    """Render and write every image; return each split's COCO ``images``/``annotations`` and the number of
+    annotated objects that something in front of them occludes."""
+    datasets: dict[str, dict] = {split: {"images": [], "annotations": []} for split in SPLITS}
     jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
     occluded = 0
     for split, i in (on_image(jobs) if on_image else jobs):
         split_index = SPLITS.index(split)
-        scene = render(np.random.default_rng([seed, split_index, i]), split)
+        scene = preset_scenes.render(np.random.default_rng([seed, split_index, i]), split)
         image_id = split_index * IMAGE_ID_STRIDE + i + 1
         file_name = f"{image_id:012d}.jpg"
         _write_jpeg(out / split / file_name, scene.image)
@@ -368,27 +297,14 @@ def generate(out: str | os.PathLike, n_train: int, n_val: int, seed: int, size: 
             if obj.annotated:
                 data["annotations"].append(_annotation(obj, len(data["annotations"]) + 1, image_id))
                 occluded += int(obj.visible.sum() < obj.full_mask.sum())
-    for split in SPLITS:
-        (out / split).mkdir(parents=True, exist_ok=True)  # an empty val split is still a valid COCO split
-        info = {"description": "sslcli synthetic multi-object scenes", "seed": seed, "size": size, "split": split}
-        if preset == "planted":  # the default preset's files stay byte-identical to what they always were
-            info["preset"] = preset
-            info["planted"] = rules.to_info() if split == SPLITS[0] else "none"
-        write_json_atomic(out / "annotations" / f"instances_{split}.json",
-                          {"info": info, "licenses": [], "categories": classes, **datasets[split]})
+    return datasets, occluded
 
-    anns = [a for split in SPLITS for a in datasets[split]["annotations"]]
-    n_images = n_train + n_val
-    return {
-        "out": str(out),
-        "images": counts,
-        "objects": len(anns),
-        "objects_per_image": round(len(anns) / n_images, 3),
-        "occluded_objects": occluded,
-        "classes": len(classes),
-        "classes_used": len({a["category_id"] for a in anns}),
-        "size": size,
-        "seed": seed,
-        "preset": preset,
-        **({"planted": rules.to_info()} if preset == "planted" else {}),
-    }
+
+def _split_info(preset_scenes: PresetScenes, seed: int, split: str) -> dict:
+    """The COCO ``info`` of a split's annotation file."""
+    info = {"description": "sslcli synthetic multi-object scenes", "seed": seed, "size": preset_scenes.size,
+            "split": split}
+    if preset_scenes.preset == "planted":  # the default preset's files stay byte-identical to what they always were
+        info["preset"] = preset_scenes.preset
+        info["planted"] = preset_scenes.rules.to_info() if split == SPLITS[0] else "none"
+    return info

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from sslcli.data.sources import CocoSource, ImageSource, Instance
+from sslcli.data.readers.sources import CocoSource, ImageSource, Instance
 from sslcli.errors import InputError
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslcli.data.images import ImageRecord, is_image_file, load_image
+from sslcli.data.readers.images import ImageRecord, is_image_file, load_image
 from sslcli.errors import CorruptImageError, InputError
 from sslcli.io import write_json_atomic
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sslcli.data.synthetic import Scene, SceneObject, _background, _shape_mask, _size_factor
+from sslcli.data.scenes.painting import Scene, SceneObject, background, shape_mask, size_factor
 from sslcli.errors import InputError
 
 OBJECTS_PER_IMAGE = (3, 6)  # inclusive range of objects drawn per scene (a fired pair rule on the last draw adds one)
@@ -284,7 +284,7 @@ class _Draw:
 
 
 def _draw_geometry(rng: np.random.Generator, cls: PlantedClass, short: int) -> tuple[float, np.ndarray, float]:
-    radius = short * np.exp(rng.uniform(*np.log(RADIUS_FRACTION))) * _size_factor(cls.shape)
+    radius = short * np.exp(rng.uniform(*np.log(RADIUS_FRACTION))) * size_factor(cls.shape)
     stretch = np.exp(rng.uniform(np.log(0.8), np.log(1.25), size=2))
     return radius, stretch, rng.uniform(0, 2 * np.pi)
 
@@ -317,7 +317,7 @@ def _place_free(rng, draw: _Draw, height: int, width: int, blocked: np.ndarray) 
         else:
             x0, y0, x1, y1 = draw.region
             centre = rng.uniform([x0 * width, y0 * height], [x1 * width, y1 * height])
-        mask = _shape_mask(draw.cls.shape, height, width, centre, draw.radius, draw.stretch, draw.angle)
+        mask = shape_mask(draw.cls.shape, height, width, centre, draw.radius, draw.stretch, draw.angle)
         if not mask.any() or (mask & blocked).any():
             continue
         if draw.region is not None and not _box_centre_in(mask, draw.region):
@@ -337,7 +337,7 @@ def _place_partner(rng, draw: _Draw, host: np.ndarray, host_centre: np.ndarray, 
             centre = host_centre + distance * step
             if not (0 <= centre[0] < width and 0 <= centre[1] < height):
                 break
-            mask = _shape_mask(draw.cls.shape, height, width, centre, draw.radius, draw.stretch, draw.angle)
+            mask = shape_mask(draw.cls.shape, height, width, centre, draw.radius, draw.stretch, draw.angle)
             if (mask & host).any():
                 continue
             if mask.any() and not (mask & blocked).any() and touching(host, mask):
@@ -350,7 +350,7 @@ def render_planted_scene(rng: np.random.Generator, size: int, rules: PlantedRule
     """One scene whose long side is ``size`` px; ``rules`` None = the evaluation split (no prior)."""
     short = int(round(size * rng.uniform(0.75, 1.0)))
     height, width = (size, short) if rng.random() < 0.5 else (short, size)
-    image = _background(rng, height, width)
+    image = background(rng, height, width)
 
     # 1. What to draw: classes uniform; a fired pair rule adds its partner right after its host.
     draws: list[_Draw] = []

@@ -179,67 +179,91 @@ def write_store(path: str | os.PathLike, kind: str, attrs: dict[str, Any],
     """
     import h5py
 
-    n, n_payload, n_values = totals["images"], totals["payload"], totals["values"]
-    ids: list[bytes] = []
-    offsets = np.zeros(n + 1, np.int64)
-    value_offsets = np.zeros(n + 1, np.int64)
-    shapes = np.zeros((n, 3), np.int32)
-    codes = np.zeros(n, np.uint8)
-    counts: list[tuple[int, ...]] = []
-    skipped: list[dict[str, str]] = []
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver=LIBVER, track_order=False) as f:
-            if kind == "masks":
-                payload = _ChunkWriter(_dataset(f, "blobs", (n_payload,), np.uint8, BLOB_CHUNK), BLOB_CHUNK)
-            else:
-                payload = _ChunkWriter(_dataset(f, "boxes", (n_payload, 4), np.float32, BOX_CHUNK, True), BOX_CHUNK)
-            values = _ChunkWriter(_dataset(f, "region_values", (n_values,), np.float32, VALUE_CHUNK, True),
-                                  VALUE_CHUNK)
-            i = 0
-            for res in results:
-                if res.error is not None:
-                    skipped.append({"image_id": res.image_id, "error": res.error})
-                    continue
-                if i >= n:
-                    raise RuntimeError(f"more stored images than the {n} allocated")
-                ids.append(res.image_id.encode("utf-8"))
-                if kind == "masks":
-                    rows = np.frombuffer(res.payload, np.uint8)
-                else:
-                    rows = np.frombuffer(res.payload, np.float32).reshape(-1, 4)
-                payload.append(rows)
-                values.append(res.values)
-                offsets[i + 1] = offsets[i] + len(rows)
-                value_offsets[i + 1] = value_offsets[i] + len(res.values)
-                shapes[i], codes[i] = res.shape, res.dtype_code
-                counts.append(res.counts)
-                i += 1
-            if i != n:
-                raise RuntimeError(f"{i} stored images, expected {n}")
-            payload.close()
-            values.close()
-            width = max((len(s) for s in ids), default=1)
-            f.create_dataset("image_ids", data=np.array(ids, dtype=f"S{width}"), track_times=False)
-            f.create_dataset("offsets", data=offsets, track_times=False)
-            f.create_dataset("region_offsets", data=value_offsets, track_times=False)
-            if len({len(c) for c in counts}) > 1:
-                raise RuntimeError("images have different numbers of label maps")
-            region_counts = np.array(counts, np.int32).reshape(n, -1) if n else np.zeros((0, 1), np.int32)
-            f.create_dataset("region_counts", data=region_counts, track_times=False)
-            if kind == "masks":
-                f.create_dataset("shapes", data=shapes, track_times=False)
-                f.create_dataset("dtypes", data=codes, track_times=False)
-            else:
-                f.create_dataset("image_sizes", data=shapes[:, 1:], track_times=False)
-            if input_digests is not None:
-                f.create_dataset("input_digests", data=np.asarray(input_digests, np.uint8).reshape(-1, 32),
-                                 track_times=False)
+            index = _write_rows(f, kind, results, totals)
+            _write_index(f, kind, index, input_digests)
             final = {**attrs, "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
-                     "n_images": n, "skipped": json.dumps(skipped)}
+                     "n_images": totals["images"], "skipped": json.dumps(index.skipped)}
             for key in sorted(final):
                 f.attrs[key] = final[key]
             f.attrs["complete"] = True  # last: a file without it is never trusted
     return final
+
+
+@dataclass
+class _RowIndex:
+    """Where each stored image's rows are, gathered while they are written (n = the stored images)."""
+
+    ids: list[bytes]
+    offsets: np.ndarray  # (n + 1,) payload row offsets
+    value_offsets: np.ndarray  # (n + 1,) region value offsets
+    shapes: np.ndarray  # (n, 3)
+    codes: np.ndarray  # (n,) dtype codes
+    counts: list[tuple[int, ...]]  # regions per label map, per image
+    skipped: list[dict[str, str]]
+
+    @classmethod
+    def allocate(cls, n: int) -> _RowIndex:
+        return cls([], np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64), np.zeros((n, 3), np.int32),
+                   np.zeros(n, np.uint8), [], [])
+
+
+def _write_rows(f, kind: str, results: Iterable[EncodedResult], totals: dict[str, int]) -> _RowIndex:
+    """Stream every stored image's payload rows and region values into ``f``; skipped images are only listed."""
+    n = totals["images"]
+    index = _RowIndex.allocate(n)
+    if kind == "masks":
+        payload = _ChunkWriter(_dataset(f, "blobs", (totals["payload"],), np.uint8, BLOB_CHUNK), BLOB_CHUNK)
+    else:
+        payload = _ChunkWriter(_dataset(f, "boxes", (totals["payload"], 4), np.float32, BOX_CHUNK, True), BOX_CHUNK)
+    values = _ChunkWriter(_dataset(f, "region_values", (totals["values"],), np.float32, VALUE_CHUNK, True),
+                          VALUE_CHUNK)
+    i = 0
+    for res in results:
+        if res.error is not None:
+            index.skipped.append({"image_id": res.image_id, "error": res.error})
+            continue
+        if i >= n:
+            raise RuntimeError(f"more stored images than the {n} allocated")
+        index.ids.append(res.image_id.encode("utf-8"))
+        if kind == "masks":
+            rows = np.frombuffer(res.payload, np.uint8)
+        else:
+            rows = np.frombuffer(res.payload, np.float32).reshape(-1, 4)
+        payload.append(rows)
+        values.append(res.values)
+        index.offsets[i + 1] = index.offsets[i] + len(rows)
+        index.value_offsets[i + 1] = index.value_offsets[i] + len(res.values)
+        index.shapes[i], index.codes[i] = res.shape, res.dtype_code
+        index.counts.append(res.counts)
+        i += 1
+    if i != n:
+        raise RuntimeError(f"{i} stored images, expected {n}")
+    payload.close()
+    values.close()
+    return index
+
+
+def _write_index(f, kind: str, index: _RowIndex, input_digests: np.ndarray | None) -> None:
+    """The per-image datasets: ids, offsets, region counts, shapes (masks) or sizes (boxes), input digests."""
+    n = len(index.shapes)
+    width = max((len(s) for s in index.ids), default=1)
+    f.create_dataset("image_ids", data=np.array(index.ids, dtype=f"S{width}"), track_times=False)
+    f.create_dataset("offsets", data=index.offsets, track_times=False)
+    f.create_dataset("region_offsets", data=index.value_offsets, track_times=False)
+    if len({len(c) for c in index.counts}) > 1:
+        raise RuntimeError("images have different numbers of label maps")
+    region_counts = np.array(index.counts, np.int32).reshape(n, -1) if n else np.zeros((0, 1), np.int32)
+    f.create_dataset("region_counts", data=region_counts, track_times=False)
+    if kind == "masks":
+        f.create_dataset("shapes", data=index.shapes, track_times=False)
+        f.create_dataset("dtypes", data=index.codes, track_times=False)
+    else:
+        f.create_dataset("image_sizes", data=index.shapes[:, 1:], track_times=False)
+    if input_digests is not None:
+        f.create_dataset("input_digests", data=np.asarray(input_digests, np.uint8).reshape(-1, 32),
+                         track_times=False)
 
 
 def read_encoded(f, kind: str) -> Iterator[EncodedResult]:

@@ -1,0 +1,1 @@
+"""Readers: images and their sources, COCO/OpenImages annotations, pretraining subsets, annotated objects."""
