@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.losses.detcon import detcon_loss
-from sslcli.methods.detcon import label_grid, sample_ids
+from sslcli.methods.detcon.method import sample_ids
+from sslcli.methods.detcon.views import label_grid
 from sslcli.models.region_pooling import mask_pool
 
 
@@ -201,13 +202,13 @@ def _info(progress: float = 0.0):
 
 
 def _detcon(variant: str, **options):
-    from sslcli.methods.detcon import Detcon
+    from sslcli.methods.detcon.method import Detcon
 
     return Detcon(_spec({"name": "detcon", "variant": variant, "dim": 16, "hidden_dim": 32, **options}))
 
 
 def test_grid_1x1_detcon_s_reduces_to_simclr():
-    from sslcli.methods.simclr import SimCLR
+    from sslcli.methods.simclr.method import SimCLR
 
     torch.manual_seed(0)
     simclr = SimCLR(_spec({"name": "simclr", "dim": 16, "hidden_dim": 32}))
@@ -226,7 +227,7 @@ def test_grid_1x1_detcon_s_reduces_to_simclr():
 
 
 def test_grid_1x1_detcon_b_reduces_to_byol():
-    from sslcli.methods.byol import BYOL
+    from sslcli.methods.byol.method import BYOL
 
     torch.manual_seed(0)
     byol = BYOL(_spec({"name": "byol", "dim": 16, "hidden_dim": 32}))
@@ -291,7 +292,7 @@ def test_transform_end_to_end_on_coco_data(coco_data):
     import pickle
 
     from sslcli.data.sources import open_source
-    from sslcli.methods.detcon import Detcon
+    from sslcli.methods.detcon.method import Detcon
 
     source = open_source(coco_data, "train2017")
     detcon = Detcon(_spec({"name": "detcon", "variant": "B", "dim": 16, "hidden_dim": 32, "masks": {"kind": "gt"}},

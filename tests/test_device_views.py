@@ -14,8 +14,18 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from sslcli.data.color import BYOL, IMAGENET_MEAN, IMAGENET_STD, MOCO_V2, ColorAug, blur_kernel_size
-from sslcli.data.device_views import (
+from sslcli.data.images import EncodedImage, load_image
+from sslcli.data.views.colour import (
+    BYOL_COLOUR,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MOCO_V2_COLOUR,
+    ColourAug,
+    blur_kernel_size,
+)
+from sslcli.data.views.crops import CropViews, crop_resize
+from sslcli.data.views.device_crops import ImageDeviceViews
+from sslcli.data.views.device_ops import (
     BLUR_ON,
     FACTORS,
     GRAY,
@@ -24,7 +34,6 @@ from sslcli.data.device_views import (
     ORDER,
     SIGMA,
     SOLARIZE,
-    DeviceViews,
     apply_colour,
     decode_batch,
     orient,
@@ -32,9 +41,7 @@ from sslcli.data.device_views import (
     resized_crops,
     sample_colour_params,
 )
-from sslcli.data.images import EncodedImage, load_image
-from sslcli.data.transforms import CropViews, crop_resize
-from sslcli.engine.data import build_loader, collate
+from sslcli.engine.data import build_device_views, build_loader, collate
 from sslcli.errors import InputError
 from sslcli.spec import parse_spec
 
@@ -43,13 +50,13 @@ HEADER_ONLY = EncodedImage(Path("x.jpg"), b"", height=480, width=640, is_jpeg=Tr
 
 
 def _draws(views: CropViews, n: int = N) -> list[dict]:
-    dv = DeviceViews(views)
+    dv = ImageDeviceViews(views)
     torch.manual_seed(0)
     return [dv({"image": HEADER_ONLY, "index": i}) for i in range(n)]
 
 
 def test_crop_area_and_aspect_follow_torchvision_random_resized_crop():
-    out = _draws(CropViews(224, (0.2, 1.0), (MOCO_V2, MOCO_V2)))
+    out = _draws(CropViews(224, (0.2, 1.0), (MOCO_V2_COLOUR, MOCO_V2_COLOUR)))
     boxes = torch.stack([o["boxes"] for o in out]).view(-1, 4)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     torch.manual_seed(1)
@@ -61,7 +68,7 @@ def test_crop_area_and_aspect_follow_torchvision_random_resized_crop():
 
 
 def test_flip_rate_is_one_half():
-    flips = torch.stack([o["flips"] for o in _draws(CropViews(64, (0.2, 1.0), (MOCO_V2, MOCO_V2)))]).float()
+    flips = torch.stack([o["flips"] for o in _draws(CropViews(64, (0.2, 1.0), (MOCO_V2_COLOUR, MOCO_V2_COLOUR)))]).float()
     assert abs(flips.mean().item() - 0.5) < 4 * (0.25 / flips.numel()) ** 0.5
 
 
@@ -70,7 +77,7 @@ def _rate_ok(values: torch.Tensor, p: float) -> bool:
 
 
 def test_colour_parameters_follow_torchvision():
-    aug = MOCO_V2
+    aug = MOCO_V2_COLOUR
     torch.manual_seed(0)
     p = torch.stack([sample_colour_params(aug) for _ in range(N)])
     assert _rate_ok(p[:, JITTER_ON], aug.jitter_p)
@@ -87,7 +94,7 @@ def test_colour_parameters_follow_torchvision():
         assert stats.chisquare(counts).pvalue > 1e-4
     sigma = p[p[:, BLUR_ON] > 0.5, SIGMA]
     assert stats.kstest(sigma.numpy(), stats.uniform(0.1, 1.9).cdf).pvalue > 1e-4
-    byol2 = torch.stack([sample_colour_params(BYOL[1]) for _ in range(N)])
+    byol2 = torch.stack([sample_colour_params(BYOL_COLOUR[1]) for _ in range(N)])
     assert _rate_ok(byol2[:, SOLARIZE], 0.2) and _rate_ok(byol2[:, BLUR_ON], 0.1)
 
 
@@ -150,7 +157,7 @@ def test_resized_crops_equal_torchvision_antialiased_resize(bicubic):
 
 
 def test_resized_crops_chunk_large_batches(monkeypatch):
-    import sslcli.data.device_views as dv
+    import sslcli.data.views.device_ops as dv
 
     images = [torch.full((3, 20 + i, 30), i, dtype=torch.uint8) for i in range(5)]
     boxes = torch.tensor([[0, 0, 30, 20]] * 5)
@@ -187,9 +194,9 @@ def test_exif_rotated_jpeg_decodes_as_load_image(tmp_path):
 
 
 def test_views_match_the_cpu_path_for_the_same_crops(coco_data):
-    no_colour = ColorAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    no_colour = ColourAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     views = CropViews(64, (0.2, 1.0), (no_colour, no_colour), small_size=32, n_small=2)
-    dv = DeviceViews(views)
+    dv = ImageDeviceViews(views)
     paths = sorted((coco_data / "train2017").glob("*.jpg"))[:4]
     torch.manual_seed(0)
     samples = [dv({"image": EncodedImage.read(p), "index": i}) for i, p in enumerate(paths)]
@@ -225,12 +232,14 @@ def test_unsupported_methods_are_refused_naming_the_field(tmp_path, monkeypatch)
 
     base = _spec(tmp_path, tmp_path)
     # Every built-in method has device views; a registered method without them (a plugin) is refused.
-    monkeypatch.setitem(REGISTRY, "detcon", replace(REGISTRY["detcon"], gpu_pipeline=False))
+    monkeypatch.setitem(REGISTRY, "detcon", replace(REGISTRY["detcon"], device_views=None))
     with pytest.raises(InputError, match="data.pipeline: 'gpu' runs the views of moco, simclr, byol, soco, d3ssl; "
                                          "method detcon needs data.pipeline: cpu"):
         parse_spec({**base, "method": {"name": "detcon"}})
-    with pytest.raises(InputError, match="has no device views for this method's transform"):
-        DeviceViews(object())
+    moco = parse_spec(base)  # the engine too refuses a method whose entry has no device views
+    monkeypatch.setitem(REGISTRY, "moco", replace(REGISTRY["moco"], device_views=None))
+    with pytest.raises(InputError, match="method moco has no device views"):
+        build_device_views(moco, None)
     with pytest.raises(InputError, match="data.pipeline: 'gpu' does not run A\\+"):
         parse_spec({**base, "method": {"name": "moco", "queue_size": 32, "aplus": {"enabled": True}}})
     with pytest.raises(InputError, match="data.pipeline"):
@@ -238,7 +247,7 @@ def test_unsupported_methods_are_refused_naming_the_field(tmp_path, monkeypatch)
 
 
 def test_engine_loader_yields_device_views_reproducibly(tmp_path, coco_data):
-    from sslcli.methods.moco import moco_views
+    from sslcli.methods.moco.views import moco_views
 
     spec = parse_spec(_spec(tmp_path, coco_data))
     loader, sampler = build_loader(spec, moco_views(spec), rank=0, world_size=1, start_epoch=0, pin_memory=False)

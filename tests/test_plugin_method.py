@@ -125,7 +125,7 @@ def test_a_broken_or_clashing_plugin_is_named(tmp_path):
     assert "method plugin 'bad' (no_such_module:register): cannot load (ModuleNotFoundError" in proc.stderr
     # A plugin may not take over a built-in's name (existing specs would train something else).
     (site / "clash.py").write_text("from sslcli.method_registry import register_method\n"
-                                   "from sslcli.spec import SimclrSpec\n"
+                                   "from sslcli.methods.simclr.spec import SimclrSpec\n"
                                    "def register():\n    register_method('simclr', SimclrSpec, 'clash:Nothing')\n")
     (info / "entry_points.txt").write_text("[sslcli.methods]\nclash = clash:register\n")
     proc = run(["-m", "sslcli", "pretrain", "--schema"], site, tmp_path)

@@ -1,4 +1,7 @@
-"""Photometric augmentation shared by every method (METHODS.md §1–3), on float (C, H, W) tensors in [0, 1].
+"""Colour (photometric) augmentation shared by every method (METHODS.md §1–3), on float (C, H, W) tensors in [0, 1].
+
+The code spells it "colour" throughout; torchvision's own names (``v2.ColorJitter``) keep theirs. The presets carry a
+``_COLOUR`` suffix (`SIMCLR_COLOUR`, not ``SIMCLR``) so they never read as the method classes.
 
 Geometry (crops, flips) lives with each method's view transform because masks and boxes must follow it; colour
 never moves pixels, so one module serves MoCo-v2, SimCLR, BYOL, DetCon_S and DetCon_B.
@@ -17,7 +20,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class ColorAug:
+class ColourAug:
     """One view's photometric pipeline: jitter (p) → grayscale (p) → blur (p) → solarize (p) → normalise."""
 
     brightness: float = 0.4
@@ -32,24 +35,25 @@ class ColorAug:
 
 
 # MoCo-v2 (METHODS.md §1): both views identical.
-MOCO_V2 = ColorAug()
+MOCO_V2_COLOUR = ColourAug()
 # SimCLR / DetCon_S (METHODS.md §3): blur always on view 1, never on view 2, no solarize.
-SIMCLR = (ColorAug(0.8, 0.8, 0.8, 0.2, blur_p=1.0), ColorAug(0.8, 0.8, 0.8, 0.2, blur_p=0.0))
+SIMCLR_COLOUR = (ColourAug(0.8, 0.8, 0.8, 0.2, blur_p=1.0), ColourAug(0.8, 0.8, 0.8, 0.2, blur_p=0.0))
 # BYOL / DetCon_B (METHODS.md §3): blur 1.0 / 0.1, solarize 0 / 0.2.
-BYOL = (ColorAug(0.4, 0.4, 0.2, 0.1, blur_p=1.0), ColorAug(0.4, 0.4, 0.2, 0.1, blur_p=0.1, solarize_p=0.2))
+BYOL_COLOUR = (ColourAug(0.4, 0.4, 0.2, 0.1, blur_p=1.0), ColourAug(0.4, 0.4, 0.2, 0.1, blur_p=0.1, solarize_p=0.2))
 
 
-PRESETS: dict[str, tuple[ColorAug, ColorAug]] = {"moco-v2": (MOCO_V2, MOCO_V2), "simclr": SIMCLR, "byol": BYOL}
+PRESETS: dict[str, tuple[ColourAug, ColourAug]] = {"moco-v2": (MOCO_V2_COLOUR, MOCO_V2_COLOUR), "simclr": SIMCLR_COLOUR,
+                                               "byol": BYOL_COLOUR}
 
 
-def view_colours(colour, recipe: tuple[ColorAug, ColorAug]) -> tuple[ColorAug, ColorAug]:
+def view_colours(colour, recipe: tuple[ColourAug, ColourAug]) -> tuple[ColourAug, ColourAug]:
     """The two views' colour pipelines for a run spec's ``views.colour``: "recipe" keeps the method's own
     ``recipe``, a preset name picks from `PRESETS`, a list of one or two `ColourSpec`-like models sets them."""
     if colour == "recipe":
         return recipe
     if isinstance(colour, str):
         return PRESETS[colour]
-    augs = [ColorAug(**{**c.model_dump(), "blur_sigma": tuple(c.blur_sigma)}) for c in colour]
+    augs = [ColourAug(**{**c.model_dump(), "blur_sigma": tuple(c.blur_sigma)}) for c in colour]
     return (augs[0], augs[-1])
 
 
@@ -88,7 +92,7 @@ def adjust_hue_opencv(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
     return torch.from_numpy(np.clip(rgb, 0.0, 1.0, out=rgb)).permute(2, 0, 1)
 
 
-class ColorJitter(v2.ColorJitter):
+class ColourJitter(v2.ColorJitter):
     """torchvision's ``v2.ColorJitter`` (same parameters, same random draws) with the hue step run by
     `adjust_hue_opencv` on plain float CPU images; other inputs take torchvision's kernels."""
 
@@ -99,8 +103,8 @@ class ColorJitter(v2.ColorJitter):
         return super()._call_kernel(functional, inpt, *args, **kwargs)
 
 
-def torchvision_color_transform(aug: ColorAug, image_size: int, normalize: bool = True,
-                                jitter: type = ColorJitter) -> v2.Compose:
+def torchvision_colour_transform(aug: ColourAug, image_size: int, normalize: bool = True,
+                                jitter: type = ColourJitter) -> v2.Compose:
     """``aug`` as a torchvision v2 pipeline on float (C, H, W) in [0, 1] (``jitter``: v2.ColorJitter gives the
     pipeline before issue 14): the reference `OpenCvColour` reproduces, and its fallback off the CPU."""
     steps: list[torch.nn.Module] = []
@@ -133,7 +137,7 @@ _NORMALISE = np.concatenate([np.diag(1 / np.array(IMAGENET_STD)),
 
 
 class OpenCvColour:
-    """The pipeline of `torchvision_color_transform` on one CPU image, computed on an (H, W, 3) float32 array with
+    """The pipeline of `torchvision_colour_transform` on one CPU image, computed on an (H, W, 3) float32 array with
     OpenCV and numpy: the same random draws in the same order (RandomApply / RandomGrayscale / RandomSolarize:
     ``torch.rand(1) < p``; ColorJitter: ``randperm(4)`` then one ``uniform_`` per factor; blur σ ``uniform_``), the
     same maths (blends with torchvision's luma, hue through HSV, Gaussian kernel, reflect border), equal to torchvision
@@ -144,7 +148,7 @@ class OpenCvColour:
     take the torchvision pipeline.
     """
 
-    def __init__(self, aug: ColorAug, image_size: int, normalize: bool = True):
+    def __init__(self, aug: ColourAug, image_size: int, normalize: bool = True):
         self.aug, self.image_size, self.normalize = aug, image_size, normalize
         self.kernel = blur_kernel_size(image_size)
         self.ranges = (_jitter_range(aug.brightness, 1.0, True), _jitter_range(aug.contrast, 1.0, True),
@@ -153,7 +157,7 @@ class OpenCvColour:
     def _torchvision(self, image: torch.Tensor) -> torch.Tensor:
         if image.dtype == torch.uint8:
             image = image.float() / 255
-        return torchvision_color_transform(self.aug, self.image_size, self.normalize)(image)
+        return torchvision_colour_transform(self.aug, self.image_size, self.normalize)(image)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         import cv2
@@ -206,9 +210,9 @@ def _hue_hwc(x: np.ndarray, factor: float) -> np.ndarray:
     return cv2.cvtColor(cv2.merge([h, s, v]), cv2.COLOR_HSV2RGB)
 
 
-def color_transform(aug: ColorAug, image_size: int, normalize: bool = True) -> OpenCvColour:
+def colour_transform(aug: ColourAug, image_size: int, normalize: bool = True) -> OpenCvColour:
     """The photometric pipeline for ``aug`` (jitter → grayscale → blur → solarize → normalise): `OpenCvColour`, i.e.
-    `torchvision_color_transform`'s draws and outputs, cheaper per core."""
+    `torchvision_colour_transform`'s draws and outputs, cheaper per core."""
     return OpenCvColour(aug, image_size, normalize)
 
 
