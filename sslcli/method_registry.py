@@ -68,6 +68,7 @@ class MethodEntry:
     device_views: str | None = None
 
 
+# Read it through the functions below (they load every method first); tests patch entries with monkeypatch.setitem.
 REGISTRY: dict[str, MethodEntry] = {}
 _loaded = False
 
@@ -95,10 +96,14 @@ def register_method(name: str, spec: type, method: str | type, problems: Problem
 
 
 def method_names() -> tuple[str, ...]:
+    """Every registered method's name (every method loaded)."""
+    load_methods()
     return tuple(REGISTRY)
 
 
 def spec_classes() -> tuple[type, ...]:
+    """Every registered method's spec class (every method loaded)."""
+    load_methods()
     return tuple(entry.spec for entry in REGISTRY.values())
 
 
@@ -124,11 +129,13 @@ def method_class(name: str) -> type:
 
 def device_views_methods() -> tuple[str, ...]:
     """The methods with device views (``data.pipeline: gpu``)."""
+    load_methods()
     return tuple(name for name, entry in REGISTRY.items() if entry.device_views is not None)
 
 
 def crop_iou_methods() -> tuple[str, ...]:
     """The methods whose crop pair `analyze crop-iou --spec` can sample."""
+    load_methods()
     return tuple(name for name, entry in REGISTRY.items() if entry.crop_iou_views is not None)
 
 

@@ -334,7 +334,7 @@ def _loss_and_grads(variant: str, views: torch.Tensor, grids: torch.Tensor):
 def _gloo_worker(rank: int, world: int, port: int, views, grids, out_path: str):
     import torch.distributed as torch_dist
 
-    import sslcli.methods.detcon as detcon_module
+    import sslcli.methods.detcon.method as detcon_module
 
     detcon_module.sample_ids = _first_ids
     torch.set_num_threads(1)
@@ -361,7 +361,7 @@ def test_two_gloo_processes_give_the_single_process_loss_and_gradients(tmp_path,
     # gradient of other ranks' rows back; a plain all_gather would drop it and this test would fail for DetCon_S).
     import torch.multiprocessing as mp
 
-    import sslcli.methods.detcon as detcon_module
+    import sslcli.methods.detcon.method as detcon_module
 
     views = _views(4, seed=3)
     grids = torch.randint(0, 3, (4, 2, 2, 2), generator=torch.Generator().manual_seed(4))

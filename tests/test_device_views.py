@@ -228,16 +228,16 @@ def _spec(tmp_path: Path, root: Path, **data) -> dict:
 def test_unsupported_methods_are_refused_naming_the_field(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from sslcli.method_registry import REGISTRY
+    from sslcli.method_registry import REGISTRY, method_entry
 
     base = _spec(tmp_path, tmp_path)
     # Every built-in method has device views; a registered method without them (a plugin) is refused.
-    monkeypatch.setitem(REGISTRY, "detcon", replace(REGISTRY["detcon"], device_views=None))
+    monkeypatch.setitem(REGISTRY, "detcon", replace(method_entry("detcon"), device_views=None))
     with pytest.raises(InputError, match="data.pipeline: 'gpu' runs the views of moco, simclr, byol, soco, d3ssl; "
                                          "method detcon needs data.pipeline: cpu"):
         parse_spec({**base, "method": {"name": "detcon"}})
     moco = parse_spec(base)  # the engine too refuses a method whose entry has no device views
-    monkeypatch.setitem(REGISTRY, "moco", replace(REGISTRY["moco"], device_views=None))
+    monkeypatch.setitem(REGISTRY, "moco", replace(method_entry("moco"), device_views=None))
     with pytest.raises(InputError, match="method moco has no device views"):
         build_device_views(moco, None)
     with pytest.raises(InputError, match="data.pipeline: 'gpu' does not run A\\+"):

@@ -130,4 +130,4 @@ def test_a_broken_or_clashing_plugin_is_named(tmp_path):
     (info / "entry_points.txt").write_text("[sslcli.methods]\nclash = clash:register\n")
     proc = run(["-m", "sslcli", "pretrain", "--schema"], site, tmp_path)
     assert proc.returncode == 1
-    assert "method 'simclr': registered already (spec sslcli.spec.SimclrSpec)" in proc.stderr
+    assert "method 'simclr': registered already (spec sslcli.methods.simclr.spec.SimclrSpec)" in proc.stderr

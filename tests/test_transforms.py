@@ -277,7 +277,7 @@ def test_analyze_crop_iou_with_a_run_specs_sampler(cli, tmp_path):
     assert code == 0, err
     result = json.loads(out)
     assert result["max_iou"] == 0.4 and result["scale"] == [0.2, 1.0] and result["fraction_meeting_max_iou"] >= 0.95
-    spec.write_text("data: {root: imgs/}\nmethod: {name: soco, boxes: b.h5}\n")
+    spec.write_text("data: {root: imgs/}\nmodel: {c4: true}\nmethod: {name: soco, boxes: b.h5}\n")
     code, _, err = cli(["analyze", "crop-iou", root, "--spec", spec, "--out", tmp_path / "o"])
     assert code == 2 and "'soco' has no image-level crop pair" in err
 
