@@ -16,31 +16,26 @@ from torchvision.transforms.v2 import functional as TF
 
 from sslcli.data.images import EncodedImage, load_image
 from sslcli.data.views.colour import (
-    BYOL_COLOUR,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MOCO_V2_COLOUR,
-    ColourAug,
-    blur_kernel_size,
-)
-from sslcli.data.views.crops import CropViews, crop_resize
-from sslcli.data.views.device_crops import ImageDeviceViews
-from sslcli.data.views.device_ops import (
     BLUR_ON,
+    BYOL_COLOUR,
     FACTORS,
     GRAY,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     JITTER_ON,
+    MOCO_V2_COLOUR,
     N_COLOUR_PARAMS,
     ORDER,
     SIGMA,
     SOLARIZE,
-    apply_colour,
-    decode_batch,
-    orient,
-    resize_weights,
-    resized_crops,
+    ColourAug,
+    blur_kernel_size,
+    colour_transform,
     sample_colour_params,
 )
+from sslcli.data.views.crops import CropViews, crop_resize
+from sslcli.data.views.device_crops import ImageDeviceViews
+from sslcli.data.views.device_ops import apply_colour, decode_batch, orient, resize_weights, resized_crops
 from sslcli.engine.data import build_device_views, build_loader, collate
 from sslcli.errors import InputError
 from sslcli.spec import parse_spec
@@ -131,6 +126,24 @@ def test_fixed_colour_parameters_equal_torchvision_functional_ops():
     ref = torch.stack([_torchvision_colour(x[i], rows[i], kernel) for i in range(6)])
     # float32 rounding only (measured ≤ 6e-6 in normalised units); a wrong op order or a factor off by 0.01 gives > 4e-2
     assert torch.allclose(out, ref, atol=2e-5, rtol=0), (out - ref).abs().max()
+
+
+def test_cpu_and_device_colour_draw_with_one_sampler():
+    """Both pipelines draw a crop's colour with `sample_colour_params`: under one seed the CPU pipeline (OpenCV) and
+    the device ops on the drawn row give the same pixels (within the two implementations' float rounding); a sampler
+    of its own on either side would pick other steps and factors."""
+    aug = ColourAug(0.4, 0.4, 0.4, 0.1, jitter_p=0.8, gray_p=0.3, blur_p=0.5, solarize_p=0.3)
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 24, 24), dtype=np.uint8))
+    seen = torch.zeros(N_COLOUR_PARAMS)
+    for seed in range(40):
+        torch.manual_seed(seed)
+        cpu = colour_transform(aug, 24)(image)
+        torch.manual_seed(seed)
+        params = sample_colour_params(aug)
+        device = apply_colour(image[None].float() / 255, params[None], blur_kernel_size(24))[0]
+        assert (cpu - device).abs().max() < 1e-4, (seed, params)  # measured ≤ 6e-6; another draw: ≥ 0.8
+        seen += params
+    assert (seen[[JITTER_ON, GRAY, BLUR_ON, SOLARIZE]] > 0).all()  # every step ran in some of the draws
 
 
 @pytest.mark.parametrize("bicubic", [False, True])

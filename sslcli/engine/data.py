@@ -227,9 +227,10 @@ class _WorkerInit:
 def build_device_views(spec: RunSpec, transform: Transform) -> DeviceViews:
     """The device views of the spec's method built from its CPU ``transform`` (the ``device_views`` hook of its registry
     entry; spec validation refuses ``data.pipeline: gpu`` for a method without one)."""
-    hook = method_entry(spec.method.name).device_views
+    name: str = spec.method.name  # type: ignore[attr-defined]  # every registered method spec has one
+    hook = method_entry(name).device_views
     if hook is None:
-        raise InputError(f"data.pipeline: 'gpu': method {spec.method.name} has no device views; use data.pipeline: cpu")
+        raise InputError(f"data.pipeline: 'gpu': method {name} has no device views; use data.pipeline: cpu")
     views: DeviceViews = import_target(hook)(transform)
     return views
 

@@ -217,6 +217,10 @@ class CropViews:
             boxes.append(box)
         return boxes
 
+    def draw_flip(self) -> bool:
+        """Whether a crop is mirrored (p = ``flip_p``): the one flip draw of the CPU views and the device views."""
+        return float(torch.rand(1)) < self.flip_p
+
     def _colour(self, crop: torch.Tensor, index: int) -> torch.Tensor:
         """Photometric part for crop ``index`` of a (3, S, S) uint8 crop → normalised float."""
         if index != KEY_CROP and self.autoaugment is not None and float(torch.rand(1)) < self.aplus_p:
@@ -242,7 +246,7 @@ class CropViews:
             boxes = cut = self.sample_boxes(*pixels.shape[1:])
         crops = []
         for i, (box, size) in enumerate(zip(cut, sizes, strict=True)):
-            crop = crop_resize(pixels, box, size, float(torch.rand(1)) < self.flip_p, self.interpolation)
+            crop = crop_resize(pixels, box, size, self.draw_flip(), self.interpolation)
             crops.append(self._colour(crop, i))
         out = {"views": torch.stack(crops[:2]), "boxes": torch.tensor(boxes, dtype=torch.float32),
                "index": sample["index"]}

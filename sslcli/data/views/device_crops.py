@@ -10,13 +10,13 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 
 from sslcli.data.images import EncodedImage
+from sslcli.data.views.colour import sample_colour_params
 from sslcli.data.views.crops import CropViews
 from sslcli.data.views.device_ops import (
     DeviceViews,
     coloured_crops,
     decode_fields,
     encoded_fields,
-    sample_colour_params,
 )
 from sslcli.errors import InputError
 
@@ -36,7 +36,7 @@ class ImageDeviceViews(DeviceViews):
     def __call__(self, sample: dict) -> dict:
         image: EncodedImage = sample["image"]
         boxes = self.views.sample_boxes(image.height, image.width)
-        flips = torch.tensor([float(torch.rand(1)) < self.views.flip_p for _ in boxes])
+        flips = torch.tensor([self.views.draw_flip() for _ in boxes])
         colour = torch.stack([sample_colour_params(aug) for aug in self.crop_colours])
         return encoded_fields(image) | {"boxes": torch.tensor(boxes, dtype=torch.float32), "flips": flips,
                                         "colour": colour, "index": sample["index"]}

@@ -31,41 +31,26 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.data.images import EncodedImage
-from sslcli.data.views.colour import IMAGENET_MEAN, IMAGENET_STD, ColourAug, blur_kernel_size
+from sslcli.data.views.colour import (
+    BLUR_ON,
+    BRIGHTNESS,
+    CONTRAST,
+    FACTORS,
+    GRAY,
+    HUE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    JITTER_ON,
+    ORDER,
+    SATURATION,
+    SIGMA,
+    SOLARIZE,
+    blur_kernel_size,
+)
 from sslcli.errors import CorruptImageError
 
-# Columns of the per-crop colour parameter rows (one float row per crop, so batches collate into one tensor).
-JITTER_ON, ORDER, FACTORS, GRAY, BLUR_ON, SIGMA, SOLARIZE = 0, slice(1, 5), slice(5, 9), 9, 10, 11, 12
-N_COLOUR_PARAMS = 13
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision ColorJitter's fn_idx numbering
 # Kept as per-sample lists by the engine's collate (variable sizes): file bytes, paths, DetCon's label maps.
 LIST_KEYS = ("encoded", "path", "label_map")
-
-
-def _uniform(lo: float, hi: float) -> float:
-    return float(torch.empty(1).uniform_(lo, hi))
-
-
-def sample_colour_params(aug: ColourAug) -> torch.Tensor:
-    """One crop's colour parameters, drawn as torchvision's transforms draw them (RandomApply p, ColorJitter.get_params:
-    a random order of the four adjustments, factors U[max(0, 1−x), 1+x] and hue U[−h, h]; grayscale p; blur p with
-    σ ~ U(sigma); solarize p). A step with p = 0 is not drawn at all (the CPU pipeline leaves it out)."""
-    p = torch.zeros(N_COLOUR_PARAMS)
-    p[ORDER] = torch.arange(4, dtype=torch.float32)
-    p[FACTORS] = torch.tensor([1.0, 1.0, 1.0, 0.0])
-    if aug.jitter_p > 0 and float(torch.rand(1)) < aug.jitter_p:
-        p[JITTER_ON] = 1
-        p[ORDER] = torch.randperm(4).float()
-        p[FACTORS] = torch.tensor([_uniform(max(0.0, 1 - x), 1 + x) if x > 0 else 1.0
-                                   for x in (aug.brightness, aug.contrast, aug.saturation)]
-                                  + [_uniform(-aug.hue, aug.hue) if aug.hue > 0 else 0.0])
-    if aug.gray_p > 0:
-        p[GRAY] = float(float(torch.rand(1)) < aug.gray_p)
-    if aug.blur_p > 0 and float(torch.rand(1)) < aug.blur_p:
-        p[BLUR_ON], p[SIGMA] = 1, _uniform(*aug.blur_sigma)
-    if aug.solarize_p > 0:
-        p[SOLARIZE] = float(float(torch.rand(1)) < aug.solarize_p)
-    return p
 
 
 # ------------------------------------------------------------------------------------------- batched colour ops

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from sslcli.data.images import EncodedImage
-from sslcli.data.views.colour import BYOL_COLOUR, IMAGENET_MEAN, IMAGENET_STD, ColourAug
+from sslcli.data.views.colour import BYOL_COLOUR, IMAGENET_MEAN, IMAGENET_STD, ColourAug, sample_colour_params
 from sslcli.data.views.device_ops import (
     DeviceViews,
     coloured_crops,
     decode_fields,
     downsample_views,
     encoded_fields,
-    sample_colour_params,
 )
 from sslcli.data.views.region_aug import (
     depositioning_composite,

@@ -23,14 +23,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from sslcli.data.images import EncodedImage
-from sslcli.data.views.colour import BYOL_COLOUR, SIMCLR_COLOUR, ColourAug, colour_transform
+from sslcli.data.views.colour import BYOL_COLOUR, SIMCLR_COLOUR, ColourAug, colour_transform, sample_colour_params
 from sslcli.data.views.crops import sample_crop_box
 from sslcli.data.views.device_ops import (
     DeviceViews,
     coloured_crops,
     decode_fields,
     encoded_fields,
-    sample_colour_params,
 )
 from sslcli.data.views.label_maps import MaskSource
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 
 from sslcli.data.images import EncodedImage
+from sslcli.data.views.colour import sample_colour_params
 from sslcli.data.views.device_ops import (
     DeviceViews,
     coloured_crops,
     decode_fields,
     downsample_views,
     encoded_fields,
-    sample_colour_params,
 )
 from sslcli.data.views.regions import cutout_rects
 from sslcli.data.views.stored_boxes import image_boxes
