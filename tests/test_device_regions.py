@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import stats
 from torchvision import transforms as T
@@ -76,14 +77,20 @@ def test_crop_label_maps_equal_torchvision_nearest_resize_and_flip():
 
 
 @pytest.mark.parametrize("side,n", [(64, 2), (112, 4), (97, 4), (30, 7)])
-def test_label_grids_equal_detcons_label_grid(side, n):
+def test_label_grids_are_the_argmax_of_average_pooled_one_hot_masks(side, n):
+    """The batched grids (both pipelines' one implementation: the CPU's `label_grid` is a batch of one) against the
+    definition: adaptive_avg_pool2d of each id's one-hot mask, argmax over ids (ties: the first, smallest id)."""
     gen = torch.Generator().manual_seed(side)
     maps = torch.randint(0, 4, (6, side, side), generator=gen)
     maps[0] = 3  # one id everywhere
     maps[1, :, : side // 2], maps[1, :, side // 2:] = 2, 1  # halves: ties inside the middle windows
     maps[2] = torch.arange(side)[None, :] % 5  # stripes
     got = label_grids(maps, n)
-    assert torch.equal(got, torch.stack([label_grid(m, n) for m in maps]))
+    for label_map, grid in zip(maps, got, strict=True):
+        ids = torch.unique(label_map)
+        one_hot = (label_map[None] == ids[:, None, None]).float()
+        assert torch.equal(grid, ids[F.adaptive_avg_pool2d(one_hot[None], n)[0].argmax(0)])
+    assert torch.equal(label_grid(maps[1], n), got[1])  # the CPU path's call
 
 
 # ------------------------------------------------------------------------------------------------------------ DetCon
