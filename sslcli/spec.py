@@ -41,7 +41,8 @@ class DataSpec(Strict):
     pin_memory: bool = True
     pipeline: Literal["cpu", "gpu"] = Field("cpu", description="Where views are decoded and augmented: cpu (in the "
                                             "DataLoader workers) or gpu (batched on the training device; workers "
-                                            "only read bytes and sample parameters). gpu: moco (no A+), simclr, byol.")
+                                            "only read bytes and sample parameters). gpu: the methods with device "
+                                            "views (every built-in; moco without A+).")
 
 
 class ModelSpec(Strict):

@@ -130,7 +130,7 @@ def test_detcon_crop_windows_follow_the_cpu_samplers(sampler):
 
 
 def test_detcon_flip_rate_and_byol_colour_rates():
-    from sslcli.data.views.device_ops import BLUR_ON, SOLARIZE
+    from sslcli.data.views.colour import BLUR_ON, SOLARIZE
 
     dv = _detcon(variant="B")
     image = EncodedImage(Path("x.jpg"), b"", height=48, width=64, is_jpeg=True)

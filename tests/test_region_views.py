@@ -1,4 +1,4 @@
-"""SoCo's box-carrying views (sslcli/data/region_views.py): boxes move with the pixels, jitter bounds, sampling."""
+"""SoCo's box-carrying views (sslcli/data/views/regions.py): boxes move with the pixels, jitter bounds, sampling."""
 
 from __future__ import annotations
 

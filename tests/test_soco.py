@@ -1,4 +1,4 @@
-"""SoCo (sslcli/methods/soco.py): the loss against hand computations, RoIAlign geometry, training, bad input."""
+"""SoCo (sslcli/methods/soco/method.py): the loss against hand computations, RoIAlign geometry, training, bad input."""
 
 from __future__ import annotations
 
