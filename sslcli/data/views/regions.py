@@ -194,7 +194,7 @@ class RegionViews:
     Calling it on (image (H, W, 3) uint8 RGB, boxes (M, 4) x0, y0, x1, y1 in image pixels) returns a dict:
     "view1", "view2": (3, S, S) float32 (and "view3": (3, S/2, S/2) except for ``c4-code``), colour-augmented and
     normalised; "boxes": (P, K, 4) float32, the box sets in their views' pixels, and "box_ids": (P, K) int64 (the
-    proposal of each slot, see ``padding``). Box sets (set → view: `sslcli.methods.soco.SET_VIEWS`): paper V1, V2, V3;
+    proposal of each slot, see ``padding``). Box sets (set → view: `sslcli.methods.soco.method.SET_VIEWS`): paper V1, V2, V3;
     c4-code V1, V2; fpn-code V1 (for V2), V2, V1 (for V3), V3. Fixed shapes, so `default_collate` stacks them.
     """
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sslcli.data.views.colour import MOCO_V2_COLOUR, view_colours
 from sslcli.data.views.crops import CropViews
 
-MOCO_CROP_SCALE = (0.2, 1.0)  # METHODS.md §1  # METHODS.md §1
+MOCO_CROP_SCALE = (0.2, 1.0)  # METHODS.md §1
 
 
 def moco_views(spec) -> CropViews:
