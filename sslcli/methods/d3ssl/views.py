@@ -130,7 +130,7 @@ def shift_views(views: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 
 
 class D3sslDeviceViews(DeviceViews):
-    """D3SSL's views (`sslcli.methods.d3ssl.D3sslViews` in a `StoredBoxViews`) on the device: ``apply`` returns the
+    """D3SSL's views (`D3sslViews` in a `StoredBoxViews`) on the device: ``apply`` returns the
     keys `D3sslViews` writes (view1, view2, view2s, boxes, prm1, prm2s and, with de-positioning, depositioned_foreground,
     depositioned_mask, depositioned_boxes)."""
 
