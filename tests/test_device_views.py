@@ -241,12 +241,14 @@ def _spec(tmp_path: Path, root: Path, **data) -> dict:
 def test_unsupported_methods_are_refused_naming_the_field(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from sslcli.method_registry import REGISTRY, method_entry
+    from sslcli.method_registry import REGISTRY, method_entry, method_names
 
     base = _spec(tmp_path, tmp_path)
-    # Every built-in method has device views; a registered method without them (a plugin) is refused.
+    # A registered method without device views (here detcon, made one) is refused; the message names those with them.
     monkeypatch.setitem(REGISTRY, "detcon", replace(method_entry("detcon"), device_views=None))
-    with pytest.raises(InputError, match="data.pipeline: 'gpu' runs the views of moco, simclr, byol, soco, d3ssl; "
+    with_views = [name for name in method_names() if method_entry(name).device_views is not None]
+    assert {"moco", "simclr", "byol", "soco", "d3ssl"} <= set(with_views) and "detcon" not in with_views
+    with pytest.raises(InputError, match=f"data.pipeline: 'gpu' runs the views of {', '.join(with_views)}; "
                                          "method detcon needs data.pipeline: cpu"):
         parse_spec({**base, "method": {"name": "detcon"}})
     moco = parse_spec(base)  # the engine too refuses a method whose entry has no device views

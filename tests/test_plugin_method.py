@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from sslcli.method_registry import BUILTIN_METHODS
+
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "tests" / "plugin" / "toy_plugin"
-BUILTINS = "moco, simclr, byol, detcon, soco, d3ssl"
+# The built-in methods in the order they register (the module names end in the method names).
+BUILTINS = ", ".join(module.rsplit(".", 1)[1] for module in BUILTIN_METHODS)
 
 
 @pytest.fixture(scope="module")
