@@ -28,9 +28,9 @@ from common import model_bench_parser  # bench/ is on sys.path when a script her
 from sslcli.data.readers.sources import open_source
 from sslcli.data.stores.store import encode, write_store
 from sslcli.methods.base import StepInfo
-from sslcli.methods.byol import BYOL
-from sslcli.methods.detcon import Detcon
-from sslcli.methods.simclr import SimCLR
+from sslcli.methods.byol.method import BYOL
+from sslcli.methods.detcon.method import Detcon
+from sslcli.methods.simclr.method import SimCLR
 from sslcli.proposals import fh
 from sslcli.spec import parse_spec
 

@@ -6,7 +6,7 @@
    - old: the CPU path before issue 14: full decode (OpenCV), the views on the decoded array with torchvision's
      photometric pipeline (v2.ColorJitter with its tensor hue, v2 grayscale / solarize / normalise);
    - new: the current CPU path: `EncodedImage` (MoCo: decoded at 1/2, 1/4, 1/8 when every crop keeps its output
-     size) and `sslcli.data.color.OpenCvColour` (the same draws and pixels within 5e-5, computed with OpenCV);
+     size) and `sslcli.data.views.colour.OpenCvColour` (the same draws and pixels within 5e-5, computed with OpenCV);
    - gpu-pipeline worker: what a worker does with ``data.pipeline: gpu`` (read bytes, header, draw parameters,
      DetCon: read the label map; SoCo: compute the boxes).
    SoCo's proposals are random boxes made here (the views' cost does not depend on where boxes come from, and a
@@ -46,19 +46,20 @@ from bench_engine import ceiling, sync  # noqa: E402
 from common import TINY_COCO  # noqa: E402
 
 from sslcli.cli import common as cli_common  # noqa: E402
-from sslcli.data.color import torchvision_color_transform  # noqa: E402
-from sslcli.data.device_views import DeviceViews, decode_batch  # noqa: E402
-from sslcli.data.mask_views import COLOR_PRESETS, MaskViewPair  # noqa: E402
 from sslcli.data.readers.images import EncodedImage, load_image  # noqa: E402
 from sslcli.data.readers.sources import write_manifest  # noqa: E402
-from sslcli.data.region_views import RegionViews  # noqa: E402
-from sslcli.data.stored_boxes import StoredBoxViews  # noqa: E402
+from sslcli.data.views.colour import torchvision_colour_transform  # noqa: E402
+from sslcli.data.views.device_crops import ImageDeviceViews  # noqa: E402
+from sslcli.data.views.device_ops import DeviceViews, decode_batch  # noqa: E402
+from sslcli.data.views.label_maps import MaskSource  # noqa: E402
+from sslcli.data.views.regions import RegionViews  # noqa: E402
+from sslcli.data.views.stored_boxes import StoredBoxViews  # noqa: E402
 from sslcli.engine.data import collate  # noqa: E402
 from sslcli.engine.launch import launch  # noqa: E402
-from sslcli.methods.d3ssl import D3sslViews  # noqa: E402
-from sslcli.methods.detcon import DetconTransform  # noqa: E402
-from sslcli.methods.moco import moco_views  # noqa: E402
-from sslcli.proposals.masks_online import MaskSource  # noqa: E402
+from sslcli.methods.d3ssl.views import D3sslDeviceViews, D3sslViews  # noqa: E402
+from sslcli.methods.detcon.views import COLOUR_PRESETS, DetconTransform, MaskDeviceViews, MaskViewPair  # noqa: E402  # noqa: E402
+from sslcli.methods.moco.views import moco_views  # noqa: E402
+from sslcli.methods.soco.views import BoxDeviceViews  # noqa: E402
 from sslcli.spec import load_spec  # noqa: E402
 
 EXAMPLES = REPO / "examples"
@@ -103,7 +104,7 @@ def old_colours(augs, size: int) -> list:
     def old(compose):
         return lambda view: compose(view.float() / 255)
 
-    return [old(torchvision_color_transform(aug, size, jitter=v2.ColorJitter)) for aug in augs]
+    return [old(torchvision_colour_transform(aug, size, jitter=v2.ColorJitter)) for aug in augs]
 
 
 def view_makers(paths: list[Path], size: int) -> dict[str, tuple]:
@@ -112,21 +113,21 @@ def view_makers(paths: list[Path], size: int) -> dict[str, tuple]:
     for label, name in VIEW_SPECS.items():
         spec = load_spec(EXAMPLES / f"{name}.yaml", ["data.root=.", f"data.image_size={size}"])
         old, new = moco_views(spec), moco_views(spec)
-        old.large_colors = tuple(old_colours(old.colors, old.large_size))
+        old.large_colours = tuple(old_colours(old.colours, old.large_size))
         if old.n_small:
-            old.small_color = old_colours(old.colors[:1], old.small_size)[0]
-        makers[label] = (old, new, DeviceViews(new), "moco")
+            old.small_colour = old_colours(old.colours[:1], old.small_size)[0]
+        makers[label] = (old, new, ImageDeviceViews(new), "moco")
     masks = MaskSource("grid", grid=5)
     old_pair, new_pair = MaskViewPair(size, "S"), MaskViewPair(size, "S")
-    old_pair._pipelines = (old_pair._build()[0], old_colours(COLOR_PRESETS["S"], size))
+    old_pair._pipelines = (old_pair._build()[0], old_colours(COLOUR_PRESETS["S"], size))
     grid_side = -(-size // 32)  # res5 of the ImageNet stem, as the bench's DetCon spec trains it
     new = DetconTransform(masks, new_pair, grid_side)
-    makers["DetCon_S"] = (DetconTransform(masks, old_pair, grid_side), new, DeviceViews(new), "region")
+    makers["DetCon_S"] = (DetconTransform(masks, old_pair, grid_side), new, MaskDeviceViews(new), "region")
     store = RandomProposals(paths)
     old_views, new_views = RegionViews(size), RegionViews(size)
-    old_views._colors = tuple(old_colours(old_views.colors, size))
+    old_views._colours = tuple(old_colours(old_views.colours, size))
     new = StoredBoxViews(store, new_views)
-    makers["SoCo"] = (StoredBoxViews(store, old_views), new, DeviceViews(new), "region")
+    makers["SoCo"] = (StoredBoxViews(store, old_views), new, BoxDeviceViews(new), "region")
     return makers
 
 
@@ -161,7 +162,7 @@ def cpu_per_core(paths: list[Path], args) -> dict[str, dict[str, float]]:
 def device_pipelines(paths: list[Path], size: int, batch: int) -> dict[str, DeviceViews]:
     """The device views of every method at ``size`` (D3SSL on SoCo's random proposals)."""
     out = {label: worker for label, (_, _, worker, _) in view_makers(paths, size).items()}
-    out["D3SSL"] = DeviceViews(StoredBoxViews(RandomProposals(paths), D3sslViews(size)))
+    out["D3SSL"] = D3sslDeviceViews(StoredBoxViews(RandomProposals(paths), D3sslViews(size)))
     return out
 
 

@@ -24,8 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sslcli.data.readers.sources import open_source
 from sslcli.methods.base import StepInfo
-from sslcli.methods.byol import BYOL
-from sslcli.methods.soco import Soco
+from sslcli.methods.byol.method import BYOL
+from sslcli.methods.soco.method import Soco
 from sslcli.spec import parse_spec
 
 

@@ -3,7 +3,7 @@
 Each paper-scale example's own transform (`moco_views` / `simclr_views` / `byol_views` of the spec) runs on the same
 COCO-sized random image in one thread (as one DataLoader worker does). Prints images/s per worker, the cost ratio
 against the MoCo-v2 two-crop baseline, the workers needed to feed a given training speed, and the speed-up of the
-OpenCV Gaussian blur (`sslcli.data.color.GaussianBlur`) over torchvision's ``v2.GaussianBlur`` in the same pipeline.
+OpenCV Gaussian blur (`sslcli.data.views.colour.GaussianBlur`) over torchvision's ``v2.GaussianBlur`` in the same pipeline.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_transforms.py --seconds 2 --target 1000
 """
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-import sslcli.data.color as color
-from sslcli.methods.byol import byol_views
-from sslcli.methods.moco import moco_views
-from sslcli.methods.simclr import simclr_views
+import sslcli.data.views.colour as color
+from sslcli.methods.byol.views import byol_views
+from sslcli.methods.moco.views import moco_views
+from sslcli.methods.simclr.views import simclr_views
 from sslcli.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

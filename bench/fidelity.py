@@ -33,10 +33,9 @@ def authors_detcon_window(height: int, width: int, rng: np.random.Generator) -> 
 
 
 def detcon(args) -> None:
-    from sslcli.data.mask_views import MaskViewPair
     from sslcli.data.readers.sources import open_source
-    from sslcli.methods.detcon import label_grid
-    from sslcli.proposals.masks_online import MaskSource
+    from sslcli.data.views.label_maps import MaskSource
+    from sslcli.methods.detcon.views import MaskViewPair, label_grid
 
     rng = np.random.default_rng(0)
     print("mean crop area (fraction of the image), 20,000 windows each: authors | sslcli authors | sslcli torchvision")
@@ -83,9 +82,9 @@ def detcon(args) -> None:
 
 
 def soco(args) -> None:
-    from sslcli.data.region_views import overlapping, sanitize_boxes
     from sslcli.data.stores.store import RegionStore
-    from sslcli.data.transforms import sample_crop_box
+    from sslcli.data.views.crops import sample_crop_box
+    from sslcli.data.views.regions import overlapping, sanitize_boxes
 
     store = RegionStore(str(args.boxes))
     k, size, draws = 4, 224, 200
@@ -128,7 +127,7 @@ def soco(args) -> None:
     from PIL import Image
 
     from sslcli.data.readers.sources import open_source
-    from sslcli.data.transforms import crop_resize
+    from sslcli.data.views.crops import crop_resize
 
     source = open_source(args.data, "train2017")
     deltas = []
@@ -145,7 +144,7 @@ def soco(args) -> None:
 
 
 def moco(args) -> None:
-    from sslcli.data.transforms import overlap_fraction, sample_crop_box
+    from sslcli.data.views.crops import overlap_fraction, sample_crop_box
 
     torch.manual_seed(0)
     height, width, tries = 480, 640, 20_000

@@ -3,6 +3,10 @@
 A spec is fully explicit: the global batch size, the lr scaling rule (``lr = base_lr × batch / 256`` when
 ``optimizer.lr_scaling`` is ``linear``) and every method option. Unknown keys are errors; every error names its
 field path. Hyperparameter defaults follow METHODS.md (section numbers cited per field).
+
+This module holds the sections every run has (data, model, optimiser, schedule, views, logging) and the `RunSpec`
+around them; each method's own section (its spec class and checks) lives in its home, sslcli/methods/<name>/spec.py,
+and reaches the run spec through the method registry (`sslcli.method_registry`), never by a static import here.
 """
 
 from __future__ import annotations
@@ -12,17 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from sslcli.errors import InputError
-from sslcli.method_registry import (
-    REGISTRY,
-    gpu_pipeline_methods,
-    load_plugins,
-    method_names,
-    register_method,
-    spec_classes,
-)
+from sslcli.method_registry import REGISTRY, device_views_methods, load_methods, method_names, spec_classes
 
 SPEC_VERSION = 1
 
@@ -44,7 +41,8 @@ class DataSpec(Strict):
     pin_memory: bool = True
     pipeline: Literal["cpu", "gpu"] = Field("cpu", description="Where views are decoded and augmented: cpu (in the "
                                             "DataLoader workers) or gpu (batched on the training device; workers "
-                                            "only read bytes and sample parameters). gpu: moco (no A+), simclr, byol.")
+                                            "only read bytes and sample parameters). gpu: the methods with device "
+                                            "views (every built-in; moco without A+).")
 
 
 class ModelSpec(Strict):
@@ -56,181 +54,6 @@ class ModelSpec(Strict):
     stem: Literal["imagenet", "small"] = Field(
         "imagenet", description="imagenet: torchvision's 7×7/2 conv + max-pool (res5 at stride 32); small: a 3×3/1 conv "
                                 "and no max-pool (res5 at stride 8: 48 px → 6×6), a deviation from the papers.")
-
-
-# ------------------------------------------------------------------------------------------------------ augmentation
-class MultiCropSpec(Strict):
-    """Multi-crop (METHODS.md §2): 2 large crops + n small ones; small crops are queries only."""
-
-    enabled: bool = False
-    large_size: int = Field(160, ge=16)
-    large_scale: tuple[float, float] = (0.2, 1.0)
-    small_size: int = Field(96, ge=8)
-    small_scale: tuple[float, float] = (0.05, 0.14)
-    n_small: int = Field(4, ge=1, le=16)
-
-
-class ConstrainedCropSpec(Strict):
-    """Constrained multi-crop (CC): a small crop must overlap the key crop by ≥ min_overlap of its own area."""
-
-    enabled: bool = False
-    min_overlap: float = Field(0.2, gt=0.0, le=1.0, description="Paper: 0.2; the authors' code uses 0.1.")
-    max_tries: int = Field(10, ge=1)
-
-
-class APlusSpec(Strict):
-    """A+ (METHODS.md §2): query crops get Flip → AutoAugment(ImageNet) with probability p instead of the standard."""
-
-    enabled: bool = False
-    p: float = Field(0.5, ge=0.0, le=1.0)
-
-
-class KnnSpec(Strict):
-    """kNN-MoCo (METHODS.md §2): a queue of backbone features; neighbours' keys as extra positives."""
-
-    enabled: bool = False
-    k: int = Field(20, ge=1)
-    weight: float = Field(0.4, ge=0.0, description="λ; 0.8 collapses (paper).")
-    warmup_epochs: int = Field(5, ge=0)
-    bank_first: bool = Field(False, description="Enable from epoch 0 with the bank updated before the loss.")
-
-
-class CropIouSpec(Strict):
-    """Revisiting §3.1: rejection-sample the second crop until IoU(view1, view2) < max_iou."""
-
-    max_iou: float | None = Field(None, gt=0.0, le=1.0)
-    max_tries: int = Field(50, ge=1)
-
-
-# ----------------------------------------------------------------------------------------------------------- methods
-class MocoSpec(Strict):
-    """MoCo-v2 and the Revisiting additions (METHODS.md §1–2)."""
-
-    name: Literal["moco"] = "moco"
-    dim: int = Field(128, ge=1)
-    hidden_dim: int = Field(2048, ge=1)
-    queue_size: int = Field(65536, ge=1, description="K; must be divisible by the global batch size.")
-    temperature: float = Field(0.2, gt=0.0)
-    momentum: float = Field(0.999, ge=0.0, le=1.0, description="0.995 is the Revisiting 'lower momentum' (+m).")
-    shuffle_bn: bool = True
-    multi_crop: MultiCropSpec = MultiCropSpec()
-    constrained: ConstrainedCropSpec = ConstrainedCropSpec()
-    aplus: APlusSpec = APlusSpec()
-    knn: KnnSpec = KnnSpec()
-    crop_iou: CropIouSpec = CropIouSpec()
-
-
-class SimclrSpec(Strict):
-    """SimCLR (NT-Xent), the base of DetCon_S."""
-
-    name: Literal["simclr"] = "simclr"
-    dim: int = Field(128, ge=1)
-    hidden_dim: int = Field(2048, ge=1)
-    temperature: float = Field(0.1, gt=0.0)
-
-
-class ByolSpec(Strict):
-    """BYOL (predictor, EMA target with cosine momentum schedule), the base of DetCon_B."""
-
-    name: Literal["byol"] = "byol"
-    dim: int = Field(256, ge=1)
-    hidden_dim: int = Field(4096, ge=1)
-    base_momentum: float = Field(0.996, ge=0.0, le=1.0, description="τ₀; τ_t = 1 − (1 − τ₀)(cos(πt/T)+1)/2.")
-
-
-class MaskSourceSpec(Strict):
-    """Where DetCon's masks come from (METHODS.md §3)."""
-
-    kind: Literal["store", "grid", "gt"] = "store"
-    path: str | None = Field(None, description="Mask store (.h5) from `prepare masks` (FH or MCG).")
-    scales: list[int] | None = Field(None, description="FH scales to use from the store; several = one sampled "
-                                                       "per image and step. None = every scale in the store.")
-    grid: int = Field(5, ge=1, le=32, description="n for n×n grid masks (1×1 = SimCLR/BYOL).")
-
-    @model_validator(mode="after")
-    def _path_for_store(self) -> MaskSourceSpec:
-        if self.kind == "store" and not self.path:
-            raise ValueError("path: required when kind is 'store' (a file from `sslcli prepare masks`)")
-        return self
-
-
-class DetconSpec(Strict):
-    """DetCon_S (SimCLR-based) and DetCon_B (BYOL-based) (METHODS.md §3)."""
-
-    name: Literal["detcon"] = "detcon"
-    variant: Literal["S", "B"] = "S"
-    masks: MaskSourceSpec = MaskSourceSpec(kind="grid")
-    num_samples: int = Field(16, ge=1, description="Mask ids sampled per image and view.")
-    temperature: float = Field(0.1, gt=0.0)
-    dim: int | None = Field(None, description="Default 128 (S) / 256 (B).")
-    hidden_dim: int | None = Field(None, description="Default 2048 (S) / 4096 (B).")
-    base_momentum: float = Field(0.996, ge=0.0, le=1.0, description="DetCon_B only: 0.996 (1000 ep) / 0.99 (300 ep).")
-    crop_sampler: Literal["authors", "torchvision"] = Field(
-        "authors", description="authors: DetCon's crop (one draw of area and aspect ratio, window clipped to the "
-                               "image); torchvision: RandomResizedCrop (rejects and retries: smaller crops).")
-
-
-class SocoSpec(Strict):
-    """SoCo, the region-level baseline (METHODS.md §4; docs/soco.md)."""
-
-    name: Literal["soco"] = "soco"
-    view_pairs: Literal["soco", "all"] = Field("soco", description="soco: V1↔V2 and V1↔V3 (SoCo); all: + V2↔V3.")
-    boxes: str = Field(..., description="Box store (.h5) from `prepare boxes`.")
-    boxes_per_image: int = Field(4, ge=1)
-    roi_size: int = Field(14, ge=1)
-    jitter_p: float = Field(0.5, ge=0.0, le=1.0)
-    jitter_scale: float = Field(0.1, ge=0.0)
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    recipe: Literal["paper", "c4-code", "fpn-code"] = Field(
-        "paper", description="Views (docs/soco.md): paper (SoCo's text: V3 = V2 downsampled, centre jitter on V1), "
-                             "c4-code (the released C4 recipe: V1, V2, cutout in V2's boxes, no jitter), fpn-code "
-                             "(the released FPN recipe: V3 its own S/2 crop, boxes per pair, corner jitter, cutout).")
-    padding: Literal["authors", "slots"] = Field(
-        "authors", description="Fewer than K boxes: authors (each view pads with its own copies; every copy of a "
-                               "box is a positive of every copy in the other view) or slots (one padding, slot k "
-                               "pairs with slot k).")
-    cutout_p: float = Field(0.5, ge=0.0, le=1.0, description="Code recipes: cutout probability per box.")
-    cutout_scale: tuple[float, float] = Field((0.1, 0.3), description="Code recipes: cutout area / box area.")
-    dim: int = 256
-    hidden_dim: int = 4096
-    base_momentum: float = Field(0.99, ge=0.0, le=1.0)
-
-
-class PrcSpec(Strict):
-    side_fraction: tuple[float, float] = (0.2, 0.5)
-    max_cover: float = Field(0.5, gt=0.0, le=1.0)
-    fill: Literal["mean", "zero", "noise"] = Field("mean", description="What fills a cutout (the paper does not "
-                                                                      "say): ImageNet mean colour, black or noise.")
-
-
-class PrmSpec(Strict):
-    scale: tuple[float, float] = (0.2, 0.6)
-    ratio: tuple[float, float] = (0.75, 4 / 3)
-
-
-class RbjSpec(Strict):
-    scale: tuple[float, float] = (0.9, 1.0)
-    shift: float = 0.1
-
-
-class D3sslSpec(Strict):
-    """D3SSL (METHODS.md §5; docs/d3ssl.md)."""
-
-    name: Literal["d3ssl"] = "d3ssl"
-    boxes: str = Field(..., description="Box store (.h5) from `prepare boxes`.")
-    boxes_per_image: int = Field(4, ge=1)
-    roi_size: int = Field(14, ge=1)
-    temperature: float = Field(0.2, gt=0.0)
-    bank_size: int = Field(65536, ge=1)
-    crop_scale: tuple[float, float] = (0.4, 1.0)
-    prc: PrcSpec = PrcSpec()
-    prm: PrmSpec = PrmSpec()
-    rbj: RbjSpec = RbjSpec()
-    decoupling: bool = True
-    depositioning: bool = True
-    dim: int = 256
-    hidden_dim: int = 4096
-    base_momentum: float = Field(0.99, ge=0.0, le=1.0)
 
 
 def available_memory() -> int:
@@ -246,7 +69,7 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _memory_problems(field: str, value: int, columns: int, what: str) -> list[str]:
+def memory_problems(field: str, value: int, columns: int, what: str) -> list[str]:
     """Refuse a queue or bank that cannot be built: a ``columns`` × ``value`` float32 buffer is drawn at random and
     then normalised into a second one, so building it takes twice its size, all in host memory (methods are built
     on the CPU, then moved to the device)."""
@@ -255,71 +78,6 @@ def _memory_problems(field: str, value: int, columns: int, what: str) -> list[st
         return []
     return [f"{field}: {value} {what} of {columns} float32 need about {needed / 1e9:.1f} GB while the method is built "
             f"(the buffer twice over), above the {limit / 1e9:.1f} GB of memory available on this machine"]
-
-
-def _resnet_feature_channels(arch: str, width: int) -> int:
-    """Channels of res5 (the backbone feature): 8·width, ×4 for the bottleneck ResNets (50 and deeper)."""
-    return 8 * width * (1 if arch in ("resnet18", "resnet34") else 4)
-
-
-def _moco_problems(spec) -> list[str]:
-    method, problems = spec.method, []
-    if method.queue_size % spec.batch_size:
-        problems.append(f"method.queue_size: must be divisible by the global batch size {spec.batch_size}")
-    columns = method.dim + (_resnet_feature_channels(spec.model.arch, spec.model.width) if method.knn.enabled else 0)
-    problems.extend(_memory_problems("method.queue_size", method.queue_size, columns,
-                                     "keys" + (" (and kNN backbone features)" if method.knn.enabled else "")))
-    if method.constrained.enabled and not method.multi_crop.enabled:
-        problems.append("method.constrained.enabled: constrained multi-crop needs method.multi_crop.enabled: true")
-    for name in ("large_scale", "small_scale"):  # crop areas as fractions of the image (a negative one failed in
-        lo, hi = getattr(method.multi_crop, name)  # the workers)
-        if not (0.0 < lo and 0.0 < hi <= 1.0):
-            problems.append(f"method.multi_crop.{name}: [{lo}, {hi}] is not a range of area fractions in (0, 1]")
-    if spec.data.pipeline == "gpu" and method.aplus.enabled:
-        problems.append("data.pipeline: 'gpu' does not run A+ (AutoAugment); set method.aplus.enabled: false or "
-                        "data.pipeline: cpu")
-    return problems
-
-
-def _moco_ranges(method: MocoSpec) -> dict[str, tuple[float, float]]:
-    return {"method.multi_crop.large_scale": method.multi_crop.large_scale,
-            "method.multi_crop.small_scale": method.multi_crop.small_scale}
-
-
-def _soco_problems(spec) -> list[str]:
-    method, problems = spec.method, []
-    if not 0.0 <= method.cutout_scale[0] <= method.cutout_scale[1] <= 1.0:
-        problems.append(f"method.cutout_scale: {list(method.cutout_scale)} is not a range of box-area fractions "
-                        "in [0, 1]")
-    if method.view_pairs == "all" and method.recipe != "paper":
-        problems.append(f"method.view_pairs: 'all' (V2↔V3) needs recipe 'paper'; the {method.recipe} recipe "
-                        "pairs V1 with each other view only")
-    return problems
-
-
-def _d3ssl_problems(spec) -> list[str]:
-    method, problems = spec.method, []
-    if method.bank_size % spec.batch_size:
-        problems.append(f"method.bank_size: must be divisible by the global batch size {spec.batch_size}")
-    problems.extend(_memory_problems("method.bank_size", method.bank_size, method.dim, "region features"))
-    return problems
-
-
-def _d3ssl_ranges(method: D3sslSpec) -> dict[str, tuple[float, float]]:
-    return {"method.crop_scale": method.crop_scale, "method.prc.side_fraction": method.prc.side_fraction,
-            "method.prm.scale": method.prm.scale, "method.rbj.scale": method.rbj.scale}
-
-
-# The built-in methods, in the order `--schema` and the error messages list them. A method from another package
-# registers the same way (docs/add-a-method.md); the run spec's method union is built from this registry.
-register_method("moco", MocoSpec, "sslcli.methods.moco:MoCo", _moco_problems, _moco_ranges, gpu_pipeline=True)
-register_method("simclr", SimclrSpec, "sslcli.methods.simclr:SimCLR", gpu_pipeline=True)
-register_method("byol", ByolSpec, "sslcli.methods.byol:BYOL", gpu_pipeline=True)
-register_method("detcon", DetconSpec, "sslcli.methods.detcon:Detcon", gpu_pipeline=True)
-register_method("soco", SocoSpec, "sslcli.methods.soco:Soco", _soco_problems,
-                lambda method: {"method.crop_scale": method.crop_scale}, gpu_pipeline=True)
-register_method("d3ssl", D3sslSpec, "sslcli.methods.d3ssl:D3ssl", _d3ssl_problems, _d3ssl_ranges,
-                gpu_pipeline=True)
 
 
 # ----------------------------------------------------------------------------------------------- optimiser, schedule
@@ -347,7 +105,7 @@ class ScheduleSpec(Strict):
 
 
 class ColourSpec(Strict):
-    """One view's photometric pipeline (sslcli.data.color.ColorAug): jitter (p) → grayscale (p) → blur (p) →
+    """One view's photometric pipeline (sslcli.data.views.colour.ColourAug): jitter (p) → grayscale (p) → blur (p) →
     solarize (p)."""
 
     brightness: float = Field(0.4, ge=0.0)
@@ -442,7 +200,7 @@ _RUN_SPEC_MODELS: dict[tuple[type, ...], type[RunSpec]] = {}
 
 def run_spec_model() -> type[RunSpec]:
     """The RunSpec model whose ``method`` is the union of the registered methods' spec classes (plugins loaded)."""
-    load_plugins()
+    load_methods()
     classes = spec_classes()
     model = _RUN_SPEC_MODELS.get(classes)
     if model is None:
@@ -459,18 +217,9 @@ def _restore_spec(data: dict) -> RunSpec:
 def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
     """Cross-field rules pydantic cannot check field by field, as ``path: message`` lines."""
     problems = []
-    method = spec.method
     if spec.batch_size % world_size:
         problems.append(f"batch_size: must be divisible by the number of processes {world_size}")
-    entry = REGISTRY[method.name]
-    if entry.problems is not None:  # the method's own rules (registered with it)
-        problems.extend(entry.problems(spec))
-    if spec.data.pipeline == "gpu" and method.name not in gpu_pipeline_methods():
-        gpu = ", ".join(gpu_pipeline_methods())
-        problems.append(f"data.pipeline: 'gpu' runs the views of {gpu}; method {method.name} needs data.pipeline: cpu")
-    for path, (lo, hi) in (entry.ranges(method) if entry.ranges is not None else {}).items():
-        if lo > hi:
-            problems.append(f"{path}: lower bound {lo} is above upper bound {hi}")
+    problems.extend(_method_problems(spec))
     problems.extend(_views_problems(spec))
     if spec.schedule.name in ("step", "piecewise"):
         if any(not 0.0 < m < 1.0 for m in spec.schedule.milestones) or spec.schedule.milestones != sorted(
@@ -478,6 +227,23 @@ def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
             problems.append("schedule.milestones: must be increasing fractions of training in (0, 1)")
     if spec.schedule.warmup_epochs >= spec.epochs and spec.max_steps is None:
         problems.append(f"schedule.warmup_epochs: must be below epochs ({spec.epochs})")
+    return problems
+
+
+def _method_problems(spec: RunSpec) -> list[str]:
+    """The rules its registry entry declares for the spec's method: its own checks, its ranges, c4, gpu pipeline."""
+    method = spec.method
+    entry = REGISTRY[method.name]
+    problems = entry.problems(spec) if entry.problems is not None else []
+    if entry.needs_c4 and not spec.model.c4:
+        problems.append(f"model.c4: method {method.name} is a ResNet-C4 method (RoIAlign on res4, res5 as the box "
+                        "head); set model.c4: true")
+    if spec.data.pipeline == "gpu" and entry.device_views is None:
+        gpu = ", ".join(device_views_methods())
+        problems.append(f"data.pipeline: 'gpu' runs the views of {gpu}; method {method.name} needs data.pipeline: cpu")
+    for path, (lo, hi) in (entry.ranges(method) if entry.ranges is not None else {}).items():
+        if lo > hi:
+            problems.append(f"{path}: lower bound {lo} is above upper bound {hi}")
     return problems
 
 
@@ -490,7 +256,7 @@ def _views_problems(spec: RunSpec) -> list[str]:
         lo, hi = views.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
             problems.append(f"views.crop_scale: {list(views.crop_scale)} is not a range of area fractions in (0, 1]")
-        if method.name in ("soco", "d3ssl"):
+        if REGISTRY[method.name].own_crop_scale:
             problems.append(f"views.crop_scale: method {method.name} sets its crop with method.crop_scale")
         multi_crop = getattr(method, "multi_crop", None)
         if multi_crop is not None and multi_crop.enabled:

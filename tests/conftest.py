@@ -95,12 +95,13 @@ def images(tmp_path):
 @pytest.fixture
 def toy_method(monkeypatch):
     """The toy method installed as 'simclr' for this test only."""
+    from dataclasses import replace
+
     import engine_toy as toy
 
-    from sslcli.methods import METHODS, _import_all
+    from sslcli.method_registry import REGISTRY, method_entry
 
-    _import_all()
-    monkeypatch.setitem(METHODS, "simclr", toy.ToyMethod)
+    monkeypatch.setitem(REGISTRY, "simclr", replace(method_entry("simclr"), method=toy.ToyMethod))
 
 
 @pytest.fixture

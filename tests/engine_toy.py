@@ -7,6 +7,8 @@ the same weights. It is installed under the spec name ``simclr`` (its spec field
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import torch
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslcli import distributed as dist
-from sslcli.methods import METHODS, _import_all
+from sslcli.method_registry import REGISTRY, method_entry
 from sslcli.methods.base import Method, StepInfo
 from sslcli.models.ema import ema_update, momentum_copy
 
@@ -66,10 +68,14 @@ class ToyMethod(Method):
         self.steps_seen += 1
 
 
+def use_as_simclr(method: type) -> None:
+    """Put ``method`` in the method registry under the spec name 'simclr' (the built-ins registered first)."""
+    REGISTRY["simclr"] = replace(method_entry("simclr"), method=method)
+
+
 def install() -> None:
     """Register the toy under the spec name 'simclr' (after the real methods registered themselves)."""
-    _import_all()
-    METHODS["simclr"] = ToyMethod
+    use_as_simclr(ToyMethod)
 
 
 def spec_dict(root, output_dir, **overrides) -> dict:
@@ -112,8 +118,7 @@ class PoisonedToy(ToyMethod):
 
 
 def install_poisoned() -> None:
-    _import_all()
-    METHODS["simclr"] = PoisonedToy
+    use_as_simclr(PoisonedToy)
 
 
 class SlowToy(ToyMethod):
@@ -129,8 +134,7 @@ class SlowToy(ToyMethod):
 
 def main_slow() -> None:
     """``python -c 'import engine_toy; engine_toy.main_slow()' pretrain ...``: the CLI with the slow toy installed."""
-    _import_all()
-    METHODS["simclr"] = SlowToy
+    use_as_simclr(SlowToy)
     from sslcli.cli import main
 
     main()
@@ -144,8 +148,7 @@ def main_killed_writing(name: str) -> None:
     import sslcli.engine.trainer as trainer
     from sslcli.io import atomic_path
 
-    _import_all()
-    METHODS["simclr"] = ToyMethod
+    use_as_simclr(ToyMethod)
     save = trainer.save_checkpoint
 
     def save_or_die(path, state):
@@ -171,8 +174,7 @@ class FailingToy(ToyMethod):
 
 
 def install_failing() -> None:
-    _import_all()
-    METHODS["simclr"] = FailingToy
+    use_as_simclr(FailingToy)
 
 
 class LauncherSignallingToy(ToyMethod):
@@ -191,8 +193,7 @@ class LauncherSignallingToy(ToyMethod):
 
 
 def install_signalling_launcher() -> None:
-    _import_all()
-    METHODS["simclr"] = LauncherSignallingToy
+    use_as_simclr(LauncherSignallingToy)
 
 
 class RankSignallingToy(ToyMethod):
@@ -209,8 +210,7 @@ class RankSignallingToy(ToyMethod):
 
 
 def install_rank_signalling() -> None:
-    _import_all()
-    METHODS["simclr"] = RankSignallingToy
+    use_as_simclr(RankSignallingToy)
 
 
 def tensors(state) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ from torch import nn
 from sslcli.analysis.coupling import compose_pair, coupling_rates, summarize
 from sslcli.analysis.oknn import classify, disturb, plan_objects, resize_short_side
 from sslcli.analysis.positional import mean_cosine_similarity, tile_boxes, tile_image
-from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD
+from sslcli.data.views.colour import IMAGENET_MEAN, IMAGENET_STD
 from sslcli.eval.knn import knn_scores
 from sslcli.eval.roi import box_features, pooled_roi_features, stage_strides, to_input
 from sslcli.models.backbone import STAGES, build_backbone

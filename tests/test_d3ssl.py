@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from sslcli.data.region_aug import MEAN_COLOUR, pixel_boxes
+from sslcli.data.views.region_aug import MEAN_COLOUR, pixel_boxes
 from sslcli.losses.region_nce import d3ssl_loss
 from sslcli.methods.base import StepInfo
-from sslcli.methods.d3ssl import D3ssl, D3sslViews, compose_views
+from sslcli.methods.d3ssl.method import D3ssl, compose_views
+from sslcli.methods.d3ssl.views import D3sslViews
 
 
 # --------------------------------------------------------------------------------------------------------- the loss

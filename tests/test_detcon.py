@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from sslcli.losses.detcon import detcon_loss
-from sslcli.methods.detcon import label_grid, sample_ids
+from sslcli.methods.detcon.method import sample_ids
+from sslcli.methods.detcon.views import label_grid
 from sslcli.models.region_pooling import mask_pool
 
 
@@ -201,13 +202,13 @@ def _info(progress: float = 0.0):
 
 
 def _detcon(variant: str, **options):
-    from sslcli.methods.detcon import Detcon
+    from sslcli.methods.detcon.method import Detcon
 
     return Detcon(_spec({"name": "detcon", "variant": variant, "dim": 16, "hidden_dim": 32, **options}))
 
 
 def test_grid_1x1_detcon_s_reduces_to_simclr():
-    from sslcli.methods.simclr import SimCLR
+    from sslcli.methods.simclr.method import SimCLR
 
     torch.manual_seed(0)
     simclr = SimCLR(_spec({"name": "simclr", "dim": 16, "hidden_dim": 32}))
@@ -226,7 +227,7 @@ def test_grid_1x1_detcon_s_reduces_to_simclr():
 
 
 def test_grid_1x1_detcon_b_reduces_to_byol():
-    from sslcli.methods.byol import BYOL
+    from sslcli.methods.byol.method import BYOL
 
     torch.manual_seed(0)
     byol = BYOL(_spec({"name": "byol", "dim": 16, "hidden_dim": 32}))
@@ -291,7 +292,7 @@ def test_transform_end_to_end_on_coco_data(coco_data):
     import pickle
 
     from sslcli.data.readers.sources import open_source
-    from sslcli.methods.detcon import Detcon
+    from sslcli.methods.detcon.method import Detcon
 
     source = open_source(coco_data, "train2017")
     detcon = Detcon(_spec({"name": "detcon", "variant": "B", "dim": 16, "hidden_dim": 32, "masks": {"kind": "gt"}},
@@ -333,7 +334,7 @@ def _loss_and_grads(variant: str, views: torch.Tensor, grids: torch.Tensor):
 def _gloo_worker(rank: int, world: int, port: int, views, grids, out_path: str):
     import torch.distributed as torch_dist
 
-    import sslcli.methods.detcon as detcon_module
+    import sslcli.methods.detcon.method as detcon_module
 
     detcon_module.sample_ids = _first_ids
     torch.set_num_threads(1)
@@ -360,7 +361,7 @@ def test_two_gloo_processes_give_the_single_process_loss_and_gradients(tmp_path,
     # gradient of other ranks' rows back; a plain all_gather would drop it and this test would fail for DetCon_S).
     import torch.multiprocessing as mp
 
-    import sslcli.methods.detcon as detcon_module
+    import sslcli.methods.detcon.method as detcon_module
 
     views = _views(4, seed=3)
     grids = torch.randint(0, 3, (4, 2, 2, 2), generator=torch.Generator().manual_seed(4))

@@ -10,34 +10,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import stats
 from torchvision import transforms as T
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, ColorAug
-from sslcli.data.device_regions import (
-    BoxDeviceViews,
-    D3sslDeviceViews,
-    MaskDeviceViews,
-    crop_label_maps,
-    label_grids,
-    shift_views,
-    zero_rects,
-)
-from sslcli.data.device_views import DeviceViews
-from sslcli.data.mask_views import MaskViewPair
 from sslcli.data.readers.images import EncodedImage
-from sslcli.data.region_views import RegionViews, cutout_in_boxes
-from sslcli.data.stored_boxes import StoredBoxViews
+from sslcli.data.views.colour import IMAGENET_MEAN, IMAGENET_STD, ColourAug
+from sslcli.data.views.label_maps import MaskSource
+from sslcli.data.views.regions import RegionViews, cutout_in_boxes
+from sslcli.data.views.stored_boxes import StoredBoxViews
 from sslcli.engine.data import collate
-from sslcli.methods.d3ssl import D3sslViews
-from sslcli.methods.detcon import DetconTransform, label_grid
-from sslcli.proposals.masks_online import MaskSource
+from sslcli.method_registry import import_target, method_entry
+from sslcli.methods.d3ssl.views import D3sslDeviceViews, D3sslViews, shift_views
+from sslcli.methods.detcon.views import (
+    DetconTransform,
+    MaskDeviceViews,
+    MaskViewPair,
+    crop_label_maps,
+    label_grid,
+    label_grids,
+)
+from sslcli.methods.soco.views import BoxDeviceViews, zero_rects
 
 CPU = torch.device("cpu")
-NO_COLOUR = ColorAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+NO_COLOUR = ColourAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 # Painted objects: distinct saturated colours on grey, far apart so that resizing blends only along their edges.
 PALETTE = np.array([[128, 128, 128], [230, 30, 30], [30, 200, 40], [40, 60, 230], [240, 220, 20], [200, 40, 220],
@@ -78,24 +77,32 @@ def test_crop_label_maps_equal_torchvision_nearest_resize_and_flip():
 
 
 @pytest.mark.parametrize("side,n", [(64, 2), (112, 4), (97, 4), (30, 7)])
-def test_label_grids_equal_detcons_label_grid(side, n):
+def test_label_grids_are_the_argmax_of_average_pooled_one_hot_masks(side, n):
+    """The batched grids (both pipelines' one implementation: the CPU's `label_grid` is a batch of one) against the
+    definition: adaptive_avg_pool2d of each id's one-hot mask, argmax over ids (ties: the first, smallest id)."""
     gen = torch.Generator().manual_seed(side)
     maps = torch.randint(0, 4, (6, side, side), generator=gen)
     maps[0] = 3  # one id everywhere
     maps[1, :, : side // 2], maps[1, :, side // 2:] = 2, 1  # halves: ties inside the middle windows
     maps[2] = torch.arange(side)[None, :] % 5  # stripes
     got = label_grids(maps, n)
-    assert torch.equal(got, torch.stack([label_grid(m, n) for m in maps]))
+    for label_map, grid in zip(maps, got, strict=True):
+        ids = torch.unique(label_map)
+        one_hot = (label_map[None] == ids[:, None, None]).float()
+        assert torch.equal(grid, ids[F.adaptive_avg_pool2d(one_hot[None], n)[0].argmax(0)])
+    assert torch.equal(label_grid(maps[1], n), got[1])  # the CPU path's call
 
 
 # ------------------------------------------------------------------------------------------------------------ DetCon
 def _detcon(size=64, sampler="authors", variant="S", grid=3) -> MaskDeviceViews:
-    return DeviceViews(DetconTransform(MaskSource("grid", grid=grid), MaskViewPair(size, variant, crop_sampler=sampler),
-                                       grid_side=-(-size // 32)))  # the ImageNet stem's res5: ⌈size/32⌉
+    return MaskDeviceViews(DetconTransform(MaskSource("grid", grid=grid), MaskViewPair(size, variant, crop_sampler=sampler),
+                                           grid_side=-(-size // 32)))  # the ImageNet stem's res5: ⌈size/32⌉
 
 
-def test_detcon_transform_gets_mask_device_views():
-    assert type(_detcon()) is MaskDeviceViews
+def test_each_region_method_registers_its_own_device_views():
+    assert import_target(method_entry("detcon").device_views) is MaskDeviceViews
+    assert import_target(method_entry("soco").device_views) is BoxDeviceViews
+    assert import_target(method_entry("d3ssl").device_views) is D3sslDeviceViews
 
 
 N = 3000
@@ -123,7 +130,7 @@ def test_detcon_crop_windows_follow_the_cpu_samplers(sampler):
 
 
 def test_detcon_flip_rate_and_byol_colour_rates():
-    from sslcli.data.device_views import BLUR_ON, SOLARIZE
+    from sslcli.data.views.colour import BLUR_ON, SOLARIZE
 
     dv = _detcon(variant="B")
     image = EncodedImage(Path("x.jpg"), b"", height=48, width=64, is_jpeg=True)
@@ -140,7 +147,7 @@ def test_detcon_flip_rate_and_byol_colour_rates():
 
 def _painted_grid(tmp_path: Path, height: int, width: int, grid: int) -> tuple[EncodedImage, np.ndarray]:
     """An image painted with the grid mask source's label map: id k → PALETTE[k + 1]."""
-    from sslcli.proposals.masks_online import grid_label_map
+    from sslcli.data.views.label_maps import grid_label_map
 
     ids = grid_label_map(height, width, grid)
     return _png(tmp_path / "grid.png", PALETTE[1 + ids % (len(PALETTE) - 1)]), ids
@@ -181,7 +188,7 @@ def test_detcon_device_views_equal_the_cpu_path_on_the_same_draws(tmp_path):
     pair = MaskViewPair(64, "S", crop_sampler="authors")
     pair._pipelines = (pair._build()[0], [_normalise_only] * 2)  # colour off on the CPU path too
     transform = DetconTransform(MaskSource("grid", grid=3), pair, grid_side=2)  # 64 px / 32
-    dv = DeviceViews(transform)
+    dv = MaskDeviceViews(transform)
     dv.colours = (NO_COLOUR, NO_COLOUR)
     image, ids = _painted_grid(tmp_path, 60, 80, 3)
     for cpu, dev in _both_paths(transform, dv, image, 4):
@@ -224,8 +231,8 @@ def _painted_objects(tmp_path: Path) -> EncodedImage:
 
 
 def _soco(recipe: str, padding: str = "authors", k: int = 3) -> BoxDeviceViews:
-    views = RegionViews(64, k, (0.4, 1.0), colors=(NO_COLOUR, NO_COLOUR), recipe=recipe, padding=padding)
-    return DeviceViews(StoredBoxViews(FakeStore(OBJECTS, 96, 128), views))
+    views = RegionViews(64, k, (0.4, 1.0), colours=(NO_COLOUR, NO_COLOUR), recipe=recipe, padding=padding)
+    return BoxDeviceViews(StoredBoxViews(FakeStore(OBJECTS, 96, 128), views))
 
 
 def _box_colour(view: torch.Tensor, box: torch.Tensor) -> int | None:
@@ -240,7 +247,7 @@ def _box_colour(view: torch.Tensor, box: torch.Tensor) -> int | None:
 
 @pytest.mark.parametrize("recipe", ["paper", "c4-code", "fpn-code"])
 def test_soco_boxes_follow_the_pixels_on_a_painted_image(recipe, tmp_path):
-    from sslcli.methods.soco import SET_VIEWS, VIEW_KEYS
+    from sslcli.methods.soco.method import SET_VIEWS, VIEW_KEYS
 
     dv = _soco(recipe)
     dv.views.cutout_p = 0.0  # cutouts would blank the centres the test reads
@@ -285,7 +292,7 @@ def test_zero_rects_equals_cutout_in_boxes():
     torch.manual_seed(5)
     ref = cutout_in_boxes(view, boxes, 1.0, (0.1, 0.3))
     torch.manual_seed(5)
-    from sslcli.data.region_views import cutout_rects
+    from sslcli.data.views.regions import cutout_rects
 
     rects = cutout_rects(boxes, 1.0, (0.1, 0.3), 32)
     assert torch.equal(zero_rects(view[None], rects[None])[0], ref) and not torch.equal(ref, view)
@@ -304,10 +311,9 @@ def test_shift_views_equals_torch_roll():
 def test_d3ssl_device_views_equal_the_cpu_path_on_the_same_draws(fill, decoupling, depositioning, tmp_path):
     """Colour off: the same torch and numpy draws in both paths, so the same boxes, holes, PRM masks and shift."""
     d3 = D3sslViews(64, 3, prc_fill=fill, decoupling=decoupling, depositioning=depositioning)
-    d3.regions = RegionViews(64, 3, tuple(d3.crop_scale), jitter_p=0.0, colors=(NO_COLOUR, NO_COLOUR))
+    d3.regions = RegionViews(64, 3, tuple(d3.crop_scale), jitter_p=0.0, colours=(NO_COLOUR, NO_COLOUR))
     transform = StoredBoxViews(FakeStore(OBJECTS, 96, 128), d3)
-    dv = DeviceViews(transform)
-    assert type(dv) is D3sslDeviceViews
+    dv = D3sslDeviceViews(transform)
     for cpu, dev in _both_paths(transform, dv, _painted_objects(tmp_path), 3):
         assert set(dev) == set(cpu)
         for key, value in cpu.items():
@@ -319,8 +325,8 @@ def test_d3ssl_device_views_equal_the_cpu_path_on_the_same_draws(fill, decouplin
 
 def test_d3ssl_boxes_follow_the_pixels_on_a_painted_image(tmp_path):
     d3 = D3sslViews(64, 3, decoupling=False)
-    d3.regions = RegionViews(64, 3, tuple(d3.crop_scale), jitter_p=0.0, colors=(NO_COLOUR, NO_COLOUR))
-    dv = DeviceViews(StoredBoxViews(FakeStore(OBJECTS, 96, 128), d3))
+    d3.regions = RegionViews(64, 3, tuple(d3.crop_scale), jitter_p=0.0, colours=(NO_COLOUR, NO_COLOUR))
+    dv = D3sslDeviceViews(StoredBoxViews(FakeStore(OBJECTS, 96, 128), d3))
     image = _painted_objects(tmp_path)
     torch.manual_seed(0)
     out = dv.apply(collate([dv({"image": image, "index": i, "image_id": 0}) for i in range(6)]), CPU)

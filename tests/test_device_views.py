@@ -14,27 +14,29 @@ from torchvision import transforms as T
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from sslcli.data.color import BYOL, IMAGENET_MEAN, IMAGENET_STD, MOCO_V2, ColorAug, blur_kernel_size
-from sslcli.data.device_views import (
+from sslcli.data.readers.images import EncodedImage, load_image
+from sslcli.data.views.colour import (
     BLUR_ON,
+    BYOL_COLOUR,
     FACTORS,
     GRAY,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     JITTER_ON,
+    MOCO_V2_COLOUR,
     N_COLOUR_PARAMS,
     ORDER,
     SIGMA,
     SOLARIZE,
-    DeviceViews,
-    apply_colour,
-    decode_batch,
-    orient,
-    resize_weights,
-    resized_crops,
+    ColourAug,
+    blur_kernel_size,
+    colour_transform,
     sample_colour_params,
 )
-from sslcli.data.readers.images import EncodedImage, load_image
-from sslcli.data.transforms import CropViews, crop_resize
-from sslcli.engine.data import build_loader, collate
+from sslcli.data.views.crops import CropViews, crop_resize
+from sslcli.data.views.device_crops import ImageDeviceViews
+from sslcli.data.views.device_ops import apply_colour, decode_batch, orient, resize_weights, resized_crops
+from sslcli.engine.data import build_device_views, build_loader, collate
 from sslcli.errors import InputError
 from sslcli.spec import parse_spec
 
@@ -43,13 +45,13 @@ HEADER_ONLY = EncodedImage(Path("x.jpg"), b"", height=480, width=640, is_jpeg=Tr
 
 
 def _draws(views: CropViews, n: int = N) -> list[dict]:
-    dv = DeviceViews(views)
+    dv = ImageDeviceViews(views)
     torch.manual_seed(0)
     return [dv({"image": HEADER_ONLY, "index": i}) for i in range(n)]
 
 
 def test_crop_area_and_aspect_follow_torchvision_random_resized_crop():
-    out = _draws(CropViews(224, (0.2, 1.0), (MOCO_V2, MOCO_V2)))
+    out = _draws(CropViews(224, (0.2, 1.0), (MOCO_V2_COLOUR, MOCO_V2_COLOUR)))
     boxes = torch.stack([o["boxes"] for o in out]).view(-1, 4)
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     torch.manual_seed(1)
@@ -61,7 +63,7 @@ def test_crop_area_and_aspect_follow_torchvision_random_resized_crop():
 
 
 def test_flip_rate_is_one_half():
-    flips = torch.stack([o["flips"] for o in _draws(CropViews(64, (0.2, 1.0), (MOCO_V2, MOCO_V2)))]).float()
+    flips = torch.stack([o["flips"] for o in _draws(CropViews(64, (0.2, 1.0), (MOCO_V2_COLOUR, MOCO_V2_COLOUR)))]).float()
     assert abs(flips.mean().item() - 0.5) < 4 * (0.25 / flips.numel()) ** 0.5
 
 
@@ -70,7 +72,7 @@ def _rate_ok(values: torch.Tensor, p: float) -> bool:
 
 
 def test_colour_parameters_follow_torchvision():
-    aug = MOCO_V2
+    aug = MOCO_V2_COLOUR
     torch.manual_seed(0)
     p = torch.stack([sample_colour_params(aug) for _ in range(N)])
     assert _rate_ok(p[:, JITTER_ON], aug.jitter_p)
@@ -87,7 +89,7 @@ def test_colour_parameters_follow_torchvision():
         assert stats.chisquare(counts).pvalue > 1e-4
     sigma = p[p[:, BLUR_ON] > 0.5, SIGMA]
     assert stats.kstest(sigma.numpy(), stats.uniform(0.1, 1.9).cdf).pvalue > 1e-4
-    byol2 = torch.stack([sample_colour_params(BYOL[1]) for _ in range(N)])
+    byol2 = torch.stack([sample_colour_params(BYOL_COLOUR[1]) for _ in range(N)])
     assert _rate_ok(byol2[:, SOLARIZE], 0.2) and _rate_ok(byol2[:, BLUR_ON], 0.1)
 
 
@@ -126,6 +128,24 @@ def test_fixed_colour_parameters_equal_torchvision_functional_ops():
     assert torch.allclose(out, ref, atol=2e-5, rtol=0), (out - ref).abs().max()
 
 
+def test_cpu_and_device_colour_draw_with_one_sampler():
+    """Both pipelines draw a crop's colour with `sample_colour_params`: under one seed the CPU pipeline (OpenCV) and
+    the device ops on the drawn row give the same pixels (within the two implementations' float rounding); a sampler
+    of its own on either side would pick other steps and factors."""
+    aug = ColourAug(0.4, 0.4, 0.4, 0.1, jitter_p=0.8, gray_p=0.3, blur_p=0.5, solarize_p=0.3)
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 24, 24), dtype=np.uint8))
+    seen = torch.zeros(N_COLOUR_PARAMS)
+    for seed in range(40):
+        torch.manual_seed(seed)
+        cpu = colour_transform(aug, 24)(image)
+        torch.manual_seed(seed)
+        params = sample_colour_params(aug)
+        device = apply_colour(image[None].float() / 255, params[None], blur_kernel_size(24))[0]
+        assert (cpu - device).abs().max() < 1e-4, (seed, params)  # measured ≤ 6e-6; another draw: ≥ 0.8
+        seen += params
+    assert (seen[[JITTER_ON, GRAY, BLUR_ON, SOLARIZE]] > 0).all()  # every step ran in some of the draws
+
+
 @pytest.mark.parametrize("bicubic", [False, True])
 def test_resized_crops_equal_torchvision_antialiased_resize(bicubic):
     gen = torch.Generator().manual_seed(0)
@@ -150,7 +170,7 @@ def test_resized_crops_equal_torchvision_antialiased_resize(bicubic):
 
 
 def test_resized_crops_chunk_large_batches(monkeypatch):
-    import sslcli.data.device_views as dv
+    import sslcli.data.views.device_ops as dv
 
     images = [torch.full((3, 20 + i, 30), i, dtype=torch.uint8) for i in range(5)]
     boxes = torch.tensor([[0, 0, 30, 20]] * 5)
@@ -187,9 +207,9 @@ def test_exif_rotated_jpeg_decodes_as_load_image(tmp_path):
 
 
 def test_views_match_the_cpu_path_for_the_same_crops(coco_data):
-    no_colour = ColorAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
+    no_colour = ColourAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)
     views = CropViews(64, (0.2, 1.0), (no_colour, no_colour), small_size=32, n_small=2)
-    dv = DeviceViews(views)
+    dv = ImageDeviceViews(views)
     paths = sorted((coco_data / "train2017").glob("*.jpg"))[:4]
     torch.manual_seed(0)
     samples = [dv({"image": EncodedImage.read(p), "index": i}) for i, p in enumerate(paths)]
@@ -221,16 +241,20 @@ def _spec(tmp_path: Path, root: Path, **data) -> dict:
 def test_unsupported_methods_are_refused_naming_the_field(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from sslcli.method_registry import REGISTRY
+    from sslcli.method_registry import REGISTRY, method_entry, method_names
 
     base = _spec(tmp_path, tmp_path)
-    # Every built-in method has device views; a registered method without them (a plugin) is refused.
-    monkeypatch.setitem(REGISTRY, "detcon", replace(REGISTRY["detcon"], gpu_pipeline=False))
-    with pytest.raises(InputError, match="data.pipeline: 'gpu' runs the views of moco, simclr, byol, soco, d3ssl; "
+    # A registered method without device views (here detcon, made one) is refused; the message names those with them.
+    monkeypatch.setitem(REGISTRY, "detcon", replace(method_entry("detcon"), device_views=None))
+    with_views = [name for name in method_names() if method_entry(name).device_views is not None]
+    assert {"moco", "simclr", "byol", "soco", "d3ssl"} <= set(with_views) and "detcon" not in with_views
+    with pytest.raises(InputError, match=f"data.pipeline: 'gpu' runs the views of {', '.join(with_views)}; "
                                          "method detcon needs data.pipeline: cpu"):
         parse_spec({**base, "method": {"name": "detcon"}})
-    with pytest.raises(InputError, match="has no device views for this method's transform"):
-        DeviceViews(object())
+    moco = parse_spec(base)  # the engine too refuses a method whose entry has no device views
+    monkeypatch.setitem(REGISTRY, "moco", replace(method_entry("moco"), device_views=None))
+    with pytest.raises(InputError, match="method moco has no device views"):
+        build_device_views(moco, None)
     with pytest.raises(InputError, match="data.pipeline: 'gpu' does not run A\\+"):
         parse_spec({**base, "method": {"name": "moco", "queue_size": 32, "aplus": {"enabled": True}}})
     with pytest.raises(InputError, match="data.pipeline"):
@@ -238,7 +262,7 @@ def test_unsupported_methods_are_refused_naming_the_field(tmp_path, monkeypatch)
 
 
 def test_engine_loader_yields_device_views_reproducibly(tmp_path, coco_data):
-    from sslcli.methods.moco import moco_views
+    from sslcli.methods.moco.views import moco_views
 
     spec = parse_spec(_spec(tmp_path, coco_data))
     loader, sampler = build_loader(spec, moco_views(spec), rank=0, world_size=1, start_epoch=0, pin_memory=False)

@@ -50,11 +50,13 @@ def two_process_run(images, tmp_path_factory):
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(images, tmp_path, two_process_run, monkeypatch):
-    from sslcli.methods import METHODS, _import_all
+    from dataclasses import replace
+
+    from sslcli.method_registry import REGISTRY, method_entry
 
     out2, result2 = two_process_run
-    _import_all()
-    monkeypatch.setitem(METHODS, "simclr", toy.ToyMethod)  # in this process for this test only
+    # in this process for this test only
+    monkeypatch.setitem(REGISTRY, "simclr", replace(method_entry("simclr"), method=toy.ToyMethod))
     spec = parse_spec(toy.spec_dict(images, tmp_path / "one", epochs=3))
     result1 = launch(spec)
     assert result2["world_size"] == 2 and result2["steps"] == result1["steps"] == 6
@@ -153,8 +155,8 @@ def test_bad_input_is_caught_once_before_spawning_ranks(tmp_path, cli):
 
 
 def test_preflight_keeps_every_built_in_method_registered(tmp_path):
-    """The pre-spawn check undoes what an init hook registers, never the built-in methods it imported itself
-    (a module registers only on its first import). Run in a fresh interpreter, where nothing is imported yet."""
+    """The pre-spawn check builds the method this process registers (the init hook runs in the ranks only) and
+    leaves the registry as it found it. Run in a fresh interpreter, where nothing is imported yet."""
     import subprocess
     import sys
 
@@ -164,13 +166,13 @@ import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import engine_toy as toy
 from sslcli.engine.launch import _preflight
-from sslcli.methods import METHODS
+from sslcli.method_registry import REGISTRY, method_class
 from sslcli.spec import parse_spec
 spec = parse_spec(toy.spec_dict({str(tmp_path / 'imgs')!r}, {str(tmp_path / 'run')!r}))
-_preflight(spec, None, toy.install)
+_preflight(spec, None)
 names = {{"moco", "simclr", "byol", "detcon", "soco", "d3ssl"}}
-assert names <= set(METHODS), sorted(METHODS)
-assert METHODS["simclr"].__name__ == "SimCLR", METHODS["simclr"]
+assert names <= set(REGISTRY), sorted(REGISTRY)
+assert method_class("simclr").__name__ == "SimCLR", method_class("simclr")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

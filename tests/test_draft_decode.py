@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from sslcli.data.color import ColorAug
 from sslcli.data.readers.images import EncodedImage, load_image
-from sslcli.data.transforms import CropViews, draft_reduction
+from sslcli.data.views.colour import ColourAug
+from sslcli.data.views.crops import CropViews, draft_reduction
 from sslcli.errors import CorruptImageError
 
-NO_COLOUR = ColorAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # normalisation only: outputs compare pixels
+NO_COLOUR = ColourAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # normalisation only: outputs compare pixels
 
 
 def _jpegs(root: Path, n: int) -> list[Path]:

@@ -10,9 +10,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from sslcli.data.mask_views import CROP_RATIO, CROP_SCALE, MaskViewPair, crop_and_flip, to_tv_tensors
-from sslcli.proposals.gt import gt_label_map
-from sslcli.proposals.masks_online import MaskSource
+from sslcli.data.views.label_maps import MaskSource, gt_label_map
+from sslcli.methods.detcon.views import CROP_RATIO, CROP_SCALE, MaskViewPair, crop_and_flip, to_tv_tensors
 
 
 def _blocky_labels(rng: np.random.Generator, height: int, width: int, block: int = 8) -> np.ndarray:

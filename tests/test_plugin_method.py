@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from sslcli.method_registry import BUILTIN_METHODS
+
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "tests" / "plugin" / "toy_plugin"
-BUILTINS = "moco, simclr, byol, detcon, soco, d3ssl"
+# The built-in methods in the order they register (the module names end in the method names).
+BUILTINS = ", ".join(module.rsplit(".", 1)[1] for module in BUILTIN_METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +128,78 @@ def test_a_broken_or_clashing_plugin_is_named(tmp_path):
     assert "method plugin 'bad' (no_such_module:register): cannot load (ModuleNotFoundError" in proc.stderr
     # A plugin may not take over a built-in's name (existing specs would train something else).
     (site / "clash.py").write_text("from sslcli.method_registry import register_method\n"
-                                   "from sslcli.spec import SimclrSpec\n"
+                                   "from sslcli.methods.simclr.spec import SimclrSpec\n"
                                    "def register():\n    register_method('simclr', SimclrSpec, 'clash:Nothing')\n")
     (info / "entry_points.txt").write_text("[sslcli.methods]\nclash = clash:register\n")
     proc = run(["-m", "sslcli", "pretrain", "--schema"], site, tmp_path)
     assert proc.returncode == 1
-    assert "method 'simclr': registered already (spec sslcli.spec.SimclrSpec)" in proc.stderr
+    assert "method 'simclr': registered already (spec sslcli.methods.simclr.spec.SimclrSpec)" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- the plugin's facts (registry)
+def _estimate(site: Path, data: Path, tmp_path: Path) -> dict:
+    """``study run --dry-run --json``'s estimate for a one-arm study of the plugin with a known step count."""
+    base = json.loads(write_spec(tmp_path, data).read_text())  # max_steps 2: the step count is known
+    study = {"name": "plugin", "base": base, "arms": {"toy": {}}, "seeds": [0]}
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps(study))
+    proc = run(["-m", "sslcli", "study", "run", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--json"],
+               site, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["estimate"]
+
+
+def test_study_estimate_uses_the_plugins_own_figure_or_says_unknown(site, data, tmp_path):
+    estimate = _estimate(site, data, tmp_path)
+    # Its registered 500 img/s (ResNet-50, 224 px, width 64, two views) scaled by the documented rule to this run:
+    # two 32 px views, ResNet-18 (1.8 / 4.1 GFLOPs of a ResNet-50), width 8: cost = (2·32²)/(2·224²)·(1.8/4.1)·(8/64)².
+    cost = (2 * 32 ** 2) / (2 * 224 ** 2) * (1.8 / 4.1) * (8 / 64) ** 2
+    hours = 2 * 8 / (500.0 / cost) / 3600  # 2 steps of batch 8
+    assert estimate["per_run"]["toy seed 0"] == pytest.approx(hours, rel=1e-3)
+    assert estimate["gpu_unknown"] == [] and "toy-plugin 500" in estimate["assumption"]
+    # No measured CPU rate: "unknown", not a KeyError.
+    assert estimate["cpu_per_run"]["toy seed 0"] is None and estimate["cpu_unknown"] == ["toy seed 0"]
+    assert estimate["cpu_hours"] is None and "toy-plugin not measured" in estimate["cpu_assumption"]
+
+
+def bare_site(tmp_path: Path) -> Path:
+    """The same plugin registered with no facts at all (its package copied, without the dist-info of `site`)."""
+    bare = tmp_path / "bare-site"
+    shutil.copytree(PLUGIN, bare / "toy_plugin")
+    (bare / "bare_toy.py").write_text("from sslcli.method_registry import register_method\n"
+                                      "from toy_plugin import ToyPluginSpec, problems\n"
+                                      "def register():\n"
+                                      "    register_method('toy-plugin', ToyPluginSpec, 'toy_plugin.method:ToyPlugin',"
+                                      " problems)\n")
+    info = bare / "bare_toy-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bare-toy\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[sslcli.methods]\nbare = bare_toy:register\n")
+    return bare
+
+
+def test_a_plugin_without_a_gpu_figure_gets_an_unknown_estimate(data, tmp_path):
+    estimate = _estimate(bare_site(tmp_path), data, tmp_path)
+    assert estimate["per_run"]["toy seed 0"] is None and estimate["gpu_unknown"] == ["toy seed 0"]
+    assert estimate["gpu_hours"] is None and "toy-plugin no assumed figure" in estimate["assumption"]
+
+
+def test_analyze_crop_iou_samples_the_plugins_crop_pair(site, data, tmp_path):
+    spec = write_spec(tmp_path, data)
+    proc = run(["-m", "sslcli", "analyze", "crop-iou", str(data), "--spec", str(spec), "--pairs", "50",
+                "--out", str(tmp_path / "iou"), "--json"], site, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["scale"] == [0.3, 1.0]  # the plugin's own area range, not --min-scale's 0.2
+    # Registered without a crop pair: the error names the methods that have one.
+    proc = run(["-m", "sslcli", "analyze", "crop-iou", str(data), "--spec", str(spec), "--out", str(tmp_path / "o")],
+               bare_site(tmp_path), tmp_path)
+    assert proc.returncode == 2
+    assert "method 'toy-plugin' has no image-level crop pair; expected one of moco, simclr, byol" in proc.stderr
+
+
+def test_plugin_trains_on_the_gpu_pipeline_through_its_device_views_hook(site, data, tmp_path):
+    spec = write_spec(tmp_path, data)
+    proc = run(["-m", "sslcli", "pretrain", str(spec), "--set", "data.pipeline=gpu", "--json"], site, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["steps"] == 2 and math.isfinite(result["final_loss"])

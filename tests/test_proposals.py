@@ -16,9 +16,8 @@ from skimage.segmentation import felzenszwalb
 from sslcli.data.readers.images import load_image
 from sslcli.data.readers.sources import open_source
 from sslcli.data.stores.store import RegionStore
+from sslcli.data.views.label_maps import grid_label_map, gt_label_map
 from sslcli.proposals.filters import soco_filter
-from sslcli.proposals.grid import grid_label_map
-from sslcli.proposals.gt import gt_label_map
 from sslcli.proposals.mcg import read_mcg
 from sslcli.proposals.selective_search import selective_search
 

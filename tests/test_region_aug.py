@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from sslcli.data.region_aug import (
+from sslcli.data.views.region_aug import (
     MEAN_COLOUR,
-    _fill_values,
     depositioning_composite,
+    fill_values,
     restricted_box_jitter,
     sample_prc_cutouts,
     sample_prm_rects,
@@ -156,9 +156,9 @@ def test_prc_keeps_a_cutout_that_covers_little_of_another_proposal():
 def test_prc_fill_colours():
     rng = np.random.default_rng(0)
     # ImageNet's mean (0.485, 0.456, 0.406) × 255 = (123.7, 116.3, 103.5), rounded.
-    assert _fill_values("mean", 5, rng).tolist() == [124, 116, 104] and MEAN_COLOUR.tolist() == [124, 116, 104]
-    assert _fill_values("zero", 5, rng).tolist() == [0, 0, 0]
-    noise = _fill_values("noise", 500, rng)
+    assert fill_values("mean", 5, rng).tolist() == [124, 116, 104] and MEAN_COLOUR.tolist() == [124, 116, 104]
+    assert fill_values("zero", 5, rng).tolist() == [0, 0, 0]
+    noise = fill_values("noise", 500, rng)
     assert noise.shape == (500, 3) and noise.dtype == np.uint8
     assert len(np.unique(noise, axis=0)) > 400  # 500 independent colours of 2^24: nearly all distinct
 
@@ -168,7 +168,7 @@ def test_prc_rejects_bad_input():
     with pytest.raises(ValueError, match="boxes"):
         sample_prc_cutouts(np.array([[4.0, 4.0, 2.0, 6.0]]), 8, 8, rng)
     with pytest.raises(ValueError, match="fill"):
-        _fill_values("blur", 4, rng)  # type: ignore[arg-type]
+        fill_values("blur", 4, rng)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------------------- PRM

@@ -97,7 +97,7 @@ def test_soco_transform_reads_the_store_and_collates(dataset):
     from torch.utils.data import default_collate
 
     from sslcli.data.readers.sources import open_source
-    from sslcli.methods.soco import Soco
+    from sslcli.methods.soco.method import Soco
     from sslcli.spec import parse_spec
 
     spec = parse_spec({"data": {"root": str(dataset), "image_size": 64, "workers": 0},

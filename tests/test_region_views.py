@@ -1,4 +1,4 @@
-"""SoCo's box-carrying views (sslcli/data/region_views.py): boxes move with the pixels, jitter bounds, sampling."""
+"""SoCo's box-carrying views (sslcli/data/views/regions.py): boxes move with the pixels, jitter bounds, sampling."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from sslcli.data.region_views import RegionViews, downsample, jitter_boxes, overlapping, place_boxes, sample_indices
+from sslcli.data.views.regions import RegionViews, downsample, jitter_boxes, overlapping, place_boxes, sample_indices
 
 # An asymmetric layout (a missed flip or a wrong offset would land on another colour or on black), 120×90 image.
 HEIGHT, WIDTH = 90, 120
@@ -260,7 +260,7 @@ def test_fpn_code_v3_is_its_own_crop_with_its_own_boxes():
 
 
 def test_corner_jitter_is_anchored_at_the_corner():
-    from sslcli.data.region_views import jitter_corners
+    from sslcli.data.views.regions import jitter_corners
 
     boxes, wh = random_boxes()
     out = jitter_corners(boxes, p=1.0, scale=0.1)
@@ -276,7 +276,7 @@ def test_corner_jitter_is_anchored_at_the_corner():
 
 
 def test_cutout_removes_a_square_of_the_drawn_share_of_each_box():
-    from sslcli.data.region_views import cutout_in_boxes
+    from sslcli.data.views.regions import cutout_in_boxes
 
     torch.manual_seed(0)
     view = torch.ones(3, 64, 64)

@@ -1,4 +1,4 @@
-"""SoCo (sslcli/methods/soco.py): the loss against hand computations, RoIAlign geometry, training, bad input."""
+"""SoCo (sslcli/methods/soco/method.py): the loss against hand computations, RoIAlign geometry, training, bad input."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from sslcli.data.region_views import RegionViews
+from sslcli.data.views.regions import RegionViews
 from sslcli.losses.regression import soco_loss
 from sslcli.methods.base import StepInfo
-from sslcli.methods.soco import VIEW_PAIRS
+from sslcli.methods.soco.method import VIEW_PAIRS
 from sslcli.models.backbone import build_backbone
 from sslcli.models.region_pooling import align_rois, roi_features
 
@@ -131,7 +131,7 @@ def _info(step: int) -> StepInfo:
 
 
 def test_method_trains_a_few_steps_and_the_loss_decreases():
-    from sslcli.methods.soco import Soco
+    from sslcli.methods.soco.method import Soco
 
     torch.manual_seed(0)
     soco = Soco(_spec())
@@ -159,7 +159,7 @@ def test_method_trains_a_few_steps_and_the_loss_decreases():
 
 def test_soco_needs_a_c4_model():
     from sslcli.errors import InputError
-    from sslcli.methods.soco import Soco
+    from sslcli.methods.soco.method import Soco
 
     with pytest.raises(InputError, match="model.c4"):
         Soco(_spec(c4=False))
@@ -198,8 +198,8 @@ def test_padded_image_loss_is_the_authors_correspondence(recipe):
     # is read from the pixels (not from the transform's ids); the loss must equal the numpy formula on those owners.
     from torchvision.transforms import v2
 
-    from sslcli.data.region_views import RegionViews, downsample
-    from sslcli.methods.soco import SET_VIEWS, Soco, set_pairs
+    from sslcli.data.views.regions import RegionViews, downsample
+    from sslcli.methods.soco.method import SET_VIEWS, Soco, set_pairs
 
     image, rects, colours = _two_proposal_image()
     k, size = 4, 64
@@ -249,8 +249,8 @@ def test_padded_image_loss_is_the_authors_correspondence(recipe):
 
 @pytest.mark.parametrize("recipe", ["c4-code", "fpn-code"])
 def test_code_recipes_train_and_log_their_pairs(recipe):
-    from sslcli.data.region_views import RegionViews
-    from sslcli.methods.soco import Soco
+    from sslcli.data.views.regions import RegionViews
+    from sslcli.methods.soco.method import Soco
 
     views = RegionViews(64, boxes_per_image=3, recipe=recipe, padding="authors")
     image, rects, _ = _two_proposal_image()

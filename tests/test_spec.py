@@ -39,6 +39,10 @@ def test_every_reserved_method_name_validates(name):
     if name in ("soco", "d3ssl"):
         method["boxes"] = "boxes.h5"
     data = {"data": {"root": "d"}, "method": method, "batch_size": 256}
+    if name in ("soco", "d3ssl"):  # ResNet-C4 methods: refused without model.c4, at validation (not at build time)
+        with pytest.raises(SpecError, match=f"model.c4: method {name} is a ResNet-C4 method"):
+            parse_spec(data)
+        data["model"] = {"c4": True}
     assert parse_spec(data).method.name == name
 
 

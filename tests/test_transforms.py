@@ -10,8 +10,8 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from sslcli.data.color import BYOL, IMAGENET_MEAN, IMAGENET_STD, MOCO_V2, SIMCLR, ColorAug
-from sslcli.data.transforms import (
+from sslcli.data.views.colour import BYOL_COLOUR, IMAGENET_MEAN, IMAGENET_STD, MOCO_V2_COLOUR, SIMCLR_COLOUR, ColourAug
+from sslcli.data.views.crops import (
     CropViews,
     box_area,
     box_iou,
@@ -23,7 +23,7 @@ from sslcli.data.transforms import (
     sample_pair_with_max_iou,
 )
 
-NO_COLOUR = ColorAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # normalisation only: pixels are predictable
+NO_COLOUR = ColourAug(jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # normalisation only: pixels are predictable
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -59,7 +59,7 @@ def test_iou_constrained_pairs_satisfy_the_bound():
         first, second, satisfied = sample_pair_with_max_iou(100, 150, (0.2, 1.0), (3 / 4, 4 / 3), 0.3, 50, g)
         if satisfied:
             assert box_iou(first, second) < 0.3
-    views = CropViews(32, (0.2, 1.0), (MOCO_V2, MOCO_V2), max_iou=0.5)
+    views = CropViews(32, (0.2, 1.0), (MOCO_V2_COLOUR, MOCO_V2_COLOUR), max_iou=0.5)
     torch.manual_seed(0)
     ious = [box_iou(*views.sample_boxes(100, 150)[:2]) for _ in range(200)]
     assert max(ious) < 0.5
@@ -67,7 +67,7 @@ def test_iou_constrained_pairs_satisfy_the_bound():
 
 def _scripted_crops(monkeypatch, boxes):
     """The crop sampler returns ``boxes`` in order, so each candidate (and its IoU) is known by construction."""
-    import sslcli.data.transforms as transforms
+    import sslcli.data.views.crops as transforms
 
     queue = list(boxes)
     monkeypatch.setattr(transforms, "sample_crop_box", lambda *args, **kwargs: queue.pop(0))
@@ -102,8 +102,8 @@ def test_constrained_small_crops_satisfy_the_overlap_rule_or_are_the_fallback(mo
 
 
 def test_cc_views_constrain_small_crops_against_the_key_crop():
-    constrained = CropViews(32, (0.2, 1.0), (MOCO_V2, MOCO_V2), 16, (0.05, 0.14), n_small=4, cc_min_overlap=0.2)
-    free = CropViews(32, (0.2, 1.0), (MOCO_V2, MOCO_V2), 16, (0.05, 0.14), n_small=4)
+    constrained = CropViews(32, (0.2, 1.0), (MOCO_V2_COLOUR, MOCO_V2_COLOUR), 16, (0.05, 0.14), n_small=4, cc_min_overlap=0.2)
+    free = CropViews(32, (0.2, 1.0), (MOCO_V2_COLOUR, MOCO_V2_COLOUR), 16, (0.05, 0.14), n_small=4)
     torch.manual_seed(0)
 
     def rate(views):
@@ -177,7 +177,7 @@ def test_aplus_never_touches_the_key_crop():
 
 def test_real_autoaugment_runs_and_transforms_are_picklable():
     image = np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    views = CropViews(32, (0.2, 1.0), (MOCO_V2, MOCO_V2), 16, (0.05, 0.14), n_small=4, max_iou=0.6,
+    views = CropViews(32, (0.2, 1.0), (MOCO_V2_COLOUR, MOCO_V2_COLOUR), 16, (0.05, 0.14), n_small=4, max_iou=0.6,
                       cc_min_overlap=0.2, aplus_p=0.5)
     clone = pickle.loads(pickle.dumps(views))
     out = clone({"image": image, "index": 7})
@@ -203,7 +203,7 @@ def test_crop_iou_summary_hand_computed():
 def test_crop_iou_pairs_use_the_training_sampler():
     from sslcli.analysis.crop_iou import sample_pair_ious
 
-    views = CropViews(224, (0.2, 1.0), (MOCO_V2, MOCO_V2))
+    views = CropViews(224, (0.2, 1.0), (MOCO_V2_COLOUR, MOCO_V2_COLOUR))
     ious = sample_pair_ious([(100, 150)], 50, views, seed=3)
     g = torch.Generator().manual_seed(3)
     torch.randint(1, (50,), generator=g)  # the image choice draw
@@ -245,7 +245,7 @@ def test_analyze_crop_iou_folder_skips_corrupt_images_and_rejects_bad_options(cl
 
 
 def test_fast_gaussian_blur_matches_torchvision_with_the_same_random_sigma():
-    from sslcli.data.color import GaussianBlur
+    from sslcli.data.views.colour import GaussianBlur
 
     image = torch.rand(3, 40, 56, generator=_gen(9))
     for kernel in (3, 23):
@@ -277,7 +277,7 @@ def test_analyze_crop_iou_with_a_run_specs_sampler(cli, tmp_path):
     assert code == 0, err
     result = json.loads(out)
     assert result["max_iou"] == 0.4 and result["scale"] == [0.2, 1.0] and result["fraction_meeting_max_iou"] >= 0.95
-    spec.write_text("data: {root: imgs/}\nmethod: {name: soco, boxes: b.h5}\n")
+    spec.write_text("data: {root: imgs/}\nmodel: {c4: true}\nmethod: {name: soco, boxes: b.h5}\n")
     code, _, err = cli(["analyze", "crop-iou", root, "--spec", spec, "--out", tmp_path / "o"])
     assert code == 2 and "'soco' has no image-level crop pair" in err
 
@@ -286,15 +286,15 @@ def test_analyze_crop_iou_with_a_run_specs_sampler(cli, tmp_path):
 def test_simclr_and_byol_views_resize_bicubically(method):
     """SimCLR / BYOL views (the bases of DetCon) resize the crop with bicubic interpolation (DetCon App. A, as in
     SimCLR and BYOL: "resized to 224 × 224 pixels using bicubic interpolation"); MoCo-v2 keeps bilinear."""
-    from sslcli.methods.byol import byol_views
-    from sslcli.methods.moco import moco_views
-    from sslcli.methods.simclr import simclr_views
+    from sslcli.methods.byol.views import byol_views
+    from sslcli.methods.moco.views import moco_views
+    from sslcli.methods.simclr.views import simclr_views
     from sslcli.spec import parse_spec
 
     spec = parse_spec({"data": {"root": "unused/", "image_size": 32}, "model": {"arch": "resnet18", "width": 8},
                        "method": {"name": method}, "batch_size": 8})
     views = {"simclr": simclr_views, "byol": byol_views}[method](spec)
-    views.large_colors = (_normalise_only, _normalise_only)  # photometric part off: pixels are predictable
+    views.large_colours = (_normalise_only, _normalise_only)  # photometric part off: pixels are predictable
     views.flip_p = 0.0
     image = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
     torch.manual_seed(0)
@@ -334,7 +334,7 @@ def test_multi_crop_scales_outside_area_fractions_are_spec_errors(scale):
 # ------------------------------------------------------------------------------------------ hue through OpenCV
 @pytest.mark.parametrize("factor", [-0.5, -0.1, 0.0, 0.03, 0.27, 0.5])
 def test_opencv_hue_equals_torchvision(factor):
-    from sslcli.data.color import adjust_hue_opencv
+    from sslcli.data.views.colour import adjust_hue_opencv
 
     x = torch.rand(3, 31, 37, generator=_gen(1))
     x[:, 0, :] = 0.4  # grey row: no hue
@@ -344,12 +344,12 @@ def test_opencv_hue_equals_torchvision(factor):
 
 
 def test_colour_jitter_draws_and_pixels_match_torchvision():
-    from sslcli.data.color import ColorJitter
+    from sslcli.data.views.colour import ColourJitter
 
     x = torch.rand(3, 24, 24, generator=_gen(2))
     for seed in range(10):
         torch.manual_seed(seed)
-        ours = ColorJitter(0.4, 0.4, 0.4, 0.1)(x)
+        ours = ColourJitter(0.4, 0.4, 0.4, 0.1)(x)
         after = torch.rand(1)
         torch.manual_seed(seed)
         ref = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)(x)
@@ -358,17 +358,17 @@ def test_colour_jitter_draws_and_pixels_match_torchvision():
 
 
 # ------------------------------------------------------------------------------------------ the OpenCV colour pipeline
-@pytest.mark.parametrize("aug", [MOCO_V2, *SIMCLR, *BYOL, ColorAug(0.9, 0.0, 0.5, 0.5, jitter_p=1.0, gray_p=0.5,
+@pytest.mark.parametrize("aug", [MOCO_V2_COLOUR, *SIMCLR_COLOUR, *BYOL_COLOUR, ColourAug(0.9, 0.0, 0.5, 0.5, jitter_p=1.0, gray_p=0.5,
                                                                     blur_p=0.5, solarize_p=0.5)],
                          ids=["moco-v2", "simclr-1", "simclr-2", "byol-1", "byol-2", "all-on"])
 def test_opencv_colour_pipeline_draws_and_pixels_match_torchvision(aug):
     """Same seed → the same draws (the next number of torch's stream agrees) and the same image as torchvision's v2
     pipeline (v2.ColorJitter, GaussianBlur, v2.RandomGrayscale, v2.RandomSolarize, v2.Normalize) within 5e-5 after
     normalisation (the float HSV round trip differs by ≤ 1e-6 before it, sums in another order by ~1e-7)."""
-    from sslcli.data.color import OpenCvColour, torchvision_color_transform
+    from sslcli.data.views.colour import OpenCvColour, torchvision_colour_transform
 
     crop = (torch.rand(3, 40, 40, generator=_gen(3)) * 255).round().to(torch.uint8)
-    ours, ref = OpenCvColour(aug, 40), torchvision_color_transform(aug, 40, jitter=v2.ColorJitter)
+    ours, ref = OpenCvColour(aug, 40), torchvision_colour_transform(aug, 40, jitter=v2.ColorJitter)
     for seed in range(25):
         torch.manual_seed(seed)
         got = ours(crop)

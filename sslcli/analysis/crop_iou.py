@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from sslcli.console import current, progress
-from sslcli.data.color import MOCO_V2
 from sslcli.data.readers.sources import ImageSource, open_source
-from sslcli.data.transforms import CropViews, box_iou
+from sslcli.data.views.colour import MOCO_V2_COLOUR
+from sslcli.data.views.crops import CropViews, box_iou
 from sslcli.errors import InputError
 from sslcli.io import atomic_path, write_json_atomic
 
@@ -98,7 +98,7 @@ def crop_iou_report(root: str | os.PathLike, out_dir: str | os.PathLike, pairs: 
     source = open_source(root, split, fmt)
     sizes = image_sizes(source, max_images, seed)
     if views is None:
-        views = CropViews(224, scale, (MOCO_V2, MOCO_V2), max_iou=max_iou)
+        views = CropViews(224, scale, (MOCO_V2_COLOUR, MOCO_V2_COLOUR), max_iou=max_iou)
     scale, max_iou = views.large_scale, views.max_iou
     ious = sample_pair_ious(sizes, pairs, views, seed)
     summary = summarize(ious, bins)

@@ -50,14 +50,12 @@ def analyze_crop_iou(
 
 
 def _spec_views(path: Path):
-    from sslcli.methods.byol import byol_views
-    from sslcli.methods.moco import moco_views
-    from sslcli.methods.simclr import simclr_views
+    from sslcli.method_registry import crop_iou_methods, import_target, method_entry
     from sslcli.spec import load_spec
 
     run_spec = load_spec(path)
-    builders = {"moco": moco_views, "simclr": simclr_views, "byol": byol_views}
-    if run_spec.method.name not in builders:
+    builder = method_entry(run_spec.method.name).crop_iou_views
+    if builder is None:
         raise InputError(f"{path}: method {run_spec.method.name!r} has no image-level crop pair; "
-                         f"expected one of {', '.join(builders)}")
-    return builders[run_spec.method.name](run_spec)
+                         f"expected one of {', '.join(crop_iou_methods())}")
+    return import_target(builder)(run_spec)

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from sslcli.data.device_views import LIST_KEYS, DeviceViews, device_views_for
 from sslcli.data.readers.images import EncodedImage
 from sslcli.data.readers.sources import ImageSource, open_source
+from sslcli.data.views.device_ops import LIST_KEYS, DeviceViews
 from sslcli.engine.threads import worker_threads
 from sslcli.errors import CorruptImageError, InputError, SslcliError
+from sslcli.method_registry import import_target, method_entry
 from sslcli.process import ignore_stop_signals
 from sslcli.spec import RunSpec
 
@@ -223,6 +224,17 @@ class _WorkerInit:
         torch.manual_seed(s)
 
 
+def build_device_views(spec: RunSpec, transform: Transform) -> DeviceViews:
+    """The device views of the spec's method built from its CPU ``transform`` (the ``device_views`` hook of its registry
+    entry; spec validation refuses ``data.pipeline: gpu`` for a method without one)."""
+    name: str = spec.method.name  # type: ignore[attr-defined]  # every registered method spec has one
+    hook = method_entry(name).device_views
+    if hook is None:
+        raise InputError(f"data.pipeline: 'gpu': method {name} has no device views; use data.pipeline: cpu")
+    views: DeviceViews = import_target(hook)(transform)
+    return views
+
+
 def build_loader(spec: RunSpec, transform: Transform, rank: int, world_size: int, start_epoch: int,
                  pin_memory: bool) -> tuple[Iterable[Sample], EpochBatchSampler]:
     """The training DataLoader of this rank (workers, pinned memory, persistent workers) and its batch sampler.
@@ -231,7 +243,7 @@ def build_loader(spec: RunSpec, transform: Transform, rank: int, world_size: int
     loader decodes and augments each batch on this rank's device.
     """
     source = open_source(spec.data.root, spec.data.split, spec.data.format)
-    device_views = device_views_for(transform) if spec.data.pipeline == "gpu" else None
+    device_views = build_device_views(spec, transform) if spec.data.pipeline == "gpu" else None
     dataset = TrainDataset(source, device_views or transform, spec.seed)
     sampler = EpochBatchSampler(len(source), spec.batch_size, rank, world_size, spec.seed)
     workers = spec.data.workers

@@ -54,8 +54,9 @@ def launch(spec: RunSpec, resume: str | None = None, gpus: int = 0, nodes: int =
            init_hook: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train ``spec`` on this machine's share of the ranks; returns rank 0's result dict (on node 0).
 
-    ``init_hook`` (a picklable module-level function) runs first in every spawned process, e.g. to register a method
-    defined outside sslcli.
+    ``init_hook`` (a picklable module-level function) runs first in every process that trains (each spawned rank, or
+    this process for a single-process run), e.g. to put a stand-in method in the method registry; the launcher's own
+    preflight checks of a multi-process run build the method this process registers.
     """
     if gpus < 0 or nodes < 1 or not 0 <= node_rank < nodes:
         raise InputError(f"--gpus {gpus} --nodes {nodes} --node-rank {node_rank}: expected gpus ≥ 0, nodes ≥ 1 and "
@@ -75,7 +76,7 @@ def launch(spec: RunSpec, resume: str | None = None, gpus: int = 0, nodes: int =
             if init_hook is not None:
                 init_hook()
             return _run_rank(0, spec, resume, distributed=False)
-        _preflight(spec, resume, init_hook)
+        _preflight(spec, resume)
         return _spawn(spec, resume, procs, nodes, node_rank, master_addr, master_port, init_hook)
 
 
@@ -88,25 +89,19 @@ def _output_lock(spec: RunSpec, holder: bool) -> contextlib.AbstractContextManag
     return FolderLock(spec.output_dir, "output_dir")
 
 
-def _preflight(spec: RunSpec, resume: str | None, init_hook: Callable[[], None] | None) -> None:
-    """Check the input once here, before N processes each fail on it and torch stops the others noisily."""
+def _preflight(spec: RunSpec, resume: str | None) -> None:
+    """Check the input once here, before N processes each fail on it and torch stops the others noisily. The method
+    is the one this process registers: ``init_hook`` runs in the spawned ranks only, so it cannot change this
+    process's method registry."""
     from pathlib import Path
 
     from sslcli.data.readers.sources import open_source
     from sslcli.engine.trainer import checkpoint_to_resume
-    from sslcli.methods import METHODS, _import_all, build_method
+    from sslcli.methods import build_method
 
-    _import_all()  # register the built-in methods first: a module imports (and registers) only once
-    registry = dict(METHODS)  # the hook registers methods for the ranks; this process keeps its registry as it was
-    try:
-        if init_hook is not None:
-            init_hook()
-        checkpoint_to_resume(resume, Path(spec.output_dir))
-        open_source(spec.data.root, spec.data.split, spec.data.format)
-        build_method(spec).transform()  # methods validate their options, their transforms the region stores
-    finally:
-        METHODS.clear()
-        METHODS.update(registry)
+    checkpoint_to_resume(resume, Path(spec.output_dir))
+    open_source(spec.data.root, spec.data.split, spec.data.format)
+    build_method(spec).transform()  # methods validate their options, their transforms the region stores
 
 
 def _check_spec(spec: RunSpec, world: int) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD
+from sslcli.data.views.colour import IMAGENET_MEAN, IMAGENET_STD
 from sslcli.models.backbone import STAGES, stage_strides
 
 

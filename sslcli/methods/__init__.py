@@ -1,27 +1,17 @@
 """Pretraining methods. A method owns its networks and returns losses; the engine owns loops and devices.
 
-The method registry (`sslcli.method_registry`) names each method's class; `METHODS` maps a spec's ``method.name`` to
-the class this process builds (filled from the registry; tests may put a stand-in there), `build_method` instantiates
-one for a run spec.
+Each method is one package, ``sslcli/methods/<name>/`` (spec, method, views), registered in `sslcli.method_registry`
+(docs/add-a-method.md). Torch-free: importing a method's package to register it loads no network; `build_method`
+imports the Method class of a run spec when a run builds it.
 """
 
 from __future__ import annotations
 
-import sslcli.spec  # noqa: F401 - registers the built-in methods (their specs live there, torch-free)
-from sslcli.method_registry import REGISTRY, load_plugins, method_class
-from sslcli.methods.base import Method
+from typing import Any
 
-METHODS: dict[str, type[Method]] = {}
+from sslcli.method_registry import method_class
 
 
-def build_method(spec) -> Method:
-    _import_all()
-    return METHODS[spec.method.name](spec)  # a validated spec names a registered method
-
-
-def _import_all() -> None:
-    """Import the class of every registered method (built-in and plugins) that `METHODS` does not hold yet."""
-    load_plugins()
-    for name in REGISTRY:
-        if name not in METHODS:
-            METHODS[name] = method_class(name)
+def build_method(spec: Any) -> Any:
+    """The `sslcli.methods.base.Method` of a validated run spec (its registered class, built from the spec)."""
+    return method_class(spec.method.name)(spec)

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from sslcli.data.readers.sources import ImageSource
 from sslcli.data.stores.store import ImageResult
-
-
-def grid_label_map(height: int, width: int, n: int) -> np.ndarray:
-    """(H, W) int32: pixel (y, x) lies in cell (floor(y·n/H), floor(x·n/W)), cell (r, c) labelled r·n + c."""
-    rows = (np.arange(height) * n) // height
-    cols = (np.arange(width) * n) // width
-    return (rows[:, None] * n + cols[None, :]).astype(np.int32)
+from sslcli.data.views.label_maps import grid_label_map
 
 
 def compute_grid(source: ImageSource, index: int, n: int) -> ImageResult:

@@ -10,16 +10,8 @@ import numpy as np
 
 from sslcli.data.readers.sources import CocoSource, ImageSource
 from sslcli.data.stores.store import ImageResult
+from sslcli.data.views.label_maps import gt_label_map
 from sslcli.errors import InputError
-
-
-def gt_label_map(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool instance masks → (H, W) int32 map, 0 = background, j+1 = instance j (smaller on top)."""
-    out = np.zeros(masks.shape[1:], np.int32)
-    areas = masks.sum(axis=(1, 2))
-    for j in np.argsort(-areas, kind="stable"):
-        out[masks[j]] = j + 1
-    return out
 
 
 def compute_gt(source: ImageSource, index: int) -> ImageResult:

@@ -2,11 +2,14 @@
 
 GPU: training images per second of a ResNet-50 at 224 px on ONE A100/H100-class GPU with mixed precision, per method
 (both views forward, the online branch backward), assumed from the papers' reported training times scaled to one
-GPU. A study can replace any of these numbers with `estimate.images_per_s: {arm or method: value}`.
+GPU: each method registers its figure (``gpu_images_per_s`` in `sslcli.method_registry`; the built-ins' derivations
+sit next to their `register()`). A study can replace any of these numbers with `estimate.images_per_s: {arm or
+method: value}`. A method registered without one (a plugin) gets no GPU figure unless the study gives one: its runs
+are listed under ``gpu_unknown`` and their hours are None ("unknown"), never an error.
 
 CPU: training images per second on ONE core (one thread) of a ResNet-18 of width 16 with two 48 px views, per
-method, as measured on the 2-core development machine and reported in docs/results/ (nothing is measured here; see
-`MEASURED_CPU_IMAGES_PER_S`). A method without a measurement there gets no CPU figure.
+method, as measured on the 2-core development machine and reported in docs/results/ (nothing is measured here; each
+method registers its ``cpu_images_per_s``). A method without a measurement gets no CPU figure (``cpu_unknown``).
 
 Both scale a run to its own size by the pixels of all its crops (2 x image_size^2, or multi-crop's 2 large + n small
 crops), by FLOPs for other depths and by (width / reference width)^2 for other widths.
@@ -19,32 +22,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sslcli.method_registry import REGISTRY, load_methods, method_entry
+
 if TYPE_CHECKING:
     from sslcli.study.spec import PlannedRun, Study
 
-ASSUMED_IMAGES_PER_S = {"moco": 420.0, "simclr": 380.0, "byol": 360.0, "detcon": 330.0, "soco": 230.0,
-                        "d3ssl": 220.0}
-# CPU training images/s on one core, from docs/results/README.md (ResNet-18 width 16, 48 px views, 1 thread,
-# 2-core machine):
-# - moco 231: planted-revisiting, "MoCo-v2 runs 316–349 s" for 602 steps x batch 128 = 77,056 images (77,056 / 333 s);
-#   the same page measured "about 250 img/s for MoCo-v2 at batch 128" alone.
-# - simclr 91, detcon 83: planted-detcon, 301 steps x batch 128 = 38,528 images a run; its seeds 0-1 ("runs of
-#   386–531 s"; per run, train_wall_s in docs/results/planted-detcon/results.jsonl): SimCLR 422 and 427 s (mean
-#   425 s), DetCon_S with grid / FH / GT masks 387-531 s (mean 463 s).
-# - soco 15.7, d3ssl 14.8 (ResNet-18-C4 width 16): "D3SSL 14.2–15.4 img/s and SoCo 14.5–17.0 img/s" (batch 64,
-#   4 boxes per image), the midpoints.
-# BYOL has no CPU measurement in the docs: no CPU figure for its runs.
-MEASURED_CPU_IMAGES_PER_S = {"moco": 231.0, "simclr": 91.0, "detcon": 83.0, "soco": 15.7, "d3ssl": 14.8}
 ARCH_FLOPS_VS_R50 = {"resnet18": 1.8 / 4.1, "resnet34": 3.6 / 4.1, "resnet50": 1.0, "resnet101": 7.8 / 4.1,
                      "resnet152": 11.5 / 4.1}
-ASSUMPTION = ("estimate only: assumed images/s of each method for a ResNet-50 at 224 px on one A100/H100-class GPU "
-              "with mixed precision (moco 420, simclr 380, byol 360, detcon 330, soco 230, d3ssl 220), scaled by "
-              "pixels per image (all crops), depth and width; divide by the GPUs you use")
-CPU_ASSUMPTION = ("estimate only: images/s of each method on one CPU core measured for a ResNet-18 of width 16 with "
-                  "48 px views on the 2-core development machine (docs/results/README.md: moco 231, simclr 91, "
-                  "detcon 83, soco 15.7, d3ssl 14.8; byol not measured), scaled by pixels per image (all crops), "
-                  "depth and width; one core per run (--jobs N runs N at once); more threads per run do not "
-                  "scale linearly")
+
+
+def gpu_assumption() -> str:
+    """What the GPU figures assume, with each registered method's assumed images/s (`method_registry`)."""
+    return ("estimate only: assumed images/s of each method for a ResNet-50 at 224 px on one A100/H100-class GPU "
+            f"with mixed precision ({_rates('gpu_images_per_s', 'no assumed figure')}), scaled by pixels per image "
+            "(all crops), depth and width; divide by the GPUs you use")
+
+
+def cpu_assumption() -> str:
+    """What the CPU figures assume, with each registered method's measured images/s (`method_registry`)."""
+    return ("estimate only: images/s of each method on one CPU core measured for a ResNet-18 of width 16 with "
+            "48 px views on the 2-core development machine (docs/results/README.md: "
+            f"{_rates('cpu_images_per_s', 'not measured')}), scaled by pixels per image (all crops), depth and width; "
+            "one core per run (--jobs N runs N at once); more threads per run do not scale linearly")
+
+
+def _rates(fact: str, missing: str) -> str:
+    """``moco 420, simclr 380; byol <missing>``: the registered methods' figures for ``fact``."""
+    load_methods()
+    known = [f"{name} {getattr(e, fact):g}" for name, e in REGISTRY.items() if getattr(e, fact) is not None]
+    absent = [name for name, e in REGISTRY.items() if getattr(e, fact) is None]
+    return ", ".join(known) + (f"; {', '.join(absent)} {missing}" if absent else "")
 
 
 @dataclass(frozen=True)
@@ -78,17 +85,19 @@ def scaled_rate(run: PlannedRun, base: float, ref: Reference) -> float:
     return base / cost
 
 
-def images_per_s(run: PlannedRun, overrides: dict[str, float]) -> float:
-    """Assumed GPU images/s of ``run``: the study's own figure for its arm, else for its method, else the table's."""
+def images_per_s(run: PlannedRun, overrides: dict[str, float]) -> float | None:
+    """Assumed GPU images/s of ``run``: the study's own figure for its arm, else for its method, else the one its
+    method registered; None when there is none (a method registered without ``gpu_images_per_s``)."""
     if run.arm in overrides:
         return overrides[run.arm]
     name = run.spec.method.name
-    return scaled_rate(run, overrides.get(name, ASSUMED_IMAGES_PER_S[name]), GPU_REFERENCE)
+    base = overrides.get(name, method_entry(name).gpu_images_per_s)
+    return None if base is None else scaled_rate(run, base, GPU_REFERENCE)
 
 
 def cpu_images_per_s(run: PlannedRun) -> float | None:
-    """Estimated images/s of ``run`` on one CPU core, or None for a method the docs have no measurement of."""
-    base = MEASURED_CPU_IMAGES_PER_S.get(run.spec.method.name)
+    """Estimated images/s of ``run`` on one CPU core, or None for a method registered without a measured rate."""
+    base = method_entry(run.spec.method.name).cpu_images_per_s
     return None if base is None else scaled_rate(run, base, CPU_REFERENCE)
 
 
@@ -116,7 +125,7 @@ def estimate_hours(study: Study) -> dict:
     method's measured rate, is unknown here."""
     per_run: dict[str, float | None] = {}
     cpu_per_run: dict[str, float | None] = {}
-    unknown, cpu_unknown = [], []
+    unknown, gpu_unknown, cpu_unknown = [], [], []
     for run in study.trained:
         steps = planned_steps(run, study.file.estimate.dataset_images)
         if steps is None:
@@ -124,16 +133,22 @@ def estimate_hours(study: Study) -> dict:
             per_run[run.key] = cpu_per_run[run.key] = None
             continue
         images = steps * run.spec.batch_size
-        per_run[run.key] = images / images_per_s(run, study.file.estimate.images_per_s) / 3600
-        cpu_rate = cpu_images_per_s(run)
-        cpu_per_run[run.key] = None if cpu_rate is None else images / cpu_rate / 3600
-        if cpu_rate is None:
-            cpu_unknown.append(run.key)
-    return {"gpu_hours": _total(per_run), "per_run": _rounded(per_run), "unknown": unknown, "assumption": ASSUMPTION,
+        per_run[run.key] = _hours(images, images_per_s(run, study.file.estimate.images_per_s), run.key, gpu_unknown)
+        cpu_per_run[run.key] = _hours(images, cpu_images_per_s(run), run.key, cpu_unknown)
+    return {"gpu_hours": _total(per_run), "per_run": _rounded(per_run), "unknown": unknown,
+            "gpu_unknown": gpu_unknown, "assumption": gpu_assumption(),
             "note": "set estimate.dataset_images in the study where the data is not on this machine" if unknown
             else None,
             "cpu_hours": _total(cpu_per_run), "cpu_per_run": _rounded(cpu_per_run), "cpu_unknown": cpu_unknown,
-            "cpu_assumption": CPU_ASSUMPTION}
+            "cpu_assumption": cpu_assumption()}
+
+
+def _hours(images: int, rate: float | None, key: str, unknown: list[str]) -> float | None:
+    """Hours to train ``images`` at ``rate`` images/s; None (and ``key`` listed in ``unknown``) without a rate."""
+    if rate is None:
+        unknown.append(key)
+        return None
+    return images / rate / 3600
 
 
 def _total(hours: dict[str, float | None]) -> float | None:

@@ -53,7 +53,7 @@ DCT_REDUCTIONS = (8, 4, 2)  # the JPEG decoder's DCT scaling: 1/8, 1/4, 1/2 of e
 class EncodedImage:
     """An image file's bytes and its size read from the header, not decoded yet.
 
-    Transforms that sample their crops before decoding (`sslcli.data.transforms.CropViews`) use it to decode a JPEG at
+    Transforms that sample their crops before decoding (`sslcli.data.views.crops.CropViews`) use it to decode a JPEG at
     1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling) when every crop still gets at least its output size in pixels.
     ``height``/``width`` are those `load_image` returns (EXIF orientation applied); ``orientation`` is the EXIF tag
     (1 = none) for decoders that do not apply it.

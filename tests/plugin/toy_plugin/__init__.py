@@ -1,7 +1,8 @@
 """A method from outside sslcli: the smallest complete plugin (docs/add-a-method.md).
 
 This module is what the entry point loads, so it stays torch-free (`sslcli pretrain --schema` and `--dry-run` read the
-spec without importing torch); the method class is named by a "module:Class" string and imported when a run starts.
+spec without importing torch); the method class, its views and device views are named by "module:attribute" strings
+and imported when a run or an analysis needs them.
 """
 
 from typing import Literal
@@ -27,5 +28,12 @@ def problems(spec) -> list[str]:
     return []
 
 
+# Its facts (sslcli.method_registry): an assumed GPU rate of its own, no measured CPU rate (the study estimate says
+# "unknown"), its crop pair for `analyze crop-iou --spec` and its device views for `data.pipeline: gpu`.
+GPU_IMAGES_PER_S = 500.0
+
+
 def register() -> None:
-    register_method("toy-plugin", ToyPluginSpec, "toy_plugin.method:ToyPlugin", problems)
+    register_method("toy-plugin", ToyPluginSpec, "toy_plugin.method:ToyPlugin", problems,
+                    gpu_images_per_s=GPU_IMAGES_PER_S, crop_iou_views="toy_plugin.views:toy_views",
+                    device_views="toy_plugin.views:toy_device_views")

@@ -5,10 +5,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslcli import distributed as dist
-from sslcli.data.color import SIMCLR
-from sslcli.data.transforms import CropViews
+from sslcli.data.views.crops import CropViews
 from sslcli.methods.base import Method, StepInfo
 from sslcli.models.backbone import build_backbone
+from toy_plugin.views import toy_views
 
 
 class ToyPlugin(Method):
@@ -18,7 +18,7 @@ class ToyPlugin(Method):
         self.head = nn.Linear(self.encoder.out_channels, spec.method.dim)
 
     def transform(self) -> CropViews:  # runs in the DataLoader workers: {"views": (2, 3, S, S), ...}
-        return CropViews(self.spec.data.image_size, (0.2, 1.0), colors=SIMCLR)
+        return toy_views(self.spec)
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:
         views = batch["views"]

@@ -1,6 +1,6 @@
 """SoCo (Wei et al. 2021, "Aligning pretraining for detection via object-level contrastive learning"; METHODS.md §4).
 
-Per sample (in DataLoader workers, `sslcli.data.stored_boxes.StoredBoxViews`): the image's selective-search boxes
+Per sample (in DataLoader workers, `sslcli.data.views.stored_boxes.StoredBoxViews`): the image's selective-search boxes
 come from a box store made by `sslcli prepare boxes`; `RegionViews` makes the views of ``method.recipe`` (paper: V1
 whole image at S², V2 a crop at S², V3 = V2 at (S/2)²; c4-code: V1 and V2; fpn-code: V3 its own (S/2)² crop), under
 the keys "view1", "view2", "view3" (SoCo's V3, the small view), and box sets of K boxes with the proposal id of every
@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from sslcli.data.color import BYOL, view_colours
-from sslcli.data.region_views import RegionViews
-from sslcli.data.stored_boxes import StoredBoxViews, open_box_store
-from sslcli.errors import InputError
+from sslcli.data.views.colour import BYOL_COLOUR, view_colours
+from sslcli.data.views.regions import RegionViews
+from sslcli.data.views.stored_boxes import StoredBoxViews, open_box_store
 from sslcli.losses.regression import soco_loss
 from sslcli.methods.base import MomentumMethod, StepInfo
 from sslcli.models.backbone import build_backbone
@@ -51,9 +50,6 @@ class Soco(MomentumMethod):
 
     def __init__(self, spec):
         super().__init__(spec)
-        if not spec.model.c4:
-            raise InputError("model.c4: SoCo is a ResNet-C4 method (RoIAlign on res4, res5 as the box head); "
-                             "set model.c4: true")
         method = spec.method
         self.encoder = build_backbone(spec.model.arch, spec.model.width, stem=spec.model.stem)
         self.projector, self.predictor = byol_heads(self.encoder.out_channels, method.hidden_dim, method.dim)
@@ -64,7 +60,7 @@ class Soco(MomentumMethod):
         views = RegionViews(self.spec.data.image_size, method.boxes_per_image, tuple(method.crop_scale),
                             method.jitter_p, method.jitter_scale, recipe=method.recipe, padding=method.padding,
                             cutout_p=method.cutout_p, cutout_scale=tuple(method.cutout_scale),
-                            colors=view_colours(self.spec.views.colour, BYOL))
+                            colours=view_colours(self.spec.views.colour, BYOL_COLOUR))
         return StoredBoxViews(open_box_store(method.boxes, self.spec.data), views)
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from sslcli import distributed as dist
-from sslcli.data.color import SIMCLR, view_colours
-from sslcli.data.transforms import CropViews
+from sslcli.data.views.crops import CropViews
 from sslcli.losses.contrastive import nt_xent
 from sslcli.methods.base import Method, StepInfo
+from sslcli.methods.simclr.views import simclr_views
 from sslcli.models.backbone import build_backbone
 from sslcli.models.heads import simclr_projector
-
-# SimCLR / DetCon crop area range (METHODS.md §3: U[0.08, 1]).
-SIMCLR_CROP_SCALE = (0.08, 1.0)
-
-
-def simclr_views(spec) -> CropViews:
-    """Two crops (area U[0.08, 1]) at ``data.image_size`` with the SIMCLR colour presets of views 1 and 2, bicubic
-    resize (METHODS.md §3, DetCon App. A)."""
-    return CropViews(spec.data.image_size, spec.views.crop_scale or SIMCLR_CROP_SCALE,
-                     colors=view_colours(spec.views.colour, SIMCLR),
-                     interpolation=v2.InterpolationMode.BICUBIC)
 
 
 class SimCLR(Method):

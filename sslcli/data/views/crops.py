@@ -1,6 +1,6 @@
 """Image-level view transforms: MoCo-v2 / SimCLR / BYOL pairs, IoU-constrained pairs, multi-crop, CC and A+.
 
-Geometry lives here and colour in `sslcli.data.color`. Every crop is first sampled as a box in original-image pixel
+Geometry lives here and colour in `sslcli.data.views.colour`. Every crop is first sampled as a box in original-image pixel
 coordinates ``(x0, y0, x1, y1)`` (x1, y1 exclusive) by small pure functions, so the rules are testable on the boxes:
 - `sample_crop_box`: torchvision's RandomResizedCrop rule (area fraction ~ U(scale), log-uniform aspect ratio,
   10 attempts, then a central crop with the ratio clamped).
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, ColorAug, color_transform
 from sslcli.data.readers.images import DCT_REDUCTIONS, EncodedImage
+from sslcli.data.views.colour import IMAGENET_MEAN, IMAGENET_STD, ColourAug, colour_transform
 
 Box = tuple[int, int, int, int]
 
@@ -164,7 +164,7 @@ class CropViews:
 
     Args:
         large_size, large_scale: side and area-fraction range of crops 0 and 1 (MoCo-v2 224 / (0.2, 1); MC 160).
-        colors: photometric pipelines of crop 0 and crop 1 (`sslcli.data.color` presets); small crops use crop 0's.
+        colours: photometric pipelines of crop 0 and crop 1 (`sslcli.data.views.colour` presets); small crops use crop 0's.
         small_size, small_scale, n_small: multi-crop small crops (MC: 96 px, (0.05, 0.14), 4).
         ratio: aspect-ratio range (3/4, 4/3); flip_p: horizontal-flip probability (0.5).
         max_iou, iou_tries: Revisiting §3.1 IoU-constrained pair (None = unconstrained).
@@ -183,7 +183,7 @@ class CropViews:
 
     accepts_encoded = True  # the engine passes EncodedImage samples (reduced-size decoding)
 
-    def __init__(self, large_size: int, large_scale: tuple[float, float], colors: tuple[ColorAug, ColorAug],
+    def __init__(self, large_size: int, large_scale: tuple[float, float], colours: tuple[ColourAug, ColourAug],
                  small_size: int = 96, small_scale: tuple[float, float] = (0.05, 0.14), n_small: int = 0,
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5, max_iou: float | None = None,
                  iou_tries: int = 50, cc_min_overlap: float | None = None, cc_tries: int = 10, aplus_p: float = 0.0,
@@ -194,9 +194,9 @@ class CropViews:
         self.max_iou, self.iou_tries = max_iou, iou_tries
         self.cc_min_overlap, self.cc_tries = cc_min_overlap, cc_tries
         self.aplus_p, self.interpolation = aplus_p, interpolation
-        self.colors = tuple(colors)
-        self.large_colors = (color_transform(colors[0], large_size), color_transform(colors[1], large_size))
-        self.small_color = color_transform(colors[0], small_size) if n_small else None
+        self.colours = tuple(colours)
+        self.large_colours = (colour_transform(colours[0], large_size), colour_transform(colours[1], large_size))
+        self.small_colour = colour_transform(colours[0], small_size) if n_small else None
         self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET) if aplus_p > 0 else None
 
     def sample_boxes(self, height: int, width: int, generator: torch.Generator | None = None) -> list[Box]:
@@ -217,13 +217,17 @@ class CropViews:
             boxes.append(box)
         return boxes
 
+    def draw_flip(self) -> bool:
+        """Whether a crop is mirrored (p = ``flip_p``): the one flip draw of the CPU views and the device views."""
+        return float(torch.rand(1)) < self.flip_p
+
     def _colour(self, crop: torch.Tensor, index: int) -> torch.Tensor:
         """Photometric part for crop ``index`` of a (3, S, S) uint8 crop → normalised float."""
         if index != KEY_CROP and self.autoaugment is not None and float(torch.rand(1)) < self.aplus_p:
             # A+ branch: AutoAugment works on uint8; the flip was already drawn with the geometry.
             out = self.autoaugment(crop).float() / 255
             return v2.functional.normalize(out, IMAGENET_MEAN, IMAGENET_STD)
-        pipeline = self.large_colors[index] if index < 2 else self.small_color
+        pipeline = self.large_colours[index] if index < 2 else self.small_colour
         return pipeline(crop)  # type: ignore[misc]  # a uint8 crop: OpenCvColour scales it to [0, 1] itself
 
     def sizes(self) -> list[int]:
@@ -242,7 +246,7 @@ class CropViews:
             boxes = cut = self.sample_boxes(*pixels.shape[1:])
         crops = []
         for i, (box, size) in enumerate(zip(cut, sizes, strict=True)):
-            crop = crop_resize(pixels, box, size, float(torch.rand(1)) < self.flip_p, self.interpolation)
+            crop = crop_resize(pixels, box, size, self.draw_flip(), self.interpolation)
             crops.append(self._colour(crop, i))
         out = {"views": torch.stack(crops[:2]), "boxes": torch.tensor(boxes, dtype=torch.float32),
                "index": sample["index"]}

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import v2
 
-from sslcli.data.color import BYOL as BYOL_COLORS
-from sslcli.data.color import view_colours
-from sslcli.data.transforms import CropViews
+from sslcli.data.views.crops import CropViews
 from sslcli.losses.regression import byol_loss
 from sslcli.methods.base import MomentumMethod, StepInfo
+from sslcli.methods.byol.views import byol_views
 from sslcli.models.backbone import build_backbone
 from sslcli.models.heads import byol_heads
-
-# BYOL / DetCon crop area range (METHODS.md §3: U[0.08, 1]).
-BYOL_CROP_SCALE = (0.08, 1.0)
-
-
-def byol_views(spec) -> CropViews:
-    """Two crops (area U[0.08, 1]) at ``data.image_size`` with the BYOL colour presets of views 1 and 2, bicubic
-    resize (METHODS.md §3, DetCon App. A)."""
-    return CropViews(spec.data.image_size, spec.views.crop_scale or BYOL_CROP_SCALE,
-                     colors=view_colours(spec.views.colour, BYOL_COLORS),
-                     interpolation=v2.InterpolationMode.BICUBIC)
 
 
 class BYOL(MomentumMethod):

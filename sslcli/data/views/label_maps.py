@@ -1,5 +1,9 @@
 """Label maps for DetCon, fetched or computed per sample inside DataLoader workers (METHODS.md §3).
 
+Here, not in sslcli.proposals, so that DetCon's views read them without importing the proposal generators; the
+generators of `prepare masks --method grid / gt` (`sslcli.proposals.grid`, `sslcli.proposals.gt`) paint their stores
+with the same `grid_label_map` and `gt_label_map`.
+
 A `MaskSource` turns a sample dict ``{"image": (H, W, 3) uint8, "image_id": id, ...}`` into one (H, W) int32 label
 map over the whole original image (every pixel carries one mask id). Kinds (``method.masks.kind`` in the run spec):
 
@@ -24,8 +28,22 @@ import numpy as np
 import torch
 
 from sslcli.errors import InputError
-from sslcli.proposals.grid import grid_label_map
-from sslcli.proposals.gt import gt_label_map
+
+
+def grid_label_map(height: int, width: int, n: int) -> np.ndarray:
+    """(H, W) int32: pixel (y, x) lies in cell (floor(y·n/H), floor(x·n/W)), cell (r, c) labelled r·n + c."""
+    rows = (np.arange(height) * n) // height
+    cols = (np.arange(width) * n) // width
+    return (rows[:, None] * n + cols[None, :]).astype(np.int32)
+
+
+def gt_label_map(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool instance masks → (H, W) int32 map, 0 = background, j+1 = instance j (smaller on top)."""
+    out = np.zeros(masks.shape[1:], np.int32)
+    areas = masks.sum(axis=(1, 2))
+    for j in np.argsort(-areas, kind="stable"):
+        out[masks[j]] = j + 1
+    return out
 
 
 @dataclass

@@ -26,7 +26,7 @@ The ``paper`` recipe:
   correspondence matrix C_ij = [id_i = id_j]). ``slots`` (D3SSL, and SoCo before): one padding shared by all views
   and slot k corresponds to slot k only (ids = slot numbers).
 
-Colour (BYOL's two presets, `sslcli.data.color`) is applied to V1 and V2 (and the code recipes' V3, with V2's preset)
+Colour (BYOL's two presets, `sslcli.data.views.colour`) is applied to V1 and V2 (and the code recipes' V3, with V2's preset)
 after the geometry; it never moves pixels. The code recipes' cutout follows colour and normalisation, as the authors'.
 """
 
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from sslcli.data.color import BYOL, ColorAug, color_transform
-from sslcli.data.transforms import crop_resize, image_to_tensor, sample_crop_box
+from sslcli.data.views.colour import BYOL_COLOUR, ColourAug, colour_transform
+from sslcli.data.views.crops import crop_resize, image_to_tensor, sample_crop_box
 
 CROP_RATIO = (3 / 4, 4 / 3)  # V2's RandomResizedCrop aspect-ratio range
 RECIPES = ("paper", "c4-code", "fpn-code")
@@ -194,7 +194,7 @@ class RegionViews:
     Calling it on (image (H, W, 3) uint8 RGB, boxes (M, 4) x0, y0, x1, y1 in image pixels) returns a dict:
     "view1", "view2": (3, S, S) float32 (and "view3": (3, S/2, S/2) except for ``c4-code``), colour-augmented and
     normalised; "boxes": (P, K, 4) float32, the box sets in their views' pixels, and "box_ids": (P, K) int64 (the
-    proposal of each slot, see ``padding``). Box sets (set → view: `sslcli.methods.soco.SET_VIEWS`): paper V1, V2, V3;
+    proposal of each slot, see ``padding``). Box sets (set → view: `sslcli.methods.soco.method.SET_VIEWS`): paper V1, V2, V3;
     c4-code V1, V2; fpn-code V1 (for V2), V2, V1 (for V3), V3. Fixed shapes, so `default_collate` stacks them.
     """
 
@@ -203,7 +203,7 @@ class RegionViews:
     crop_scale: tuple[float, float] = (0.6, 1.0)
     jitter_p: float = 0.5
     jitter_scale: float = 0.1
-    colors: tuple[ColorAug, ColorAug] = BYOL
+    colours: tuple[ColourAug, ColourAug] = BYOL_COLOUR
     recipe: str = "paper"
     padding: str = "slots"
     cutout_p: float = 0.5
@@ -214,8 +214,8 @@ class RegionViews:
             raise ValueError(f"recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding {self.padding!r}: expected one of {', '.join(PADDINGS)}")
-        self._colors = tuple(color_transform(aug, self.size) for aug in self.colors)
-        self._small_color = color_transform(self.colors[1], self.small_size)
+        self._colours = tuple(colour_transform(aug, self.size) for aug in self.colours)
+        self._small_colour = colour_transform(self.colours[1], self.small_size)
 
     @property
     def small_size(self) -> int:
@@ -292,13 +292,13 @@ class RegionViews:
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> dict[str, torch.Tensor]:
         drawn = self.draw(image, boxes)
-        color1, color2 = self._colors
+        colour1, colour2 = self._colours
         # uint8 views in: the colour steps scale them to [0, 1]
-        out = {"view1": color1(drawn.views[0]), "view2": color2(drawn.views[1])}
+        out = {"view1": colour1(drawn.views[0]), "view2": colour2(drawn.views[1])}
         if self.recipe == "paper":
             out["view3"] = downsample(out["view2"], self.small_size)
         elif self.recipe == "fpn-code":
-            out["view3"] = self._small_color(drawn.views[2])
+            out["view3"] = self._small_colour(drawn.views[2])
         if self.recipe != "paper":  # cutout in V2's boxes (and V3's), after colour, as the authors
             out["view2"] = cutout_in_boxes(out["view2"], drawn.boxes[1], self.cutout_p, tuple(self.cutout_scale))
             if self.recipe == "fpn-code":

@@ -19,35 +19,18 @@ import torch
 import torch.nn.functional as F
 
 from sslcli import distributed as dist
-from sslcli.data.color import MOCO_V2, view_colours
-from sslcli.data.transforms import CropViews
+from sslcli.data.views.crops import CropViews
 from sslcli.losses.contrastive import knn_moco_loss, moco_infonce
 from sslcli.methods.base import MomentumMethod, StepInfo
+from sslcli.methods.moco.views import moco_views
 from sslcli.models.backbone import build_backbone
 from sslcli.models.heads import mlp
 from sslcli.models.queue import enqueue_, mean_pairwise_cosine, queue_slots
-
-MOCO_CROP_SCALE = (0.2, 1.0)  # METHODS.md §1
 
 
 def single_process_groups(batch: int) -> int:
     """Number of BN groups for the single-process shuffle-BN substitute: the most of 8, 4, 2 leaving ≥ 4 per group."""
     return next((g for g in (8, 4, 2) if batch % g == 0 and batch // g >= 4), 1)
-
-
-def moco_views(spec) -> CropViews:
-    """The view transform of a MoCo run spec: 2 crops, or MC (+ CC), A+ and the §3.1 IoU constraint when enabled."""
-    m, data = spec.method, spec.data
-    mc = m.multi_crop
-    return CropViews(
-        large_size=mc.large_size if mc.enabled else data.image_size,
-        large_scale=mc.large_scale if mc.enabled else (spec.views.crop_scale or MOCO_CROP_SCALE),
-        colors=view_colours(spec.views.colour, (MOCO_V2, MOCO_V2)),
-        small_size=mc.small_size, small_scale=mc.small_scale, n_small=mc.n_small if mc.enabled else 0,
-        max_iou=m.crop_iou.max_iou, iou_tries=m.crop_iou.max_tries,
-        cc_min_overlap=m.constrained.min_overlap if m.constrained.enabled else None,
-        cc_tries=m.constrained.max_tries,
-        aplus_p=m.aplus.p if m.aplus.enabled else 0.0)
 
 
 class MoCo(MomentumMethod):

@@ -2,7 +2,8 @@
 
 The boxes come from a region store of kind ``boxes`` (made by ``sslcli prepare boxes``), opened and checked once at
 start-up by `open_box_store`; `StoredBoxViews` looks each sample's boxes up and hands image and boxes to a views
-callable (SoCo's `sslcli.data.region_views.RegionViews`, D3SSL's ``D3sslViews``).
+callable (SoCo's `sslcli.data.views.regions.RegionViews`, D3SSL's ``D3sslViews``); the device views of both read
+the same boxes through `image_boxes`.
 """
 
 from __future__ import annotations
@@ -44,14 +45,19 @@ class StoredBoxViews:
 
     def __call__(self, sample: dict) -> dict:
         image = np.asarray(sample["image"])
-        image_id = sample.get("image_id")
-        try:
-            boxes = self.store.boxes(image_id)
-            stored_size = self.store.image_size(image_id)
-        except KeyError:
-            raise InputError(f"image {image_id!r} is not in box store {self.store.path}: was it made from this "
-                             "data set and split?") from None
-        if stored_size != image.shape[:2]:
-            raise InputError(f"image {image_id!r}: boxes in {self.store.path} were computed on a "
-                             f"{stored_size[1]}×{stored_size[0]} image, but it is {image.shape[1]}×{image.shape[0]}")
-        return self.views(image, boxes)
+        return self.views(image, image_boxes(self.store, sample.get("image_id"), *image.shape[:2]))
+
+
+def image_boxes(store: RegionStore, image_id, height: int, width: int) -> np.ndarray:
+    """The stored proposals of image ``image_id`` (the CPU views and the device views both read them here), refusing
+    an image the store does not hold or one whose size differs from the image the boxes were computed on."""
+    try:
+        boxes = store.boxes(image_id)
+        stored_size = store.image_size(image_id)
+    except KeyError:
+        raise InputError(f"image {image_id!r} is not in box store {store.path}: was it made from this "
+                         "data set and split?") from None
+    if tuple(stored_size) != (height, width):
+        raise InputError(f"image {image_id!r}: boxes in {store.path} were computed on a "
+                         f"{stored_size[1]}×{stored_size[0]} image, but it is {width}×{height}")
+    return boxes

@@ -1,10 +1,10 @@
-"""The ``data.pipeline: gpu`` path: workers sample the view parameters, the training device decodes and augments.
+"""The batched device ops of ``data.pipeline: gpu``: workers sample the view parameters, the device decodes and augments.
 
 Split of the work:
 - in DataLoader workers (`DeviceViews.__call__`, per sample, under the engine's per-sample seeded RNG): read the file's
   bytes and header size, draw the crop boxes with the CPU path's own samplers (`CropViews.sample_boxes`: RandomResizedCrop,
   IoU-constrained pairs, multi-crop, CC), the flips and every colour parameter (the distributions of torchvision's
-  ColorJitter / RandomGrayscale / GaussianBlur / RandomSolarize as `sslcli.data.color` configures them). Cheap, and the
+  ColorJitter / RandomGrayscale / GaussianBlur / RandomSolarize as `sslcli.data.views.colour` configures them). Cheap, and the
   views stay a function of (seed, epoch, index) only, as on the CPU path;
 - on the device (`DeviceViews.apply`, per batch): nvJPEG batch decode (torchvision ``decode_jpeg(device="cuda")``; on
   a CPU device the same call decodes with libjpeg), crop + antialiased resize + flip of every image as two batched
@@ -16,9 +16,10 @@ in the training process (so views would depend on batch composition, not on (see
 RandomResizedCrop needs equal-size inputs, while decoded images differ in size. The ops here are ~100 lines of torch
 and equal torchvision's functional ops within float rounding (tests/test_device_views.py).
 
-Supported here: the image-level views of moco (two crops, multi-crop, CC, IoU-constrained pairs), simclr and byol;
-A+ (AutoAugment) needs ``data.pipeline: cpu`` (checked at spec validation). DetCon's masks and SoCo's / D3SSL's boxes:
-`sslcli.data.device_regions`, on the ops of this module.
+The device views built on these ops: the crop methods' `sslcli.data.views.device_crops.ImageDeviceViews` (moco, simclr,
+byol; A+ needs ``data.pipeline: cpu``), and in the methods' homes DetCon's masks (sslcli/methods/detcon/views.py),
+SoCo's boxes (sslcli/methods/soco/views.py) and D3SSL's (sslcli/methods/d3ssl/views.py). Which one runs a method's
+transform is the method's ``device_views`` hook on its registry entry (`sslcli.method_registry`).
 """
 
 from __future__ import annotations
@@ -28,45 +29,28 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import InterpolationMode
 
-from sslcli.data.color import IMAGENET_MEAN, IMAGENET_STD, ColorAug, blur_kernel_size
 from sslcli.data.readers.images import EncodedImage
-from sslcli.data.transforms import CropViews
-from sslcli.errors import CorruptImageError, InputError
+from sslcli.data.views.colour import (
+    BLUR_ON,
+    BRIGHTNESS,
+    CONTRAST,
+    FACTORS,
+    GRAY,
+    HUE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    JITTER_ON,
+    ORDER,
+    SATURATION,
+    SIGMA,
+    SOLARIZE,
+    blur_kernel_size,
+)
+from sslcli.errors import CorruptImageError
 
-# Columns of the per-crop colour parameter rows (one float row per crop, so batches collate into one tensor).
-JITTER_ON, ORDER, FACTORS, GRAY, BLUR_ON, SIGMA, SOLARIZE = 0, slice(1, 5), slice(5, 9), 9, 10, 11, 12
-N_COLOUR_PARAMS = 13
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision ColorJitter's fn_idx numbering
 # Kept as per-sample lists by the engine's collate (variable sizes): file bytes, paths, DetCon's label maps.
 LIST_KEYS = ("encoded", "path", "label_map")
-
-
-def _uniform(lo: float, hi: float) -> float:
-    return float(torch.empty(1).uniform_(lo, hi))
-
-
-def sample_colour_params(aug: ColorAug) -> torch.Tensor:
-    """One crop's colour parameters, drawn as torchvision's transforms draw them (RandomApply p, ColorJitter.get_params:
-    a random order of the four adjustments, factors U[max(0, 1−x), 1+x] and hue U[−h, h]; grayscale p; blur p with
-    σ ~ U(sigma); solarize p). A step with p = 0 is not drawn at all (the CPU pipeline leaves it out)."""
-    p = torch.zeros(N_COLOUR_PARAMS)
-    p[ORDER] = torch.arange(4, dtype=torch.float32)
-    p[FACTORS] = torch.tensor([1.0, 1.0, 1.0, 0.0])
-    if aug.jitter_p > 0 and float(torch.rand(1)) < aug.jitter_p:
-        p[JITTER_ON] = 1
-        p[ORDER] = torch.randperm(4).float()
-        p[FACTORS] = torch.tensor([_uniform(max(0.0, 1 - x), 1 + x) if x > 0 else 1.0
-                                   for x in (aug.brightness, aug.contrast, aug.saturation)]
-                                  + [_uniform(-aug.hue, aug.hue) if aug.hue > 0 else 0.0])
-    if aug.gray_p > 0:
-        p[GRAY] = float(float(torch.rand(1)) < aug.gray_p)
-    if aug.blur_p > 0 and float(torch.rand(1)) < aug.blur_p:
-        p[BLUR_ON], p[SIGMA] = 1, _uniform(*aug.blur_sigma)
-    if aug.solarize_p > 0:
-        p[SOLARIZE] = float(float(torch.rand(1)) < aug.solarize_p)
-    return p
 
 
 # ------------------------------------------------------------------------------------------- batched colour ops
@@ -143,7 +127,7 @@ def _rows(mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
 
 
 def apply_colour(x: torch.Tensor, params: torch.Tensor, kernel_size: int, normalize: bool = True) -> torch.Tensor:
-    """The photometric pipeline of `sslcli.data.color.color_transform` on (N, 3, S, S) float [0, 1] images with one
+    """The photometric pipeline of `sslcli.data.views.colour.colour_transform` on (N, 3, S, S) float [0, 1] images with one
     parameter row per image (``params`` on the CPU, from `sample_colour_params`)."""
     x = x.clone()
     dev = x.device
@@ -210,7 +194,7 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, out_size: int, in_
 def resized_crops(images: list[torch.Tensor], boxes: torch.Tensor, size: int, flips: torch.Tensor,
                   bicubic: bool) -> torch.Tensor:
     """(N, 3, size, size) uint8-valued float crops: box ``boxes[n]`` of ``images[n]`` resized with antialiasing (as
-    `sslcli.data.transforms.crop_resize`), mirrored where ``flips[n]``. Two batched matmuls per chunk of images padded
+    `sslcli.data.views.crops.crop_resize`), mirrored where ``flips[n]``. Two batched matmuls per chunk of images padded
     to a common size replace one resize call per crop (hundreds of kernel launches per batch)."""
     out, start = [], 0
     while start < len(images):  # chunks whose padded size fits PAD_BUDGET
@@ -321,18 +305,13 @@ class DeviceViews:
     """The views of a method's transform computed on the training device: ``__call__`` runs in the workers
     (parameters), ``apply`` in the training process (pixels). ``apply``'s batch has the CPU path's keys and shapes.
 
-    ``DeviceViews(transform)`` returns the subclass for the transform: `ImageDeviceViews` (moco, simclr, byol),
-    and from `sslcli.data.device_regions` `MaskDeviceViews` (DetCon), `BoxDeviceViews` (SoCo) and
-    `D3sslDeviceViews` (D3SSL). A transform without device views is refused with an InputError.
+    A method names the function that builds its device views from its CPU transform on its registry entry
+    (``device_views``, `sslcli.method_registry`): `sslcli.data.views.device_crops.ImageDeviceViews` for the crop
+    methods, the region methods' own in their homes (sslcli/methods/<name>/views.py).
     """
 
     accepts_encoded = True  # the engine hands the workers EncodedImage samples (bytes + header size)
 
-    def __new__(cls, transform):
-        if cls is DeviceViews:
-            cls = _device_views_class(transform)
-        return super().__new__(cls)
-
     def __call__(self, sample: dict) -> dict:
         raise NotImplementedError
 
@@ -340,61 +319,6 @@ class DeviceViews:
         raise NotImplementedError
 
 
-def device_views_for(transform: object) -> DeviceViews:
-    """The device views that run ``transform`` (a method's CPU transform), built from it."""
-    views: DeviceViews = _device_views_class(transform)(transform)
-    return views
-
-
-def _device_views_class(transform) -> type:
-    """Which device views run ``transform``: chosen by the view objects it holds (the methods' transforms live in
-    sslcli.methods, which this package does not import)."""
-    from sslcli.data.device_regions import BoxDeviceViews, D3sslDeviceViews, MaskDeviceViews
-    from sslcli.data.mask_views import MaskViewPair
-    from sslcli.data.region_views import RegionViews
-
-    if isinstance(transform, CropViews):
-        return ImageDeviceViews
-    views = getattr(transform, "views", None)
-    if isinstance(views, MaskViewPair) and hasattr(transform, "masks"):
-        return MaskDeviceViews
-    if isinstance(views, RegionViews) and hasattr(transform, "store"):
-        return BoxDeviceViews
-    if isinstance(getattr(views, "regions", None), RegionViews) and hasattr(transform, "store"):
-        return D3sslDeviceViews
-    raise InputError(f"data.pipeline: 'gpu' has no device views for this method's transform "
-                     f"({type(transform).__name__}): use data.pipeline: cpu")
-
-
-class ImageDeviceViews(DeviceViews):
-    """The views of a `CropViews` (moco: two crops, multi-crop, CC, IoU-constrained pairs; simclr; byol)."""
-
-    def __init__(self, views: CropViews):
-        if views.aplus_p > 0:
-            raise InputError("data.pipeline: 'gpu' does not run A+ (AutoAugment); set method.aplus.enabled: false "
-                             "or data.pipeline: cpu")
-        self.views = views
-        self.sizes = views.sizes()
-        self.crop_colours = [views.colors[i] if i < 2 else views.colors[0] for i in range(len(self.sizes))]
-
-    # --------------------------------------------------------------------------------------- worker side
-    def __call__(self, sample: dict) -> dict:
-        image: EncodedImage = sample["image"]
-        boxes = self.views.sample_boxes(image.height, image.width)
-        flips = torch.tensor([float(torch.rand(1)) < self.views.flip_p for _ in boxes])
-        colour = torch.stack([sample_colour_params(aug) for aug in self.crop_colours])
-        return encoded_fields(image) | {"boxes": torch.tensor(boxes, dtype=torch.float32), "flips": flips,
-                                        "colour": colour, "index": sample["index"]}
-
-    # --------------------------------------------------------------------------------------- device side
-    def apply(self, batch: dict, device: torch.device) -> dict:
-        """A collated batch of `__call__` outputs → ``{"views", "boxes", "index"[, "small"]}`` on ``device``."""
-        images = decode_fields(batch, device)
-        bicubic = self.views.interpolation == InterpolationMode.BICUBIC
-        crops = [coloured_crops(images, batch["boxes"][:, j], size, batch["flips"][:, j], batch["colour"][:, j],
-                                bicubic) for j, size in enumerate(self.sizes)]
-        out = {"views": torch.stack(crops[:2], dim=1), "boxes": batch["boxes"].to(device),
-               "index": batch["index"].to(device)}
-        if len(crops) > 2:
-            out["small"] = torch.stack(crops[2:], dim=1)
-        return out
+def downsample_views(views: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, S, S) float → (N, 3, size, size), bilinear and antialiased (`regions.downsample`, batched)."""
+    return F.interpolate(views, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

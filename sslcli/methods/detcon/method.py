@@ -1,6 +1,6 @@
 """DetCon_S and DetCon_B (contrastive detection; DetCon paper §3, App. A; METHODS.md §3).
 
-Per sample (in DataLoader workers, `DetconTransform`): the image's label map comes from a `MaskSource` (store,
+Per sample (in DataLoader workers, `DetconTransform` of sslcli/methods/detcon/views.py): the image's label map comes from a `MaskSource` (store,
 grid or COCO ground truth); two views get the same crop and flip as their label maps (`MaskViewPair`; the crop
 window is drawn as the authors' code does, ``method.crop_sampler``); each view's label map is then brought onto the
 encoder's res5 grid (`map_side`: 7×7 at 224 px; 6×6 at 48 px with ``model.stem: small``) by average-pooling its
@@ -16,41 +16,19 @@ contrasts every latent against all masks of all images on all ranks.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from sslcli import distributed as dist
-from sslcli.data.color import view_colours
-from sslcli.data.mask_views import COLOR_PRESETS, CROP_SCALE, MaskViewPair
+from sslcli.data.views.colour import view_colours
 from sslcli.errors import InputError
 from sslcli.losses.detcon import detcon_loss
 from sslcli.methods.base import MomentumMethod, StepInfo
+from sslcli.methods.detcon.views import COLOUR_PRESETS, CROP_SCALE, DetconTransform, MaskSource, MaskViewPair
 from sslcli.models.backbone import build_backbone, map_side
 from sslcli.models.heads import byol_heads, simclr_projector
 from sslcli.models.region_pooling import mask_pool
-from sslcli.proposals.masks_online import MaskSource
 
 DEFAULT_DIMS = {"S": (128, 2048), "B": (256, 4096)}  # (dim, hidden_dim): SimCLR's and BYOL's heads
-
-
-def label_grid(label_map: torch.Tensor, n: int) -> torch.Tensor:
-    """(S, S) integer label map → (n, n) int64 ids: argmax over ids of the average-pooled one-hot masks per cell.
-
-    Cells are `torch.nn.functional.adaptive_avg_pool2d`'s windows [⌊i·S/n⌋, ⌈(i+1)·S/n⌉). The average of a one-hot
-    mask over a window is its pixel count / window area, so the argmax is the most frequent id in the window, ties
-    going to the smallest id (the first one-hot channel). Counting avoids materialising K one-hot maps.
-    """
-    height, width = label_map.shape
-    ids, inverse = torch.unique(label_map, return_inverse=True)  # sorted ids; inverse (S, S) in [0, K)
-    k = len(ids)
-    out = torch.empty(n, n, dtype=torch.int64)
-    for i in range(n):
-        y0, y1 = i * height // n, -(-(i + 1) * height // n)
-        for j in range(n):
-            x0, x1 = j * width // n, -(-(j + 1) * width // n)
-            counts = torch.bincount(inverse[y0:y1, x0:x1].reshape(-1), minlength=k)
-            out[i, j] = ids[counts.argmax()]
-    return out
 
 
 def sample_ids(grid: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -66,20 +44,6 @@ def sample_ids(grid: torch.Tensor, num_samples: int) -> torch.Tensor:
     first = ~(same & earlier).any(-1)                                          # (B, cells): first cell of its id
     cell = torch.multinomial(first.float(), num_samples, replacement=True)     # (B, R)
     return flat.gather(1, cell)
-
-
-class DetconTransform:
-    """Sample dict → ``{"views": (2, 3, S, S) float, "masks": (2, n, n) int64}``; picklable (runs in workers)."""
-
-    def __init__(self, masks: MaskSource, views: MaskViewPair, grid_side: int):
-        """``grid_side``: the side of the encoder's res5 map for ``views.size`` px views (`map_side`)."""
-        self.masks, self.views, self.grid_side = masks, views, grid_side
-
-    def __call__(self, sample: dict) -> dict:
-        label_map = self.masks.label_map(sample)
-        view1, mask1, view2, mask2 = self.views(np.asarray(sample["image"]), label_map)
-        grids = torch.stack([label_grid(mask1, self.grid_side), label_grid(mask2, self.grid_side)])
-        return {"views": torch.stack([view1, view2]), "masks": grids}
 
 
 class Detcon(MomentumMethod):
@@ -105,7 +69,7 @@ class Detcon(MomentumMethod):
         spec = self.spec
         views = MaskViewPair(spec.data.image_size, self.variant, scale=spec.views.crop_scale or CROP_SCALE,
                              crop_sampler=spec.method.crop_sampler,
-                             colors=view_colours(spec.views.colour, COLOR_PRESETS[self.variant]))
+                             colours=view_colours(spec.views.colour, COLOUR_PRESETS[self.variant]))
         return DetconTransform(masks, views, map_side(self.encoder, views.size))
 
     def forward(self, batch: dict, step: StepInfo) -> dict[str, torch.Tensor]:  # type: ignore[override]

@@ -1,6 +1,6 @@
 """D3SSL's region-level augmentations (METHODS.md §5, D3 §4): RBJ, PRC, PRM and the de-positioning composite.
 
-Conventions (those of `sslcli.data.transforms`): images are numpy (H, W, 3) uint8 RGB; boxes are float arrays
+Conventions (those of `sslcli.data.views.crops`): images are numpy (H, W, 3) uint8 RGB; boxes are float arrays
 (K, 4) of ``(x0, y0, x1, y1)`` in the image's pixel coordinates, x1/y1 exclusive; every random draw comes from a
 seeded ``np.random.Generator``. Functions are pure: inputs are never modified.
 
@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from sslcli.data.color import IMAGENET_MEAN
+from sslcli.data.views.colour import IMAGENET_MEAN
 
 Fill = Literal["mean", "zero", "noise"]
 SIDES = ("left", "right", "top", "bottom")
@@ -141,7 +141,7 @@ def sample_prc_cutouts(boxes, height: int, width: int, rng: np.random.Generator,
     return Cutouts(rects=rects, pieces=pieces)
 
 
-def _fill_values(fill: Fill, count: int, rng: np.random.Generator) -> np.ndarray:
+def fill_values(fill: Fill, count: int, rng: np.random.Generator) -> np.ndarray:
     if fill == "mean":
         return MEAN_COLOUR
     if fill == "zero":

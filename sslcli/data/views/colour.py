@@ -1,4 +1,7 @@
-"""Photometric augmentation shared by every method (METHODS.md §1–3), on float (C, H, W) tensors in [0, 1].
+"""Colour (photometric) augmentation shared by every method (METHODS.md §1–3), on float (C, H, W) tensors in [0, 1].
+
+The code spells it "colour" throughout; torchvision's own names (``v2.ColorJitter``) keep theirs. The presets carry a
+``_COLOUR`` suffix (`SIMCLR_COLOUR`, not ``SIMCLR``) so they never read as the method classes.
 
 Geometry (crops, flips) lives with each method's view transform because masks and boxes must follow it; colour
 never moves pixels, so one module serves MoCo-v2, SimCLR, BYOL, DetCon_S and DetCon_B.
@@ -17,7 +20,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class ColorAug:
+class ColourAug:
     """One view's photometric pipeline: jitter (p) → grayscale (p) → blur (p) → solarize (p) → normalise."""
 
     brightness: float = 0.4
@@ -32,24 +35,58 @@ class ColorAug:
 
 
 # MoCo-v2 (METHODS.md §1): both views identical.
-MOCO_V2 = ColorAug()
+MOCO_V2_COLOUR = ColourAug()
 # SimCLR / DetCon_S (METHODS.md §3): blur always on view 1, never on view 2, no solarize.
-SIMCLR = (ColorAug(0.8, 0.8, 0.8, 0.2, blur_p=1.0), ColorAug(0.8, 0.8, 0.8, 0.2, blur_p=0.0))
+SIMCLR_COLOUR = (ColourAug(0.8, 0.8, 0.8, 0.2, blur_p=1.0), ColourAug(0.8, 0.8, 0.8, 0.2, blur_p=0.0))
 # BYOL / DetCon_B (METHODS.md §3): blur 1.0 / 0.1, solarize 0 / 0.2.
-BYOL = (ColorAug(0.4, 0.4, 0.2, 0.1, blur_p=1.0), ColorAug(0.4, 0.4, 0.2, 0.1, blur_p=0.1, solarize_p=0.2))
+BYOL_COLOUR = (ColourAug(0.4, 0.4, 0.2, 0.1, blur_p=1.0), ColourAug(0.4, 0.4, 0.2, 0.1, blur_p=0.1, solarize_p=0.2))
 
 
-PRESETS: dict[str, tuple[ColorAug, ColorAug]] = {"moco-v2": (MOCO_V2, MOCO_V2), "simclr": SIMCLR, "byol": BYOL}
+# Columns of the per-crop colour parameter rows (one float row per crop, so batches collate into one tensor).
+JITTER_ON, ORDER, FACTORS, GRAY, BLUR_ON, SIGMA, SOLARIZE = 0, slice(1, 5), slice(5, 9), 9, 10, 11, 12
+N_COLOUR_PARAMS = 13
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # torchvision ColorJitter's fn_idx numbering
 
 
-def view_colours(colour, recipe: tuple[ColorAug, ColorAug]) -> tuple[ColorAug, ColorAug]:
+def _uniform(lo: float, hi: float) -> float:
+    return float(torch.empty(1).uniform_(lo, hi))
+
+
+def sample_colour_params(aug: ColourAug) -> torch.Tensor:
+    """One crop's colour parameters, drawn as torchvision's transforms draw them (RandomApply p, ColorJitter.get_params:
+    a random order of the four adjustments, factors U[max(0, 1−x), 1+x] and hue U[−h, h]; grayscale p; blur p with
+    σ ~ U(sigma); solarize p). A step with p = 0 is not drawn at all. The one sampler of both pipelines: `OpenCvColour`
+    (CPU) applies the row it draws here, the device views send it to `sslcli.data.views.device_ops.apply_colour`."""
+    p = torch.zeros(N_COLOUR_PARAMS)
+    p[ORDER] = torch.arange(4, dtype=torch.float32)
+    p[FACTORS] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    if aug.jitter_p > 0 and float(torch.rand(1)) < aug.jitter_p:
+        p[JITTER_ON] = 1
+        p[ORDER] = torch.randperm(4).float()
+        p[FACTORS] = torch.tensor([_uniform(max(0.0, 1 - x), 1 + x) if x > 0 else 1.0
+                                   for x in (aug.brightness, aug.contrast, aug.saturation)]
+                                  + [_uniform(-aug.hue, aug.hue) if aug.hue > 0 else 0.0])
+    if aug.gray_p > 0:
+        p[GRAY] = float(float(torch.rand(1)) < aug.gray_p)
+    if aug.blur_p > 0 and float(torch.rand(1)) < aug.blur_p:
+        p[BLUR_ON], p[SIGMA] = 1, _uniform(*aug.blur_sigma)
+    if aug.solarize_p > 0:
+        p[SOLARIZE] = float(float(torch.rand(1)) < aug.solarize_p)
+    return p
+
+
+PRESETS: dict[str, tuple[ColourAug, ColourAug]] = {"moco-v2": (MOCO_V2_COLOUR, MOCO_V2_COLOUR), "simclr": SIMCLR_COLOUR,
+                                               "byol": BYOL_COLOUR}
+
+
+def view_colours(colour, recipe: tuple[ColourAug, ColourAug]) -> tuple[ColourAug, ColourAug]:
     """The two views' colour pipelines for a run spec's ``views.colour``: "recipe" keeps the method's own
     ``recipe``, a preset name picks from `PRESETS`, a list of one or two `ColourSpec`-like models sets them."""
     if colour == "recipe":
         return recipe
     if isinstance(colour, str):
         return PRESETS[colour]
-    augs = [ColorAug(**{**c.model_dump(), "blur_sigma": tuple(c.blur_sigma)}) for c in colour]
+    augs = [ColourAug(**{**c.model_dump(), "blur_sigma": tuple(c.blur_sigma)}) for c in colour]
     return (augs[0], augs[-1])
 
 
@@ -88,7 +125,7 @@ def adjust_hue_opencv(image: torch.Tensor, hue_factor: float) -> torch.Tensor:
     return torch.from_numpy(np.clip(rgb, 0.0, 1.0, out=rgb)).permute(2, 0, 1)
 
 
-class ColorJitter(v2.ColorJitter):
+class ColourJitter(v2.ColorJitter):
     """torchvision's ``v2.ColorJitter`` (same parameters, same random draws) with the hue step run by
     `adjust_hue_opencv` on plain float CPU images; other inputs take torchvision's kernels."""
 
@@ -99,8 +136,8 @@ class ColorJitter(v2.ColorJitter):
         return super()._call_kernel(functional, inpt, *args, **kwargs)
 
 
-def torchvision_color_transform(aug: ColorAug, image_size: int, normalize: bool = True,
-                                jitter: type = ColorJitter) -> v2.Compose:
+def torchvision_colour_transform(aug: ColourAug, image_size: int, normalize: bool = True,
+                                jitter: type = ColourJitter) -> v2.Compose:
     """``aug`` as a torchvision v2 pipeline on float (C, H, W) in [0, 1] (``jitter``: v2.ColorJitter gives the
     pipeline before issue 14): the reference `OpenCvColour` reproduces, and its fallback off the CPU."""
     steps: list[torch.nn.Module] = []
@@ -133,9 +170,10 @@ _NORMALISE = np.concatenate([np.diag(1 / np.array(IMAGENET_STD)),
 
 
 class OpenCvColour:
-    """The pipeline of `torchvision_color_transform` on one CPU image, computed on an (H, W, 3) float32 array with
+    """The pipeline of `torchvision_colour_transform` on one CPU image, computed on an (H, W, 3) float32 array with
     OpenCV and numpy: the same random draws in the same order (RandomApply / RandomGrayscale / RandomSolarize:
-    ``torch.rand(1) < p``; ColorJitter: ``randperm(4)`` then one ``uniform_`` per factor; blur σ ``uniform_``), the
+    ``torch.rand(1) < p``; ColorJitter: ``randperm(4)`` then one ``uniform_`` per factor; blur σ ``uniform_``; all
+    drawn by `sample_colour_params`, the sampler of the device pipeline too), the
     same maths (blends with torchvision's luma, hue through HSV, Gaussian kernel, reflect border), equal to torchvision
     within 5e-5 after normalisation (tests/test_transforms.py). One layout change in and out instead of a permute and
     copy per step and torchvision's per-call dispatch.
@@ -144,7 +182,7 @@ class OpenCvColour:
     take the torchvision pipeline.
     """
 
-    def __init__(self, aug: ColorAug, image_size: int, normalize: bool = True):
+    def __init__(self, aug: ColourAug, image_size: int, normalize: bool = True):
         self.aug, self.image_size, self.normalize = aug, image_size, normalize
         self.kernel = blur_kernel_size(image_size)
         self.ranges = (_jitter_range(aug.brightness, 1.0, True), _jitter_range(aug.contrast, 1.0, True),
@@ -153,7 +191,27 @@ class OpenCvColour:
     def _torchvision(self, image: torch.Tensor) -> torch.Tensor:
         if image.dtype == torch.uint8:
             image = image.float() / 255
-        return torchvision_color_transform(self.aug, self.image_size, self.normalize)(image)
+        return torchvision_colour_transform(self.aug, self.image_size, self.normalize)(image)
+
+    def _jitter(self, x: np.ndarray, order: list[int], factors: list[float]) -> np.ndarray:
+        """ColorJitter's four adjustments in ``order``; one with strength 0 (never drawn) is left out."""
+        import cv2
+
+        for op in order:
+            if self.ranges[op] is None:
+                continue
+            f = factors[op]
+            if op == BRIGHTNESS:  # x·f
+                x = x * np.float32(f)
+            elif op == CONTRAST:  # blend with the mean luma
+                mean = float(cv2.transform(x, _LUMA[None]).mean(dtype=np.float64))
+                x = x * np.float32(f) + np.float32(mean * (1 - f))
+            elif op == SATURATION:  # blend with the luma, one 3×3 colour matrix
+                x = cv2.transform(x, (f * np.eye(3) + (1 - f) * np.tile(_LUMA, (3, 1))).astype(np.float32))
+            else:
+                x = _hue_hwc(x, f)
+            np.clip(x, 0.0, 1.0, out=x)
+        return x
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         import cv2
@@ -163,31 +221,16 @@ class OpenCvColour:
         planes = [np.asarray(c) for c in image.numpy()]  # (H, W) views of the three channels, no copy
         hwc = cv2.merge(planes) if planes[0].flags.c_contiguous else np.ascontiguousarray(image.permute(1, 2, 0))
         x = np.divide(hwc, np.float32(255), dtype=np.float32) if hwc.dtype == np.uint8 else hwc.astype(np.float32)
-        aug = self.aug
-        if aug.jitter_p > 0 and float(torch.rand(1)) < aug.jitter_p:
-            order = torch.randperm(4).tolist()
-            factors = [None if r is None else float(torch.empty(1).uniform_(r[0], r[1]).item()) for r in self.ranges]
-            for op in order:
-                f = factors[op]
-                if f is None:
-                    continue
-                if op == 0:  # brightness: x·f
-                    x = x * np.float32(f)
-                elif op == 1:  # contrast: blend with the mean luma
-                    mean = float(cv2.transform(x, _LUMA[None]).mean(dtype=np.float64))
-                    x = x * np.float32(f) + np.float32(mean * (1 - f))
-                elif op == 2:  # saturation: blend with the luma, one 3×3 colour matrix
-                    x = cv2.transform(x, (f * np.eye(3) + (1 - f) * np.tile(_LUMA, (3, 1))).astype(np.float32))
-                else:
-                    x = _hue_hwc(x, f)
-                np.clip(x, 0.0, 1.0, out=x)
-        if aug.gray_p > 0 and float(torch.rand(1)) < aug.gray_p:
+        params = sample_colour_params(self.aug)  # the draws the device pipeline makes, in the same order
+        if params[JITTER_ON]:
+            x = self._jitter(x, params[ORDER].long().tolist(), params[FACTORS].tolist())
+        if params[GRAY]:
             x = cv2.transform(x, np.tile(_LUMA, (3, 1)))
-        if aug.blur_p > 0 and float(torch.rand(1)) < aug.blur_p:
-            sigma = torch.empty(1).uniform_(aug.blur_sigma[0], aug.blur_sigma[1]).item()
+        if params[BLUR_ON]:
+            sigma = float(params[SIGMA])
             x = cv2.GaussianBlur(x, (self.kernel, self.kernel), sigmaX=sigma, sigmaY=sigma,
                                  borderType=cv2.BORDER_REFLECT_101)
-        if aug.solarize_p > 0 and float(torch.rand(1)) < aug.solarize_p:
+        if params[SOLARIZE]:
             np.subtract(np.float32(1), x, out=x, where=x >= 0.5)
         if self.normalize:  # (x − mean) / std as one affine colour map
             x = cv2.transform(x, _NORMALISE)
@@ -206,9 +249,9 @@ def _hue_hwc(x: np.ndarray, factor: float) -> np.ndarray:
     return cv2.cvtColor(cv2.merge([h, s, v]), cv2.COLOR_HSV2RGB)
 
 
-def color_transform(aug: ColorAug, image_size: int, normalize: bool = True) -> OpenCvColour:
+def colour_transform(aug: ColourAug, image_size: int, normalize: bool = True) -> OpenCvColour:
     """The photometric pipeline for ``aug`` (jitter → grayscale → blur → solarize → normalise): `OpenCvColour`, i.e.
-    `torchvision_color_transform`'s draws and outputs, cheaper per core."""
+    `torchvision_colour_transform`'s draws and outputs, cheaper per core."""
     return OpenCvColour(aug, image_size, normalize)
 
 
