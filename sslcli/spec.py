@@ -7,6 +7,7 @@ field path. Hyperparameter defaults follow METHODS.md (section numbers cited per
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -602,3 +603,10 @@ def hashed_spec(dumped: dict) -> dict:
 
 def dump_spec(spec: RunSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+
+# DenseCL and PixPro register from their homes (sslcli/methods/<name>/), after the six above, imported by name as
+# homes' BUILTIN_METHODS list will (a static import would make spec and methods import each other).
+for _home in ("sslcli.methods.densecl", "sslcli.methods.pixpro"):  # until the built-in list
+    importlib.import_module(_home).register()  # until the built-in list

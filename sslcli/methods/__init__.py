@@ -7,9 +7,13 @@ one for a run spec.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sslcli.spec  # noqa: F401 - registers the built-in methods (their specs live there, torch-free)
 from sslcli.method_registry import REGISTRY, load_plugins, method_class
-from sslcli.methods.base import Method
+
+if TYPE_CHECKING:  # torch-free at import: the spec imports the method homes (sslcli/methods/<name>/) through here
+    from sslcli.methods.base import Method
 
 METHODS: dict[str, type[Method]] = {}
 
