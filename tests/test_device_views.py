@@ -226,7 +226,7 @@ def test_unsupported_methods_are_refused_naming_the_field(tmp_path, monkeypatch)
     base = _spec(tmp_path, tmp_path)
     # Every built-in method has device views; a registered method without them (a plugin) is refused.
     monkeypatch.setitem(REGISTRY, "detcon", replace(REGISTRY["detcon"], gpu_pipeline=False))
-    with pytest.raises(InputError, match="data.pipeline: 'gpu' runs the views of moco, simclr, byol, soco, d3ssl; "
+    with pytest.raises(InputError, match="data.pipeline: 'gpu' runs the views of moco, simclr, byol, soco, d3ssl, densecl, pixpro; "
                                          "method detcon needs data.pipeline: cpu"):
         parse_spec({**base, "method": {"name": "detcon"}})
     with pytest.raises(InputError, match="has no device views for this method's transform"):
