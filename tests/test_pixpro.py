@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sslcli.losses.pixpro import instance_consistency, pixel_consistency, pixel_propagation, positive_pairs
 from sslcli.methods.base import StepInfo

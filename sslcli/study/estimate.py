@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sslcli.study.spec import PlannedRun, Study
 
+# DenseCL: MoCo-v2's figure less 1 % (the DenseCL abstract: "only <1% slower" than MoCo-v2); PixPro: BYOL's
+# networks and views plus the PPM's (H·W)² similarity per view, assumed BYOL's figure (no time is reported).
 ASSUMED_IMAGES_PER_S = {"moco": 420.0, "simclr": 380.0, "byol": 360.0, "detcon": 330.0, "soco": 230.0,
-                        "d3ssl": 220.0}
+                        "d3ssl": 220.0, "densecl": 415.0, "pixpro": 360.0}
 # CPU training images/s on one core, from docs/results/README.md (ResNet-18 width 16, 48 px views, 1 thread,
 # 2-core machine):
 # - moco 231: planted-revisiting, "MoCo-v2 runs 316–349 s" for 602 steps x batch 128 = 77,056 images (77,056 / 333 s);
@@ -38,7 +40,8 @@ MEASURED_CPU_IMAGES_PER_S = {"moco": 231.0, "simclr": 91.0, "detcon": 83.0, "soc
 ARCH_FLOPS_VS_R50 = {"resnet18": 1.8 / 4.1, "resnet34": 3.6 / 4.1, "resnet50": 1.0, "resnet101": 7.8 / 4.1,
                      "resnet152": 11.5 / 4.1}
 ASSUMPTION = ("estimate only: assumed images/s of each method for a ResNet-50 at 224 px on one A100/H100-class GPU "
-              "with mixed precision (moco 420, simclr 380, byol 360, detcon 330, soco 230, d3ssl 220), scaled by "
+              "with mixed precision (moco 420, simclr 380, byol 360, detcon 330, soco 230, d3ssl 220, densecl 415, "
+              "pixpro 360), scaled by "
               "pixels per image (all crops), depth and width; divide by the GPUs you use")
 CPU_ASSUMPTION = ("estimate only: images/s of each method on one CPU core measured for a ResNet-18 of width 16 with "
                   "48 px views on the 2-core development machine (docs/results/README.md: moco 231, simclr 91, "
