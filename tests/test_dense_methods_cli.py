@@ -118,6 +118,29 @@ def test_analyses_run_on_the_checkpoint(method, checkpoints, scenes, tmp_path, c
         assert written["checkpoints"][0]["checkpoint"]["format"] == "sslcli"
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_the_gpu_pipeline_gives_the_cpu_paths_batch_and_trains(method, scenes, tmp_path):
+    # `data.pipeline: gpu` (decoded and augmented on the training device; here the CPU): the same keys as the CPU
+    # views, PixPro's coordinates (boxes, flips, image size) included, and a run trains.
+    from sslcli.data.device_views import DeviceViews
+    from sslcli.data.images import EncodedImage
+    from sslcli.engine.data import collate
+    from sslcli.methods import build_method
+
+    spec = _spec(method, scenes, tmp_path / "run", "data.pipeline=gpu", "max_steps=2")
+    transform = build_method(spec).transform()
+    image = EncodedImage.read(sorted((scenes / "train2017").glob("*.jpg"))[0])
+    cpu = transform({"image": image, "index": 0})
+    device_views = DeviceViews(transform)
+    sample = device_views({"image": image, "index": 0})
+    out = device_views.apply(collate([sample]), torch.device("cpu"))
+    assert set(out) == set(cpu) and out["views"].shape[1:] == cpu["views"].shape
+    assert out["image_size"][0].tolist() == cpu["image_size"].tolist() == [image.height, image.width]
+    assert torch.equal(out["flips"][0], sample["flips"]) and torch.equal(out["boxes"][0], sample["boxes"])
+    result = launch(spec)
+    assert result["steps"] == 2 and math.isfinite(result["final_loss"])
+
+
 def test_schema_lists_the_new_fields_with_descriptions(cli):
     code, stdout, _ = cli(["pretrain", "--schema"])
     assert code == 0
