@@ -15,6 +15,7 @@ from sslcli.losses.contrastive import moco_infonce
 
 
 @torch.no_grad()
+@in_float32  # a bf16 cosine would tie or swap near-equal cells
 def dense_correspondence(query_backbone: torch.Tensor, key_backbone: torch.Tensor) -> torch.Tensor:
     """(N, S) index of the key cell matched to each query cell: arg-max over key cells of the cosine between the two
     views' normalised backbone features (N, C', S) (the first maximum on ties). No gradient flows through the match."""
