@@ -295,7 +295,7 @@ def test_knn_moco_bank_first_scores_neighbours_with_the_logits_before_the_enqueu
 
 
 def test_single_process_shuffle_bn_encodes_in_groups_and_unshuffles():
-    from sslcli.methods.moco.method import single_process_groups
+    from sslcli.models.shuffle_bn import single_process_groups
 
     assert single_process_groups(256) == 8 and single_process_groups(16) == 4 and single_process_groups(6) == 1
     torch.manual_seed(0)

@@ -48,6 +48,10 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "d3ssl-gpu-pipeline": ("d3ssl-tiny", ["data.pipeline=gpu"]),
     "d3ssl-wo-decoupling-depositioning": ("d3ssl-tiny", ["method.decoupling=false", "method.depositioning=false"]),
     "simclr-small-stem": ("simclr-tiny", ["model.stem=small", "data.image_size=48"]),
+    "densecl": ("densecl-tiny", []),
+    "densecl-gpu-pipeline": ("densecl-tiny", ["data.pipeline=gpu"]),
+    "pixpro": ("pixpro-tiny", []),
+    "pixpro-instance-branch": ("pixpro-tiny", ["method.instance_weight=1.0"]),
 }
 
 

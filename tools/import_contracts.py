@@ -12,7 +12,9 @@ top-level module escaped it. Here both sides are a wildcard less named exception
 forbids sslcli.models every top-level module of sslcli, present or future, except the two named (and itself), with
 indirect imports followed as in ``forbidden``. ``source_exceptions`` does the same on the importing side. An exception
 that names no module the wildcard matches is a configuration error, so a typo cannot widen a wall.
-Registered in pyproject.toml: ``contract_types = ["forbidden_except: tools.import_contracts.ForbiddenExceptContract"]``.
+``independence_except`` writes import-linter's ``independence`` contract the same way: ``modules = ["sslcli.methods.*"]``
+less ``exceptions = ["sslcli.methods.base"]`` makes every method home, present or future, independent of the others.
+Registered in pyproject.toml under ``contract_types``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Iterable
 
 from grimp import ImportGraph
 from importlinter.contracts.forbidden import ForbiddenContract
+from importlinter.contracts.independence import IndependenceContract
 from importlinter.domain import fields
 from importlinter.domain.contract import ContractCheck
 from importlinter.domain.helpers import module_expressions_to_modules
@@ -35,7 +38,8 @@ def modules_except(graph: ImportGraph, expressions: Iterable[ModuleExpression],
     excepted = {str(expression) for expression in exceptions or ()}
     unknown = sorted(excepted - matched)
     if unknown:
-        raise ValueError(f"{side}_exceptions {', '.join(unknown)}: not among the modules that {side}_modules "
+        prefix = f"{side}_" if side else ""  # forbidden_except has two sides; independence_except one
+        raise ValueError(f"{prefix}exceptions {', '.join(unknown)}: not among the modules that {prefix}modules "
                          f"({', '.join(sorted(map(str, expressions)))}) match")
     return {ModuleExpression(name) for name in sorted(matched - excepted)}
 
@@ -56,3 +60,16 @@ class ForbiddenExceptContract(ForbiddenContract):
         resolved.forbidden_modules = modules_except(graph, self.forbidden_modules, self.forbidden_exceptions,
                                                     "forbidden")
         return super(ForbiddenExceptContract, resolved).check(graph, verbose)
+
+
+class IndependenceExceptContract(IndependenceContract):
+    """``independence`` over wildcard ``modules`` less ``exceptions`` (a new method home is covered from its start)."""
+
+    type_name = "independence_except"
+
+    exceptions = fields.SetField(subfield=fields.ModuleExpressionField(), required=False)
+
+    def check(self, graph: ImportGraph, verbose: bool) -> ContractCheck:
+        resolved = copy.copy(self)
+        resolved.modules = modules_except(graph, self.modules, self.exceptions, "")
+        return super(IndependenceExceptContract, resolved).check(graph, verbose)

@@ -178,7 +178,9 @@ class CropViews:
     sampled on the header's size and the JPEG is decoded at the largest reduction that leaves every crop ≥ its output
     size (`draft_reduction`); the random draws are the same as for the decoded array.
     Calling it on ``{"image": (H, W, 3) uint8, "index": i}`` returns ``{"views": (2, 3, L, L) float,
-    "boxes": (2 + n_small, 4) float, "index": i}`` plus ``"small": (n_small, 3, S, S)`` when n_small > 0.
+    "boxes": (2 + n_small, 4) float, "flips": (2 + n_small,) bool (crop mirrored), "image_size": (2,) int (H, W of
+    the image the boxes are in), "index": i}`` plus ``"small": (n_small, 3, S, S)`` when n_small > 0 (PixPro reads
+    the boxes, flips and image size as its crops' original-image coordinates).
     """
 
     accepts_encoded = True  # the engine passes EncodedImage samples (reduced-size decoding)
@@ -244,12 +246,14 @@ class CropViews:
         else:
             pixels = image_to_tensor(image)
             boxes = cut = self.sample_boxes(*pixels.shape[1:])
-        crops = []
+        crops, flips = [], []
         for i, (box, size) in enumerate(zip(cut, sizes, strict=True)):
-            crop = crop_resize(pixels, box, size, self.draw_flip(), self.interpolation)
+            flips.append(self.draw_flip())
+            crop = crop_resize(pixels, box, size, flips[-1], self.interpolation)
             crops.append(self._colour(crop, i))
+        height, width = (image.height, image.width) if isinstance(image, EncodedImage) else pixels.shape[1:]
         out = {"views": torch.stack(crops[:2]), "boxes": torch.tensor(boxes, dtype=torch.float32),
-               "index": sample["index"]}
+               "flips": torch.tensor(flips), "image_size": torch.tensor([height, width]), "index": sample["index"]}
         if self.n_small:
             out["small"] = torch.stack(crops[2:])
         return out

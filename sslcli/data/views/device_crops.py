@@ -43,12 +43,14 @@ class ImageDeviceViews(DeviceViews):
 
     # --------------------------------------------------------------------------------------- device side
     def apply(self, batch: dict, device: torch.device) -> dict:
-        """A collated batch of `__call__` outputs → ``{"views", "boxes", "index"[, "small"]}`` on ``device``."""
+        """A collated batch of `__call__` outputs → ``{"views", "boxes", "flips", "image_size", "index"[, "small"]}``
+        on ``device`` (the CPU path's keys)."""
         images = decode_fields(batch, device)
         bicubic = self.views.interpolation == InterpolationMode.BICUBIC
         crops = [coloured_crops(images, batch["boxes"][:, j], size, batch["flips"][:, j], batch["colour"][:, j],
                                 bicubic) for j, size in enumerate(self.sizes)]
         out = {"views": torch.stack(crops[:2], dim=1), "boxes": batch["boxes"].to(device),
+               "flips": batch["flips"].to(device), "image_size": batch["size"].to(device),
                "index": batch["index"].to(device)}
         if len(crops) > 2:
             out["small"] = torch.stack(crops[2:], dim=1)

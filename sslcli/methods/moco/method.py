@@ -6,11 +6,8 @@ with ``method.momentum``, BN buffers copied, see `sslcli.models.ema`). Buffers, 
 ``queue`` (D × K, one normalised key per column), ``queue_ptr``, and with kNN ``queue_backbone`` (F × K, normalised
 backbone features of the same keys, column-aligned with ``queue``).
 
-Shuffle-BN. With torch.distributed: the key crops are gathered from all ranks, permuted by a random permutation
-broadcast from rank 0, each rank encodes its shard, and the keys are un-shuffled. In a single process (no other rank
-to shuffle with) the substitute is: permute the batch and encode it in groups of at least 4 images (2–8 groups), so
-each key's BN statistics come from a random subset of the batch rather than from its query's batch (METHODS.md §1
-allows this; the batch-norm statistics therefore differ from a multi-process run).
+Shuffle-BN: `sslcli.models.shuffle_bn.shuffled_encode` (shared with DenseCL); in a single process its substitute's
+batch-norm statistics differ from a multi-process run (METHODS.md §1 allows this).
 """
 
 from __future__ import annotations
@@ -26,11 +23,7 @@ from sslcli.methods.moco.views import moco_views
 from sslcli.models.backbone import build_backbone
 from sslcli.models.heads import mlp
 from sslcli.models.queue import enqueue_, mean_pairwise_cosine, queue_slots
-
-
-def single_process_groups(batch: int) -> int:
-    """Number of BN groups for the single-process shuffle-BN substitute: the most of 8, 4, 2 leaving ≥ 4 per group."""
-    return next((g for g in (8, 4, 2) if batch % g == 0 and batch // g >= 4), 1)
+from sslcli.models.shuffle_bn import shuffled_encode
 
 
 class MoCo(MomentumMethod):
@@ -68,20 +61,8 @@ class MoCo(MomentumMethod):
         """Keys (B, D) and normalised key backbone features (B, F) of this rank's key crops x (B, 3, S, S)."""
         if not self.spec.method.shuffle_bn:
             return self._encode_key_group(x)
-        b = x.shape[0]
-        if dist.is_distributed():
-            x_all = dist.gather_no_grad(x)
-            perm = dist.broadcast(torch.randperm(x_all.shape[0], device=x.device), src=0)
-            mine = perm.view(dist.world_size(), b)[dist.rank()]
-            keys, features = self._encode_key_group(x_all[mine])
-            keys_all, features_all = dist.gather_no_grad(keys), dist.gather_no_grad(features)
-            # keys_all[j] belongs to image perm[j]: image g sits at position argsort(perm)[g].
-            restore = torch.argsort(perm).view(dist.world_size(), b)[dist.rank()]
-            return keys_all[restore], features_all[restore]
-        perm = torch.randperm(b, device=x.device)
-        parts = [self._encode_key_group(chunk) for chunk in x[perm].chunk(single_process_groups(b))]
-        inverse = torch.argsort(perm)
-        return torch.cat([k for k, _ in parts])[inverse], torch.cat([f for _, f in parts])[inverse]
+        keys, features = shuffled_encode(self._encode_key_group, x)
+        return keys, features
 
     # --------------------------------------------------------------------------------------------------- forward
     def _queries(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
