@@ -1,7 +1,7 @@
 """The architecture walls hold, and they catch what they are for (issue 25): `lint-imports`, run with the project's own
 pyproject.toml on a copy of the package, passes on the copy as it is and fails, naming the break, when the copy gets
 (a) an import cycle between two modules of one package (one import inside a function, which grimp sees too) or
-(b) a new top-level module that imports the CLI. Plus the exception rules of the "everything but" contract type
+(b) a new top-level module that imports the CLI or (c) a new method home that imports another method. Plus the exception rules of the "everything but" contract type
 (tools/import_contracts.py) on a hand-built import graph."""
 
 from __future__ import annotations
@@ -79,6 +79,20 @@ def test_a_new_top_level_module_importing_the_cli_breaks_the_walls(package_copy)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "sslcli.newthing is not allowed to import sslcli.cli" in result.stdout
     assert "Only the CLI imports the CLI" in result.stdout and "BROKEN" in result.stdout
+
+
+def test_a_new_method_home_importing_another_method_breaks_the_walls(package_copy):
+    # A home that is in no list: the independence wall covers every package under sslcli.methods but base.
+    home = {"methods/newmethod/__init__.py": "", "methods/newmethod/method.py": "from sslcli.methods.moco import spec\n"}
+    (package_copy / "sslcli" / "methods" / "newmethod").mkdir()
+    try:
+        with injected(package_copy, home):
+            result = lint(package_copy)
+    finally:
+        (package_copy / "sslcli" / "methods" / "newmethod").rmdir()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Method homes import no other method" in result.stdout and "BROKEN" in result.stdout
+    assert "sslcli.methods.newmethod is not allowed to import sslcli.methods.moco" in result.stdout
 
 
 def _imported_sslcli(base: Path) -> str:
