@@ -78,8 +78,9 @@ def distillation_pairs(coords_student: torch.Tensor, coords_teacher: torch.Tenso
     than ``ratio`` × the larger cell diagonal in the original image (utils.overlap with pos_ratio 0.5, then
     `torch.nonzero` as plrc_loss.py:333-339). ``coords_*`` (N, 4): normalised ``(x_left, y_top, x_right, y_bottom)``
     of each crop, x swapped for a mirrored crop."""
-    mask = positive_pairs(coords_student, coords_teacher, mask_size, mask_size, ratio)
-    return torch.nonzero(mask, as_tuple=True)
+    image, student, teacher = torch.nonzero(positive_pairs(coords_student, coords_teacher, mask_size, mask_size,
+                                                           ratio), as_tuple=True)
+    return image, student, teacher
 
 
 def affinity_rows(cells: torch.Tensor, projections: torch.Tensor, key_cells: torch.Tensor, image: torch.Tensor,
