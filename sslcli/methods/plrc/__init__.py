@@ -17,4 +17,4 @@ GPU_IMAGES_PER_S = 150.0
 def register() -> None:
     register_method("plrc", PlrcSpec, "sslcli.methods.plrc.method:PLRC", problems,
                     gpu_images_per_s=GPU_IMAGES_PER_S, crop_iou_views="sslcli.methods.plrc.views:plrc_views",
-                    device_views="sslcli.methods.plrc.views:plrc_device_views")
+                    device_views="sslcli.data.views.device_crops:ImageDeviceViews")

@@ -19,7 +19,6 @@ import torch
 
 from sslcli.data.views.colour import MOCO_V2_COLOUR, view_colours
 from sslcli.data.views.crops import Box, CropViews, box_area, box_intersection, sample_crop_box
-from sslcli.data.views.device_crops import ImageDeviceViews
 
 PLRC_CROP_SCALE = (0.2, 1.0)  # datasets/imagenet.py: RandomResizedCropCoord(224, scale=(0.2, 1.0))
 QUERY, KEY, TEACHER = 0, 1, 2  # the crops' order in "boxes" and "flips"
@@ -56,11 +55,6 @@ def plrc_views(spec) -> PlrcViews:
     return PlrcViews(spec.data.image_size, spec.views.crop_scale or PLRC_CROP_SCALE,
                      view_colours(spec.views.colour, (MOCO_V2_COLOUR, MOCO_V2_COLOUR)), m.min_overlap,
                      m.overlap_tries)
-
-
-def plrc_device_views(transform: PlrcViews) -> ImageDeviceViews:
-    """``data.pipeline: gpu``: the shared device views of a `CropViews` (they call `PlrcViews.sample_boxes`)."""
-    return ImageDeviceViews(transform)
 
 
 # ------------------------------------------------------------------------------------------------------- points
