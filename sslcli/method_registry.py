@@ -45,7 +45,8 @@ ENTRY_POINT_GROUP = "sslcli.methods"
 # The built-in methods, in the order `--schema` and the error messages list them: each module's register() registers
 # one method. Adding a built-in method is one line here; its package holds everything else.
 BUILTIN_METHODS = ("sslcli.methods.moco", "sslcli.methods.simclr", "sslcli.methods.byol", "sslcli.methods.detcon",
-                   "sslcli.methods.soco", "sslcli.methods.d3ssl", "sslcli.methods.densecl", "sslcli.methods.pixpro")
+                   "sslcli.methods.soco", "sslcli.methods.d3ssl", "sslcli.methods.densecl", "sslcli.methods.pixpro",
+                   "sslcli.methods.plrc")
 
 Problems = Callable[[Any], list[str]]
 Ranges = Callable[[Any], dict[str, tuple[float, float]]]

@@ -52,6 +52,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "densecl-gpu-pipeline": ("densecl-tiny", ["data.pipeline=gpu"]),
     "pixpro": ("pixpro-tiny", []),
     "pixpro-instance-branch": ("pixpro-tiny", ["method.instance_weight=1.0"]),
+    "plrc": ("plrc-tiny", []),
+    "plrc-gpu-pipeline": ("plrc-tiny", ["data.pipeline=gpu"]),
 }
 
 
