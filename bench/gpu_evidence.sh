@@ -22,9 +22,7 @@
 # --deadline S (seconds for everything). PYTHON=... picks the interpreter (default python3).
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$repo"
 
-args=("$@")
 rehearse=0
 out="${OUT:-$repo/evidence-out}"
 work="$repo/evidence-work"
@@ -48,8 +46,12 @@ while [ $# -gt 0 ]; do
 done
 python="${PYTHON:-python3}"
 mkdir -p "$out" "$work/logs" || exit 2
-out="$(cd "$out" && pwd)"
+out="$(cd "$out" && pwd)"  # absolute, relative to where the command was started
 work="$(cd "$work" && pwd)"
+[ -z "$bench_data" ] || bench_data="$(cd "$bench_data" && pwd)" || exit 2
+cd "$repo"
+args=(--out "$out" --work "$work" ${deadline:+--deadline "$deadline"} ${bench_data:+--bench-data "$bench_data"})
+[ "$rehearse" = 0 ] || args+=(--rehearse)
 if [ "$rehearse" = 1 ]; then
   deadline="${deadline:-240}"
   export CUDA_VISIBLE_DEVICES=""  # the rehearsal is the CPU run, also on a machine with a GPU
@@ -87,7 +89,7 @@ run_phase() {
     return
   fi
   local t0=$SECONDS code
-  timeout --kill-after=10 "$left" "$0" "${args[@]}" --phase "$name" 2>"$work/logs/$name.err" \
+  timeout --kill-after=10 "$left" bash "$repo/bench/gpu_evidence.sh" "${args[@]}" --phase "$name" 2>"$work/logs/$name.err" \
     | tee -a "$log" "$work/logs/$name.out"
   code=${PIPESTATUS[0]}
   tail -n 3 "$work/logs/$name.err" | sed "s/^/[$name stderr] /" >> "$log"

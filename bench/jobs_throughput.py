@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="training steps per run")
     parser.add_argument("--out", type=Path, required=True, help="a scratch folder (data, the N studies)")
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps: at least 2 (a run's img/s leaves out its first step, the workers' start-up)")
     study = read_yaml(args.study, "study file")
     if args.budget:
         study = apply_budget(args.study, study, args.budget)

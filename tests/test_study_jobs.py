@@ -145,3 +145,16 @@ def test_every_budget_of_every_study_file_validates(tmp_path):
         for name in [None, *budgets]:
             study = load_study(path, tmp_path / path.stem, budget=name)
             assert study.runs, (path.name, name)
+
+
+@pytest.mark.parametrize("name", ["revisiting", "detcon", "d3ssl"])
+def test_the_gpu_studies_rehearse_the_same_arms_evaluations_and_expectations(tmp_path, name):
+    """bench/gpu_evidence.sh --rehearse runs each GPU study at its `tiny` budget: a smaller run of the same study (the
+    GPU file keeps 5 seeds and the small stem)."""
+    path = REPO / "studies" / f"gpu-planted-{name}.yaml"
+    full, tiny = load_study(path, tmp_path / "full"), load_study(path, tmp_path / "tiny", budget="tiny")
+    assert len(full.file.seeds) == 5 and all(r.spec.model.stem == "small" for r in full.runs)
+    assert full.arm_names == tiny.arm_names
+    assert [(e.kind, e.prefix) for e in full.file.evaluate] == [(e.kind, e.prefix) for e in tiny.file.evaluate]
+    assert full.file.expect == tiny.file.expect
+    assert all(r.spec.model.stem == "small" for r in tiny.runs)
