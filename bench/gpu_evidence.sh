@@ -59,14 +59,14 @@ if [ "$rehearse" = 1 ]; then
   budget=(--budget tiny)
   bench_args=(--device cpu --size 32 --arch resnet18 --width 8 --batch 4 --steps 1 --images 4 --workers 1)
   bench_images=8
-  jobs_args=(--budget tiny --jobs 1,2 --steps 2)
+  jobs_args=(--budget tiny --jobs 1,2 --steps 4)
 else
   deadline="${deadline:-540}"
   jobs=8
   budget=()
   bench_args=(--device cuda --steps 20)
   bench_images=50
-  jobs_args=(--jobs 1,4,8 --steps 40)
+  jobs_args=(--jobs 1,4,8 --steps 100)
 fi
 log="$out/evidence.log"
 # Every phase imports sslcli from this checkout, and the wheelhouse's packages first when there is one.

@@ -1,11 +1,12 @@
 """Aggregate training img/s of `sslcli study run --jobs N` for several N: N runs sharing the machine's device(s).
 
 For each N, one study of N copies of a study file's first arm (seeds 0..N-1, all on the same prepared data, no
-evaluation) runs through the real CLI, `sslcli study run --jobs N`, so the runs get their devices and threads from
-the same slots a study does (round-robin CUDA_VISIBLE_DEVICES, cores // N threads). The aggregate img/s is the sum of
-the runs' own images/s (each as `sslcli pretrain` reports it: from its second step on, so worker start-up is left
-out), which is the machine's rate while all N train at once; the wall figure (N x steps x batch / the study's whole
-wall time, start-up included) is printed beside it.
+evaluation, every step logged with its time) runs through the real CLI, `sslcli study run --jobs N`, so the runs get
+their devices and threads from the same slots a study does (round-robin CUDA_VISIBLE_DEVICES, cores // N threads).
+The aggregate img/s is the machine's rate while all N train at once: the images of the steps that ended inside the
+window in which every run was past its first step and none had finished, divided by the window's length (from the
+runs' metrics.jsonl). Runs that do not overlap (too few steps for their start-ups) give no figure. The wall figure
+(N x steps x batch / the study's whole wall time, start-up included) is printed beside it.
 
     python bench/jobs_throughput.py studies/gpu-planted-revisiting.yaml --jobs 1,4,8 --steps 40 --out OUT
     python bench/jobs_throughput.py studies/gpu-planted-revisiting.yaml --budget tiny --jobs 1,2 --steps 2 --out OUT
@@ -53,6 +54,7 @@ def jobs_study(study: dict, out: Path, jobs: int, steps: int) -> dict:
     arm, overrides = next(iter(study["arms"].items()))
     base = substitute(study["base"], str(out), study["seeds"][0])
     base["max_steps"] = steps
+    base["logging"] = {**base.get("logging", {}), "every_steps": 1}  # every step's end time, for the window
     return {"name": f"jobs-{jobs}", "base": base, "arms": {arm: overrides}, "seeds": list(range(jobs))}
 
 
@@ -65,9 +67,25 @@ def measure(study: dict, jobs: int, steps: int, out: Path) -> dict:
     wall = time.perf_counter() - start
     results = [json.loads(p.read_text())["result"] for p in sorted(folder.glob("runs/*/study-run.json"))]
     batch = study["base"]["batch_size"]
-    return {"jobs": jobs, "runs": len(results), "aggregate": sum(r["images_per_s"] for r in results),
-            "wall_rate": len(results) * steps * batch / wall, "wall_s": wall,
+    window, images = overlap([step_times(p) for p in sorted(folder.glob("runs/*/metrics.jsonl"))], batch)
+    return {"jobs": jobs, "runs": len(results), "aggregate": images / window if window > 0 else None,
+            "window_s": window, "wall_rate": len(results) * steps * batch / wall, "wall_s": wall,
             "devices": sorted({str(r.get("device")) for r in results})}
+
+
+def step_times(path: Path) -> list[float]:
+    """The end times of a run's steps, in order (its metrics.jsonl step records)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["time"] for r in records if r.get("type") == "step"]
+
+
+def overlap(runs: list[list[float]], batch: int) -> tuple[float, int]:
+    """(seconds, images): the window from the latest first-step end to the earliest last-step end, and the images of
+    the steps of every run that ended inside it (after its start)."""
+    start, end = max(times[0] for times in runs), min(times[-1] for times in runs)
+    if end <= start:
+        return 0.0, 0
+    return end - start, batch * sum(1 for times in runs for t in times if start < t <= end)
 
 
 def main() -> None:
@@ -78,8 +96,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="training steps per run")
     parser.add_argument("--out", type=Path, required=True, help="a scratch folder (data, the N studies)")
     args = parser.parse_args()
-    if args.steps < 2:
-        parser.error("--steps: at least 2 (a run's img/s leaves out its first step, the workers' start-up)")
+    if args.steps < 3:
+        parser.error("--steps: at least 3 (the window starts after every run's first step, the workers' start-up)")
     study = read_yaml(args.study, "study file")
     if args.budget:
         study = apply_budget(args.study, study, args.budget)
@@ -90,12 +108,16 @@ def main() -> None:
     for jobs in [int(n) for n in args.jobs.split(",")]:
         row = measure(study, jobs, args.steps, out)
         rows.append(row)
-        print(f"jobs {jobs}: aggregate {row['aggregate']:.1f} img/s (sum of {row['runs']} runs' own img/s; "
-              f"{args.steps} steps of batch {study['base']['batch_size']} each on {', '.join(row['devices'])}); "
-              f"wall {row['wall_s']:.1f} s = {row['wall_rate']:.1f} img/s with start-up", flush=True)
+        rate = (f"aggregate {row['aggregate']:.1f} img/s over the {row['window_s']:.1f} s all {row['runs']} ran"
+                if row["aggregate"] else f"no aggregate: the {row['runs']} runs never trained at the same time (raise "
+                                         "--steps)")
+        print(f"jobs {jobs}: {rate} ({args.steps} steps of batch {study['base']['batch_size']} each on "
+              f"{', '.join(row['devices'])}); wall {row['wall_s']:.1f} s = {row['wall_rate']:.1f} img/s with "
+              "start-up", flush=True)
     first, last = rows[0], rows[-1]
-    print(f"jobs: {last['jobs']} runs at once give {last['aggregate'] / first['aggregate']:.2f}x the aggregate img/s "
-          f"of {first['jobs']} ({args.study.name}, arm {next(iter(study['arms']))})")
+    if first["aggregate"] and last["aggregate"]:
+        print(f"jobs: {last['jobs']} runs at once give {last['aggregate'] / first['aggregate']:.2f}x the aggregate "
+              f"img/s of {first['jobs']} ({args.study.name}, arm {next(iter(study['arms']))})")
 
 
 if __name__ == "__main__":
