@@ -15,13 +15,18 @@
    - device pipeline: batched decode alone, and decode + views (`DeviceViews.apply`) for MoCo-v2, MC, DetCon, SoCo
      and D3SSL, img/s on the device;
    - the backbone ceiling (bench_engine.ceiling: forward + backward + step on one batch already on the device) and
-     the engine's img/s (`launch`, the real loop reading the JPEGs) with ``data.pipeline: cpu`` and ``gpu`` (MoCo-v2).
-The last line is ``pipeline: cpu <new> img/s/core vs <old> img/s/core = <ratio>x`` (MoCo-v2).
+     the engine's img/s (`launch`, the real loop reading the JPEGs) for each of ``--pipelines`` (default cpu, gpu;
+     MoCo-v2). A pipeline that `data.pipeline` does not accept yet prints ``engine, data.pipeline: NAME: not built
+     yet`` and is not run.
+The last line is ``pipeline: cpu <new> img/s/core vs <old> img/s/core = <ratio>x`` (MoCo-v2); ``--engine-only``
+runs the ceiling and the engine alone (no per-core or device-pipeline sections, so no such line): the engine-vs-ceiling
+phase of bench/gpu_evidence.sh.
 
     python bench/bench_pipeline.py                    # CPU per core only (~1 min)
     python bench/bench_pipeline.py --device cuda      # + device pipelines, ceiling, engine: MoCo-v2 R50 224 bf16 b256
     python bench/bench_pipeline.py --device cpu --engine --size 32 --arch resnet18 --width 8 --batch 4 --steps 1 \\
         --seconds 0 --rounds 1 --images 4 --workers 1 # the cuda mode's code, tiny, on CPU (tests/test_bench_pipeline.py)
+    python bench/bench_pipeline.py --device cuda --engine-only --pipelines cpu,gpu,cache   # bench/gpu_evidence.sh
 """
 
 from __future__ import annotations
@@ -196,6 +201,71 @@ def engine_rate(spec, out: Path) -> float:
     return launch(spec.model_copy(update={"output_dir": str(out)}))["images_per_s"]
 
 
+def accepted_pipelines() -> tuple[str, ...]:
+    """The values `data.pipeline` accepts (read from the spec, so a pipeline added there is benchmarked at once)."""
+    from typing import get_args
+
+    from sslcli.spec import DataSpec
+
+    return get_args(DataSpec.model_fields["pipeline"].annotation)
+
+
+def engine_section(paths: list[Path], args) -> None:
+    """Device pipelines (unless --engine-only), the backbone ceiling and the engine for each of --pipelines."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no GPU visible")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    workers = args.workers if args.workers is not None else max(1, min(12, (os.cpu_count() or 2) - 2))
+    cli_common._CURRENT = cli_common.Output(quiet=True)
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
+        tmp = Path(tmp)
+        # A manifest repeating the real JPEGs so that every step reads a full batch from disk.
+        n = args.batch * (args.steps + 3)
+        manifest = tmp / "images.json"
+        write_manifest(manifest, paths[0].parent, [paths[i % len(paths)].name for i in range(n)])
+        sets = [f"data.root={manifest}", "data.format=manifest", f"data.image_size={args.size}",
+                f"data.workers={workers}", f"model.arch={args.arch}", f"model.width={args.width}",
+                f"batch_size={args.batch}", "epochs=2",
+                f"max_steps={args.steps + 1}", "schedule.warmup_epochs=0", f"output_dir={tmp / 'run'}",
+                f"precision={'bf16' if device.type == 'cuda' else 'fp32'}",
+                f"data.pin_memory={device.type == 'cuda'}"]
+        spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", sets)
+        # Each section reports its own failure and the next one still runs: one GPU session gets every figure
+        # that can be measured.
+        if not args.engine_only:
+            device_sections(paths, args, device, name)
+        ceil = ceiling(spec, device, args.steps)
+        print(f"backbone ceiling ({args.arch} w{args.width}, {args.size} px, {spec.precision}, batch "
+              f"{args.batch}) on {name}: {ceil:.1f} img/s", flush=True)
+        accepted = accepted_pipelines()
+        for label in args.pipelines.split(","):
+            if label not in accepted:
+                print(f"engine, data.pipeline: {label}: not built yet (data.pipeline accepts "
+                      f"{', '.join(accepted)})", flush=True)
+                continue
+            try:
+                engine = engine_rate(load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml",
+                                               [*sets, f"data.pipeline={label}"]), tmp / "run")
+            except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                print(f"engine, data.pipeline: {label} FAILED: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            print(f"engine, data.pipeline: {label}, {workers} workers: {engine:.1f} img/s = "
+                  f"{engine / ceil:.2f} of the ceiling", flush=True)
+
+
+def device_sections(paths: list[Path], args, device: torch.device, name: str) -> None:
+    for k, (label, views) in enumerate(device_pipelines(paths, args.size, args.batch).items()):
+        try:
+            rate_views, rate_decode = device_pipeline(paths, views, args.batch, device,
+                                                      max(2, args.steps // 4), decode=k == 0)
+            if rate_decode is not None:
+                print(f"device pipeline on {name}: nvJPEG decode alone {rate_decode:.1f} img/s", flush=True)
+            print(f"device pipeline on {name}: decode + {label} views {rate_views:.1f} img/s", flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+            print(f"device pipeline {label} FAILED: {type(exc).__name__}: {exc}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=TINY_COCO)
@@ -210,7 +280,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps (ceiling and engine)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores − 2, ≤ 12)")
+    parser.add_argument("--engine-only", action="store_true", help="with --device: the ceiling and the engine only")
+    parser.add_argument("--pipelines", default="cpu,gpu", help="data.pipeline values the engine runs, comma-separated")
     args = parser.parse_args()
+    if args.engine_only and args.device is None:
+        parser.error("--engine-only needs --device cuda or cpu")
 
     args.data = args.data.resolve()  # the engine runs from a scratch folder: a relative root would not be found
     paths = sorted((args.data / "train2017").glob("*.jpg"))[:args.images]
@@ -218,52 +292,12 @@ def main() -> None:
         sys.exit(f"{args.data}: no train2017/*.jpg (tiny-COCO expected)")
     print(f"{len(paths)} JPEGs from {args.data}; {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start", flush=True)
-    cpu = cpu_per_core(paths, args)
+    cpu = {} if args.engine_only else cpu_per_core(paths, args)
 
-    if args.device == "cuda" or (args.device == "cpu" and args.engine):
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            sys.exit("--device cuda: no GPU visible")
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        workers = args.workers if args.workers is not None else max(1, min(12, (os.cpu_count() or 2) - 2))
-        cli_common._CURRENT = cli_common.Output(quiet=True)
-        with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
-            tmp = Path(tmp)
-            # A manifest repeating the real JPEGs so that every step reads a full batch from disk.
-            n = args.batch * (args.steps + 3)
-            manifest = tmp / "images.json"
-            write_manifest(manifest, paths[0].parent, [paths[i % len(paths)].name for i in range(n)])
-            sets = [f"data.root={manifest}", "data.format=manifest", f"data.image_size={args.size}",
-                    f"data.workers={workers}", f"model.arch={args.arch}", f"model.width={args.width}",
-                    f"batch_size={args.batch}", "epochs=2",
-                    f"max_steps={args.steps + 1}", "schedule.warmup_epochs=0", f"output_dir={tmp / 'run'}",
-                    f"precision={'bf16' if device.type == 'cuda' else 'fp32'}",
-                    f"data.pin_memory={device.type == 'cuda'}"]
-            spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", sets)
-            gpu_spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", [*sets, "data.pipeline=gpu"])
-            # Each section reports its own failure and the next one still runs: one GPU session gets every figure
-            # that can be measured.
-            for k, (label, views) in enumerate(device_pipelines(paths, args.size, args.batch).items()):
-                try:
-                    rate_views, rate_decode = device_pipeline(paths, views, args.batch, device,
-                                                              max(2, args.steps // 4), decode=k == 0)
-                    if rate_decode is not None:
-                        print(f"device pipeline on {name}: nvJPEG decode alone {rate_decode:.1f} img/s", flush=True)
-                    print(f"device pipeline on {name}: decode + {label} views {rate_views:.1f} img/s", flush=True)
-                except Exception as exc:  # noqa: BLE001 - reported, the run goes on
-                    print(f"device pipeline {label} FAILED: {type(exc).__name__}: {exc}", flush=True)
-            ceil = ceiling(spec, device, args.steps)
-            print(f"backbone ceiling ({args.arch} w{args.width}, {args.size} px, {spec.precision}, batch "
-                  f"{args.batch}) on {name}: {ceil:.1f} img/s", flush=True)
-            for label, s in (("cpu", spec), ("gpu", gpu_spec)):
-                try:
-                    engine = engine_rate(s, tmp / "run")
-                except Exception as exc:  # noqa: BLE001 - reported, the run goes on
-                    print(f"engine, data.pipeline: {label} FAILED: {type(exc).__name__}: {exc}", flush=True)
-                    continue
-                print(f"engine, data.pipeline: {label}, {workers} workers: {engine:.1f} img/s = "
-                      f"{engine / ceil:.2f} of the ceiling", flush=True)
-
+    if args.device == "cuda" or (args.device == "cpu" and (args.engine or args.engine_only)):
+        engine_section(paths, args)
+    if args.engine_only:
+        return
     old, new = cpu["MoCo-v2"]["old"], cpu["MoCo-v2"]["new"]
     print(f"pipeline: cpu {new:.1f} img/s/core vs {old:.1f} img/s/core = {new / old:.2f}x")
 

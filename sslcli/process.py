@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -233,14 +233,16 @@ def _dies_with(parent_pid: int) -> Callable[[], None]:
 
 
 def call(args: list[str], log: Callable[[str], None], verbose: bool,
-         on_start: Callable[[subprocess.Popen], None] | None = None) -> tuple[dict, float, str]:
+         on_start: Callable[[subprocess.Popen], None] | None = None,
+         env: Mapping[str, str] | None = None) -> tuple[dict, float, str]:
     """Run ``sslcli ARGS --json``; return (its JSON result, wall seconds, the command line). stderr is forwarded
     line by line when ``verbose``; a failure raises with the child's last error line and its exit code class.
 
     The child is SIGKILLed by the kernel when the thread that started it dies (kill -9 of this process included).
-    ``on_start`` gets the child process (e.g. to wait for it from a signal handler)."""
+    ``on_start`` gets the child process (e.g. to wait for it from a signal handler). ``env``: variables set for the
+    child on top of this process's environment (e.g. the device and threads of a `study run --jobs` slot)."""
     cmd = sslcli_command(args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as stdout:
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env,

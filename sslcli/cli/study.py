@@ -78,8 +78,11 @@ def study_run(
     study_file: Path = typer.Argument(..., metavar="STUDY.yaml", help="Study file (see studies/, docs/study.md)."),
     out: Path = typer.Option(None, "--out", help="Study folder (default: studies-out/<study name>)."),
     gpus: int = typer.Option(0, "--gpus", min=0, help="Passed to every `sslcli pretrain` (processes per run)."),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="Training runs at once (CPU: give each run data.threads = "
-                                                      "cores / jobs; one run per machine with --gpus)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Commands at once (training runs; also per-seed prepare "
+                             "steps and evaluations), each with cores / jobs threads and one of the visible GPUs "
+                             "round-robin (N runs share one GPU); not with --gpus."),
+    budget: str = typer.Option(None, "--budget", help="Run the study at one of its named sizes (the file's "
+                               "budgets section, e.g. tiny); default out: studies-out/<name>-<budget>."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate; list the runs, their spec hashes and the "
                                                           "estimated GPU- and CPU-hours; run nothing."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Forward every command's log lines."),
@@ -106,18 +109,20 @@ def study_run(
     what is missing or changed, and re-attaches to Slurm jobs still queued or running.
 
     Example: sslcli study run studies/tiny.yaml --out tiny-study
+    Example: sslcli study run studies/gpu-planted-detcon.yaml --budget tiny --jobs 2
     """
     from sslcli.study.runner import check_options, plan_summary, run_study
     from sslcli.study.spec import load_study
 
     out_ctx = current()
     if jobs > 1 and gpus:
-        raise InputError(f"--jobs {jobs} with --gpus {gpus}: parallel runs share no GPUs yet; use --jobs 1")
+        raise InputError(f"--jobs {jobs} with --gpus {gpus}: --jobs shares the visible GPUs between one-device runs, "
+                         "--gpus gives every run several; use one of them")
     flags = {"partition": partition, "account": account, "time": time_limit, "gpus_per_node": gpus_per_node,
              "nodes": nodes, "cpus_per_task": cpus_per_task, "mem": mem, "sbatch": sbatch}
     kind, options = _executor_choice(study_file, executor, flags)
     world = max(gpus, 1) if kind == "local" else max(options.gpus_per_node, 1) * options.nodes
-    study = load_study(study_file, out, world_size=world)
+    study = load_study(study_file, out, world_size=world, budget=budget)
     check_options(study, option_args)
     if dry_run:
         plan = plan_summary(study)

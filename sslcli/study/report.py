@@ -399,7 +399,8 @@ def _env_lines(env: dict) -> list[str]:
 
 def _intro(plan: dict, n_rows: int, kept_copy: bool) -> str:
     copy = " (its copy as run: study.yaml)" if kept_copy else ""
-    return (f"Study file {plan['file']}{copy}; arms: {', '.join(plan['arms'])}; seeds: "
+    budget = f" at its budget {plan['budget']!r} (budgets.{plan['budget']} in the file)" if plan.get("budget") else ""
+    return (f"Study file {plan['file']}{copy}{budget}; arms: {', '.join(plan['arms'])}; seeds: "
             f"{', '.join(str(s) for s in plan['seeds'])}; {n_rows} result rows (results.jsonl). Paths are relative to "
             "this folder.")
 

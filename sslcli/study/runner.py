@@ -24,7 +24,6 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -36,8 +35,10 @@ from sslcli.process import FolderLock, call
 from sslcli.spec import dump_spec
 from sslcli.study.estimate import estimate_hours
 from sslcli.study.metrics import EVAL_KINDS, flatten, per_checkpoint
+from sslcli.study.slots import Slots
 from sslcli.study.spec import (
     PlannedRun,
+    PrepareCommand,
     Study,
     content_hash,
     prepare_commands,
@@ -54,7 +55,7 @@ OptionArgs = Callable[[str, dict], list[str]]
 RUN_MARKER = "study-run.json"
 RANDOM_INIT_CKPT = "random-init.pt"
 CHECKPOINT = "last.pt"
-_COUNTS_LOCK = threading.Lock()
+_COUNTS_LOCK = threading.Lock()  # --jobs: counts and results.jsonl are updated from several threads
 
 
 # ------------------------------------------------------------------------------------------------------- planning
@@ -94,7 +95,7 @@ def plan_summary(study: Study) -> dict:
         runs.append({"arm": run.arm, "seed": run.seed, "hash": run.hash, "random_init": run.random_init,
                      "done": run_done(run), "method": run.spec.method.name, "output_dir": run.spec.output_dir,
                      "spec": spec})
-    return {"study": study.file.name, "file": shown_path(study.path), "out": str(study.out),
+    return {"study": study.file.name, "file": shown_path(study.path), "budget": study.budget, "out": str(study.out),
             "arms": study.arm_names, "seeds": study.file.seeds, "runs": runs,
             "min_seeds": study.file.min_seeds, "alpha": study.file.alpha,
             "prepare": study.file.prepare,
@@ -113,21 +114,23 @@ class TrainingExecutor(Protocol):
 
 
 class LocalExecutor:
-    """Every run as an `sslcli pretrain` subprocess of this process, ``jobs`` at once."""
+    """Every run as an `sslcli pretrain` subprocess of this process, ``jobs`` at once, each in a slot of its own
+    (`sslcli.study.slots`: a device shared round-robin, cores // jobs threads)."""
 
-    def __init__(self, gpus: int = 0, jobs: int = 1):
-        self.gpus, self.jobs = gpus, jobs
+    def __init__(self, gpus: int = 0, jobs: int = 1, slots: Slots | None = None):
+        self.gpus = gpus
+        self.slots = slots if slots is not None else Slots(jobs)
 
     def train(self, study: Study, runs: list[PlannedRun], log: Log, verbose: bool, counts: dict) -> set[str | None]:
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:  # threads only wait on the subprocesses
-            return set(pool.map(lambda run: _train(study, run, log, verbose, self.gpus, counts), runs))
+        return set(self.slots.map(lambda run, env: _train(study, run, log, verbose, self.gpus, counts, env), runs))
 
 
 def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, verbose: bool = False,
               jobs: int = 1, executor: TrainingExecutor | None = None) -> dict:
     """Run everything that is missing; return a summary (counts of done/skipped work and the results path).
     ``executor``: where the training runs happen (default: ``LocalExecutor(gpus, jobs)``, ``jobs`` runs at once,
-    each its own subprocess and folder). Evaluations run here, after all of them.
+    each its own subprocess and folder). Evaluations run here, after all of them. ``jobs`` also runs the per-seed
+    prepare steps of different seeds and the evaluations ``jobs`` at once, in the same slots.
 
     The study folder is locked for the whole call: a second `study run` on it is refused at once."""
     check_options(study, option_args)
@@ -136,32 +139,61 @@ def run_study(study: Study, option_args: OptionArgs, log: Log, gpus: int = 0, ve
         write_json_atomic(out / "study.json", relative_to(plan_summary(study), str(out)))
         write_text_atomic(out / "study.yaml", study.path.read_text())
         counts = {"prepared": 0, "trained": 0, "evaluated": 0, "skipped": 0}
-        _prepare(study, log, verbose, counts)
+        slots = Slots(jobs)
+        _prepare(study, log, verbose, counts, slots)
         for run in study.references:
             _random_init(study, run, log, counts)
-        devices = (executor or LocalExecutor(gpus, jobs)).train(study, study.trained, log, verbose, counts)
+        devices = (executor or LocalExecutor(gpus, slots=slots)).train(study, study.trained, log, verbose, counts)
         # One pass over every checkpoint at the end: an analysis builds its inputs once for all of them.
-        _evaluate(study, study.runs, option_args, log, verbose, counts)
+        _evaluate(study, study.runs, option_args, log, verbose, counts, slots)
         rows = write_results(study)
         write_json_atomic(out / "environment.json", environment(sorted(d for d in devices if d)))
         write_json_atomic(out / "provenance.json", relative_to(provenance(study), str(out)))
     return {"out": str(out), "results": str(out / "results.jsonl"), "rows": rows, **counts}
 
 
-def _prepare(study: Study, log: Log, verbose: bool, counts: dict) -> None:
+Numbered = tuple[int, PrepareCommand]  # a prepare call and its place in the study's order (for the log)
+
+
+def prepare_groups(todo: list[PrepareCommand]) -> list[list[list[Numbered]]]:
+    """The prepare calls as groups run one after another; a group's chains may run at once, a chain's calls in order.
+    Consecutive steps that name {seed} form one group with one chain per seed (seed 1's data never waits for seed
+    0's masks); a step without {seed} is a group alone, so it runs after everything before it."""
+    groups: list[list[list[Numbered]]] = []
+    chains: dict[int, list[Numbered]] = {}
+    for numbered in enumerate(todo):
+        seed = numbered[1].seed
+        if seed is None:
+            groups += [list(chains.values())] if chains else []
+            groups.append([[numbered]])
+            chains = {}
+        else:
+            chains.setdefault(seed, []).append(numbered)
+    return groups + ([list(chains.values())] if chains else [])
+
+
+def _prepare(study: Study, log: Log, verbose: bool, counts: dict, slots: Slots) -> None:
     todo = prepare_commands(study.file.prepare, study.file.seeds)
-    for i, step in enumerate(todo):
-        marker = study.out / "prepare" / step.marker
-        what = step.step + ("" if step.seed is None else f"  (seed {step.seed})")
-        if marker.is_file():
-            log(f"[study] prepare {i + 1}/{len(todo)}: skipped (done): {what}")
+    for group in prepare_groups(todo):
+        slots.map(lambda chain, env: [_prepare_one(study, i, len(todo), step, log, verbose, counts, env)
+                                      for i, step in chain], group)
+
+
+def _prepare_one(study: Study, i: int, total: int, step: PrepareCommand, log: Log, verbose: bool, counts: dict,
+                 env: dict[str, str]) -> None:
+    marker = study.out / "prepare" / step.marker
+    what = step.step + ("" if step.seed is None else f"  (seed {step.seed})")
+    if marker.is_file():
+        log(f"[study] prepare {i + 1}/{total}: skipped (done): {what}")
+        with _COUNTS_LOCK:
             counts["skipped"] += 1
-            continue
-        args = step.args(str(study.out))
-        log(f"[study] prepare {i + 1}/{len(todo)}: sslcli prepare {shlex.join(args)}")
-        result, seconds, cmd = call(["prepare", *args], log, verbose)
-        write_json_atomic(marker, {"step": step.step, "seed": step.seed, "command": cmd, "wall_s": round(seconds, 3),
-                                   "result": result})
+        return
+    args = step.args(str(study.out))
+    log(f"[study] prepare {i + 1}/{total}: sslcli prepare {shlex.join(args)}")
+    result, seconds, cmd = call(["prepare", *args], log, verbose, env=env)
+    write_json_atomic(marker, {"step": step.step, "seed": step.seed, "command": cmd, "wall_s": round(seconds, 3),
+                               "result": result})
+    with _COUNTS_LOCK:
         counts["prepared"] += 1
 
 
@@ -192,7 +224,8 @@ def _random_init(study: Study, run: PlannedRun, log: Log, counts: dict) -> None:
     counts["trained"] += 1
 
 
-def _train(study: Study, run: PlannedRun, log: Log, verbose: bool, gpus: int, counts: dict) -> str | None:
+def _train(study: Study, run: PlannedRun, log: Log, verbose: bool, gpus: int, counts: dict,
+           env: dict[str, str] | None = None) -> str | None:
     out = Path(run.spec.output_dir)
     marker = out / RUN_MARKER
     if run_done(run):
@@ -211,7 +244,7 @@ def _train(study: Study, run: PlannedRun, log: Log, verbose: bool, gpus: int, co
             f"({run.spec.method.name}, {run.spec.max_steps or run.spec.epochs} "
             f"{'steps' if run.spec.max_steps else 'epochs'})")
         args = ["pretrain", str(spec_path), "--resume", "auto"] + (["--gpus", str(gpus)] if gpus else [])
-        result, seconds, cmd = call(args, log, verbose)
+        result, seconds, cmd = call(args, log, verbose, env=env)
     record_run(run_identity(run), marker, result, seconds, cmd, resuming)
     with _COUNTS_LOCK:
         counts["trained"] += 1
@@ -238,7 +271,9 @@ def _finished_steps(run: PlannedRun) -> int | None:
 
 
 def _evaluate(study: Study, runs: list[PlannedRun], option_args: OptionArgs, log: Log, verbose: bool,
-              counts: dict) -> None:
+              counts: dict, slots: Slots) -> None:
+    """Every missing evaluation of every checkpoint, ``slots.jobs`` commands at once."""
+    tasks = []
     for index, ev in enumerate(study.file.evaluate):
         pending = []
         for run in runs:
@@ -247,11 +282,18 @@ def _evaluate(study: Study, runs: list[PlannedRun], option_args: OptionArgs, log
                 log(f"[study] {ev.prefix} on {run.key}: skipped (done)")
             else:
                 pending.append(run)
-        for batch in _eval_batches(study, ev, pending):
-            _evaluate_batch(study, index, batch, option_args, log, verbose, counts)
-        if runs:  # the names are known now: an expectation naming another one is an error in the study file
-            names = set(flatten(json.loads(eval_path(study, runs[0], index).read_text())["result"], ev.prefix))
-            _check_metric_names(study, ev.prefix, names)
+        tasks += [(index, batch) for batch in _eval_batches(study, ev, pending)]
+    slots.map(lambda task, env: _evaluate_batch(study, *task, option_args, log, verbose, counts, env), tasks)
+    for index in range(len(study.file.evaluate) if runs else 0):  # also when every evaluation was done before
+        _check_evaluation_names(study, runs[0], index)
+
+
+def _check_evaluation_names(study: Study, run: PlannedRun, index: int) -> None:
+    """The metric names are known once one checkpoint is evaluated: an expectation naming another one is an error
+    in the study file."""
+    prefix = study.file.evaluate[index].prefix
+    names = set(flatten(json.loads(eval_path(study, run, index).read_text())["result"], prefix))
+    _check_metric_names(study, prefix, names)
 
 
 def _eval_batches(study: Study, ev, pending: list[PlannedRun]) -> list[list[PlannedRun]]:
@@ -267,7 +309,7 @@ def _eval_batches(study: Study, ev, pending: list[PlannedRun]) -> list[list[Plan
 
 
 def _evaluate_batch(study: Study, index: int, batch: list[PlannedRun], option_args: OptionArgs, log: Log,
-                    verbose: bool, counts: dict) -> None:
+                    verbose: bool, counts: dict, env: dict[str, str] | None = None) -> None:
     ev = study.file.evaluate[index]
     group = EVAL_KINDS[ev.kind]
     ckpts = [str(checkpoint_of(study, r)) for r in batch]
@@ -277,7 +319,7 @@ def _evaluate_batch(study: Study, index: int, batch: list[PlannedRun], option_ar
     elif ev.kind in ("knn", "linear", "segment-retrieval") and not {"cache", "no-cache"} & set(ev.options):
         args += ["--cache", str(study.out / "cache")]
     log(f"[study] {ev.prefix} on {', '.join(r.key for r in batch)}")
-    result, seconds, cmd = call(args, log, verbose)
+    result, seconds, cmd = call(args, log, verbose, env=env)
     try:
         parts = per_checkpoint(ev.kind, result, len(batch))
     except ValueError as exc:
@@ -287,8 +329,10 @@ def _evaluate_batch(study: Study, index: int, batch: list[PlannedRun], option_ar
                           {"kind": ev.kind, "options": ev.options, "run": run.hash, "arm": run.arm,
                            "seed": run.seed, "command": cmd, "wall_s": round(seconds / len(batch), 3),
                            "result": part})
-        counts["evaluated"] += 1
-    write_results(study)  # results.jsonl always reflects every finished evaluation
+    with _COUNTS_LOCK:
+        counts["evaluated"] += len(batch)
+        write_results(study)  # results.jsonl always reflects every finished evaluation
+    _check_evaluation_names(study, batch[0], index)  # at once: a wrong name stops the study before the rest
 
 
 def _check_metric_names(study: Study, prefix: str, names: set[str]) -> None:

@@ -106,6 +106,9 @@ class StudyFile(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise error rate of the study's verdicts (Holm).")
     estimate: Estimate = Estimate()
     executor: ExecutorSection = ExecutorSection()
+    budgets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named alternative sizes of the "
+                                               "same study (`study run --budget NAME`): dotted keys of this file "
+                                               "(list items by index, e.g. evaluate.0.options.pairs) and their values.")
 
 
 @dataclass
@@ -129,6 +132,7 @@ class Study:
     runs: list[PlannedRun]
     prepare_hash: str
     arm_names: list[str] = field(default_factory=list)
+    budget: str | None = None
 
     @property
     def trained(self) -> list[PlannedRun]:
@@ -232,18 +236,24 @@ def arm_overrides(arm: str, value: dict[str, Any] | list[str]) -> list[str]:
     return [f"{key}={json.dumps(v)}" for key, v in value.items()]
 
 
-def load_study(path: str | Path, out: str | Path | None = None, world_size: int = 1) -> Study:
-    """Read and validate a study file; resolve every arm x seed into a RunSpec under ``out``/runs/<hash>."""
+def load_study(path: str | Path, out: str | Path | None = None, world_size: int = 1,
+               budget: str | None = None) -> Study:
+    """Read and validate a study file (with its budget ``budget`` applied, when given); resolve every arm x seed
+    into a RunSpec under ``out``/runs/<hash> (default out: studies-out/<name>, or <name>-<budget>)."""
     path = Path(path)
     raw = read_yaml(path, "study file")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping at the top level (name, base, arms, seeds, ...)")
+    if budget is not None:
+        raw = apply_budget(path, raw, budget)
     try:
         study = StudyFile.model_validate(raw)
     except ValidationError as exc:
-        raise InputError(_one_line(str(path), exc)) from None
+        where = str(path) if budget is None else f"{path} (budget {budget})"
+        raise InputError(_one_line(where, exc)) from None
     _check_name(path, study.name)
-    out_dir = Path(out) if out is not None else Path("studies-out") / study.name
+    default = study.name if budget is None else f"{study.name}-{budget}"
+    out_dir = Path(out) if out is not None else Path("studies-out") / default
     out_dir = out_dir.resolve()
     out_str = str(out_dir)
     base = _base_spec(path, study)
@@ -263,7 +273,47 @@ def load_study(path: str | Path, out: str | Path | None = None, world_size: int 
                                  trained=False))
     arm_names = [*study.arms, *([RANDOM_INIT] if study.random_init else [])]
     _check_expectations(path, study, arm_names)
-    return Study(path, study, out_dir, runs, prepare_hash, arm_names)
+    return Study(path, study, out_dir, runs, prepare_hash, arm_names, budget)
+
+
+def apply_budget(path: Path, raw: dict, name: str) -> dict:
+    """A copy of the study file ``raw`` with its budget ``name`` applied: each dotted key (``base.max_steps``,
+    ``seeds``, ``evaluate.0.options.pairs``) set to the budget's value."""
+    budgets = raw.get("budgets")
+    budgets = budgets if isinstance(budgets, dict) else {}
+    if name not in budgets:
+        raise InputError(f"{path}: --budget {name!r}: the study file has no such budget (budgets: "
+                         f"{', '.join(map(str, budgets)) or 'none'})")
+    changes = budgets[name]
+    if not isinstance(changes, dict):
+        raise InputError(f"{path}: budgets.{name}: expected a mapping of dotted keys of the study file to values")
+    out = copy.deepcopy(raw)
+    for key, value in changes.items():
+        _set_dotted(out, str(key), copy.deepcopy(value), f"{path}: budgets.{name}.{key}")
+    return out
+
+
+def _set_dotted(data: dict, key: str, value: Any, where: str) -> None:
+    """``data[a][b][0][c] = value`` for ``key`` "a.b.0.c": a missing mapping key is created, a list item must exist."""
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise InputError(f"{where}: {'.'.join(parts[:depth]) or '(study)'} is a list of {len(node)} "
+                                 f"item(s); {part!r} is not one of its indices")
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            index = part
+            if not last and part not in node:
+                node[part] = {}
+        else:
+            raise InputError(f"{where}: {'.'.join(parts[:depth])} is {node!r}, not a section or a list")
+        if last:
+            node[index] = value
+        else:
+            node = node[index]
 
 
 def _check_name(path: Path, name: str) -> None:
@@ -339,5 +389,5 @@ def _check_expectations(path: Path, study: StudyFile, arm_names: list[str]) -> N
                              f"(it yields {prefix}.{known})")
 
 
-__all__ = ["EVAL_KINDS", "RANDOM_INIT", "Study", "StudyFile", "PlannedRun", "load_study", "content_hash",
-           "substitute", "relative_to", "prepare_commands"]
+__all__ = ["EVAL_KINDS", "RANDOM_INIT", "Study", "StudyFile", "PlannedRun", "load_study", "apply_budget",
+           "content_hash", "substitute", "relative_to", "prepare_commands"]
