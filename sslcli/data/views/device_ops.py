@@ -25,6 +25,8 @@ transform is the method's ``device_views`` hook on its registry entry (`sslcli.m
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -281,15 +283,38 @@ def _decode_one(data, path, is_jpeg, decode_image, decode_jpeg, device) -> torch
 
 
 # ------------------------------------------------------------------------------------------------- the views
-def encoded_fields(image: EncodedImage) -> dict:
-    """What a worker sends for the device to decode: the file's bytes, path, format, EXIF orientation, header size."""
+CACHED_KEY = "cached"  # a batch's positions in the image cache (``data.cache``), instead of file bytes
+IMAGES_KEY = "images"  # the batch's (3, H, W) uint8 images, put there by the engine from the image cache
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """What the workers see of an image held in the image cache (``data.cache``, `sslcli.data.views.image_cache`):
+    its place there, path and size, no pixels. It stands in for the `EncodedImage` the device views' worker side
+    reads (``height``, ``width``), so they draw the same parameters from it; ``error``: why it could not be cached."""
+
+    position: int
+    path: Path
+    height: int
+    width: int
+    error: str | None = None
+
+
+def encoded_fields(image: EncodedImage | CachedImage) -> dict:
+    """What a worker sends for the device to decode: the file's bytes, path, format, EXIF orientation, header size;
+    for a cached image, its position in the cache instead of the bytes (the engine looks the pixels up)."""
+    if isinstance(image, CachedImage):
+        return {CACHED_KEY: image.position, "path": str(image.path), "size": torch.tensor([image.height, image.width])}
     return {"encoded": torch.from_numpy(np.frombuffer(image.data, np.uint8).copy()), "path": str(image.path),
             "jpeg": image.is_jpeg, "orientation": image.orientation,
             "size": torch.tensor([image.height, image.width])}
 
 
 def decode_fields(batch: dict, device: torch.device) -> list[torch.Tensor]:
-    """The (3, H, W) uint8 images of a collated batch of `encoded_fields`, decoded on ``device``."""
+    """The (3, H, W) uint8 images of a collated batch of `encoded_fields` on ``device``: decoded there, or, with an
+    image cache, the cached images the engine looked up (the one place that tells the two apart)."""
+    if IMAGES_KEY in batch:
+        return batch[IMAGES_KEY]
     return decode_batch(batch["encoded"], batch["jpeg"].tolist(), batch["orientation"].tolist(), batch["path"],
                         [tuple(s) for s in batch["size"].tolist()], device)
 
