@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sslcli.data.stores.store import RegionStore
 from sslcli.engine.data import build_loader, cache_limit
 from sslcli.engine.launch import launch
 from sslcli.engine.training_checkpoint import load_checkpoint
@@ -22,6 +23,7 @@ from sslcli.spec import parse_spec
 METHODS = {
     "moco": {"name": "moco", "queue_size": 32},
     "detcon": {"name": "detcon", "masks": {"kind": "grid", "grid": 3}},
+    "detcon-fh-store": {"name": "detcon", "masks": {"kind": "store", "path": "FH_STORE"}},
     "soco": {"name": "soco", "recipe": "fpn-code"},
     "d3ssl": {"name": "d3ssl", "bank_size": 64},
     "pixpro": {"name": "pixpro"},
@@ -38,13 +40,16 @@ def dataset(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("cache") / "data"
     generate(root, n_train=12, n_val=0, seed=0, size=64)
-    result = CliRunner().invoke(app, ["prepare", "boxes", str(root)])
-    assert result.exit_code == 0, result.stderr
+    for args in (["prepare", "boxes", str(root)],
+                 ["prepare", "masks", str(root), "--method", "fh", "--scales", "100,500", "--out", str(root / "fh.h5"),
+                  "--workers", "1"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.stderr
     return root
 
 
 def _spec_dict(method: str, root: Path, out: Path, **data) -> dict:
-    m = METHODS[method]
+    m = json.loads(json.dumps(METHODS[method]).replace("FH_STORE", str(root / "fh.h5")))
     boxes = {"boxes": str(root / "sslcli" / "ss-soco.h5")} if m["name"] in ("soco", "d3ssl") else {}
     return {"data": {"root": str(root), "image_size": 64, "workers": 0, "pin_memory": False, "pipeline": "gpu",
                      **data},
@@ -69,6 +74,7 @@ def _batches(spec, epoch: int = 1, monkeypatch=None) -> list[dict]:
 
         monkeypatch.setattr(device_ops, "decode_batch", forbidden)
         monkeypatch.setattr(data.EncodedImage, "read", forbidden)
+        monkeypatch.setattr(RegionStore, "_h5", forbidden)  # the region stores are held in memory too
     sampler.set_epoch(epoch)
     return list(loader)
 
@@ -109,6 +115,42 @@ def test_the_cache_holds_the_decoders_pixels_where_asked(dataset, tmp_path):
         expected = torch.from_numpy(load_image(path)).permute(2, 0, 1)
         assert image is not None and image.dtype == torch.uint8 and torch.equal(image, expected)
         assert (entry.height, entry.width) == tuple(expected.shape[1:]) and entry.error is None
+
+
+def test_a_store_held_in_memory_reads_what_the_file_holds(dataset):
+    """Every image's masks and boxes read from the held rows equal those read from the HDF5 file, and the held rows
+    take the bytes the file's region datasets hold."""
+    import h5py
+
+    for name, read in (("fh.h5", RegionStore.masks), ("sslcli/ss-soco.h5", RegionStore.boxes)):
+        path = dataset / name
+        from_file, held = RegionStore(path), RegionStore(path)
+        held.hold_in_memory()
+        with h5py.File(path) as f:
+            assert held.region_bytes() == sum(f[k].size * f[k].dtype.itemsize for k in ("blobs", "boxes") if k in f)
+        for image_id in from_file.image_ids:
+            assert np.array_equal(read(held, image_id), read(from_file, image_id))
+
+
+def test_region_stores_above_the_memory_limit_are_refused(dataset):
+    import h5py
+
+    from sslcli.data.views.image_cache import hold_region_stores
+
+    path = dataset / "sslcli" / "ss-soco.h5"
+    with h5py.File(path) as f:
+        needed = f["boxes"].size * f["boxes"].dtype.itemsize
+    with pytest.raises(InputError, match=rf"data.cache: 'memory' holds the method's region stores in host memory: "
+                                         rf"0.00 GB \({needed} bytes\) needed, above the 0.00 GB \({needed - 1} bytes\) "
+                                         "of host memory available; use data.cache: none"):
+        hold_region_stores([RegionStore(path)], "memory", needed - 1)
+
+
+def test_workers_draw_the_same_views_from_the_cache(dataset, tmp_path):
+    """The workers get the cache's entries (no pixels) and draw the same parameters as the main process."""
+    spec = _spec_dict("soco", dataset, tmp_path / "run", cache="memory")
+    in_process = _batches(parse_spec(spec))
+    _assert_batches_equal(_batches(parse_spec({**spec, "data": {**spec["data"], "workers": 2}})), in_process)
 
 
 def test_a_corrupt_image_is_replaced_and_reported_as_on_the_file_path(dataset, tmp_path):

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from sslcli.data.readers.images import EncodedImage
 from sslcli.data.readers.sources import ImageSource, open_source
 from sslcli.data.views.device_ops import CACHED_KEY, IMAGES_KEY, LIST_KEYS, CachedImage, DeviceViews
-from sslcli.data.views.image_cache import ImageCache
+from sslcli.data.views.image_cache import ImageCache, hold_region_stores
 from sslcli.engine.threads import worker_threads
 from sslcli.errors import CorruptImageError, InputError, SslcliError
 from sslcli.method_registry import import_target, method_entry
@@ -255,8 +255,11 @@ def cache_limit(where: str, device: torch.device) -> tuple[int, str]:
     return available_memory(), "of host memory available"
 
 
-def build_image_cache(spec: RunSpec, source: ImageSource, device: torch.device, pin_memory: bool) -> ImageCache:
-    """The image cache of ``data.cache``, built once in this (the training) process; workers get only its entries."""
+def build_image_cache(spec: RunSpec, source: ImageSource, views: DeviceViews, device: torch.device,
+                      pin_memory: bool) -> ImageCache:
+    """The image cache of ``data.cache``, built once in this (the training) process; workers get only its entries.
+    The region stores the views read go into host memory first (the images' limit then counts them as taken)."""
+    hold_region_stores(views.region_stores(), spec.data.cache, available_memory())
     limit, limit_name = cache_limit(spec.data.cache, device)
     return ImageCache.build([record.path for record in source.records], spec.data.cache, device, limit, limit_name,
                             pin=pin_memory and spec.data.cache == "memory")
@@ -267,11 +270,14 @@ def build_loader(spec: RunSpec, transform: Transform, rank: int, world_size: int
     """The training DataLoader of this rank (workers, pinned memory, persistent workers) and its batch sampler.
 
     With ``data.pipeline: gpu`` the workers only sample parameters and read bytes (`DeviceViews`); the returned
-    loader decodes and augments each batch on this rank's device.
+    loader decodes and augments each batch on this rank's device. With ``data.cache`` the images are decoded once
+    here, before the loader exists, and the workers read no file (`build_image_cache`).
     """
     source = open_source(spec.data.root, spec.data.split, spec.data.format)
     device_views = build_device_views(spec, transform) if spec.data.pipeline == "gpu" else None
-    cache = build_image_cache(spec, source, training_device(), pin_memory) if spec.data.cache != "none" else None
+    cache = None
+    if device_views is not None and spec.data.cache != "none":
+        cache = build_image_cache(spec, source, device_views, training_device(), pin_memory)
     dataset = TrainDataset(source, device_views or transform, spec.seed, cache.entries if cache else None)
     sampler = EpochBatchSampler(len(source), spec.batch_size, rank, world_size, spec.seed)
     workers = spec.data.workers

@@ -343,6 +343,11 @@ class DeviceViews:
     def apply(self, batch: dict, device: torch.device) -> dict:
         raise NotImplementedError
 
+    def region_stores(self) -> list:
+        """The region stores (`sslcli.data.stores.store.RegionStore`) the worker side reads per sample, which
+        ``data.cache`` holds in memory; none for views without stored regions."""
+        return []
+
 
 def downsample_views(views: torch.Tensor, size: int) -> torch.Tensor:
     """(N, 3, S, S) float → (N, 3, size, size), bilinear and antialiased (`regions.downsample`, batched)."""

@@ -18,6 +18,7 @@ import torch
 
 from sslcli.console import current
 from sslcli.data.readers.images import EncodedImage
+from sslcli.data.stores.store import RegionStore
 from sslcli.data.views.device_ops import CachedImage, decode_batch
 from sslcli.errors import CorruptImageError, InputError
 
@@ -80,6 +81,18 @@ class ImageCache:
                 raise RuntimeError(f"image cache: position {p} ({self.entries[p].path}) holds no image")
             out.append(image.to(device, non_blocking=True))
         return out
+
+
+def hold_region_stores(stores: Sequence[RegionStore], where: str, limit: int) -> None:
+    """Read the region stores the views' worker side reads per sample (DetCon's masks, SoCo's and D3SSL's boxes)
+    into host memory, refusing them above ``limit`` bytes of host memory: masks stay compressed as stored (a worker
+    still decompresses a sample's label map; the images are what the cache decodes once)."""
+    needed = sum(store.region_bytes() for store in stores)
+    if needed > limit:
+        raise InputError(f"data.cache: {where!r} holds the method's region stores in host memory: {_size(needed)} "
+                         f"needed, above the {_size(limit)} of host memory available; use data.cache: none")
+    for store in stores:
+        store.hold_in_memory()
 
 
 def _size(n: int) -> str:
