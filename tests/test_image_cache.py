@@ -237,3 +237,11 @@ def test_the_byte_count_is_height_times_width_times_three():
               CachedImage(2, Path("c"), 0, 0, error="cannot decode")]
     assert decoded_bytes(images) == 480 * 640 * 3 + 10 * 20 * 3
     assert np.isclose(decoded_bytes(images[:1]) / 1e9, 0.0009216)
+
+
+def test_the_pinned_cache_runs_equal_the_pinned_gpu_pipeline_runs():
+    """tests/golden/numbers.json: a 3-step run with ``data.cache: memory`` trains exactly as the same run decoding its
+    files (same losses, same weights), for a crop method and a box method."""
+    runs = json.loads((Path(__file__).parent / "golden" / "numbers.json").read_text())["runs"]
+    assert runs["moco-cache-memory"] == runs["moco-gpu-pipeline"]
+    assert runs["soco-paper-cache-memory"] == runs["soco-paper-gpu-pipeline"]

@@ -52,6 +52,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "densecl-gpu-pipeline": ("densecl-tiny", ["data.pipeline=gpu"]),
     "pixpro": ("pixpro-tiny", []),
     "pixpro-instance-branch": ("pixpro-tiny", ["method.instance_weight=1.0"]),
+    "moco-cache-memory": ("moco-v2-mc-cc-m-tiny", ["data.pipeline=gpu", "data.cache=memory"]),
+    "soco-paper-cache-memory": ("soco-tiny", ["data.pipeline=gpu", "data.cache=memory"]),
 }
 
 
