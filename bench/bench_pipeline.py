@@ -15,13 +15,16 @@
    - device pipeline: batched decode alone, and decode + views (`DeviceViews.apply`) for MoCo-v2, MC, DetCon, SoCo
      and D3SSL, img/s on the device;
    - the backbone ceiling (bench_engine.ceiling: forward + backward + step on one batch already on the device) and
-     the engine's img/s (`launch`, the real loop reading the JPEGs) with ``data.pipeline: cpu`` and ``gpu`` (MoCo-v2).
+     the engine's img/s (`launch`, the real loop reading the JPEGs) for each of ``--pipelines`` (MoCo-v2; default
+     cpu,gpu): ``cpu``, ``gpu``, ``cache`` (``data.pipeline: gpu`` with ``data.cache: device``: the images decoded
+     once at start and held on the device) and ``cache-memory`` (``data.cache: memory``: held in host memory).
 The last line is ``pipeline: cpu <new> img/s/core vs <old> img/s/core = <ratio>x`` (MoCo-v2).
 
     python bench/bench_pipeline.py                    # CPU per core only (~1 min)
     python bench/bench_pipeline.py --device cuda      # + device pipelines, ceiling, engine: MoCo-v2 R50 224 bf16 b256
     python bench/bench_pipeline.py --device cpu --engine --size 32 --arch resnet18 --width 8 --batch 4 --steps 1 \\
         --seconds 0 --rounds 1 --images 4 --workers 1 # the cuda mode's code, tiny, on CPU (tests/test_bench_pipeline.py)
+    python bench/bench_pipeline.py --device cuda --pipelines cpu,gpu,cache,cache-memory   # + the image cache
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ from sslcli.spec import load_spec  # noqa: E402
 
 EXAMPLES = REPO / "examples"
 VIEW_SPECS = {"MoCo-v2": "moco-v2_r50_b256_200ep_coco", "MoCo-v2 MC": "moco-v2-mc_r50_b256_200ep_coco"}
+# What each name of --pipelines sets in the engine's spec.
+PIPELINE_SETS = {"cpu": ["data.pipeline=cpu"], "gpu": ["data.pipeline=gpu"],
+                 "cache": ["data.pipeline=gpu", "data.cache=device"],
+                 "cache-memory": ["data.pipeline=gpu", "data.cache=memory"]}
 
 
 def rate(step, items: list, seconds: float) -> float:
@@ -210,7 +217,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps (ceiling and engine)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores − 2, ≤ 12)")
+    parser.add_argument("--pipelines", default="cpu,gpu",
+                        help=f"what the engine runs, comma-separated, of {', '.join(PIPELINE_SETS)}")
     args = parser.parse_args()
+    unknown = [name for name in args.pipelines.split(",") if name not in PIPELINE_SETS]
+    if unknown:
+        parser.error(f"--pipelines: {', '.join(unknown)}: expected names from {', '.join(PIPELINE_SETS)}")
 
     args.data = args.data.resolve()  # the engine runs from a scratch folder: a relative root would not be found
     paths = sorted((args.data / "train2017").glob("*.jpg"))[:args.images]
@@ -240,7 +252,6 @@ def main() -> None:
                     f"precision={'bf16' if device.type == 'cuda' else 'fp32'}",
                     f"data.pin_memory={device.type == 'cuda'}"]
             spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", sets)
-            gpu_spec = load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml", [*sets, "data.pipeline=gpu"])
             # Each section reports its own failure and the next one still runs: one GPU session gets every figure
             # that can be measured.
             for k, (label, views) in enumerate(device_pipelines(paths, args.size, args.batch).items()):
@@ -255,9 +266,10 @@ def main() -> None:
             ceil = ceiling(spec, device, args.steps)
             print(f"backbone ceiling ({args.arch} w{args.width}, {args.size} px, {spec.precision}, batch "
                   f"{args.batch}) on {name}: {ceil:.1f} img/s", flush=True)
-            for label, s in (("cpu", spec), ("gpu", gpu_spec)):
+            for label in args.pipelines.split(","):
                 try:
-                    engine = engine_rate(s, tmp / "run")
+                    engine = engine_rate(load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml",
+                                                   [*sets, *PIPELINE_SETS[label]]), tmp / "run")
                 except Exception as exc:  # noqa: BLE001 - reported, the run goes on
                     print(f"engine, data.pipeline: {label} FAILED: {type(exc).__name__}: {exc}", flush=True)
                     continue
