@@ -146,11 +146,14 @@ def test_region_stores_above_the_memory_limit_are_refused(dataset):
         hold_region_stores([RegionStore(path)], "memory", needed - 1)
 
 
-def test_workers_draw_the_same_views_from_the_cache(dataset, tmp_path):
-    """The workers get the cache's entries (no pixels) and draw the same parameters as the main process."""
-    spec = _spec_dict("soco", dataset, tmp_path / "run", cache="memory")
+@pytest.mark.parametrize("method", ["soco", "detcon-fh-store"])
+def test_workers_draw_the_same_views_from_the_cache(method, dataset, tmp_path, monkeypatch):
+    """The workers get the cache's entries (no pixels) and the held stores, and draw the same parameters as the main
+    process; they read no file and no HDF5 store either."""
+    spec = _spec_dict(method, dataset, tmp_path / "run", cache="memory")
     in_process = _batches(parse_spec(spec))
-    _assert_batches_equal(_batches(parse_spec({**spec, "data": {**spec["data"], "workers": 2}})), in_process)
+    with_workers = _batches(parse_spec({**spec, "data": {**spec["data"], "workers": 2}}), monkeypatch=monkeypatch)
+    _assert_batches_equal(with_workers, in_process)
 
 
 def test_a_corrupt_image_is_replaced_and_reported_as_on_the_file_path(dataset, tmp_path):

@@ -20,6 +20,10 @@ The device views built on these ops: the crop methods' `sslcli.data.views.device
 byol; A+ needs ``data.pipeline: cpu``), and in the methods' homes DetCon's masks (sslcli/methods/detcon/views.py),
 SoCo's boxes (sslcli/methods/soco/views.py) and D3SSL's (sslcli/methods/d3ssl/views.py). Which one runs a method's
 transform is the method's ``device_views`` hook on its registry entry (`sslcli.method_registry`).
+
+With ``data.cache`` (`sslcli.data.views.image_cache`) the images are decoded once at start: a worker gets a
+`CachedImage` instead of the bytes, `encoded_fields` sends its position and `decode_fields` returns the cached images
+the engine put into the batch, so no device views has code of its own for the cache.
 """
 
 from __future__ import annotations
