@@ -191,6 +191,26 @@ def test_training_with_the_cache_equals_the_file_path_and_resumes_bit_identicall
         assert [k for k in states[0] if not torch.equal(states[0][k], other[k])] == []
 
 
+def test_a_run_decoding_files_resumes_with_the_cache_bit_identically(dataset, tmp_path):
+    """data.cache changes no number, so a checkpoint of the file path (or of a spec from before the field) resumes
+    with it; no other data field may change."""
+    from sslcli.engine.training_checkpoint import spec_differences
+
+    def spec(out, steps, **data):
+        return parse_spec({**_spec_dict("moco", dataset, tmp_path / out, **data), "max_steps": steps})
+
+    full = launch(spec("full", 4))
+    launch(spec("cut", 2))
+    resumed = launch(spec("cut", 4, cache="device"), resume="auto")
+    assert resumed["final_loss"] == full["final_loss"]
+    a, b = (load_checkpoint(tmp_path / run / "last.pt")["method"] for run in ("full", "cut"))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    before_the_field = {"data": {"root": "d", "pipeline": "gpu"}}
+    assert spec_differences(before_the_field, {"data": {"root": "d", "pipeline": "gpu", "cache": "memory"}}) == []
+    assert spec_differences(before_the_field, {"data": {"root": "d", "pipeline": "cpu", "cache": "none"}}) == [
+        "data.pipeline"]
+
+
 def test_the_cache_needs_the_gpu_pipeline(dataset, tmp_path):
     with pytest.raises(InputError, match="data.cache: 'memory' holds decoded images for the device views; it needs "
                                          "data.pipeline: gpu"):
