@@ -211,6 +211,20 @@ def test_a_run_decoding_files_resumes_with_the_cache_bit_identically(dataset, tm
         "data.pipeline"]
 
 
+def test_device_views_that_bypass_encoded_fields_are_refused_with_the_cache():
+    from sslcli.data.views.device_ops import DeviceViews
+    from sslcli.data.views.image_cache import ImageCache
+    from sslcli.engine.data import DeviceLoader
+
+    class OwnBytes(DeviceViews):  # a plugin's views that send something of their own instead of `encoded_fields`
+        def apply(self, batch, device):
+            return batch
+
+    loader = DeviceLoader([{"bytes": [b"x"], "_skipped": []}], OwnBytes(), torch.device("cpu"), ImageCache([], []))
+    with pytest.raises(InputError, match="data.cache: the device views OwnBytes send no cache positions"):
+        next(iter(loader))
+
+
 def test_the_cache_needs_the_gpu_pipeline(dataset, tmp_path):
     with pytest.raises(InputError, match="data.cache: 'memory' holds decoded images for the device views; it needs "
                                          "data.pipeline: gpu"):

@@ -167,6 +167,9 @@ class DeviceLoader:
 
     def _apply(self, batch: Sample) -> Sample:
         if self.cache is not None:  # the views' `decode_fields` takes these instead of decoding
+            if CACHED_KEY not in batch:
+                raise InputError(f"data.cache: the device views {type(self.views).__name__} send no cache positions "
+                                 "(their worker side does not call encoded_fields); use data.cache: none")
             batch[IMAGES_KEY] = self.cache.lookup(batch.pop(CACHED_KEY), self.device)
         out = self.views.apply(batch, self.device)
         out[SKIPPED_KEY] = batch[SKIPPED_KEY]
