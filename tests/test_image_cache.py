@@ -243,6 +243,7 @@ def test_a_cache_above_the_memory_limit_is_refused_before_training(dataset, tmp_
     images = json.loads((dataset / "annotations" / "instances_train2017.json").read_text())["images"]
     needed = sum(3 * image["height"] * image["width"] for image in images)
     monkeypatch.setattr(data, "available_memory", lambda: needed - 1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)  # one rank: the whole host memory is its share
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(_spec_dict("moco", dataset, tmp_path / "run", cache="memory")
                                         | {"max_steps": 1}))
@@ -260,10 +261,19 @@ def test_a_cache_above_the_memory_limit_is_refused_before_training(dataset, tmp_
 
 
 def test_the_device_cache_is_limited_by_the_devices_free_memory(monkeypatch):
+    from sslcli.engine import data
+
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123, 456))
+    monkeypatch.setattr(data, "available_memory", lambda: 1000)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert cache_limit("device", torch.device("cuda", 0)) == (123, "free on cuda:0")
-    assert cache_limit("device", torch.device("cpu"))[1] == "of host memory available"
-    assert cache_limit("memory", torch.device("cuda", 0))[1] == "of host memory available"
+    assert cache_limit("device", torch.device("cpu")) == (1000, "of host memory available")
+    assert cache_limit("memory", torch.device("cuda", 0)) == (1000, "of host memory available")
+    # Each of a node's ranks holds its own cache: 4 ranks share the host's memory.
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert cache_limit("memory", torch.device("cuda", 0)) == (250, "of host memory available to each of this "
+                                                                   "node's 4 ranks")
+    assert cache_limit("device", torch.device("cuda", 0)) == (123, "free on cuda:0")
 
 
 def test_the_byte_count_is_height_times_width_times_three():

@@ -14,6 +14,7 @@ path once, and counted; they never crash a run.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -250,19 +251,27 @@ def build_device_views(spec: RunSpec, transform: Transform) -> DeviceViews:
     return views
 
 
+def host_share() -> tuple[int, str]:
+    """This rank's share of the host's available memory and its name: each rank of the node holds its own cache."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if ranks > 1:
+        return available_memory() // ranks, f"of host memory available to each of this node's {ranks} ranks"
+    return available_memory(), "of host memory available"
+
+
 def cache_limit(where: str, device: torch.device) -> tuple[int, str]:
     """Bytes the image cache may take (``data.cache``) and which memory that is: the free memory of a CUDA device for
-    ``device``, else the host's available memory."""
+    ``device``, else this rank's share of the host's available memory."""
     if where == "device" and device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0], f"free on {device}"
-    return available_memory(), "of host memory available"
+    return host_share()
 
 
 def build_image_cache(spec: RunSpec, source: ImageSource, views: DeviceViews, device: torch.device,
                       pin_memory: bool) -> ImageCache:
     """The image cache of ``data.cache``, built once in this (the training) process; workers get only its entries.
     The region stores the views read go into host memory first (the images' limit then counts them as taken)."""
-    hold_region_stores(views.region_stores(), spec.data.cache, available_memory())
+    hold_region_stores(views.region_stores(), spec.data.cache, *host_share())
     limit, limit_name = cache_limit(spec.data.cache, device)
     return ImageCache.build([record.path for record in source.records], spec.data.cache, device, limit, limit_name,
                             pin=pin_memory and spec.data.cache == "memory")

@@ -83,14 +83,15 @@ class ImageCache:
         return out
 
 
-def hold_region_stores(stores: Sequence[RegionStore], where: str, limit: int) -> None:
+def hold_region_stores(stores: Sequence[RegionStore], where: str, limit: int,
+                       limit_name: str = "of host memory available") -> None:
     """Read the region stores the views' worker side reads per sample (DetCon's masks, SoCo's and D3SSL's boxes)
     into host memory, refusing them above ``limit`` bytes of host memory: masks stay compressed as stored (a worker
     still decompresses a sample's label map; the images are what the cache decodes once)."""
     needed = sum(store.region_bytes() for store in stores)
     if needed > limit:
         raise InputError(f"data.cache: {where!r} holds the method's region stores in host memory: {_size(needed)} "
-                         f"needed, above the {_size(limit)} of host memory available; use data.cache: none")
+                         f"needed, above the {_size(limit)} {limit_name}; use data.cache: none")
     for store in stores:
         store.hold_in_memory()
 
