@@ -43,16 +43,7 @@ class ImageCache:
               pin: bool = False) -> ImageCache:
         """Read every header, refuse a cache above ``limit`` bytes (``limit_name`` says which memory), then decode on
         ``device`` in batches and keep the pixels there (``where == "device"``) or in host memory (pinned if ``pin``)."""
-        encoded: list[EncodedImage | None] = []
-        entries = []
-        for position, path in enumerate(paths):
-            try:
-                image = EncodedImage.read(path)
-                entries.append(CachedImage(position, Path(path), image.height, image.width))
-                encoded.append(image)
-            except CorruptImageError as exc:
-                entries.append(CachedImage(position, Path(path), 0, 0, error=_reason(exc)))
-                encoded.append(None)
+        entries, encoded = _read_headers(paths)
         needed = decoded_bytes(entries)
         if needed > limit:
             raise InputError(f"data.cache: {where!r} needs {_size(needed)} for {len(paths)} decoded images "
@@ -81,6 +72,22 @@ class ImageCache:
                 raise RuntimeError(f"image cache: position {p} ({self.entries[p].path}) holds no image")
             out.append(image.to(device, non_blocking=True))
         return out
+
+
+def _read_headers(paths: Sequence[Path]) -> tuple[list[CachedImage], list[EncodedImage | None]]:
+    """Each file's entry (its size from the header, or why it cannot be read) and its bytes (None: unreadable)."""
+    entries: list[CachedImage] = []
+    encoded: list[EncodedImage | None] = []
+    for position, path in enumerate(paths):
+        try:
+            image = EncodedImage.read(path)
+        except CorruptImageError as exc:
+            entries.append(CachedImage(position, Path(path), 0, 0, error=_reason(exc)))
+            encoded.append(None)
+            continue
+        entries.append(CachedImage(position, Path(path), image.height, image.width))
+        encoded.append(image)
+    return entries, encoded
 
 
 def hold_region_stores(stores: Sequence[RegionStore], where: str, limit: int,
