@@ -15,9 +15,9 @@
    - device pipeline: batched decode alone, and decode + views (`DeviceViews.apply`) for MoCo-v2, MC, DetCon, SoCo
      and D3SSL, img/s on the device;
    - the backbone ceiling (bench_engine.ceiling: forward + backward + step on one batch already on the device) and
-     the engine's img/s (`launch`, the real loop reading the JPEGs) for each of ``--pipelines`` (default cpu, gpu;
-     MoCo-v2). A pipeline that `data.pipeline` does not accept yet prints ``engine, data.pipeline: NAME: not built
-     yet`` and is not run.
+     the engine's img/s (`launch`, the real loop reading the JPEGs) for each of ``--pipelines`` (MoCo-v2; default
+     cpu,gpu): ``cpu``, ``gpu``, ``cache`` (``data.pipeline: gpu`` with ``data.cache: device``: the images decoded
+     once at start and held on the device) and ``cache-memory`` (``data.cache: memory``: held in host memory).
 The last line is ``pipeline: cpu <new> img/s/core vs <old> img/s/core = <ratio>x`` (MoCo-v2); ``--engine-only``
 runs the ceiling and the engine alone (no per-core or device-pipeline sections, so no such line): the engine-vs-ceiling
 phase of bench/gpu_evidence.sh.
@@ -27,6 +27,7 @@ phase of bench/gpu_evidence.sh.
     python bench/bench_pipeline.py --device cpu --engine --size 32 --arch resnet18 --width 8 --batch 4 --steps 1 \\
         --seconds 0 --rounds 1 --images 4 --workers 1 # the cuda mode's code, tiny, on CPU (tests/test_bench_pipeline.py)
     python bench/bench_pipeline.py --device cuda --engine-only --pipelines cpu,gpu,cache   # bench/gpu_evidence.sh
+    python bench/bench_pipeline.py --device cuda --pipelines cpu,gpu,cache,cache-memory   # + the image cache
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ from sslcli.spec import load_spec  # noqa: E402
 
 EXAMPLES = REPO / "examples"
 VIEW_SPECS = {"MoCo-v2": "moco-v2_r50_b256_200ep_coco", "MoCo-v2 MC": "moco-v2-mc_r50_b256_200ep_coco"}
+# What the engine section runs for each name of --pipelines: cache = the images decoded once and held on the device,
+# cache-memory = held in host memory (data.cache).
+PIPELINE_SETS = {"cpu": ["data.pipeline=cpu"], "gpu": ["data.pipeline=gpu"],
+                 "cache": ["data.pipeline=gpu", "data.cache=device"],
+                 "cache-memory": ["data.pipeline=gpu", "data.cache=memory"]}
 
 
 def rate(step, items: list, seconds: float) -> float:
@@ -201,15 +207,6 @@ def engine_rate(spec, out: Path) -> float:
     return launch(spec.model_copy(update={"output_dir": str(out)}))["images_per_s"]
 
 
-def accepted_pipelines() -> tuple[str, ...]:
-    """The values `data.pipeline` accepts (read from the spec, so a pipeline added there is benchmarked at once)."""
-    from typing import get_args
-
-    from sslcli.spec import DataSpec
-
-    return get_args(DataSpec.model_fields["pipeline"].annotation)
-
-
 def engine_section(paths: list[Path], args) -> None:
     """Device pipelines (unless --engine-only), the backbone ceiling and the engine for each of --pipelines."""
     device = torch.device(args.device)
@@ -238,15 +235,10 @@ def engine_section(paths: list[Path], args) -> None:
         ceil = ceiling(spec, device, args.steps)
         print(f"backbone ceiling ({args.arch} w{args.width}, {args.size} px, {spec.precision}, batch "
               f"{args.batch}) on {name}: {ceil:.1f} img/s", flush=True)
-        accepted = accepted_pipelines()
         for label in args.pipelines.split(","):
-            if label not in accepted:
-                print(f"engine, data.pipeline: {label}: not built yet (data.pipeline accepts "
-                      f"{', '.join(accepted)})", flush=True)
-                continue
             try:
                 engine = engine_rate(load_spec(EXAMPLES / f"{VIEW_SPECS['MoCo-v2']}.yaml",
-                                               [*sets, f"data.pipeline={label}"]), tmp / "run")
+                                               [*sets, *PIPELINE_SETS[label]]), tmp / "run")
             except Exception as exc:  # noqa: BLE001 - reported, the run goes on
                 print(f"engine, data.pipeline: {label} FAILED: {type(exc).__name__}: {exc}", flush=True)
                 continue
@@ -281,10 +273,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps (ceiling and engine)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores − 2, ≤ 12)")
     parser.add_argument("--engine-only", action="store_true", help="with --device: the ceiling and the engine only")
-    parser.add_argument("--pipelines", default="cpu,gpu", help="data.pipeline values the engine runs, comma-separated")
+    parser.add_argument("--pipelines", default="cpu,gpu",
+                        help=f"what the engine runs, comma-separated, of {', '.join(PIPELINE_SETS)}")
     args = parser.parse_args()
     if args.engine_only and args.device is None:
         parser.error("--engine-only needs --device cuda or cpu")
+    unknown = [name for name in args.pipelines.split(",") if name not in PIPELINE_SETS]
+    if unknown:
+        parser.error(f"--pipelines: {', '.join(unknown)}: expected names from {', '.join(PIPELINE_SETS)}")
 
     args.data = args.data.resolve()  # the engine runs from a scratch folder: a relative root would not be found
     paths = sorted((args.data / "train2017").glob("*.jpg"))[:args.images]

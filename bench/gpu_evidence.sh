@@ -3,7 +3,7 @@
 #   setup       Python packages from the wheelhouse .whl/ (bench/make_wheelhouse.sh) when it is there, else what is
 #               importable already; the device and the software versions
 #   bench       engine vs ceiling: MoCo-v2 R50 224 px bf16 batch 256, data.pipeline cpu / gpu / cache
-#               (bench/bench_pipeline.py --engine-only; a pipeline the spec does not accept yet says "not built yet")
+#               (bench/bench_pipeline.py --engine-only; cache = data.pipeline gpu + data.cache device)
 #   jobs        aggregate training img/s of N = 1, 4, 8 runs sharing the GPU (bench/jobs_throughput.py,
 #               `study run --jobs N` on the Revisiting study's MoCo-v2 arm)
 #   revisiting, detcon, d3ssl

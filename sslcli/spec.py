@@ -43,6 +43,11 @@ class DataSpec(Strict):
                                             "DataLoader workers) or gpu (batched on the training device; workers "
                                             "only read bytes and sample parameters). gpu: the methods with device "
                                             "views (every built-in; moco without A+).")
+    cache: Literal["none", "memory", "device"] = Field(
+        "none", description="With data.pipeline: gpu, decode every training image once at start and keep the uint8 "
+                            "pixels in host memory (memory) or on the training device (device); views are then cut "
+                            "from the cache instead of decoding files each step. none: decode per batch. Needs "
+                            "H×W×3 bytes per image (docs/pretrain.md).")
 
 
 class ModelSpec(Strict):
@@ -220,6 +225,9 @@ def consistency_problems(spec: RunSpec, world_size: int = 1) -> list[str]:
     if spec.batch_size % world_size:
         problems.append(f"batch_size: must be divisible by the number of processes {world_size}")
     problems.extend(_method_problems(spec))
+    if spec.data.cache != "none" and spec.data.pipeline != "gpu":
+        problems.append(f"data.cache: {spec.data.cache!r} holds decoded images for the device views; it needs "
+                        "data.pipeline: gpu")
     problems.extend(_views_problems(spec))
     if spec.schedule.name in ("step", "piecewise"):
         if any(not 0.0 < m < 1.0 for m in spec.schedule.milestones) or spec.schedule.milestones != sorted(
@@ -351,7 +359,7 @@ def spec_schema() -> dict:
 
 # Fields added after study run hashes were first computed, with the value every spec had before: a study hashes its runs
 # without them while they hold that value (`hashed_spec`), so adding one keeps existing study folders' run hashes.
-HASH_NEUTRAL_DEFAULTS = {("model", "stem"): "imagenet"}
+HASH_NEUTRAL_DEFAULTS = {("model", "stem"): "imagenet", ("data", "cache"): "none"}
 
 
 def hashed_spec(dumped: dict) -> dict:

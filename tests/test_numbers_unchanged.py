@@ -54,6 +54,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "pixpro-instance-branch": ("pixpro-tiny", ["method.instance_weight=1.0"]),
     "plrc": ("plrc-tiny", []),
     "plrc-gpu-pipeline": ("plrc-tiny", ["data.pipeline=gpu"]),
+    "moco-cache-memory": ("moco-v2-mc-cc-m-tiny", ["data.pipeline=gpu", "data.cache=memory"]),
+    "soco-paper-cache-memory": ("soco-tiny", ["data.pipeline=gpu", "data.cache=memory"]),
 }
 
 

@@ -14,6 +14,7 @@ path once, and counted; they never crash a run.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,12 +26,13 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sslcli.data.readers.images import EncodedImage
 from sslcli.data.readers.sources import ImageSource, open_source
-from sslcli.data.views.device_ops import LIST_KEYS, DeviceViews
+from sslcli.data.views.device_ops import CACHED_KEY, IMAGES_KEY, LIST_KEYS, CachedImage, DeviceViews
+from sslcli.data.views.image_cache import ImageCache, hold_region_stores
 from sslcli.engine.threads import worker_threads
 from sslcli.errors import CorruptImageError, InputError, SslcliError
 from sslcli.method_registry import import_target, method_entry
 from sslcli.process import ignore_stop_signals
-from sslcli.spec import RunSpec
+from sslcli.spec import RunSpec, available_memory
 
 SKIPPED_KEY = "_skipped"  # per-sample list of corrupt images as (path, message), removed by `collate`
 
@@ -95,15 +97,23 @@ class EpochBatchSampler:
 
 
 class TrainDataset(Dataset[Sample]):
-    """``dataset[(epoch, index)]`` = ``transform({"image": (H,W,3) uint8 RGB, "index": int, "image_id": id})``."""
+    """``dataset[(epoch, index)]`` = ``transform({"image": (H,W,3) uint8 RGB, "index": int, "image_id": id})``.
 
-    def __init__(self, source: ImageSource, transform: Transform, seed: int):
-        self.source, self.transform, self.seed = source, transform, seed
+    With ``cached`` (``data.cache``: the image cache's `CachedImage` entries, no pixels) the image is the entry of the
+    cache instead of the file's bytes; one that could not be cached is replaced like a corrupt file."""
+
+    def __init__(self, source: ImageSource, transform: Transform, seed: int, cached: list[CachedImage] | None = None):
+        self.source, self.transform, self.seed, self.cached = source, transform, seed, cached
 
     def __len__(self) -> int:
         return len(self.source)
 
     def _sample(self, i: int) -> Sample:
+        if self.cached is not None:
+            entry = self.cached[i]
+            if entry.error is not None:
+                raise CorruptImageError(entry.path, entry.error)
+            return {"image": entry, "index": i, "image_id": self.source.records[i].image_id}
         if not getattr(self.transform, "accepts_encoded", False):
             return self.source.sample(i)
         # The transform decodes itself (at reduced size when its crops allow): hand it the bytes and header size.
@@ -149,13 +159,19 @@ class DeviceLoader:
     on that stream so the allocator does not reuse their memory early.
     """
 
-    def __init__(self, loader: DataLoader[Sample], views: DeviceViews, device: torch.device):
-        self.loader, self.views, self.device = loader, views, device
+    def __init__(self, loader: DataLoader[Sample], views: DeviceViews, device: torch.device,
+                 cache: ImageCache | None = None):
+        self.loader, self.views, self.device, self.cache = loader, views, device, cache
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def _apply(self, batch: Sample) -> Sample:
+        if self.cache is not None:  # the views' `decode_fields` takes these instead of decoding
+            if CACHED_KEY not in batch:
+                raise InputError(f"data.cache: the device views {type(self.views).__name__} send no cache positions "
+                                 "(their worker side does not call encoded_fields); use data.cache: none")
+            batch[IMAGES_KEY] = self.cache.lookup(batch.pop(CACHED_KEY), self.device)
         out = self.views.apply(batch, self.device)
         out[SKIPPED_KEY] = batch[SKIPPED_KEY]
         return out
@@ -235,16 +251,46 @@ def build_device_views(spec: RunSpec, transform: Transform) -> DeviceViews:
     return views
 
 
+def host_share() -> tuple[int, str]:
+    """This rank's share of the host's available memory and its name: each rank of the node holds its own cache."""
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if ranks > 1:
+        return available_memory() // ranks, f"of host memory available to each of this node's {ranks} ranks"
+    return available_memory(), "of host memory available"
+
+
+def cache_limit(where: str, device: torch.device) -> tuple[int, str]:
+    """Bytes the image cache may take (``data.cache``) and which memory that is: the free memory of a CUDA device for
+    ``device``, else this rank's share of the host's available memory."""
+    if where == "device" and device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], f"free on {device}"
+    return host_share()
+
+
+def build_image_cache(spec: RunSpec, source: ImageSource, views: DeviceViews, device: torch.device,
+                      pin_memory: bool) -> ImageCache:
+    """The image cache of ``data.cache``, built once in this (the training) process; workers get only its entries.
+    The region stores the views read go into host memory first (the images' limit then counts them as taken)."""
+    hold_region_stores(views.region_stores(), spec.data.cache, *host_share())
+    limit, limit_name = cache_limit(spec.data.cache, device)
+    return ImageCache.build([record.path for record in source.records], spec.data.cache, device, limit, limit_name,
+                            pin=pin_memory and spec.data.cache == "memory")
+
+
 def build_loader(spec: RunSpec, transform: Transform, rank: int, world_size: int, start_epoch: int,
                  pin_memory: bool) -> tuple[Iterable[Sample], EpochBatchSampler]:
     """The training DataLoader of this rank (workers, pinned memory, persistent workers) and its batch sampler.
 
     With ``data.pipeline: gpu`` the workers only sample parameters and read bytes (`DeviceViews`); the returned
-    loader decodes and augments each batch on this rank's device.
+    loader decodes and augments each batch on this rank's device. With ``data.cache`` the images are decoded once
+    here, before the loader exists, and the workers read no file (`build_image_cache`).
     """
     source = open_source(spec.data.root, spec.data.split, spec.data.format)
     device_views = build_device_views(spec, transform) if spec.data.pipeline == "gpu" else None
-    dataset = TrainDataset(source, device_views or transform, spec.seed)
+    cache = None
+    if device_views is not None and spec.data.cache != "none":
+        cache = build_image_cache(spec, source, device_views, training_device(), pin_memory)
+    dataset = TrainDataset(source, device_views or transform, spec.seed, cache.entries if cache else None)
     sampler = EpochBatchSampler(len(source), spec.batch_size, rank, world_size, spec.seed)
     workers = spec.data.workers
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
@@ -254,5 +300,5 @@ def build_loader(spec: RunSpec, transform: Transform, rank: int, world_size: int
                         # A private generator: the loader must not draw from the training loop's global RNG.
                         generator=torch.Generator().manual_seed(spec.seed))
     if device_views is not None:
-        return DeviceLoader(loader, device_views, training_device()), sampler
+        return DeviceLoader(loader, device_views, training_device(), cache), sampler
     return loader, sampler

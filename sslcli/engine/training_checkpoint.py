@@ -30,8 +30,9 @@ LAST = "last.pt"
 
 # Spec fields a resumed run may change: they do not alter the numbers the run computes. The data order and the
 # augmentations are seeded per sample (engine/data.py), so the worker count does not change them either.
+# data.cache: the cached images are the pixels the gpu pipeline decodes, so a run may resume with or without it.
 RESUMABLE_CHANGES = ("epochs", "output_dir", "logging", "max_steps", "data.workers", "data.pin_memory",
-                     "data.threads", *SAVE_SCHEDULE_FIELDS)
+                     "data.threads", "data.cache", *SAVE_SCHEDULE_FIELDS)
 
 
 def epoch_name(epoch: int) -> str:

@@ -300,6 +300,7 @@ class RegionStore:
         self._index: dict[str, int] | None = None
         self._meta: dict[str, Any] | None = None
         self._ids: list[str] | None = None
+        self._held: dict[str, np.ndarray] | None = None  # the region rows, once `hold_in_memory` read them
 
     # -- opening -------------------------------------------------------------------------------------------------
     def _h5(self):
@@ -332,6 +333,27 @@ class RegionStore:
                 meta["image_sizes"] = f["image_sizes"][:]
             self._meta = meta
         return self._meta
+
+    # -- held in memory (data.cache) ------------------------------------------------------------------------------
+    REGION_ROWS = ("blobs", "boxes")  # the datasets holding the regions themselves (compressed masks, boxes)
+
+    def region_bytes(self) -> int:
+        """Bytes `hold_in_memory` takes: the stored region rows as they are in the file (masks stay compressed)."""
+        f = self._h5()
+        return sum(int(f[name].nbytes) for name in self.REGION_ROWS if name in f)
+
+    def hold_in_memory(self) -> None:
+        """Read the region rows and the index into memory once, so later reads are array slices instead of HDF5
+        reads (``data.cache``); DataLoader workers get them with the store."""
+        f = self._h5()
+        self._load_meta()
+        self._id_list()
+        self._held = {name: f[name][:] for name in self.REGION_ROWS if name in f}
+
+    def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        if self._held is not None:
+            return self._held[name][start:stop].copy()
+        return self._h5()[name][start:stop]
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
@@ -421,7 +443,7 @@ class RegionStore:
         self._require("masks")
         i, meta = self.index_of(image_id), self._load_meta()
         with self._reading(image_id):
-            blob = self._h5()["blobs"][meta["offsets"][i]:meta["offsets"][i + 1]].tobytes()
+            blob = self._rows("blobs", meta["offsets"][i], meta["offsets"][i + 1]).tobytes()
             masks = decode_masks(blob, tuple(meta["shapes"][i]), int(meta["dtypes"][i]))
         return masks.astype(np.uint8) if self.method == "mcg" else masks.astype(np.int32)
 
@@ -453,7 +475,7 @@ class RegionStore:
         self._require("boxes")
         i, meta = self.index_of(image_id), self._load_meta()
         with self._reading(image_id):
-            return self._h5()["boxes"][meta["offsets"][i]:meta["offsets"][i + 1]]
+            return self._rows("boxes", meta["offsets"][i], meta["offsets"][i + 1])
 
     def region_counts(self) -> np.ndarray:
         """(N, S) int32 regions per image and label map (boxes: S = 1), in ``image_ids`` order; no decoding."""

@@ -20,11 +20,17 @@ The device views built on these ops: the crop methods' `sslcli.data.views.device
 byol; A+ needs ``data.pipeline: cpu``), and in the methods' homes DetCon's masks (sslcli/methods/detcon/views.py),
 SoCo's boxes (sslcli/methods/soco/views.py) and D3SSL's (sslcli/methods/d3ssl/views.py). Which one runs a method's
 transform is the method's ``device_views`` hook on its registry entry (`sslcli.method_registry`).
+
+With ``data.cache`` (`sslcli.data.views.image_cache`) the images are decoded once at start: a worker gets a
+`CachedImage` instead of the bytes, `encoded_fields` sends its position and `decode_fields` returns the cached images
+the engine put into the batch, so no device views has code of its own for the cache.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -281,15 +287,38 @@ def _decode_one(data, path, is_jpeg, decode_image, decode_jpeg, device) -> torch
 
 
 # ------------------------------------------------------------------------------------------------- the views
-def encoded_fields(image: EncodedImage) -> dict:
-    """What a worker sends for the device to decode: the file's bytes, path, format, EXIF orientation, header size."""
+CACHED_KEY = "cached"  # a batch's positions in the image cache (``data.cache``), instead of file bytes
+IMAGES_KEY = "images"  # the batch's (3, H, W) uint8 images, put there by the engine from the image cache
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """What the workers see of an image held in the image cache (``data.cache``, `sslcli.data.views.image_cache`):
+    its place there, path and size, no pixels. It stands in for the `EncodedImage` the device views' worker side
+    reads (``height``, ``width``), so they draw the same parameters from it; ``error``: why it could not be cached."""
+
+    position: int
+    path: Path
+    height: int
+    width: int
+    error: str | None = None
+
+
+def encoded_fields(image: EncodedImage | CachedImage) -> dict:
+    """What a worker sends for the device to decode: the file's bytes, path, format, EXIF orientation, header size;
+    for a cached image, its position in the cache instead of the bytes (the engine looks the pixels up)."""
+    if isinstance(image, CachedImage):
+        return {CACHED_KEY: image.position, "path": str(image.path), "size": torch.tensor([image.height, image.width])}
     return {"encoded": torch.from_numpy(np.frombuffer(image.data, np.uint8).copy()), "path": str(image.path),
             "jpeg": image.is_jpeg, "orientation": image.orientation,
             "size": torch.tensor([image.height, image.width])}
 
 
 def decode_fields(batch: dict, device: torch.device) -> list[torch.Tensor]:
-    """The (3, H, W) uint8 images of a collated batch of `encoded_fields`, decoded on ``device``."""
+    """The (3, H, W) uint8 images of a collated batch of `encoded_fields` on ``device``: decoded there, or, with an
+    image cache, the cached images the engine looked up (the one place that tells the two apart)."""
+    if IMAGES_KEY in batch:
+        return batch[IMAGES_KEY]
     return decode_batch(batch["encoded"], batch["jpeg"].tolist(), batch["orientation"].tolist(), batch["path"],
                         [tuple(s) for s in batch["size"].tolist()], device)
 
@@ -317,6 +346,11 @@ class DeviceViews:
 
     def apply(self, batch: dict, device: torch.device) -> dict:
         raise NotImplementedError
+
+    def region_stores(self) -> list:
+        """The region stores (`sslcli.data.stores.store.RegionStore`) the worker side reads per sample, which
+        ``data.cache`` holds in memory; none for views without stored regions."""
+        return []
 
 
 def downsample_views(views: torch.Tensor, size: int) -> torch.Tensor:

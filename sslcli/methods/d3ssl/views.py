@@ -140,6 +140,9 @@ class D3sslDeviceViews(DeviceViews):
         if self.regions.recipe != "paper":
             raise InputError("data.pipeline: 'gpu' runs D3SSL on SoCo's paper geometry only")
 
+    def region_stores(self) -> list:
+        return [self.store]
+
     def _holes(self, boxes: torch.Tensor, side: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """PRC on a side² view (`D3sslViews._cut`'s draws): the hole mask and a uint8 (3, side, side) image holding
         the fill colour of every hole pixel."""

@@ -247,6 +247,9 @@ class MaskDeviceViews(DeviceViews):
                                         "boxes": torch.tensor(boxes, dtype=torch.float32),
                                         "flips": torch.tensor(flips), "colour": torch.stack(colour)}
 
+    def region_stores(self) -> list:
+        return [self.masks.store()] if self.masks.kind == "store" else []
+
     def apply(self, batch: dict, device: torch.device) -> dict:
         images = decode_fields(batch, device)
         size = self.pair.size

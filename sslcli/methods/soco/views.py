@@ -45,6 +45,9 @@ class BoxDeviceViews(DeviceViews):
         v = self.views
         self.view_colours = [v.colours[0], v.colours[1]] + ([v.colours[1]] if v.recipe == "fpn-code" else [])
 
+    def region_stores(self) -> list:
+        return [self.store]
+
     def __call__(self, sample: dict) -> dict:
         image: EncodedImage = sample["image"]
         v = self.views
