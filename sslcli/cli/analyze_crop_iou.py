@@ -23,8 +23,9 @@ def analyze_crop_iou(
     max_iou: float | None = typer.Option(None, "--max-iou", help="Apply the Revisiting §3.1 constraint IoU < this."),
     bins: int = typer.Option(20, "--bins", help="Histogram bins over [0, 1]."),
     max_images: int = typer.Option(5000, "--max-images", help="Sample crops on at most this many images."),
-    spec: Path | None = typer.Option(None, "--spec", help="Use this run spec's crop sampler (moco, simclr or byol) "
-                                                          "instead of --min-scale/--max-iou."),
+    spec: Path | None = typer.Option(None, "--spec", help="Use this run spec's crop sampler (any method that "
+                                                          "registers a crop pair: moco, simclr, byol, densecl, pixpro, "
+                                                          "plrc, plugins) instead of --min-scale/--max-iou."),
 ):
     """IoU histogram between the two default crops (the training crop sampler), as PNG + JSON.
 
