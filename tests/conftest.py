@@ -82,6 +82,22 @@ def cli():
     return run
 
 
+@pytest.fixture
+def refused(cli):
+    """refused(args, message): the command exits 2 with one stderr line holding ``message``, and under ``--json``
+    with the JSON error object saying the same (the bad-input convention, README "Errors")."""
+    import json
+
+    def check(args: list, message: str) -> None:
+        code, _, err = cli(args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        code, stdout, _ = cli([*args, "--json"])
+        result = json.loads(stdout)
+        assert code == 2 and result["exit_code"] == 2 and message in result["error"]
+
+    return check
+
+
 # The engine tests' toy data and method (tests/engine_toy.py), shared by test_engine and test_reliability.
 @pytest.fixture
 def images(tmp_path):
