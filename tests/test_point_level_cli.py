@@ -1,6 +1,7 @@
-"""DenseCL and PixPro through the CLI and the engine: `pretrain` with 2 gloo processes, bit-identical resume, export
-to torchvision and detectron2, the analyses on their checkpoints, `--schema`, and one-line errors for bad values.
-(`examples/densecl-tiny.yaml` and `pixpro-tiny.yaml` also train in tests/test_examples_e2e.py.)"""
+"""The point-level methods (DenseCL, PixPro, PLRC) through the CLI and the engine: `pretrain` with 2 gloo processes,
+bit-identical resume, export to torchvision and detectron2, the analyses on their checkpoints, the gpu pipeline,
+`--schema`, one-line errors for bad values, and the paper-scale examples. (Their tiny examples also train in
+tests/test_examples_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from sslcli.models.backbone import build_backbone
 from sslcli.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-METHODS = ("densecl", "pixpro")
+METHODS = ("densecl", "pixpro", "plrc")
+QUEUE_METHODS = ("densecl", "plrc")  # a MoCo queue: the global batch must divide it
 
 
 def _free_port() -> int:
@@ -68,16 +70,20 @@ def test_two_gloo_processes_train_the_tiny_example(method, scenes, tmp_path):
     assert result["world_size"] == 2 and result["steps"] == 2 and math.isfinite(result["final_loss"])
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["step"] == 2 and len(state["rng"]["ranks"]) == 2
-    expected = {"densecl": {"queue", "dense_queue", "queue_ptr"}, "pixpro": {"target_projector.0.weight"}}[method]
+    expected = {"densecl": {"queue", "dense_queue", "queue_ptr"}, "pixpro": {"target_projector.0.weight"},
+                "plrc": {"queue", "queue_ptr", "center"}}[method]
     assert expected <= state["method"].keys()
-    if method == "densecl":  # both ranks' keys went into both queues: 2 steps x 16 images
+    if method in QUEUE_METHODS:  # both ranks' keys went into the queues: 2 steps x 16 images
         assert int(state["method"]["queue_ptr"]) == 32
+    if method == "plrc":  # the teacher centre moved, and is saved
+        assert state["method"]["center"].abs().sum() > 0
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_resume_is_bit_identical(method, scenes, tmp_path):
-    # batch 8 of 16 images: 2 steps per epoch; cut at the epoch boundary (step 2), resume to step 3.
-    common = ["batch_size=8", "epochs=2"] + (["method.queue_size=64"] if method == "densecl" else [])
+    # batch 8 of 16 images: 2 steps per epoch; cut at the epoch boundary (step 2), resume to step 3. (PLRC draws its
+    # points and shuffle-BN permutations in forward from the training RNG, which the checkpoint restores.)
+    common = ["batch_size=8", "epochs=2"] + (["method.queue_size=64"] if method in QUEUE_METHODS else [])
     full = launch(_spec(method, scenes, tmp_path / "full", *common, "max_steps=3"))
     launch(_spec(method, scenes, tmp_path / "cut", *common, "max_steps=2"))
     resumed = launch(_spec(method, scenes, tmp_path / "cut", *common, "max_steps=3"), resume="auto")
@@ -121,7 +127,8 @@ def test_analyses_run_on_the_checkpoint(method, checkpoints, scenes, tmp_path, c
 @pytest.mark.parametrize("method", METHODS)
 def test_the_gpu_pipeline_gives_the_cpu_paths_batch_and_trains(method, scenes, tmp_path):
     # `data.pipeline: gpu` (decoded and augmented on the training device; here the CPU): the same keys as the CPU
-    # views, PixPro's coordinates (boxes, flips, image size) included, and a run trains.
+    # views, the crops' coordinates (boxes, flips, image size: PixPro's and PLRC's positives) included, and a run
+    # trains.
     from sslcli.data.readers.images import EncodedImage
     from sslcli.engine.data import build_device_views, collate
     from sslcli.methods import build_method
@@ -136,8 +143,21 @@ def test_the_gpu_pipeline_gives_the_cpu_paths_batch_and_trains(method, scenes, t
     assert set(out) == set(cpu) and out["views"].shape[1:] == cpu["views"].shape
     assert out["image_size"][0].tolist() == cpu["image_size"].tolist() == [image.height, image.width]
     assert torch.equal(out["flips"][0], sample["flips"]) and torch.equal(out["boxes"][0], sample["boxes"])
+    if method == "plrc":  # the teacher crop travels in "small", drawn by PLRC's sampler to overlap crop 0 by >= 0.5
+        from sslcli.data.views.crops import box_area, box_intersection
+
+        assert out["small"].shape[1:] == cpu["small"].shape == (1, 3, 64, 64)
+        query, _, teacher = (tuple(b) for b in sample["boxes"].tolist())
+        assert box_intersection(query, teacher) >= 0.5 * max(box_area(query), box_area(teacher))
     result = launch(spec)
     assert result["steps"] == 2 and math.isfinite(result["final_loss"])
+
+
+PLRC_FIELDS = {"dim", "hidden_dim", "bottleneck_dim", "distill_dim", "queue_size", "momentum", "shuffle_bn",
+               "image_weight", "point_weight", "distill_weight", "image_temperature", "point_temperature",
+               "point_base_temperature", "grid", "mask_size", "points", "kept_points", "min_overlap", "overlap_tries",
+               "pair_ratio", "affinity_divisor", "student_temperature", "teacher_temperature",
+               "warmup_teacher_temperature", "warmup_teacher_epochs", "center_momentum"}
 
 
 def test_schema_lists_the_new_fields_with_descriptions(cli):
@@ -147,7 +167,8 @@ def test_schema_lists_the_new_fields_with_descriptions(cli):
     for name, fields in (("DenseclSpec", {"dim", "hidden_dim", "queue_size", "temperature", "momentum",
                                           "dense_weight", "grid", "shuffle_bn"}),
                          ("PixproSpec", {"dim", "hidden_dim", "threshold", "sharpness", "clamp", "value_layers",
-                                         "instance_weight", "base_momentum"})):
+                                         "instance_weight", "base_momentum"}),
+                         ("PlrcSpec", PLRC_FIELDS)):
         properties = definitions[name]["properties"]
         assert set(properties) == fields | {"name"}
         assert all(properties[f].get("description") for f in fields), name
@@ -161,6 +182,13 @@ def test_schema_lists_the_new_fields_with_descriptions(cli):
     ("pixpro", "method.value_layers=3", "method.value_layers: 3 is not allowed"),
     ("pixpro", "method.sharpness=0", "method.sharpness: Input should be greater than 0"),
     ("pixpro", "method.bogus=1", "method.bogus: unknown key"),
+    ("plrc", "method.queue_size=100", "method.queue_size: must be divisible by the global batch size 16"),
+    ("plrc", "method.kept_points=40", "method.kept_points: 40 is more than method.points 32"),
+    ("plrc", "method.grid=1", "method.grid: Input should be greater than or equal to 2"),
+    ("plrc", "method.mask_size=1", "method.mask_size: Input should be greater than or equal to 2"),
+    ("plrc", "method.min_overlap=1.5", "method.min_overlap: Input should be less than or equal to 1"),
+    ("plrc", "method.teacher_temperature=0", "method.teacher_temperature: Input should be greater than 0"),
+    ("plrc", "method.bogus=1", "method.bogus: unknown key"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_field(method, override, message, scenes, tmp_path, refused):
     args = ["pretrain", EXAMPLES / f"{method}-tiny.yaml", "--set", f"data.root={scenes}", "--set", override,
@@ -174,7 +202,11 @@ def test_bad_values_are_one_line_errors_naming_the_field(method, override, messa
 # 65536, feat_dim 128, hid 2048, τ 0.2, momentum 0.999, loss_lambda 0.5) and PixPro tools/pixpro_base_r50_400ep.sh
 # with contrast/lr_scheduler.py and lars.py (400 epochs, 128 × 8 images, LARS base lr 1.0 × B/256, wd 1e-5 without
 # 1-D parameters, 5 warm-up epochs from lr / 100, cosine to 1e-6 per step; p 2, pos-ratio 0.7, transform layer 1,
-# momentum 0.99, no instance loss, crop 0.08).
+# momentum 0.99, no instance loss, crop 0.08); PLRC main_plrc.py's defaults ("all the default hyper-parameters as
+# described in the PLRC paper", README) and its 100-epoch released model: ImageNet-1K train, 100 epochs, batch 256,
+# SGD lr 0.03 momentum 0.9 wd 1e-4 on every parameter, cosine to 0 per epoch (adjust_learning_rate), ts/cl/im ratios
+# 0.3/0.3/0.7, key momentum 0.999; the hard-coded ones of builder.py, plrc_loss.py and datasets/imagenet.py: queue
+# 65536, feat dim 128, ProjHead 2048/256/4096, 4 × 4 regions, mask size 56, 32 points (16 kept).
 PAPER = {
     "densecl_r50_b256_800ep_coco": {
         "batch_size": 256, "epochs": 800,
@@ -191,6 +223,15 @@ PAPER = {
                       "exclude_bias_and_norm": True, "lars_eta": 1e-3},
         "schedule": {"name": "cosine", "warmup_epochs": 5.0, "warmup_start_factor": 0.01, "final_lr": 1e-6,
                      "per_step": True}},
+    "plrc_r50_b256_100ep_in1k": {
+        "data": {"format": "imagefolder", "image_size": 224}, "batch_size": 256, "epochs": 100,
+        "method": {"name": "plrc", "dim": 128, "hidden_dim": 2048, "bottleneck_dim": 256, "distill_dim": 4096,
+                   "queue_size": 65536, "momentum": 0.999, "shuffle_bn": True, "image_weight": 0.7,
+                   "point_weight": 0.3, "distill_weight": 0.3, "grid": 4, "mask_size": 56, "points": 32,
+                   "kept_points": 16},
+        "optimizer": {"name": "sgd", "base_lr": 0.03, "lr_scaling": "linear", "momentum": 0.9, "weight_decay": 1e-4,
+                      "exclude_bias_and_norm": False},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.0, "final_lr": 0.0, "per_step": False}},
 }
 
 
@@ -215,11 +256,12 @@ def test_paper_scale_example_uses_the_authors_recipe(name):
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_tiny_twin_keeps_the_method_and_optimizer(name):
-    """The twin only scales sizes down (crop side, queue, batch, steps, warm-up)."""
+    """The twin only scales sizes down (crop side, queue, PLRC's point grid, batch, steps, warm-up)."""
     paper = load_spec(EXAMPLES / f"{name}.yaml").model_dump(mode="json")
     tiny = load_spec(EXAMPLES / f"{name.split('_')[0]}-tiny.yaml").model_dump(mode="json")
     for spec in (paper, tiny):
-        spec["method"].pop("queue_size", None)
+        for key in ("queue_size", "mask_size"):
+            spec["method"].pop(key, None)
         spec["schedule"].pop("warmup_epochs")
     assert tiny["method"] == paper["method"] and tiny["optimizer"] == paper["optimizer"]
     assert tiny["schedule"] == paper["schedule"]
