@@ -410,7 +410,9 @@ def _authors_losses(method, batch, points, rows=slice(None), world=1, all_reduce
     """The authors' three losses (image per row, point, distillation) on the method's own outputs and points."""
     from sslcli.methods.plrc.views import crop_coordinates
 
-    q_map, k_map, q_f, t_f, k_f, q_l, t_l = (x[rows] for x in _outputs(method, batch))
+    # Each rank's rows through the networks on their own, as the rank computes them: the same shapes, so the same
+    # kernels and float sums (a sum in another order can flip the arg-max of a near tie in the point matching).
+    q_map, k_map, q_f, t_f, k_f, q_l, t_l = _outputs(method, {key: value[rows] for key, value in batch.items()})
     gen = torch.Generator().manual_seed(9)
     m = method.spec.method.mask_size
     coords = [crop_coordinates(batch["boxes"][rows, c], batch["flips"][rows, c], batch["image_size"][rows])

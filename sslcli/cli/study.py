@@ -115,9 +115,7 @@ def study_run(
     from sslcli.study.spec import load_study
 
     out_ctx = current()
-    if jobs > 1 and gpus:
-        raise InputError(f"--jobs {jobs} with --gpus {gpus}: --jobs shares the visible GPUs between one-device runs, "
-                         "--gpus gives every run several; use one of them")
+    _check_jobs(jobs, gpus)
     flags = {"partition": partition, "account": account, "time": time_limit, "gpus_per_node": gpus_per_node,
              "nodes": nodes, "cpus_per_task": cpus_per_task, "mem": mem, "sbatch": sbatch}
     kind, options = _executor_choice(study_file, executor, flags)
@@ -125,11 +123,7 @@ def study_run(
     study = load_study(study_file, out, world_size=world, budget=budget)
     check_options(study, option_args)
     if dry_run:
-        plan = plan_summary(study)
-        if out_ctx.json:
-            return {"valid": True, **plan}
-        _print_plan(plan)
-        return None
+        return _dry_run(plan_summary(study), out_ctx.json)
     summary = run_study(study, option_args, out_ctx.info, gpus=gpus, verbose=verbose, jobs=jobs,
                         executor=_slurm_executor(study, options) if kind == "slurm" else None)
     from sslcli.study.report import write_report
@@ -137,6 +131,20 @@ def study_run(
     summary["report"] = write_report(study.out)
     out_ctx.info(f"[study] report: {summary['report']['html']}")
     return summary
+
+
+def _check_jobs(jobs: int, gpus: int) -> None:
+    if jobs > 1 and gpus:
+        raise InputError(f"--jobs {jobs} with --gpus {gpus}: --jobs shares the visible GPUs between one-device runs, "
+                         "--gpus gives every run several; use one of them")
+
+
+def _dry_run(plan: dict, as_json: bool) -> dict | None:
+    """--dry-run: the plan as JSON, or printed."""
+    if as_json:
+        return {"valid": True, **plan}
+    _print_plan(plan)
+    return None
 
 
 def _executor_choice(study_file: Path, executor: str | None, flags: dict):
