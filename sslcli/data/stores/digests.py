@@ -6,6 +6,11 @@ newer version of the data set) would hand out regions that do not belong to them
 The rule is a full content check: every training image is hashed once at start-up (a few threads; COCO train2017,
 18 GB, about a minute from a local disk), because a size + modification-time rule misses a mirrored image of the same
 size and a sample misses a single replaced one.
+
+Once per run, not once per rank: a launcher that checked a store before spawning its ranks records the check in the
+environment (`CHECKED_ENV`) that the ranks inherit, keyed by a fingerprint of the store file and of every training
+image as the file system describes them (path, size, modification time). A rank whose fingerprint is recorded skips
+the hashing; an image or store replaced since the check changes the fingerprint, and the check runs again.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from sslcli.data.readers.sources import ImageSource, open_source
 from sslcli.errors import InputError
 
 UNREADABLE = bytes(32)
+CHECKED_ENV = "SSLCLI_CHECKED_STORES"  # fingerprints of the checks this process (or its launcher) passed
 
 
 def file_digest(path: str | os.PathLike) -> bytes:
@@ -61,8 +67,26 @@ def require_store_matches(store, data, field: str) -> None:
                        f"computed from the images of {data.root} cannot be checked; recompute it to have it checked")
         return
     source = open_source(data.root, data.split, data.format)
+    fingerprint = check_fingerprint(store.path, source)
+    if fingerprint in os.environ.get(CHECKED_ENV, "").split(","):
+        return  # checked by this process or the launcher that spawned it, on these very files
     unknown = unknown_images(stored, source, range(len(source)))
     if unknown:
         raise InputError(f"{field}: {store.path} was computed from other images: {len(unknown)} of the {len(source)} "
                          f"training images differ in content from those it holds regions for (e.g. "
                          f"{source.records[unknown[0]].path}); recompute it with `sslcli prepare` on this data set")
+    os.environ[CHECKED_ENV] = ",".join(filter(None, [os.environ.get(CHECKED_ENV), fingerprint]))
+
+
+def check_fingerprint(store_path: str | os.PathLike, source: ImageSource) -> str:
+    """sha256 over the store file and every training image as ``os.stat`` describes them (absolute path, size,
+    modification time in ns); a file that cannot be stat'ed counts as missing. Cheap next to hashing the contents."""
+    digest = hashlib.sha256()
+    for path in [store_path, *(record.path for record in source.records)]:
+        try:
+            stat = os.stat(path)
+            described = f"{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError:
+            described = "missing"
+        digest.update(f"{os.path.abspath(path)}|{described}\n".encode())
+    return digest.hexdigest()
