@@ -21,7 +21,7 @@ import torch
 from torchvision.transforms import v2
 
 from sslcli.data.readers.images import DCT_REDUCTIONS, EncodedImage
-from sslcli.data.views.colour import IMAGENET_MEAN, IMAGENET_STD, ColourAug, colour_transform
+from sslcli.data.views.colour import IMAGENET_MEAN, IMAGENET_STD, ColourAug, colour_transform, view_colours
 
 Box = tuple[int, int, int, int]
 
@@ -257,3 +257,11 @@ class CropViews:
         if self.n_small:
             out["small"] = torch.stack(crops[2:])
         return out
+
+
+def recipe_crop_pair(spec, crop_scale: tuple[float, float], colours: tuple[ColourAug, ColourAug],
+                     interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR) -> CropViews:
+    """A method's two-crop recipe (crop area range, colour presets of views 1 and 2, resize) at ``data.image_size``,
+    under the run spec's view overrides (``views.crop_scale``, ``views.colour``): SimCLR, BYOL, DenseCL, PixPro."""
+    return CropViews(spec.data.image_size, spec.views.crop_scale or crop_scale,
+                     colours=view_colours(spec.views.colour, colours), interpolation=interpolation)

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from sslcli.data.views.colour import MOCO_V2_COLOUR, view_colours
-from sslcli.data.views.crops import CropViews
+from sslcli.data.views.colour import MOCO_V2_COLOUR
+from sslcli.data.views.crops import CropViews, recipe_crop_pair
 
 DENSECL_CROP_SCALE = (0.2, 1.0)  # the authors' config: MoCo-v2's RandomResizedCrop(224, scale=(0.2, 1.))
 
 
 def densecl_views(spec) -> CropViews:
     """The two views of a DenseCL run spec (``views.crop_scale`` and ``views.colour`` override the recipe)."""
-    return CropViews(spec.data.image_size, spec.views.crop_scale or DENSECL_CROP_SCALE,
-                     colours=view_colours(spec.views.colour, (MOCO_V2_COLOUR, MOCO_V2_COLOUR)))
+    return recipe_crop_pair(spec, DENSECL_CROP_SCALE, (MOCO_V2_COLOUR, MOCO_V2_COLOUR))

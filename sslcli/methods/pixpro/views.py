@@ -4,13 +4,12 @@ scripts: --aug BYOL --crop 0.08); the crops' boxes, flips and image size give th
 
 from __future__ import annotations
 
-from sslcli.data.views.colour import BYOL_COLOUR, view_colours
-from sslcli.data.views.crops import CropViews
+from sslcli.data.views.colour import BYOL_COLOUR
+from sslcli.data.views.crops import CropViews, recipe_crop_pair
 
 PIXPRO_CROP_SCALE = (0.08, 1.0)  # the released scripts: --crop 0.08
 
 
 def pixpro_views(spec) -> CropViews:
     """The two views of a PixPro run spec (``views.crop_scale`` and ``views.colour`` override the recipe)."""
-    return CropViews(spec.data.image_size, spec.views.crop_scale or PIXPRO_CROP_SCALE,
-                     colours=view_colours(spec.views.colour, BYOL_COLOUR))
+    return recipe_crop_pair(spec, PIXPRO_CROP_SCALE, BYOL_COLOUR)

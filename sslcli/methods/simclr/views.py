@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from torchvision.transforms import v2
 
-from sslcli.data.views.colour import SIMCLR_COLOUR, view_colours
-from sslcli.data.views.crops import CropViews
+from sslcli.data.views.colour import SIMCLR_COLOUR
+from sslcli.data.views.crops import CropViews, recipe_crop_pair
 
 # SimCLR / DetCon crop area range (METHODS.md §3: U[0.08, 1]).
 SIMCLR_CROP_SCALE = (0.08, 1.0)
@@ -15,6 +15,4 @@ SIMCLR_CROP_SCALE = (0.08, 1.0)
 def simclr_views(spec) -> CropViews:
     """Two crops (area U[0.08, 1]) at ``data.image_size`` with the SIMCLR colour presets of views 1 and 2, bicubic
     resize (METHODS.md §3, DetCon App. A)."""
-    return CropViews(spec.data.image_size, spec.views.crop_scale or SIMCLR_CROP_SCALE,
-                     colours=view_colours(spec.views.colour, SIMCLR_COLOUR),
-                     interpolation=v2.InterpolationMode.BICUBIC)
+    return recipe_crop_pair(spec, SIMCLR_CROP_SCALE, SIMCLR_COLOUR, v2.InterpolationMode.BICUBIC)
